@@ -1,0 +1,232 @@
+//! Size classes: the table, and O(1) size → class.
+//!
+//! # The table
+//!
+//! * 16 B to 128 B in steps of 16 (classes 0–7);
+//! * above 128 B, every power-of-two band `(2^k, 2^(k+1)]` is cut into 8 equal steps of
+//!   `2^(k-3)` bytes, up to [`MAX_SMALL`] = 256 KiB (classes 8–95).
+//!
+//! A request of `n` bytes in band `k` lands in a class at most one step above it, so the
+//! rounding waste is below `2^(k-3) / 2^k = 12.5 %`; every power of two is itself a class
+//! boundary and wastes nothing.
+//!
+//! # Lookup
+//!
+//! [`class_of`] is bit arithmetic: one `leading_zeros`, shifts and adds, no table and no
+//! loop.
+//!
+//! # Alignment by construction
+//!
+//! Spans start on a 64 KiB boundary and a span of class `c` holds blocks at
+//! `base + i * size(c)`, so a block is aligned to the largest power of two dividing
+//! `size(c)` (capped by the span alignment). [`class_for`] serves `(size, align)` as the
+//! class of `s = round_up(size, align)`:
+//!
+//! * in band `k`, every class is a multiple of the step `2^(k-3)`;
+//! * if `align <= 2^(k-3)`, the chosen class is a multiple of the step, hence of `align`;
+//! * if `align > 2^(k-3)`, `s` is a multiple of `align`, hence of the step, so `s` sits on
+//!   a class boundary and the class *is* `s`: again a multiple of `align`.
+//!
+//! The small band (step 16) follows the same argument. So every class chosen for `align`
+//! is a multiple of `align`, and every block of it is `align`-aligned — no luck involved.
+//! `size_by_alignment_sweep` in the tests checks it exhaustively.
+
+/// Smallest block, and the minimum alignment of every pool block.
+pub const MIN_SIZE: usize = 16;
+/// Largest size served by the pools; larger requests are mapped directly.
+pub const MAX_SMALL: usize = 256 * 1024;
+/// Largest alignment the pools serve by construction; larger goes to direct mappings.
+pub const MAX_POOL_ALIGN: usize = 4096;
+/// Number of classes.
+pub const NUM_CLASSES: usize = 8 + 8 * 11;
+/// Spans are runs of this many bytes (and are aligned to it).
+pub const SPAN_UNIT: usize = 64 * 1024;
+/// The largest span, in bytes.
+pub const MAX_SPAN: usize = 16 * SPAN_UNIT;
+
+const SMALL_CLASSES: usize = 8;
+
+/// Size of class `c` (const, for building tables).
+const fn compute_size(c: usize) -> usize {
+    if c < SMALL_CLASSES {
+        (c + 1) * 16
+    } else {
+        let band = (c - SMALL_CLASSES) / 8;
+        let sub = (c - SMALL_CLASSES) % 8 + 1;
+        let k = 7 + band;
+        (1 << k) + sub * (1 << (k - 3))
+    }
+}
+
+/// Span length for class `c`: whole [`SPAN_UNIT`]s holding at least 8 blocks where
+/// possible (at least 2 for the largest classes), choosing among a few candidate
+/// lengths the one that wastes the smallest share of its tail.
+const fn compute_span(c: usize) -> usize {
+    let size = compute_size(c);
+    let min_blocks = if size <= MAX_SPAN / 8 { 8 } else { 2 };
+    let mut units = (size * min_blocks).div_ceil(SPAN_UNIT);
+    if units == 0 {
+        units = 1;
+    }
+    let mut best = units;
+    let mut best_waste_ppm = usize::MAX;
+    let mut u = units;
+    while u <= units + 4 && u * SPAN_UNIT <= MAX_SPAN {
+        let bytes = u * SPAN_UNIT;
+        let waste_ppm = (bytes % size) * 1_000_000 / bytes;
+        if waste_ppm < best_waste_ppm {
+            best_waste_ppm = waste_ppm;
+            best = u;
+        }
+        u += 1;
+    }
+    best * SPAN_UNIT
+}
+
+const fn build_sizes() -> [u32; NUM_CLASSES] {
+    let mut t = [0u32; NUM_CLASSES];
+    let mut c = 0;
+    while c < NUM_CLASSES {
+        t[c] = compute_size(c) as u32;
+        c += 1;
+    }
+    t
+}
+
+const fn build_spans() -> [u32; NUM_CLASSES] {
+    let mut t = [0u32; NUM_CLASSES];
+    let mut c = 0;
+    while c < NUM_CLASSES {
+        t[c] = compute_span(c) as u32;
+        c += 1;
+    }
+    t
+}
+
+static SIZES: [u32; NUM_CLASSES] = build_sizes();
+static SPANS: [u32; NUM_CLASSES] = build_spans();
+
+const _: () = assert!(compute_size(NUM_CLASSES - 1) == MAX_SMALL);
+
+/// The block size of class `c`.
+///
+/// # Panics
+///
+/// If `c >= NUM_CLASSES` (an internal bug).
+#[inline(always)]
+pub fn size(c: usize) -> usize {
+    SIZES[c] as usize
+}
+
+/// The span length (bytes, a multiple of [`SPAN_UNIT`]) used for class `c`.
+#[inline]
+pub fn span_bytes(c: usize) -> usize {
+    SPANS[c] as usize
+}
+
+/// Blocks of class `c` per span.
+#[inline]
+pub fn blocks_per_span(c: usize) -> usize {
+    span_bytes(c) / size(c)
+}
+
+/// The class serving `n` bytes with the minimum alignment, or `None` above [`MAX_SMALL`].
+/// Zero is served by the smallest class.
+#[inline(always)]
+pub fn class_of(n: usize) -> Option<usize> {
+    if n <= 128 {
+        // 0..=16 → 0, 17..=32 → 1, ...
+        Some(n.saturating_sub(1) >> 4)
+    } else if n <= MAX_SMALL {
+        // n in (2^k, 2^(k+1)]: k = floor(log2(n - 1)).
+        let k = (usize::BITS - 1 - (n - 1).leading_zeros()) as usize;
+        let shift = k - 3;
+        // ceil((n - 2^k) / 2^(k-3)) in 1..=8
+        let sub = (n - (1 << k) + (1 << shift) - 1) >> shift;
+        Some(SMALL_CLASSES + (k - 7) * 8 + sub - 1)
+    } else {
+        None
+    }
+}
+
+/// The class serving `size` bytes at alignment `align` (a power of two), or `None` when
+/// the request belongs to the direct-mapping path (too large, or `align` above
+/// [`MAX_POOL_ALIGN`]). See the module docs for why the result is always aligned.
+#[inline(always)]
+pub fn class_for(size: usize, align: usize) -> Option<usize> {
+    debug_assert!(align.is_power_of_two());
+    if align <= MIN_SIZE {
+        return class_of(size);
+    }
+    if align > MAX_POOL_ALIGN {
+        return None;
+    }
+    let s = size.max(1).checked_add(align - 1)? & !(align - 1);
+    class_of(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_shape() {
+        assert!(NUM_CLASSES >= 32);
+        assert_eq!(size(0), 16);
+        assert_eq!(size(NUM_CLASSES - 1), MAX_SMALL);
+        for c in 1..NUM_CLASSES {
+            assert!(size(c) > size(c - 1), "sizes strictly increase");
+            assert_eq!(size(c) % 16, 0, "every class keeps 16-byte alignment");
+        }
+        for c in 0..NUM_CLASSES {
+            assert_eq!(span_bytes(c) % SPAN_UNIT, 0);
+            assert!(span_bytes(c) <= MAX_SPAN);
+            assert!(
+                blocks_per_span(c) >= 2,
+                "class {c} has {} blocks",
+                blocks_per_span(c)
+            );
+        }
+    }
+
+    #[test]
+    fn lookup_is_smallest_fitting_class() {
+        for n in 0..=MAX_SMALL {
+            let c = class_of(n).unwrap();
+            assert!(size(c) >= n, "{n} → {c}");
+            if c > 0 {
+                assert!(size(c - 1) < n.max(1), "{n} not in the smallest class");
+            }
+        }
+        assert_eq!(class_of(MAX_SMALL + 1), None);
+    }
+
+    #[test]
+    fn rounding_waste_is_bounded() {
+        for n in 129..=MAX_SMALL {
+            let s = size(class_of(n).unwrap());
+            assert!((s - n) * 8 <= n, "{n} rounds to {s}: more than 12.5 %");
+        }
+        let mut p = 16;
+        while p <= MAX_SMALL {
+            assert_eq!(size(class_of(p).unwrap()), p, "powers of two waste nothing");
+            p *= 2;
+        }
+    }
+
+    #[test]
+    fn aligned_classes_are_multiples_of_the_alignment() {
+        let mut align = 1;
+        while align <= MAX_POOL_ALIGN {
+            for n in 0..=MAX_SMALL {
+                if let Some(c) = class_for(n, align) {
+                    assert!(size(c) >= n);
+                    assert_eq!(size(c) % align.max(16), 0, "size {n} align {align}");
+                }
+            }
+            align *= 2;
+        }
+        assert_eq!(class_for(16, 8192), None);
+        assert_eq!(class_for(usize::MAX, 32), None);
+    }
+}

@@ -1,0 +1,103 @@
+//! Synchronisation primitives, swapped for [loom]'s under `--cfg loom`.
+//!
+//! Every concurrent structure in tidyheap imports its atomics, cells and waiting
+//! primitives from here, never from `std` directly, so the same code that ships is the
+//! code loom model-checks (the crossbeam `primitive` pattern).
+//!
+//! [`UnsafeCell`] has loom's closure API (`with` / `with_mut`) on both backends: loom
+//! tracks every access to it and reports unsynchronised ones as data races.
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{
+    AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
+};
+#[cfg(not(loom))]
+pub(crate) use std::sync::atomic::{
+    AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
+};
+
+#[cfg(loom)]
+pub(crate) use loom::cell::UnsafeCell;
+
+/// `std::cell::UnsafeCell` with loom's access API, so code compiles against both.
+#[cfg(not(loom))]
+#[derive(Debug, Default)]
+#[repr(transparent)]
+pub(crate) struct UnsafeCell<T: ?Sized>(std::cell::UnsafeCell<T>);
+
+#[cfg(not(loom))]
+impl<T> UnsafeCell<T> {
+    /// Wraps `value`.
+    pub(crate) const fn new(value: T) -> Self {
+        Self(std::cell::UnsafeCell::new(value))
+    }
+
+    /// Runs `f` with a shared raw pointer to the contents.
+    #[inline(always)]
+    pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+        f(self.0.get())
+    }
+
+    /// Runs `f` with a mutable raw pointer to the contents.
+    #[inline(always)]
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+}
+
+/// Gives up the rest of this time slice while waiting for another thread.
+///
+/// Under loom this is the scheduling point loom needs to explore a spin-wait; natively it
+/// is `std::thread::yield_now`.
+#[inline]
+pub(crate) fn yield_now() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    std::thread::yield_now();
+}
+
+/// Bounded exponential back-off for contended waits: spins briefly, then yields.
+///
+/// Callers that may wait for a long time (a guard held across a frame) park instead; see
+/// `handle::slot`. This only smooths short races.
+#[derive(Debug, Default)]
+pub(crate) struct Backoff {
+    step: u32,
+}
+
+impl Backoff {
+    /// Past this many steps the wait has stopped being short and callers should park.
+    pub(crate) const PARK_AFTER: u32 = 10;
+
+    /// A fresh back-off.
+    pub(crate) const fn new() -> Self {
+        Self { step: 0 }
+    }
+
+    /// Waits a little longer than last time.
+    #[inline]
+    pub(crate) fn snooze(&mut self) {
+        #[cfg(loom)]
+        {
+            loom::thread::yield_now();
+        }
+        #[cfg(not(loom))]
+        {
+            if self.step <= 6 {
+                for _ in 0..(1u32 << self.step) {
+                    std::hint::spin_loop();
+                }
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        self.step = self.step.saturating_add(1);
+    }
+
+    /// True once the waiter has backed off long enough that it should park.
+    #[inline]
+    pub(crate) fn is_completed(&self) -> bool {
+        self.step > Self::PARK_AFTER
+    }
+}
