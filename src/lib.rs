@@ -2,8 +2,16 @@
 #![warn(missing_docs)]
 
 mod error;
+mod heap;
+pub mod large;
 pub mod os;
+pub(crate) mod pool;
 pub mod size_class;
+pub mod stats;
 pub(crate) mod sync;
 
 pub use error::{AllocError, HandleError};
+pub use heap::Heap;
+pub use pool::heap::HeapConfig;
+pub use pool::span::SpanKind;
+pub use stats::{ArenaStats, HeapStats, PoolCounters};

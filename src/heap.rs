@@ -1,0 +1,318 @@
+//! The fixed-allocation API: raw pointers from the size-class pools.
+//!
+//! Blocks handed out here never move (DESIGN invariant 1): they live in *fixed* spans,
+//! which the compactor never touches. Requests up to 256 KiB with alignment up to
+//! 4 KiB come from the pools; anything larger is mapped directly.
+//!
+//! # Zero-size requests
+//!
+//! A zero-size request returns a valid, unique, 16-byte-aligned pointer (a block of the
+//! smallest class) that must be freed like any other. Reading or writing through it is
+//! allowed for up to [`Heap::usable_size`] bytes.
+
+use core::alloc::Layout;
+use core::ptr::NonNull;
+
+use crate::AllocError;
+use crate::os;
+use crate::pool::heap::{HeapConfig, HeapInner};
+use crate::size_class;
+use crate::stats::{HeapStats, PoolCounters};
+
+/// A heap: size-class pools with per-thread caches, arenas and a large-block path.
+///
+/// `Heap` is `Send + Sync`: share it by reference between threads. Dropping it returns
+/// all its memory to the OS; blocks still allocated from it become invalid.
+///
+/// # Examples
+///
+/// ```
+/// use std::alloc::Layout;
+/// use tidyheap::Heap;
+///
+/// let heap = Heap::new();
+/// let layout = Layout::array::<u32>(100).unwrap();
+/// let p = heap.alloc(layout).unwrap();
+/// // SAFETY: `p` is valid for 400 bytes and aligned for u32.
+/// unsafe {
+///     p.cast::<u32>().as_ptr().write(7);
+///     let p = heap.realloc(p, layout, 800).unwrap();
+///     assert_eq!(p.cast::<u32>().as_ptr().read(), 7);
+///     heap.dealloc(p, Layout::from_size_align(800, 4).unwrap());
+/// }
+/// ```
+pub struct Heap {
+    inner: NonNull<HeapInner>,
+}
+
+// SAFETY: `HeapInner` is designed for shared use across threads (atomics, locks and
+// thread-owned records); `Heap` only hands out `&HeapInner`.
+unsafe impl Send for Heap {}
+// SAFETY: as above.
+unsafe impl Sync for Heap {}
+
+impl core::fmt::Debug for Heap {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Heap")
+            .field("arenas", &self.arena_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Heap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Heap {
+    /// A heap with the default configuration.
+    ///
+    /// # Panics
+    ///
+    /// If the OS refuses the few kilobytes of bookkeeping; see [`Heap::try_new`].
+    pub fn new() -> Self {
+        Self::with_config(HeapConfig::DEFAULT)
+    }
+
+    /// A heap with the default configuration, or the OS error.
+    ///
+    /// # Errors
+    ///
+    /// [`AllocError::OutOfMemory`] if the bookkeeping cannot be mapped.
+    pub fn try_new() -> Result<Self, AllocError> {
+        Self::try_with_config(HeapConfig::DEFAULT)
+    }
+
+    /// A heap with `config`.
+    ///
+    /// # Panics
+    ///
+    /// If the OS refuses the bookkeeping; see [`Heap::try_with_config`].
+    pub fn with_config(config: HeapConfig) -> Self {
+        match Self::try_with_config(config) {
+            Ok(h) => h,
+            Err(e) => panic!("tidyheap: cannot create a heap: {e}"),
+        }
+    }
+
+    /// A heap with `config`, or the OS error.
+    ///
+    /// # Errors
+    ///
+    /// [`AllocError::OutOfMemory`] if the bookkeeping cannot be mapped.
+    pub fn try_with_config(config: HeapConfig) -> Result<Self, AllocError> {
+        let mem = os::reserve(size_of::<HeapInner>(), align_of::<HeapInner>())?;
+        let inner = mem.cast::<HeapInner>();
+        // SAFETY: `mem` is a fresh mapping large and aligned enough for a HeapInner.
+        unsafe { inner.as_ptr().write(HeapInner::new(config)) };
+        Ok(Self { inner })
+    }
+
+    #[inline(always)]
+    pub(crate) fn inner(&self) -> &HeapInner {
+        // SAFETY: `inner` is initialised in the constructor and freed only in Drop.
+        unsafe { self.inner.as_ref() }
+    }
+
+    /// Allocates a block for `layout`.
+    ///
+    /// # Errors
+    ///
+    /// [`AllocError::OutOfMemory`] when the OS refuses memory. `Layout` already rules
+    /// out bad alignments and overflowing sizes; see [`Heap::alloc_with`] for unchecked
+    /// inputs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let heap = tidyheap::Heap::new();
+    /// let layout = std::alloc::Layout::from_size_align(24, 64).unwrap();
+    /// let p = heap.alloc(layout).unwrap();
+    /// assert_eq!(p.as_ptr() as usize % 64, 0);
+    /// // SAFETY: allocated above with `layout`.
+    /// unsafe { heap.dealloc(p, layout) };
+    /// ```
+    #[inline]
+    pub fn alloc(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
+        self.inner().alloc(layout)
+    }
+
+    /// Allocates `size` bytes aligned to `align`, validating both.
+    ///
+    /// # Errors
+    ///
+    /// [`AllocError::InvalidAlignment`] if `align` is not a power of two,
+    /// [`AllocError::TooLarge`] if `size` rounded up to `align` exceeds `isize::MAX`,
+    /// [`AllocError::OutOfMemory`] if the OS refuses.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tidyheap::{AllocError, Heap};
+    /// let heap = Heap::new();
+    /// assert_eq!(heap.alloc_with(8, 3), Err(AllocError::InvalidAlignment { align: 3 }));
+    /// assert_eq!(heap.alloc_with(usize::MAX, 8), Err(AllocError::TooLarge { size: usize::MAX }));
+    /// ```
+    pub fn alloc_with(&self, size: usize, align: usize) -> Result<NonNull<u8>, AllocError> {
+        self.alloc(layout_for(size, align)?)
+    }
+
+    /// Allocates a zero-filled block for `layout`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Heap::alloc`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let heap = tidyheap::Heap::new();
+    /// let layout = std::alloc::Layout::new::<[u64; 8]>();
+    /// let p = heap.alloc_zeroed(layout).unwrap();
+    /// // SAFETY: 64 zeroed bytes, aligned for u64.
+    /// assert_eq!(unsafe { p.cast::<[u64; 8]>().read() }, [0; 8]);
+    /// unsafe { heap.dealloc(p, layout) };
+    /// ```
+    pub fn alloc_zeroed(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
+        let p = self.alloc(layout)?;
+        if size_class::class_for(layout.size(), layout.align()).is_some() {
+            // SAFETY: the block holds at least `layout.size()` writable bytes. (Large
+            // blocks are fresh mappings and already zero.)
+            unsafe { p.as_ptr().write_bytes(0, layout.size()) };
+        }
+        Ok(p)
+    }
+
+    /// Frees a block.
+    ///
+    /// # Safety
+    ///
+    /// * `ptr` was returned by this heap's `alloc*`/`realloc` with `layout` (for
+    ///   `realloc`, the layout with the new size);
+    /// * it was not freed already and is not used afterwards.
+    ///
+    /// # Panics
+    ///
+    /// In debug builds, if `ptr` is not a block of this heap or `layout` does not match
+    /// the block's size class (a caller bug that would otherwise corrupt the heap).
+    #[inline]
+    pub unsafe fn dealloc(&self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.inner().dealloc(ptr, layout) }
+    }
+
+    /// Resizes a block to `new_size` bytes (same alignment), in place while its size
+    /// class still fits (or, for large blocks, while the mapping can grow), else by
+    /// moving it. Contents up to the smaller size are kept.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` was allocated by this heap with `layout` and is not used through the old
+    /// pointer afterwards unless the same pointer is returned.
+    ///
+    /// # Errors
+    ///
+    /// [`AllocError::TooLarge`] if `new_size` rounded to the alignment overflows,
+    /// [`AllocError::OutOfMemory`] if the OS refuses; the old block is then unchanged
+    /// and still owned by the caller.
+    pub unsafe fn realloc(
+        &self,
+        ptr: NonNull<u8>,
+        layout: Layout,
+        new_size: usize,
+    ) -> Result<NonNull<u8>, AllocError> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.inner().realloc(ptr, layout, new_size) }
+    }
+
+    /// The bytes usable in any block allocated with `layout`: its size class, or the
+    /// page-rounded length of a large mapping.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let heap = tidyheap::Heap::new();
+    /// let l = std::alloc::Layout::from_size_align(100, 8).unwrap();
+    /// assert_eq!(heap.usable_size(l), 112);
+    /// ```
+    pub fn usable_size(&self, layout: Layout) -> usize {
+        match size_class::class_for(layout.size(), layout.align()) {
+            Some(c) => size_class::size(c),
+            None => self.inner().large.usable_size(layout),
+        }
+    }
+
+    /// A snapshot of the heap's counters. See [`crate::stats`] for the definitions.
+    pub fn stats(&self) -> HeapStats {
+        self.inner().stats()
+    }
+
+    /// The calling thread's cache counters for this heap (fixed and movable blocks
+    /// together), or `None` if it has no cache here.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let heap = tidyheap::Heap::new();
+    /// let l = std::alloc::Layout::new::<u64>();
+    /// let p = heap.alloc(l).unwrap();
+    /// assert_eq!(heap.thread_cache_stats().unwrap().allocations, 1);
+    /// unsafe { heap.dealloc(p, l) };
+    /// ```
+    pub fn thread_cache_stats(&self) -> Option<PoolCounters> {
+        let tc = self.inner().thread_cache()?;
+        let mut c = tc.counters[0].snapshot();
+        c += tc.counters[1].snapshot();
+        Some(c)
+    }
+
+    /// Returns the calling thread's cached free blocks and the central lists' batches
+    /// to their spans, then hands every empty span's pages back to the OS. Returns the
+    /// bytes decommitted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let heap = tidyheap::Heap::new();
+    /// let l = std::alloc::Layout::new::<[u8; 1024]>();
+    /// let p = heap.alloc(l).unwrap();
+    /// unsafe { heap.dealloc(p, l) };
+    /// heap.trim();
+    /// assert_eq!(heap.stats().committed_bytes, 0);
+    /// ```
+    pub fn trim(&self) -> usize {
+        let inner = self.inner();
+        if let Some(tc) = inner.thread_cache() {
+            // SAFETY: the calling thread owns its record.
+            unsafe { inner.flush_cache(tc, None) };
+        }
+        inner.drain_central(None);
+        inner.trim()
+    }
+
+    /// Number of arenas.
+    pub fn arena_count(&self) -> usize {
+        self.inner().arena_count()
+    }
+}
+
+impl Drop for Heap {
+    fn drop(&mut self) {
+        // SAFETY: we own the heap; nobody can use it after drop (no outstanding
+        // borrows), and its blocks die with it per the type's contract.
+        unsafe {
+            self.inner().destroy();
+            core::ptr::drop_in_place(self.inner.as_ptr());
+            os::release(self.inner.cast(), size_of::<HeapInner>());
+        }
+    }
+}
+
+/// Validates a `(size, align)` request.
+pub(crate) fn layout_for(size: usize, align: usize) -> Result<Layout, AllocError> {
+    if !align.is_power_of_two() {
+        return Err(AllocError::InvalidAlignment { align });
+    }
+    Layout::from_size_align(size, align).map_err(|_| AllocError::TooLarge { size })
+}

@@ -1,0 +1,746 @@
+//! The heap core: size-class pools over arenas, with central lists and thread caches.
+//!
+//! ```text
+//! alloc(class) ─▶ thread cache list ──miss──▶ central list (lock-free batch) ──empty──▶ arena (lock): carve from spans
+//! free(block)  ─▶ thread cache list ──over limit──▶ central list ──full──▶ home to its span (its arena's lock)
+//! ```
+//!
+//! `HeapInner` lives at a stable address (inside a `static` for the global allocator, or
+//! in its own OS mapping for a `Heap` value), because thread caches and TLS entries
+//! point into it. Every heap that has handed out a thread cache is on a global
+//! registry; a thread exiting after its heap was dropped finds the heap missing there
+//! and leaves the (already unmapped) records alone.
+
+use core::alloc::Layout;
+use core::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+
+use super::arena::{Arena, SpanSource};
+use super::central::{Batch, CentralFreeList};
+use super::pagemap;
+use super::span::{Span, SpanKind};
+use super::thread_cache::{self, Counters, ThreadCache, bump};
+use crate::large::{LargeAllocator, LargeConfig};
+use crate::size_class::{self, NUM_CLASSES};
+use crate::{AllocError, os};
+
+/// Most arenas a heap can have.
+pub const MAX_ARENAS: usize = 64;
+/// Most threads that can hold a cache of one heap at once; more threads still work,
+/// through the uncached path.
+pub const MAX_THREAD_CACHES: usize = 1024;
+/// Blocks per central batch, at most (fewer for large classes: see [`batch_size`]).
+pub const DEFAULT_BATCH: usize = 32;
+/// Per-thread cache limit.
+pub const DEFAULT_THREAD_CACHE_BYTES: usize = 2 << 20;
+/// Bytes of free blocks a central list may hold per class before batches go home.
+const CENTRAL_BYTES_PER_CLASS: usize = 1 << 20;
+
+/// Tuning knobs of a heap. `HeapConfig::DEFAULT` is what `Heap::new()` uses.
+///
+/// # Examples
+///
+/// ```
+/// use tidyheap::{Heap, HeapConfig};
+/// let heap = Heap::with_config(HeapConfig { arenas: 2, ..HeapConfig::DEFAULT });
+/// assert_eq!(heap.arena_count(), 2);
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct HeapConfig {
+    /// Number of arenas; 0 means the available parallelism. Clamped to 1..=64.
+    pub arenas: usize,
+    /// Blocks moved per batch between thread caches and central lists (1..=32).
+    pub batch: usize,
+    /// Bytes of free blocks a thread may cache before it flushes to the central lists.
+    pub thread_cache_bytes: usize,
+    /// Configuration of the direct-mapping path for large blocks.
+    pub large: LargeConfig,
+}
+
+impl HeapConfig {
+    /// The defaults: one arena per CPU, batches of 32, 2 MiB per thread cache.
+    pub const DEFAULT: HeapConfig = HeapConfig {
+        arenas: 0,
+        batch: DEFAULT_BATCH,
+        thread_cache_bytes: DEFAULT_THREAD_CACHE_BYTES,
+        large: LargeConfig::DEFAULT,
+    };
+}
+
+impl Default for HeapConfig {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Blocks per batch for `class` under a configured batch size: fewer for big blocks so
+/// a batch never holds more than 256 KiB.
+#[inline]
+pub(crate) fn batch_size(class: usize, configured: usize) -> usize {
+    (256 * 1024 / size_class::size(class)).clamp(1, configured.clamp(1, DEFAULT_BATCH))
+}
+
+static NEXT_HEAP_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Heaps whose thread-cache records may still be referenced by some thread's TLS.
+struct Registry {
+    head: *const HeapInner,
+}
+// SAFETY: the pointer is only followed under the registry mutex, to heaps that unlink
+// themselves (under the same mutex) before they are freed.
+unsafe impl Send for Registry {}
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry { head: ptr::null() });
+
+/// The state of one heap. See the module docs.
+#[derive(Debug)]
+pub(crate) struct HeapInner {
+    id: AtomicU64,
+    pub(crate) config: HeapConfig,
+    narenas: AtomicUsize,
+    next_arena: AtomicUsize,
+    pub(crate) arenas: [Arena; MAX_ARENAS],
+    pub(crate) source: SpanSource,
+    pub(crate) central: [[CentralFreeList; NUM_CLASSES]; 2],
+    caches: AtomicPtr<ThreadCache>,
+    /// Records ever claimed (an upper bound on indexes in use).
+    caches_hwm: AtomicUsize,
+    /// Counters of the uncached path and of released records (read-modify-write).
+    pub(crate) shared: [Counters; 2],
+    /// Bumped to ask every thread to flush its movable lists (see `flush_movable`).
+    pub(crate) movable_epoch: AtomicU64,
+    pub(crate) large: LargeAllocator,
+    /// Registry link, only touched under the registry mutex.
+    reg_next: AtomicPtr<HeapInner>,
+    registered: core::sync::atomic::AtomicBool,
+}
+
+impl HeapInner {
+    pub(crate) const fn new(config: HeapConfig) -> Self {
+        Self {
+            id: AtomicU64::new(0),
+            config,
+            narenas: AtomicUsize::new(0),
+            next_arena: AtomicUsize::new(0),
+            arenas: {
+                let mut a = [const { Arena::new(0) }; MAX_ARENAS];
+                let mut i = 0;
+                while i < MAX_ARENAS {
+                    a[i].index = i as u32;
+                    i += 1;
+                }
+                a
+            },
+            source: SpanSource::new(),
+            central: [const { [const { CentralFreeList::new(usize::MAX) }; NUM_CLASSES] }; 2],
+            caches: AtomicPtr::new(ptr::null_mut()),
+            caches_hwm: AtomicUsize::new(0),
+            shared: [const { Counters::ZERO }; 2],
+            movable_epoch: AtomicU64::new(0),
+            large: LargeAllocator::new(config.large),
+            reg_next: AtomicPtr::new(ptr::null_mut()),
+            registered: core::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The heap's id (assigned on first use; never 0 afterwards, never reused).
+    #[inline(always)]
+    pub(crate) fn id(&self) -> u64 {
+        self.id.load(Ordering::Relaxed)
+    }
+
+    fn ensure_id(&self) -> u64 {
+        let id = self.id.load(Ordering::Relaxed);
+        if id != 0 {
+            return id;
+        }
+        let fresh = NEXT_HEAP_ID.fetch_add(1, Ordering::Relaxed);
+        match self
+            .id
+            .compare_exchange(0, fresh, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => fresh,
+            Err(winner) => winner,
+        }
+    }
+
+    /// Number of arenas in use (decided on first use).
+    pub(crate) fn arena_count(&self) -> usize {
+        let n = self.narenas.load(Ordering::Relaxed);
+        if n != 0 {
+            return n;
+        }
+        let want = if self.config.arenas == 0 {
+            // sysconf does not allocate, unlike `available_parallelism`, which may read
+            // cgroup files: this can run inside the global allocator.
+            // SAFETY: sysconf has no preconditions.
+            let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+            usize::try_from(cpus).unwrap_or(1)
+        } else {
+            self.config.arenas
+        }
+        .clamp(1, MAX_ARENAS);
+        match self
+            .narenas
+            .compare_exchange(0, want, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => want,
+            Err(n) => n,
+        }
+    }
+
+    fn next_arena(&self) -> usize {
+        self.next_arena.fetch_add(1, Ordering::Relaxed) % self.arena_count()
+    }
+
+    fn records(&self) -> Option<&[ThreadCache]> {
+        let p = self.caches.load(Ordering::Acquire);
+        let n = self
+            .caches_hwm
+            .load(Ordering::Acquire)
+            .min(MAX_THREAD_CACHES);
+        // SAFETY: the record table holds MAX_THREAD_CACHES zero-initialised (valid)
+        // records for the heap's life.
+        NonNull::new(p).map(|p| unsafe { core::slice::from_raw_parts(p.as_ptr(), n) })
+    }
+
+    /// Claims a free thread-cache record for the calling thread.
+    pub(crate) fn claim_cache(&self) -> Option<*const ThreadCache> {
+        self.ensure_id();
+        if !self.registered.load(Ordering::Acquire) {
+            let mut reg = REGISTRY.lock();
+            if !self.registered.load(Ordering::Relaxed) {
+                self.reg_next
+                    .store(reg.head as *mut HeapInner, Ordering::Relaxed);
+                reg.head = self;
+                self.registered.store(true, Ordering::Release);
+            }
+        }
+        let mut table = self.caches.load(Ordering::Acquire);
+        if table.is_null() {
+            let bytes = MAX_THREAD_CACHES * size_of::<ThreadCache>();
+            let fresh = os::reserve(bytes, os::PAGE_SIZE)
+                .ok()?
+                .cast::<ThreadCache>();
+            table = match self.caches.compare_exchange(
+                ptr::null_mut(),
+                fresh.as_ptr(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => fresh.as_ptr(),
+                Err(winner) => {
+                    // SAFETY: `fresh` was never shared.
+                    unsafe { os::release(fresh.cast(), bytes) };
+                    winner
+                }
+            };
+        }
+        for i in 0..MAX_THREAD_CACHES {
+            // SAFETY: `i` is in the table, whose records are valid zeroed or used ones.
+            let rec = unsafe { &*table.add(i) };
+            if !rec.claimed.load(Ordering::Relaxed)
+                && rec
+                    .claimed
+                    .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                self.caches_hwm.fetch_max(i + 1, Ordering::AcqRel);
+                rec.arena.store(self.next_arena() as u32, Ordering::Relaxed);
+                rec.movable_epoch.store(
+                    self.movable_epoch.load(Ordering::Relaxed),
+                    Ordering::Relaxed,
+                );
+                return Some(rec);
+            }
+        }
+        None
+    }
+
+    /// Releases `cache` (flushing it home) if `heap` is still a registered heap with
+    /// id `id`.
+    ///
+    /// # Safety
+    ///
+    /// `cache` was claimed by the calling thread from the heap with id `id`, which lived
+    /// at `heap`.
+    pub(crate) unsafe fn release_if_alive(
+        heap: *const HeapInner,
+        id: u64,
+        cache: *const ThreadCache,
+    ) {
+        let reg = REGISTRY.lock();
+        let mut cur = reg.head;
+        while !cur.is_null() {
+            // SAFETY: registered heaps are alive while the registry lock is held (they
+            // unlink under it before being freed).
+            let h = unsafe { &*cur };
+            if cur == heap && h.id() == id {
+                // SAFETY: the record belongs to this live heap and to this thread.
+                unsafe { h.release_cache(&*cache) };
+                break;
+            }
+            cur = h.reg_next.load(Ordering::Relaxed);
+        }
+        drop(reg);
+    }
+
+    /// Flushes every block of `cache` home, folds its counters into the shared ones and
+    /// unclaims it.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns `cache` (its thread is the caller, or is gone).
+    unsafe fn release_cache(&self, cache: &ThreadCache) {
+        // SAFETY: forwarded: we own the record.
+        unsafe { self.flush_cache(cache, None) };
+        for k in 0..2 {
+            let (from, to) = (&cache.counters[k], &self.shared[k]);
+            from.drain_into(to);
+        }
+        cache.claimed.store(false, Ordering::Release);
+    }
+
+    /// Returns every cached block of `cache` (of `kind`, or of both kinds) home.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns `cache`.
+    pub(crate) unsafe fn flush_cache(&self, cache: &ThreadCache, kind: Option<SpanKind>) {
+        // SAFETY: forwarded: we own the record.
+        let lists = unsafe { cache.lists() };
+        for k in SpanKind::ALL {
+            if kind.is_some_and(|want| want != k) {
+                continue;
+            }
+            for (class, list) in lists[k as usize].iter_mut().enumerate() {
+                let n = list.len();
+                if n == 0 {
+                    continue;
+                }
+                cache
+                    .cached_bytes
+                    .fetch_sub(n * size_class::size(class), Ordering::Relaxed);
+                while let Some(batch) = list.take_batch(usize::MAX) {
+                    // SAFETY: the batch's blocks are free and ours.
+                    unsafe { self.return_home(batch) };
+                }
+            }
+        }
+    }
+
+    /// This thread's cache record.
+    #[inline(always)]
+    pub(crate) fn thread_cache(&self) -> Option<&ThreadCache> {
+        thread_cache::current(self)
+    }
+
+    /// Allocates one block of `class`/`kind` for a request of `size` bytes.
+    #[inline(always)]
+    pub(crate) fn alloc_block(
+        &self,
+        class: usize,
+        size: usize,
+        kind: SpanKind,
+    ) -> Result<NonNull<u8>, AllocError> {
+        if let Some(tc) = self.thread_cache() {
+            // SAFETY: this thread owns its record.
+            let list = unsafe { &mut tc.lists()[kind as usize][class] };
+            let b = match list.pop() {
+                Some(b) => {
+                    let cached = tc.cached_bytes.load(Ordering::Relaxed) - size_class::size(class);
+                    tc.cached_bytes.store(cached, Ordering::Relaxed);
+                    b
+                }
+                None => self.refill(tc, class, kind)?,
+            };
+            let c = &tc.counters[kind as usize];
+            bump(&c.allocs, 1);
+            bump(&c.alloc_bytes, size as u64);
+            return Ok(b);
+        }
+        self.alloc_uncached(class, size, kind)
+    }
+
+    #[cold]
+    fn refill(
+        &self,
+        tc: &ThreadCache,
+        class: usize,
+        kind: SpanKind,
+    ) -> Result<NonNull<u8>, AllocError> {
+        let c = &tc.counters[kind as usize];
+        bump(&c.misses, 1);
+        // SAFETY: this thread owns its record.
+        let list = unsafe { &mut tc.lists()[kind as usize][class] };
+        let csize = size_class::size(class);
+        if let Some(batch) = self.central[kind as usize][class].pop() {
+            bump(&c.batches_in, 1);
+            list.adopt(batch);
+        } else {
+            let arena = &self.arenas[tc.arena.load(Ordering::Relaxed) as usize];
+            let want = batch_size(class, self.config.batch);
+            // SAFETY: fresh blocks are free and now ours.
+            arena.take_blocks(&self.source, class, kind, want, |b| unsafe { list.push(b) })?;
+        }
+        let b = list.pop().expect("a refill yields at least one block");
+        tc.cached_bytes
+            .fetch_add(list.len() * csize, Ordering::Relaxed);
+        Ok(b)
+    }
+
+    #[cold]
+    fn alloc_uncached(
+        &self,
+        class: usize,
+        size: usize,
+        kind: SpanKind,
+    ) -> Result<NonNull<u8>, AllocError> {
+        let arena = &self.arenas[self.next_arena()];
+        let mut out = None;
+        arena.take_blocks(&self.source, class, kind, 1, |b| out = Some(b))?;
+        let c = &self.shared[kind as usize];
+        c.allocs.fetch_add(1, Ordering::Relaxed);
+        c.alloc_bytes.fetch_add(size as u64, Ordering::Relaxed);
+        c.misses.fetch_add(1, Ordering::Relaxed);
+        Ok(out.expect("take_blocks returned one block"))
+    }
+
+    /// Frees a block of `class`/`kind` that was allocated for `size` bytes.
+    ///
+    /// # Safety
+    ///
+    /// `block` is a live block of this heap of that class and kind, and dead from now on.
+    #[inline(always)]
+    pub(crate) unsafe fn free_block(
+        &self,
+        block: NonNull<u8>,
+        class: usize,
+        size: usize,
+        kind: SpanKind,
+    ) {
+        if let Some(tc) = self.thread_cache() {
+            // SAFETY: this thread owns its record; the block is dead and ours.
+            let list = unsafe { &mut tc.lists()[kind as usize][class] };
+            // SAFETY: the caller hands us the dead block.
+            unsafe { list.push(block) };
+            let c = &tc.counters[kind as usize];
+            bump(&c.frees, 1);
+            bump(&c.free_bytes, size as u64);
+            let cached = tc.cached_bytes.load(Ordering::Relaxed) + size_class::size(class);
+            tc.cached_bytes.store(cached, Ordering::Relaxed);
+            let batch = batch_size(class, self.config.batch);
+            if list.len() > 2 * batch || cached > self.config.thread_cache_bytes {
+                self.overflow(tc, class, kind);
+            }
+            return;
+        }
+        let c = &self.shared[kind as usize];
+        c.frees.fetch_add(1, Ordering::Relaxed);
+        c.free_bytes.fetch_add(size as u64, Ordering::Relaxed);
+        // SAFETY: the dead block is ours.
+        unsafe { self.return_home(Batch::from_block(block)) };
+    }
+
+    /// Moves a batch of `class` to the central list (or home when the central list is
+    /// full), and trims the whole cache when it is over its byte limit.
+    #[cold]
+    fn overflow(&self, tc: &ThreadCache, class: usize, kind: SpanKind) {
+        let batch = batch_size(class, self.config.batch);
+        // SAFETY: this thread owns its record.
+        let lists = unsafe { tc.lists() };
+        let list = &mut lists[kind as usize][class];
+        if list.len() > batch {
+            if let Some(b) = list.take_batch(batch) {
+                tc.cached_bytes.fetch_sub(
+                    b.len() as usize * size_class::size(class),
+                    Ordering::Relaxed,
+                );
+                bump(&tc.counters[kind as usize].batches_out, 1);
+                self.give_central(b, class, kind);
+            }
+        }
+        if tc.cached_bytes.load(Ordering::Relaxed) > self.config.thread_cache_bytes {
+            // Over the byte budget: halve every list, biggest classes first.
+            for k in SpanKind::ALL {
+                for c in (0..NUM_CLASSES).rev() {
+                    let l = &mut lists[k as usize][c];
+                    let keep = l.len() / 2;
+                    if l.len() - keep == 0 {
+                        continue;
+                    }
+                    if let Some(b) = l.take_batch(l.len() - keep) {
+                        tc.cached_bytes
+                            .fetch_sub(b.len() as usize * size_class::size(c), Ordering::Relaxed);
+                        bump(&tc.counters[k as usize].batches_out, 1);
+                        self.give_central(b, c, k);
+                    }
+                }
+            }
+        }
+    }
+
+    fn give_central(&self, batch: Batch, class: usize, kind: SpanKind) {
+        let central = &self.central[kind as usize][class];
+        let bytes = batch_size(class, self.config.batch) * size_class::size(class);
+        let cap = (CENTRAL_BYTES_PER_CLASS / bytes).max(4);
+        let batch = if central.batches() < cap {
+            match central.push(batch) {
+                Ok(()) => return,
+                Err(b) => b,
+            }
+        } else {
+            batch
+        };
+        // SAFETY: the batch's blocks are free and ours.
+        unsafe { self.return_home(batch) };
+    }
+
+    /// Returns every block of `batch` to its span, locking each owning arena once per
+    /// run of blocks that share it.
+    ///
+    /// # Safety
+    ///
+    /// The batch's blocks are free blocks of this heap that nobody uses.
+    pub(crate) unsafe fn return_home(&self, batch: Batch) {
+        let (head, _tail, count) = batch.into_raw_parts();
+        let mut cur = head.as_ptr();
+        let mut locked: Option<(u32, parking_lot::MutexGuard<'_, super::arena::ArenaState>)> = None;
+        for _ in 0..count {
+            let block = NonNull::new(cur).expect("batch count matches its chain");
+            // SAFETY: the block is free and ours; read its link before it is reused.
+            cur = unsafe { block.cast::<*mut u8>().read() };
+            let span = self.span_of(block).expect("a pool block maps to its span");
+            let arena = &self.arenas[span.arena as usize];
+            if locked.as_ref().is_none_or(|(a, _)| *a != span.arena) {
+                // Never hold two arena locks: release the previous one first.
+                drop(locked.take());
+                locked = Some((span.arena, arena.lock()));
+            }
+            let (_, st) = locked.as_mut().expect("locked above");
+            // SAFETY: we hold the span's arena lock and the block is a dead out block.
+            unsafe { arena.put_block(st, span, block) };
+        }
+    }
+
+    /// The span holding `block`, if it is one of this heap's.
+    #[inline]
+    pub(crate) fn span_of(&self, block: NonNull<u8>) -> Option<&Span> {
+        let s = pagemap::lookup(block.as_ptr() as usize)?;
+        // SAFETY: page-map entries point at live span records; the heap check below
+        // makes sure the record is ours, so `&self` bounds its life.
+        let span = unsafe { &*s.as_ptr() };
+        self.owns_span(span).then_some(span)
+    }
+
+    #[inline]
+    fn owns_span(&self, span: &Span) -> bool {
+        self.source.owns(span)
+    }
+
+    /// Allocates per `layout` from the pools (or the large path), as a `kind` block.
+    #[inline]
+    pub(crate) fn alloc(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
+        match size_class::class_for(layout.size(), layout.align()) {
+            Some(class) => self.alloc_block(class, layout.size(), SpanKind::Fixed),
+            None => self.large.alloc(layout),
+        }
+    }
+
+    /// Frees a fixed block.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` was allocated by this heap with `layout` and is dead from now on.
+    #[inline]
+    pub(crate) unsafe fn dealloc(&self, ptr: NonNull<u8>, layout: Layout) {
+        match size_class::class_for(layout.size(), layout.align()) {
+            Some(class) => {
+                #[cfg(debug_assertions)]
+                self.check_layout(ptr, layout, class);
+                // SAFETY: forwarded from the caller.
+                unsafe { self.free_block(ptr, class, layout.size(), SpanKind::Fixed) }
+            }
+            // SAFETY: forwarded from the caller.
+            None => unsafe { self.large.dealloc(ptr, layout) },
+        }
+    }
+
+    #[cfg(debug_assertions)]
+    fn check_layout(&self, ptr: NonNull<u8>, layout: Layout, class: usize) {
+        let Some(span) = self.span_of(ptr) else {
+            panic!(
+                "tidyheap: dealloc of {ptr:p} with layout {layout:?}: the pointer is not a \
+                 block of this heap (foreign pointer, large block freed with a small layout, \
+                 or double release of the heap)"
+            );
+        };
+        assert!(
+            span.kind() == SpanKind::Fixed,
+            "tidyheap: dealloc of {ptr:p}: it is a movable (handle) block, not a fixed one"
+        );
+        assert!(
+            span.class() == class,
+            "tidyheap: dealloc of {ptr:p} with layout {layout:?} (class of {} B), but the \
+             block belongs to the {} B class: wrong layout passed to dealloc",
+            size_class::size(class),
+            span.block_size(),
+        );
+        assert!(
+            span.block_index(ptr.as_ptr() as usize).is_some(),
+            "tidyheap: dealloc of {ptr:p}: not the start of a block"
+        );
+    }
+
+    /// Reallocates a fixed block; see `Heap::realloc`.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` was allocated by this heap with `old`, and `new_size` rounded up to
+    /// `old.align()` does not overflow `isize`.
+    pub(crate) unsafe fn realloc(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new_size: usize,
+    ) -> Result<NonNull<u8>, AllocError> {
+        let align = old.align();
+        let new = Layout::from_size_align(new_size, align)
+            .map_err(|_| AllocError::TooLarge { size: new_size })?;
+        let co = size_class::class_for(old.size(), align);
+        let cn = size_class::class_for(new_size, align);
+        match (co, cn) {
+            (Some(co), Some(cn))
+                if cn == co || (cn < co && 2 * new_size >= size_class::size(co)) =>
+            {
+                self.account_resize(old.size(), new_size);
+                Ok(ptr)
+            }
+            // SAFETY: forwarded from the caller: a large block with this layout.
+            (None, None) => unsafe { self.large.realloc(ptr, old, new_size) },
+            _ => {
+                let fresh = self.alloc(new)?;
+                // SAFETY: both blocks are valid for the copied length and distinct; the
+                // old block is dead after the copy.
+                unsafe {
+                    ptr::copy_nonoverlapping(
+                        ptr.as_ptr(),
+                        fresh.as_ptr(),
+                        old.size().min(new_size),
+                    );
+                    self.dealloc(ptr, old);
+                }
+                Ok(fresh)
+            }
+        }
+    }
+
+    fn account_resize(&self, old: usize, new: usize) {
+        let c = match self.thread_cache() {
+            Some(tc) => &tc.counters[0],
+            None => &self.shared[0],
+        };
+        // Live bytes = alloc_bytes − free_bytes: charge the new size, credit the old.
+        c.alloc_bytes.fetch_add(new as u64, Ordering::Relaxed);
+        c.free_bytes.fetch_add(old as u64, Ordering::Relaxed);
+    }
+
+    /// Sums counters of `kind` over the shared set and every record.
+    pub(crate) fn counters(&self, kind: SpanKind) -> crate::stats::PoolCounters {
+        let mut s = self.shared[kind as usize].snapshot();
+        for rec in self.records().unwrap_or(&[]) {
+            s += rec.counters[kind as usize].snapshot();
+        }
+        s
+    }
+
+    /// A snapshot of the heap's counters.
+    pub(crate) fn stats(&self) -> crate::stats::HeapStats {
+        let n = self.arena_count();
+        let mut threads = [0usize; MAX_ARENAS];
+        for rec in self.records().unwrap_or(&[]) {
+            if rec.claimed.load(Ordering::Relaxed) {
+                threads[rec.arena.load(Ordering::Relaxed) as usize % MAX_ARENAS] += 1;
+            }
+        }
+        let arenas: Vec<_> = self.arenas[..n]
+            .iter()
+            .map(|a| {
+                let c = &a.counters;
+                crate::stats::ArenaStats {
+                    spans: c.spans.load(Ordering::Relaxed),
+                    committed_bytes: c.committed.load(Ordering::Relaxed),
+                    refills: c.refills.load(Ordering::Relaxed),
+                    returns: c.returns.load(Ordering::Relaxed),
+                    decommits: c.decommits.load(Ordering::Relaxed),
+                    lock_acquisitions: c.locks.load(Ordering::Relaxed),
+                    threads: threads[a.index as usize],
+                }
+            })
+            .collect();
+        crate::stats::HeapStats {
+            fixed: self.counters(SpanKind::Fixed),
+            movable: self.counters(SpanKind::Movable),
+            large: self.large.stats(),
+            committed_bytes: arenas.iter().map(|a| a.committed_bytes).sum(),
+            spans: arenas.iter().map(|a| a.spans).sum(),
+            arenas,
+        }
+    }
+
+    /// Decommits every retained empty span; returns the bytes handed back.
+    pub(crate) fn trim(&self) -> usize {
+        (0..self.arena_count()).map(|a| self.arenas[a].trim()).sum()
+    }
+
+    /// Returns every batch held by the central lists home.
+    pub(crate) fn drain_central(&self, kind: Option<SpanKind>) {
+        for k in SpanKind::ALL {
+            if kind.is_some_and(|want| want != k) {
+                continue;
+            }
+            for list in &self.central[k as usize] {
+                for batch in list.take_all() {
+                    // SAFETY: batches in the central list are free blocks of this heap.
+                    unsafe { self.return_home(batch) };
+                }
+            }
+        }
+    }
+
+    /// Unregisters the heap and returns all its memory to the OS.
+    ///
+    /// # Safety
+    ///
+    /// Nothing uses any block, record or span of this heap afterwards.
+    pub(crate) unsafe fn destroy(&self) {
+        if self.registered.load(Ordering::Acquire) {
+            let mut reg = REGISTRY.lock();
+            let me = self as *const HeapInner;
+            if reg.head == me {
+                reg.head = self.reg_next.load(Ordering::Relaxed);
+            } else {
+                let mut cur = reg.head;
+                while !cur.is_null() {
+                    // SAFETY: registered heaps are alive under the registry lock.
+                    let h = unsafe { &*cur };
+                    let next = h.reg_next.load(Ordering::Relaxed);
+                    if next as *const HeapInner == me {
+                        h.reg_next
+                            .store(self.reg_next.load(Ordering::Relaxed), Ordering::Relaxed);
+                        break;
+                    }
+                    cur = next;
+                }
+            }
+        }
+        let table = self.caches.load(Ordering::Acquire);
+        if let Some(t) = NonNull::new(table) {
+            // SAFETY: the record table was reserved with this size; nobody uses it now.
+            unsafe { os::release(t.cast(), MAX_THREAD_CACHES * size_of::<ThreadCache>()) };
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.source.release_all() };
+    }
+}

@@ -1,0 +1,10 @@
+//! The pool layer: size-class spans, arenas, central lists and thread caches.
+//!
+//! See `heap` for how the levels fit together.
+
+pub(crate) mod arena;
+pub(crate) mod central;
+pub(crate) mod heap;
+pub(crate) mod pagemap;
+pub(crate) mod span;
+pub(crate) mod thread_cache;

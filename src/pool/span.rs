@@ -1,0 +1,465 @@
+//! Spans: runs of [`SPAN_UNIT`]-aligned pages carved into blocks of one size class.
+//!
+//! ```text
+//!  base                                                    base + bytes
+//!  │ side table (movable only) │ block 0 │ block 1 │ ... │ block cap-1 │ tail │
+//!                              ▲ base + first_block, aligned to the class alignment
+//! ```
+//!
+//! Metadata lives outside user blocks: the [`Span`] record sits in the heap's span table,
+//! and a movable span's per-block side table (owner slot + requested length, 8 B a
+//! block) sits in front of its first block. Block `i` is at `base + first_block + i·size`;
+//! since `base` is 64 KiB-aligned and `first_block` is a multiple of the class
+//! alignment, every block of a class that is a multiple of `align` is `align`-aligned
+//! (see [`crate::size_class`]).
+//!
+//! # Block accounting (under the owning arena's lock)
+//!
+//! Every block of a span is in exactly one of three states: *uncarved* (index ≥
+//! `carved`), *home* (on the span's own free list), or *out* (handed out: live in user
+//! hands, or cached in a thread cache or the central list). So
+//!
+//! ```text
+//! carved − free_count == out        capacity − carved == uncarved
+//! out == 0  ⇔  the span is empty and may be reused or decommitted
+//! ```
+//!
+//! A span is on exactly one arena list: `partial` (some block is home or uncarved),
+//! `full` (none is), or an `empty` list (out == 0, not serving any class).
+
+use core::cell::UnsafeCell;
+use core::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+
+use crate::size_class::{self, MAX_POOL_ALIGN};
+
+/// What a span serves: raw-pointer blocks that never move, or handle-addressed blocks
+/// the compactor may relocate (DESIGN invariant 1 keeps the two apart).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum SpanKind {
+    /// Raw-pointer blocks: never moved.
+    Fixed = 0,
+    /// Handle-addressed blocks: relocatable by the compactor.
+    Movable = 1,
+}
+
+impl SpanKind {
+    pub(crate) const ALL: [SpanKind; 2] = [SpanKind::Fixed, SpanKind::Movable];
+}
+
+/// Per-block metadata of a movable span: which handle slot owns the block, and how
+/// many bytes its owner asked for.
+///
+/// `owner == 0` ⇔ the block is not live (home, cached or uncarved); otherwise it is
+/// `slot index + 1` of the handle table slot whose pointer addresses this block.
+#[derive(Debug)]
+#[repr(C)]
+pub(crate) struct BlockMeta {
+    pub(crate) owner: AtomicU32,
+    pub(crate) len: AtomicU32,
+}
+
+/// Bytes of side table per movable block.
+pub(crate) const META_BYTES: usize = core::mem::size_of::<BlockMeta>();
+
+/// The alignment every block of a class enjoys: the largest power of two dividing its
+/// size, capped at the largest alignment pools serve.
+#[inline]
+pub(crate) fn class_align(class: usize) -> usize {
+    let s = size_class::size(class);
+    (1usize << s.trailing_zeros()).min(MAX_POOL_ALIGN)
+}
+
+/// Where the first block starts and how many blocks fit, for a span of `class`/`kind`.
+pub(crate) fn geometry(class: usize, kind: SpanKind) -> (usize, usize) {
+    let bytes = size_class::span_bytes(class);
+    let size = size_class::size(class);
+    match kind {
+        SpanKind::Fixed => (0, bytes / size),
+        SpanKind::Movable => {
+            let align = class_align(class);
+            let mut cap = bytes / size;
+            loop {
+                let first = (cap * META_BYTES).next_multiple_of(align);
+                if first + cap * size <= bytes {
+                    return (first, cap);
+                }
+                cap -= 1;
+            }
+        }
+    }
+}
+
+/// Lock-protected mutable state of a span. Only touched while holding the lock of the
+/// arena that owns the span.
+#[derive(Debug)]
+pub(crate) struct SpanState {
+    /// Intrusive list of home blocks; word 0 of each holds the next.
+    pub(crate) free: *mut u8,
+    /// Blocks on `free`.
+    pub(crate) free_count: u32,
+    /// Blocks ever carved since the span was last initialised.
+    pub(crate) carved: u32,
+    /// Arena list links.
+    pub(crate) prev: *mut Span,
+    pub(crate) next: *mut Span,
+    /// Which arena list holds the span (see [`ListId`]).
+    pub(crate) list: ListId,
+    /// Whether the span's pages are committed (not `MADV_DONTNEED`ed).
+    pub(crate) committed: bool,
+    /// The compactor is evacuating this span: allocation must not refill from it.
+    pub(crate) evacuating: bool,
+}
+
+/// The arena list a span is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ListId {
+    None,
+    Partial,
+    Full,
+    Empty,
+}
+
+/// One span. Lives in its heap's span table at a stable address for the heap's life.
+///
+/// Geometry fields are atomics written only while the span is empty and held under its
+/// arena's lock, and read (Relaxed) by threads that hold one of its blocks — the block
+/// handoff orders those reads after the write.
+#[derive(Debug)]
+pub struct Span {
+    /// First byte; `SPAN_UNIT`-aligned. Fixed for the span's life.
+    pub(crate) base: usize,
+    /// Region length in bytes. Fixed for the span's life.
+    pub(crate) bytes: usize,
+    /// Owning arena. Fixed for the span's life.
+    pub(crate) arena: u32,
+    pub(crate) class: AtomicU32,
+    pub(crate) kind: AtomicU32,
+    pub(crate) block_size: AtomicU32,
+    pub(crate) first_block: AtomicU32,
+    pub(crate) capacity: AtomicU32,
+    /// Movable spans: blocks with an owner (`BlockMeta::owner != 0`).
+    pub(crate) live: AtomicU32,
+    /// Movable spans: requested bytes of live blocks.
+    pub(crate) live_bytes: AtomicUsize,
+    pub(crate) state: UnsafeCell<SpanState>,
+}
+
+// SAFETY: `state` is only accessed under the owning arena's lock (every accessor is an
+// `unsafe fn` requiring it); all other fields are atomics or immutable.
+unsafe impl Sync for Span {}
+// SAFETY: as above; a span holds no thread-bound data.
+unsafe impl Send for Span {}
+
+impl Span {
+    /// A span record for the region `[base, base + bytes)`, not yet serving any class.
+    pub(crate) fn new(base: usize, bytes: usize, arena: u32) -> Self {
+        Self {
+            base,
+            bytes,
+            arena,
+            class: AtomicU32::new(0),
+            kind: AtomicU32::new(0),
+            block_size: AtomicU32::new(0),
+            first_block: AtomicU32::new(0),
+            capacity: AtomicU32::new(0),
+            live: AtomicU32::new(0),
+            live_bytes: AtomicUsize::new(0),
+            state: UnsafeCell::new(SpanState {
+                free: ptr::null_mut(),
+                free_count: 0,
+                carved: 0,
+                prev: ptr::null_mut(),
+                next: ptr::null_mut(),
+                list: ListId::None,
+                committed: true,
+                evacuating: false,
+            }),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn class(&self) -> usize {
+        self.class.load(Ordering::Relaxed) as usize
+    }
+
+    #[inline]
+    pub(crate) fn kind(&self) -> SpanKind {
+        if self.kind.load(Ordering::Relaxed) == 0 {
+            SpanKind::Fixed
+        } else {
+            SpanKind::Movable
+        }
+    }
+
+    #[inline]
+    pub(crate) fn block_size(&self) -> usize {
+        self.block_size.load(Ordering::Relaxed) as usize
+    }
+
+    #[inline]
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity.load(Ordering::Relaxed) as usize
+    }
+
+    #[inline]
+    pub(crate) fn first_block(&self) -> usize {
+        self.first_block.load(Ordering::Relaxed) as usize
+    }
+
+    /// The lock-protected state.
+    ///
+    /// # Safety
+    ///
+    /// * the caller holds the lock of arena `self.arena`;
+    /// * no other reference obtained from this method is alive.
+    #[allow(clippy::mut_from_ref)]
+    #[inline]
+    pub(crate) unsafe fn state(&self) -> &mut SpanState {
+        // SAFETY: the caller holds the arena lock, which serialises every access to
+        // `state`, and holds no other reference to it.
+        unsafe { &mut *self.state.get() }
+    }
+
+    /// Sets the span up to serve `class` / `kind`. Home list emptied, nothing carved.
+    ///
+    /// # Safety
+    ///
+    /// * the caller holds the owning arena's lock;
+    /// * the span is empty (no block out).
+    pub(crate) unsafe fn init(&self, class: usize, kind: SpanKind) {
+        let (first, cap) = geometry(class, kind);
+        debug_assert_eq!(size_class::span_bytes(class), self.bytes);
+        self.class.store(class as u32, Ordering::Relaxed);
+        self.kind.store(kind as u32, Ordering::Relaxed);
+        self.block_size
+            .store(size_class::size(class) as u32, Ordering::Relaxed);
+        self.first_block.store(first as u32, Ordering::Relaxed);
+        self.capacity.store(cap as u32, Ordering::Relaxed);
+        self.live.store(0, Ordering::Relaxed);
+        self.live_bytes.store(0, Ordering::Relaxed);
+        // SAFETY: forwarded: we hold the arena lock and the span is ours.
+        let st = unsafe { self.state() };
+        st.free = ptr::null_mut();
+        st.free_count = 0;
+        st.carved = 0;
+        st.evacuating = false;
+        if kind == SpanKind::Movable && st.committed {
+            // A reused committed span may hold stale side-table entries; decommitted
+            // pages read back as zero anyway.
+            for i in 0..cap {
+                // SAFETY: `i < cap`, so the entry lies in this span's side table.
+                let m = unsafe { self.meta(i) };
+                m.owner.store(0, Ordering::Relaxed);
+                m.len.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Address of block `i`.
+    #[inline]
+    pub(crate) fn block(&self, i: usize) -> NonNull<u8> {
+        debug_assert!(i < self.capacity());
+        let addr = self.base + self.first_block() + i * self.block_size();
+        // SAFETY: `base` is a non-null mapping address, so any offset from it is non-null.
+        unsafe { NonNull::new_unchecked(addr as *mut u8) }
+    }
+
+    /// Index of the block starting at `addr`, or `None` if `addr` is not a block start.
+    #[inline]
+    pub(crate) fn block_index(&self, addr: usize) -> Option<usize> {
+        let off = addr.checked_sub(self.base + self.first_block())?;
+        let size = self.block_size();
+        let i = off / size;
+        (off % size == 0 && i < self.capacity()).then_some(i)
+    }
+
+    /// Movable spans: the side-table entry of block `i`.
+    ///
+    /// # Safety
+    ///
+    /// * the span is movable and initialised, `i < capacity`;
+    /// * the span's pages are mapped (true for any span of a live heap).
+    #[inline]
+    pub(crate) unsafe fn meta(&self, i: usize) -> &BlockMeta {
+        debug_assert!(i < self.capacity());
+        // SAFETY: the side table is `capacity` `BlockMeta`s at `base` (8-aligned since
+        // `base` is 64 KiB-aligned), inside the span's mapping; zeroed or initialised
+        // memory is a valid `BlockMeta` (two atomics).
+        unsafe { &*(self.base as *const BlockMeta).add(i) }
+    }
+
+    /// Takes one block from the span (home list first, then carving), or `None` if full.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the owning arena's lock.
+    #[inline]
+    pub(crate) unsafe fn take(&self) -> Option<NonNull<u8>> {
+        // SAFETY: forwarded: arena lock held.
+        let st = unsafe { self.state() };
+        if let Some(b) = NonNull::new(st.free) {
+            // SAFETY: home blocks are ours (arena lock) and hold the next pointer in word 0.
+            st.free = unsafe { b.cast::<*mut u8>().read() };
+            st.free_count -= 1;
+            return Some(b);
+        }
+        let carved = st.carved as usize;
+        if carved < self.capacity() {
+            st.carved += 1;
+            return Some(self.block(carved));
+        }
+        None
+    }
+
+    /// Puts a block back on the span's home list.
+    ///
+    /// # Safety
+    ///
+    /// * the caller holds the owning arena's lock;
+    /// * `block` is an out block of this span that nobody uses any more.
+    #[inline]
+    pub(crate) unsafe fn put(&self, block: NonNull<u8>) {
+        debug_assert!(self.block_index(block.as_ptr() as usize).is_some());
+        // SAFETY: forwarded: arena lock held.
+        let st = unsafe { self.state() };
+        // SAFETY: the block is dead and at least 16 bytes, so word 0 is ours to write.
+        unsafe { block.cast::<*mut u8>().write(st.free) };
+        st.free = block.as_ptr();
+        st.free_count += 1;
+    }
+
+    /// Blocks currently out (live or cached).
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the owning arena's lock.
+    #[inline]
+    pub(crate) unsafe fn out(&self) -> usize {
+        // SAFETY: forwarded: arena lock held.
+        let st = unsafe { self.state() };
+        (st.carved - st.free_count) as usize
+    }
+
+    /// Whether a block can still be taken.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the owning arena's lock.
+    #[inline]
+    pub(crate) unsafe fn has_room(&self) -> bool {
+        // SAFETY: forwarded: arena lock held.
+        let st = unsafe { self.state() };
+        st.free_count > 0 || (st.carved as usize) < self.capacity()
+    }
+}
+
+/// An intrusive doubly linked list of spans, threaded through `SpanState::{prev,next}`.
+/// Owned by an arena and only touched under its lock.
+#[derive(Debug)]
+pub(crate) struct SpanList {
+    pub(crate) head: *mut Span,
+    pub(crate) len: usize,
+}
+
+impl SpanList {
+    pub(crate) const fn new() -> Self {
+        Self {
+            head: ptr::null_mut(),
+            len: 0,
+        }
+    }
+
+    /// Pushes `span` at the front and records `id` as its list.
+    ///
+    /// # Safety
+    ///
+    /// * the caller holds the arena lock owning both the list and `span`;
+    /// * `span` is on no list.
+    pub(crate) unsafe fn push(&mut self, span: &Span, id: ListId) {
+        // SAFETY: arena lock held; we take one state reference at a time.
+        let st = unsafe { span.state() };
+        debug_assert_eq!(st.list, ListId::None);
+        st.prev = ptr::null_mut();
+        st.next = self.head;
+        st.list = id;
+        let me = span as *const Span as *mut Span;
+        if let Some(h) = NonNull::new(self.head) {
+            // SAFETY: list members are live spans of this arena; lock held.
+            unsafe { h.as_ref().state().prev = me };
+        }
+        self.head = me;
+        self.len += 1;
+    }
+
+    /// Unlinks `span`, which must be on this list.
+    ///
+    /// # Safety
+    ///
+    /// * the caller holds the arena lock;
+    /// * `span` is on this list.
+    pub(crate) unsafe fn remove(&mut self, span: &Span) {
+        // SAFETY: arena lock held.
+        let (prev, next) = unsafe {
+            let st = span.state();
+            let pn = (st.prev, st.next);
+            st.prev = ptr::null_mut();
+            st.next = ptr::null_mut();
+            st.list = ListId::None;
+            pn
+        };
+        if let Some(p) = NonNull::new(prev) {
+            // SAFETY: neighbours are live spans of this list; lock held.
+            unsafe { p.as_ref().state().next = next };
+        } else {
+            debug_assert_eq!(self.head, span as *const Span as *mut Span);
+            self.head = next;
+        }
+        if let Some(n) = NonNull::new(next) {
+            // SAFETY: as above.
+            unsafe { n.as_ref().state().prev = prev };
+        }
+        self.len -= 1;
+    }
+
+    /// Iterates the spans.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the arena lock for the iterator's whole life and does not unlink
+    /// the span it is visiting before advancing (collect first if it must).
+    pub(crate) unsafe fn iter(&self) -> impl Iterator<Item = &Span> + '_ {
+        let mut cur = self.head;
+        core::iter::from_fn(move || {
+            let s = NonNull::new(cur)?;
+            // SAFETY: list members are live spans; the lock is held (caller contract).
+            let span = unsafe { s.as_ref() };
+            // SAFETY: as above.
+            cur = unsafe { span.state().next };
+            Some(span)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::size_class::NUM_CLASSES;
+
+    #[test]
+    fn geometry_fits_and_aligns() {
+        for c in 0..NUM_CLASSES {
+            for kind in SpanKind::ALL {
+                let (first, cap) = geometry(c, kind);
+                let size = size_class::size(c);
+                assert!(cap >= 1, "class {c} {kind:?}");
+                assert!(first + cap * size <= size_class::span_bytes(c));
+                assert_eq!(first % class_align(c), 0);
+                if kind == SpanKind::Movable {
+                    assert!(first >= cap * META_BYTES, "side table fits before block 0");
+                }
+            }
+        }
+    }
+}

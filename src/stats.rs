@@ -1,0 +1,142 @@
+//! Statistics: relaxed counters cheap enough to leave on, summed on demand.
+//!
+//! Definitions (DESIGN.md): *live bytes* are the requested sizes of live blocks;
+//! *committed bytes* are the bytes of spans currently held from the OS (decommitted
+//! spans do not count). Every figure is exact at quiescence (no allocation or free in
+//! flight on any thread); while threads run, each counter is individually up to date
+//! but a snapshot is not atomic as a whole.
+
+use core::ops::AddAssign;
+
+use crate::large::LargeStats;
+
+/// Allocation counters of one kind of pool block (fixed or movable), summed over
+/// threads, or for one thread's cache.
+///
+/// # Examples
+///
+/// ```
+/// use tidyheap::Heap;
+/// let heap = Heap::new();
+/// let layout = std::alloc::Layout::new::<[u8; 64]>();
+/// let p = heap.alloc(layout).unwrap();
+/// let s = heap.stats().fixed;
+/// assert_eq!((s.allocations, s.live_bytes()), (1, 64));
+/// // SAFETY: `p` came from this heap with this layout.
+/// unsafe { heap.dealloc(p, layout) };
+/// assert_eq!(heap.stats().fixed.live_bytes(), 0);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolCounters {
+    /// Blocks allocated.
+    pub allocations: u64,
+    /// Requested bytes allocated (resizes in place charge the difference).
+    pub allocated_bytes: u64,
+    /// Blocks freed.
+    pub frees: u64,
+    /// Requested bytes freed.
+    pub freed_bytes: u64,
+    /// Allocations the thread cache could not serve from its list.
+    pub misses: u64,
+    /// Batches a thread cache took from a central list.
+    pub batches_in: u64,
+    /// Batches a thread cache gave back (to a central list, or home when it was full).
+    pub batches_out: u64,
+}
+
+impl PoolCounters {
+    /// Allocations served straight from a thread cache list.
+    pub fn hits(&self) -> u64 {
+        self.allocations.saturating_sub(self.misses)
+    }
+
+    /// `hits / allocations` (1.0 when nothing was allocated).
+    pub fn hit_rate(&self) -> f64 {
+        if self.allocations == 0 {
+            1.0
+        } else {
+            self.hits() as f64 / self.allocations as f64
+        }
+    }
+
+    /// Requested bytes of live blocks.
+    pub fn live_bytes(&self) -> u64 {
+        self.allocated_bytes.wrapping_sub(self.freed_bytes)
+    }
+
+    /// Live blocks.
+    pub fn live_blocks(&self) -> u64 {
+        self.allocations.wrapping_sub(self.frees)
+    }
+}
+
+impl AddAssign for PoolCounters {
+    fn add_assign(&mut self, o: Self) {
+        self.allocations = self.allocations.wrapping_add(o.allocations);
+        self.allocated_bytes = self.allocated_bytes.wrapping_add(o.allocated_bytes);
+        self.frees = self.frees.wrapping_add(o.frees);
+        self.freed_bytes = self.freed_bytes.wrapping_add(o.freed_bytes);
+        self.misses = self.misses.wrapping_add(o.misses);
+        self.batches_in = self.batches_in.wrapping_add(o.batches_in);
+        self.batches_out = self.batches_out.wrapping_add(o.batches_out);
+    }
+}
+
+/// Counters of one arena.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArenaStats {
+    /// Spans serving a size class.
+    pub spans: usize,
+    /// Bytes of committed spans (serving, or empty and retained).
+    pub committed_bytes: usize,
+    /// Batches carved from spans for thread caches.
+    pub refills: u64,
+    /// Blocks that came home to their spans.
+    pub returns: u64,
+    /// Emptied spans whose pages went back to the OS.
+    pub decommits: u64,
+    /// Times the arena lock was taken.
+    pub lock_acquisitions: u64,
+    /// Thread caches assigned to this arena so far.
+    pub threads: usize,
+}
+
+/// A snapshot of a heap's totals.
+///
+/// # Examples
+///
+/// ```
+/// let heap = tidyheap::Heap::new();
+/// let s = heap.stats();
+/// assert_eq!(s.live_bytes(), 0);
+/// assert_eq!(s.committed_bytes, 0);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HeapStats {
+    /// Raw-pointer pool blocks.
+    pub fixed: PoolCounters,
+    /// Handle-addressed (movable) pool blocks.
+    pub movable: PoolCounters,
+    /// Directly mapped large blocks.
+    pub large: LargeStats,
+    /// Bytes of spans held from the OS (pool memory only; large blocks are in `large`).
+    pub committed_bytes: usize,
+    /// Spans serving a size class.
+    pub spans: usize,
+    /// Per-arena counters, for the arenas in use.
+    pub arenas: Vec<ArenaStats>,
+}
+
+impl HeapStats {
+    /// Requested bytes of every live block: fixed, movable and large.
+    pub fn live_bytes(&self) -> u64 {
+        self.fixed.live_bytes() + self.movable.live_bytes() + self.large.live_bytes
+    }
+
+    /// Cache counters of both kinds together.
+    pub fn cache(&self) -> PoolCounters {
+        let mut c = self.fixed;
+        c += self.movable;
+        c
+    }
+}
