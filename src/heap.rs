@@ -12,8 +12,11 @@
 
 use core::alloc::Layout;
 use core::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::AllocError;
+use crate::compact::Compactor;
+use crate::handle::HandleTable;
 use crate::os;
 use crate::pool::heap::{HeapConfig, HeapInner};
 use crate::size_class;
@@ -43,6 +46,10 @@ use crate::stats::{HeapStats, PoolCounters};
 /// ```
 pub struct Heap {
     inner: NonNull<HeapInner>,
+    handles: HandleTable,
+    compactor: Compactor,
+    /// Next store tag; tags are never reused (see `movable`).
+    next_tag: AtomicU32,
 }
 
 // SAFETY: `HeapInner` is designed for shared use across threads (atomics, locks and
@@ -106,13 +113,35 @@ impl Heap {
         let inner = mem.cast::<HeapInner>();
         // SAFETY: `mem` is a fresh mapping large and aligned enough for a HeapInner.
         unsafe { inner.as_ptr().write(HeapInner::new(config)) };
-        Ok(Self { inner })
+        Ok(Self {
+            inner,
+            handles: HandleTable::new(),
+            compactor: Compactor::new(),
+            next_tag: AtomicU32::new(u32::from(crate::movable::RAW_TAG) + 1),
+        })
     }
 
     #[inline(always)]
     pub(crate) fn inner(&self) -> &HeapInner {
         // SAFETY: `inner` is initialised in the constructor and freed only in Drop.
         unsafe { self.inner.as_ref() }
+    }
+
+    /// The handle table of this heap's movable blocks.
+    #[inline(always)]
+    pub(crate) fn handles(&self) -> &HandleTable {
+        &self.handles
+    }
+
+    #[inline]
+    pub(crate) fn compactor(&self) -> &Compactor {
+        &self.compactor
+    }
+
+    /// A fresh store tag, or `None` once all 65 535 are taken.
+    pub(crate) fn new_tag(&self) -> Option<u16> {
+        let t = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        u16::try_from(t).ok()
     }
 
     /// Allocates a block for `layout`.

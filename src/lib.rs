@@ -1,17 +1,28 @@
 //! tidyheap: a handle-based, defragmenting memory system for game engines.
 #![warn(missing_docs)]
 
+pub mod compact;
 mod error;
+pub mod handle;
 mod heap;
 pub mod large;
+pub mod movable;
 pub mod os;
 pub(crate) mod pool;
 pub mod size_class;
 pub mod stats;
+pub mod store;
 pub(crate) mod sync;
 
+pub use compact::{
+    BackgroundCompactor, Budget, ClassFragmentation, CompactionObserver, CompactionReport,
+    Fragmentation, MoveEvent,
+};
 pub use error::{AllocError, HandleError};
+pub use handle::{Handle, HandleTable, RawHandle};
 pub use heap::Heap;
+pub use movable::{PinGuard, ReadGuard, WriteGuard};
 pub use pool::heap::HeapConfig;
 pub use pool::span::SpanKind;
-pub use stats::{ArenaStats, HeapStats, PoolCounters};
+pub use stats::{ArenaStats, HeapStats, HeapWalk, PoolCounters};
+pub use store::{Owned, Ref, RefMut, Shared, Store};

@@ -140,3 +140,88 @@ impl HeapStats {
         c
     }
 }
+
+/// What a full walk of a heap's spans finds; compare it with [`HeapStats`] at quiescence
+/// (DESIGN invariant 5: accounting is exact when no operation is in flight).
+///
+/// Blocks cached by thread caches or central lists count as *out* of their spans; call
+/// [`Heap::trim`](crate::Heap::trim) from the only thread left using the heap first to
+/// bring them home.
+///
+/// # Examples
+///
+/// ```
+/// let heap = tidyheap::Heap::new();
+/// let h = heap.alloc_handle(100, 16).unwrap();
+/// heap.trim();
+/// let (walk, stats) = (heap.walk(), heap.stats());
+/// assert_eq!(walk.committed_bytes, stats.committed_bytes);
+/// assert_eq!(walk.movable_live_bytes as u64, stats.movable.live_bytes());
+/// assert_eq!(walk.out_blocks[1] as u64, stats.movable.live_blocks());
+/// # let _ = h;
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeapWalk {
+    /// Spans serving a class.
+    pub spans: usize,
+    /// Bytes of spans whose pages are committed (serving, or empty and retained).
+    pub committed_bytes: usize,
+    /// Blocks out of their spans (live or cached), per kind: `[fixed, movable]`.
+    pub out_blocks: [usize; 2],
+    /// Movable blocks with an owner in their span's side table.
+    pub movable_live_blocks: usize,
+    /// Requested bytes of those blocks.
+    pub movable_live_bytes: usize,
+}
+
+impl crate::Heap {
+    /// Walks every span of the heap under its arena's lock; see [`HeapWalk`].
+    pub fn walk(&self) -> HeapWalk {
+        use crate::pool::span::SpanKind;
+        use crate::size_class::NUM_CLASSES;
+        let inner = self.inner();
+        let mut w = HeapWalk::default();
+        for arena in &inner.arenas[..inner.arena_count()] {
+            let st = arena.lock();
+            let mut serving = |s: &crate::pool::span::Span| {
+                w.spans += 1;
+                w.committed_bytes += s.bytes;
+                // SAFETY: the arena lock is held.
+                w.out_blocks[s.kind() as usize] += unsafe { s.out() };
+                if s.kind() == SpanKind::Movable {
+                    // SAFETY: the arena lock is held.
+                    let carved = unsafe { s.state().carved } as usize;
+                    for i in 0..carved {
+                        // SAFETY: movable span, `i < carved <= capacity`.
+                        let m = unsafe { s.meta(i) };
+                        if m.owner.load(std::sync::atomic::Ordering::Relaxed) != 0 {
+                            w.movable_live_blocks += 1;
+                            w.movable_live_bytes +=
+                                m.len.load(std::sync::atomic::Ordering::Relaxed) as usize;
+                        }
+                    }
+                }
+            };
+            // SAFETY: the arena lock is held for every list iteration below.
+            unsafe {
+                for k in 0..2 {
+                    for c in 0..NUM_CLASSES {
+                        st.partial[k][c].iter().for_each(&mut serving);
+                        st.full[k][c].iter().for_each(&mut serving);
+                    }
+                }
+                for c in 0..NUM_CLASSES {
+                    st.evacuating[c].iter().for_each(&mut serving);
+                }
+                for list in &st.empty {
+                    for s in list.iter() {
+                        if s.state().committed {
+                            w.committed_bytes += s.bytes;
+                        }
+                    }
+                }
+            }
+        }
+        w
+    }
+}

@@ -132,17 +132,6 @@ impl SpanSource {
         Ok(span)
     }
 
-    /// Every span record made so far.
-    pub(crate) fn spans(&self) -> &[Span] {
-        let st = self.state.lock();
-        if st.spans.is_null() {
-            return &[];
-        }
-        // SAFETY: the first `nspans` records are initialised and never move or die
-        // before the source does; `&self` bounds the slice's life.
-        unsafe { core::slice::from_raw_parts(st.spans, st.nspans) }
-    }
-
     /// Clears the page map for every span and unmaps all chunks and tables.
     ///
     /// # Safety
@@ -211,6 +200,8 @@ pub(crate) struct ArenaCounters {
 pub(crate) struct ArenaState {
     pub(crate) partial: [[SpanList; NUM_CLASSES]; 2],
     pub(crate) full: [[SpanList; NUM_CLASSES]; 2],
+    /// Compaction sources per class (movable spans only).
+    pub(crate) evacuating: [SpanList; NUM_CLASSES],
     /// Empty spans by length in units (index = units − 1).
     pub(crate) empty: [SpanList; SPAN_LENGTHS],
     /// Bytes of committed spans on the empty lists.
@@ -236,6 +227,7 @@ impl Arena {
             lock: Mutex::new(ArenaState {
                 partial: [const { [const { SpanList::new() }; NUM_CLASSES] }; 2],
                 full: [const { [const { SpanList::new() }; NUM_CLASSES] }; 2],
+                evacuating: [const { SpanList::new() }; NUM_CLASSES],
                 empty: [const { SpanList::new() }; SPAN_LENGTHS],
                 empty_committed: 0,
             }),
@@ -366,10 +358,81 @@ impl Arena {
                 st.full[k][class].remove(span);
                 st.partial[k][class].push(span, ListId::Partial);
             }
-            if span.out() == 0 && span.state().list == ListId::Partial {
-                st.partial[k][class].remove(span);
+            if span.out() == 0 {
+                match span.state().list {
+                    ListId::Partial => st.partial[k][class].remove(span),
+                    ListId::Evacuating => st.evacuating[class].remove(span),
+                    _ => return,
+                }
                 self.retire_empty(st, span);
             }
+        }
+    }
+
+    /// Makes `span` a compaction source: off the partial/full lists, so no refill takes
+    /// blocks from it.
+    ///
+    /// # Safety
+    ///
+    /// Lock held (`st`); `span` is a movable span of this arena serving a class.
+    pub(crate) unsafe fn start_evacuation(&self, st: &mut ArenaState, span: &Span) {
+        let class = span.class();
+        let k = SpanKind::Movable as usize;
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match span.state().list {
+                ListId::Partial => st.partial[k][class].remove(span),
+                ListId::Full => st.full[k][class].remove(span),
+                _ => return,
+            }
+            span.state().evacuating = true;
+            st.evacuating[class].push(span, ListId::Evacuating);
+        }
+    }
+
+    /// Ends `span`'s evacuation: back on the partial or full list (an emptied span left
+    /// the evacuating list already, in `put_block`).
+    ///
+    /// # Safety
+    ///
+    /// Lock held (`st`); `span` belongs to this arena.
+    pub(crate) unsafe fn end_evacuation(&self, st: &mut ArenaState, span: &Span) {
+        let class = span.class();
+        let k = SpanKind::Movable as usize;
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            if span.state().list != ListId::Evacuating {
+                return;
+            }
+            st.evacuating[class].remove(span);
+            span.state().evacuating = false;
+            if span.has_room() {
+                st.partial[k][class].push(span, ListId::Partial);
+            } else {
+                st.full[k][class].push(span, ListId::Full);
+            }
+        }
+    }
+
+    /// Takes one block from `span` for a compaction move, or `None` if it is full,
+    /// keeping the lists right.
+    ///
+    /// # Safety
+    ///
+    /// Lock held (`st`); `span` is a movable span of this arena on its partial list.
+    pub(crate) unsafe fn take_from(&self, st: &mut ArenaState, span: &Span) -> Option<NonNull<u8>> {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            if span.state().list != ListId::Partial {
+                return None;
+            }
+            let b = span.take()?;
+            if !span.has_room() {
+                let (k, c) = (span.kind() as usize, span.class());
+                st.partial[k][c].remove(span);
+                st.full[k][c].push(span, ListId::Full);
+            }
+            Some(b)
         }
     }
 

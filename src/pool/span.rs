@@ -25,7 +25,8 @@
 //! ```
 //!
 //! A span is on exactly one arena list: `partial` (some block is home or uncarved),
-//! `full` (none is), or an `empty` list (out == 0, not serving any class).
+//! `full` (none is), `evacuating` (a compaction source: never refilled from, so it
+//! only drains), or an `empty` list (out == 0, not serving any class).
 
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
@@ -119,6 +120,8 @@ pub(crate) enum ListId {
     Partial,
     Full,
     Empty,
+    /// A compaction source: allocation does not refill from it.
+    Evacuating,
 }
 
 /// One span. Lives in its heap's span table at a stable address for the heap's life.

@@ -1,0 +1,538 @@
+//! The concurrent, incremental compactor.
+//!
+//! # Policy
+//!
+//! Per size class, let `L` be the live blocks in movable spans and `C` a span's block
+//! capacity. `⌈L / C⌉` spans suffice, so the densest `⌈L / C⌉` spans become *targets*
+//! and every other span of the class becomes a *source*, evacuated sparsest first
+//! (fewest blocks to move per span freed). Targets have room for every source block by
+//! construction. Sources leave the arena's refill lists while they are evacuated
+//! (`start_evacuation`), so new allocations never land in them, and no block is moved
+//! into a source. A span that served as a target is never made a source again within
+//! the same *full* compaction, so no block moves twice in one.
+//!
+//! A *plan* (sources + targets) is built once and executed across as many passes as
+//! its budgets need; a full compaction runs passes, and plans, until a plan finds
+//! nothing to gain.
+//!
+//! # Moving one block (DESIGN invariant 2)
+//!
+//! ```text
+//! owner ← side table[block]            (a slot index, or 0: not live → skip)
+//! try_lock_move(slot, block)           never waits: Busy / Pinned / Gone → skip, retried later
+//! re-check side table owner == slot    (an allocation publishes its owner last)
+//! new ← a block of a target span       (under the target's arena lock)
+//! copy len bytes; side table[new] = (slot, len); target.live += 1
+//! slot.ptr ← new (same tag)            readers that queued meanwhile now see the copy
+//! side table[block] = 0; source.live −= 1; unlock
+//! block → home in its source span      (an emptied span goes to the empty list)
+//! ```
+//!
+//! Readers and writers wait at most one block copy: the move lock is held only for the
+//! copy and a few stores.
+//!
+//! # Giving memory back
+//!
+//! Emptied spans leave the class lists; at the end of every pass that emptied some, the
+//! heap's retained empty spans are decommitted (`MADV_DONTNEED`), so committed bytes fall.
+//!
+//! Before planning, the compactor asks every thread to flush its cached movable blocks
+//! home (an epoch bump honoured on each thread's next movable operation), flushes its
+//! own, and drains the central lists, so cached free blocks do not keep spans alive.
+
+mod background;
+mod report;
+
+use core::ptr::NonNull;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use parking_lot::{Mutex, RwLock};
+
+pub use background::BackgroundCompactor;
+pub use report::{
+    Budget, ClassFragmentation, CompactionObserver, CompactionReport, Fragmentation, MoveEvent,
+};
+
+use crate::handle::{HandleTable, MoveSkip};
+use crate::heap::Heap;
+use crate::movable::{tag_ptr, untag};
+use crate::pool::heap::HeapInner;
+use crate::pool::span::{ListId, Span, SpanKind, geometry};
+use crate::size_class::{self, NUM_CLASSES};
+
+/// A compaction plan in progress.
+#[derive(Default)]
+struct Plan {
+    active: bool,
+    /// Sources, in evacuation order.
+    sources: Vec<NonNull<Span>>,
+    /// Targets per class; the last one is filled first.
+    targets: Vec<Vec<NonNull<Span>>>,
+    /// Next source and next block index in it.
+    cursor: (usize, usize),
+    /// Spans that served as targets during the current full compaction.
+    were_targets: Vec<NonNull<Span>>,
+}
+
+// SAFETY: the span pointers refer to records of the heap that owns this plan and
+// outlives it; they are only followed by the thread holding the plan's mutex.
+unsafe impl Send for Plan {}
+
+/// The compactor's per-heap state.
+pub(crate) struct Compactor {
+    plan: Mutex<Plan>,
+    observers: RwLock<Vec<Arc<dyn CompactionObserver>>>,
+    has_observers: AtomicBool,
+}
+
+impl Compactor {
+    pub(crate) fn new() -> Self {
+        Self {
+            plan: Mutex::new(Plan::default()),
+            observers: RwLock::new(Vec::new()),
+            has_observers: AtomicBool::new(false),
+        }
+    }
+}
+
+impl core::fmt::Debug for Compactor {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Compactor").finish_non_exhaustive()
+    }
+}
+
+/// Why a block was not moved.
+enum Outcome {
+    Moved(usize),
+    Skipped(MoveSkip),
+    NoRoom,
+}
+
+impl HeapInner {
+    /// Runs `f` over every movable span serving a class (partial, full or evacuating),
+    /// with its arena locked.
+    fn for_each_movable_span(&self, mut f: impl FnMut(&Span)) {
+        let k = SpanKind::Movable as usize;
+        for arena in &self.arenas[..self.arena_count()] {
+            let st = arena.lock();
+            for c in 0..NUM_CLASSES {
+                // SAFETY: the arena lock is held while iterating its lists.
+                unsafe {
+                    for s in st.partial[k][c]
+                        .iter()
+                        .chain(st.full[k][c].iter())
+                        .chain(st.evacuating[c].iter())
+                    {
+                        f(s);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Committed bytes of movable spans and their live bytes.
+    fn movable_usage(&self) -> (usize, usize) {
+        let (mut committed, mut live) = (0, 0);
+        self.for_each_movable_span(|s| {
+            committed += s.bytes;
+            live += s.live_bytes.load(Ordering::Relaxed);
+        });
+        (committed, live)
+    }
+}
+
+fn ratio(committed: usize, live: usize) -> f64 {
+    if committed == 0 {
+        0.0
+    } else {
+        1.0 - live as f64 / committed as f64
+    }
+}
+
+impl Heap {
+    /// Runs one compaction pass within `budget` and reports what it did.
+    ///
+    /// Safe to call from any thread while others allocate, free, read and write: blocks
+    /// that are guarded or pinned are skipped and retried by a later pass. If another
+    /// pass is already running on this heap, returns at once with `ran == false`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tidyheap::{Budget, Heap};
+    /// let heap = Heap::new();
+    /// let mut keep = Vec::new();
+    /// for i in 0..2000u32 {
+    ///     let h = heap.insert_bytes(&i.to_le_bytes())?;
+    ///     if i % 2 == 0 { keep.push((h, i)) } else { heap.free_handle(h)? }
+    /// }
+    /// let report = heap.compact(Budget::blocks(10));
+    /// assert!(report.blocks_moved <= 10);
+    /// heap.compact_full();
+    /// for (h, i) in keep {
+    ///     assert_eq!(&*heap.read(h)?, &i.to_le_bytes());
+    /// }
+    /// # Ok::<(), tidyheap::HandleError>(())
+    /// ```
+    pub fn compact(&self, budget: Budget) -> CompactionReport {
+        let compactor = self.compactor();
+        let Some(mut plan) = compactor.plan.try_lock() else {
+            return CompactionReport::default();
+        };
+        self.pass(&mut plan, budget, false)
+    }
+
+    /// Runs passes until nothing more can be gained (one *full* compaction) and returns
+    /// the summed report.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let heap = tidyheap::Heap::new();
+    /// let hs: Vec<_> = (0..4096).map(|_| heap.alloc_handle(64, 16).unwrap()).collect();
+    /// for h in hs.iter().skip(1).step_by(2) { heap.free_handle(*h).unwrap(); }
+    /// let before = heap.fragmentation().ratio;
+    /// let r = heap.compact_full();
+    /// assert!(r.blocks_moved > 0);
+    /// assert!(heap.fragmentation().ratio < before);
+    /// ```
+    pub fn compact_full(&self) -> CompactionReport {
+        let compactor = self.compactor();
+        let mut plan = compactor.plan.lock();
+        plan.were_targets.clear();
+        let mut total = CompactionReport::default();
+        let mut first = true;
+        loop {
+            let r = self.pass(&mut plan, Budget::UNLIMITED, true);
+            let progress = r.blocks_moved > 0 || r.spans_emptied > 0;
+            total.accumulate(&r, first);
+            first = false;
+            if !progress || !plan_worth_repeating(&r) {
+                break;
+            }
+        }
+        plan.were_targets.clear();
+        total
+    }
+
+    /// Subscribes `observer` to move and pass events. Observers cost nothing while none
+    /// is subscribed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::{Arc, atomic::{AtomicUsize, Ordering}};
+    /// use tidyheap::{CompactionObserver, Heap, MoveEvent};
+    ///
+    /// #[derive(Default)]
+    /// struct Count(AtomicUsize);
+    /// impl CompactionObserver for Count {
+    ///     fn on_move(&self, _: &MoveEvent) { self.0.fetch_add(1, Ordering::Relaxed); }
+    /// }
+    /// let heap = Heap::new();
+    /// let count = Arc::new(Count::default());
+    /// heap.subscribe(count.clone());
+    /// let hs: Vec<_> = (0..2048).map(|_| heap.alloc_handle(64, 16).unwrap()).collect();
+    /// for h in hs.iter().step_by(2) { heap.free_handle(*h).unwrap(); }
+    /// let r = heap.compact_full();
+    /// assert_eq!(count.0.load(Ordering::Relaxed) as u64, r.blocks_moved);
+    /// ```
+    pub fn subscribe(&self, observer: Arc<dyn CompactionObserver>) {
+        let c = self.compactor();
+        c.observers.write().push(observer);
+        c.has_observers.store(true, Ordering::Release);
+    }
+
+    /// Fragmentation of the movable heap, with its parts and per-class holes. Walks
+    /// every movable span (takes each arena lock briefly).
+    pub fn fragmentation(&self) -> Fragmentation {
+        let mut f = Fragmentation::default();
+        let mut classes: Vec<ClassFragmentation> = Vec::new();
+        self.inner().for_each_movable_span(|s| {
+            let class = s.class();
+            let size = s.block_size();
+            let cap = s.capacity();
+            let live = s.live.load(Ordering::Relaxed) as usize;
+            let live_bytes = s.live_bytes.load(Ordering::Relaxed);
+            f.committed_bytes += s.bytes;
+            f.live_bytes += live_bytes;
+            f.internal_bytes += (live * size).saturating_sub(live_bytes);
+            f.external_bytes += (cap - live) * size;
+            f.metadata_bytes += s.first_block();
+            f.tail_bytes += s.bytes - s.first_block() - cap * size;
+            let entry = match classes.iter_mut().find(|c| c.class == class) {
+                Some(e) => e,
+                None => {
+                    classes.push(ClassFragmentation {
+                        class,
+                        block_size: size,
+                        ..Default::default()
+                    });
+                    classes.last_mut().expect("just pushed")
+                }
+            };
+            entry.spans += 1;
+            entry.live_blocks += live;
+            let mut run = 0usize;
+            for i in 0..cap {
+                // SAFETY: movable span, `i < capacity`.
+                let free = unsafe { s.meta(i) }.owner.load(Ordering::Relaxed) == 0;
+                if free {
+                    if run == 0 {
+                        entry.holes += 1;
+                    }
+                    run += 1;
+                    entry.largest_free_run = entry.largest_free_run.max(run * size);
+                } else {
+                    run = 0;
+                }
+            }
+        });
+        classes.sort_by_key(|c| c.class);
+        f.ratio = ratio(f.committed_bytes, f.live_bytes);
+        f.classes = classes;
+        f
+    }
+
+    fn pass(&self, plan: &mut Plan, budget: Budget, full: bool) -> CompactionReport {
+        let start = Instant::now();
+        let inner = self.inner();
+        let (c0, l0) = inner.movable_usage();
+        let mut report = CompactionReport {
+            ran: true,
+            fragmentation_before: ratio(c0, l0),
+            committed_before: c0,
+            ..Default::default()
+        };
+        if !plan.active {
+            self.build_plan(plan, full);
+        }
+        let table = self.handles();
+        'sources: while plan.cursor.0 < plan.sources.len() {
+            // SAFETY: plan spans are records of this heap, alive as long as it is.
+            let span = unsafe { plan.sources[plan.cursor.0].as_ref() };
+            let class = span.class();
+            let carved = {
+                let _st = inner.arenas[span.arena as usize].lock();
+                // SAFETY: the span's arena lock is held.
+                unsafe { span.state().carved as usize }
+            };
+            while plan.cursor.1 < carved {
+                let i = plan.cursor.1;
+                // SAFETY: movable span, `i < carved <= capacity`.
+                let meta = unsafe { span.meta(i) };
+                let owner = meta.owner.load(Ordering::Acquire);
+                if owner != 0 {
+                    let len = meta.len.load(Ordering::Relaxed) as usize;
+                    if budget
+                        .blocks
+                        .is_some_and(|b| report.blocks_moved >= b as u64)
+                        || budget
+                            .bytes
+                            .is_some_and(|b| report.bytes_moved + len as u64 > b as u64)
+                        || budget.time.is_some_and(|t| start.elapsed() >= t)
+                    {
+                        break 'sources;
+                    }
+                    match self.move_block(table, span, i, owner - 1, &mut plan.targets[class]) {
+                        Outcome::Moved(n) => {
+                            report.blocks_moved += 1;
+                            report.bytes_moved += n as u64;
+                        }
+                        Outcome::Skipped(MoveSkip::Busy) => report.skipped_busy += 1,
+                        Outcome::Skipped(MoveSkip::Pinned) => report.skipped_pinned += 1,
+                        Outcome::Skipped(_) => {}
+                        Outcome::NoRoom => {
+                            plan.cursor.1 = carved;
+                            break;
+                        }
+                    }
+                }
+                plan.cursor.1 += 1;
+            }
+            // SAFETY: as above.
+            unsafe {
+                let _st = inner.arenas[span.arena as usize].lock();
+                if span.state().list == ListId::Empty {
+                    report.spans_emptied += 1;
+                }
+            }
+            plan.cursor = (plan.cursor.0 + 1, 0);
+        }
+        if plan.cursor.0 >= plan.sources.len() {
+            self.finish_plan(plan);
+            report.complete = true;
+        }
+        if report.spans_emptied > 0 || report.complete {
+            report.bytes_released = inner.trim() as u64;
+        }
+        let (c1, l1) = inner.movable_usage();
+        report.fragmentation_after = ratio(c1, l1);
+        report.committed_after = c1;
+        report.elapsed = start.elapsed();
+        let c = self.compactor();
+        if c.has_observers.load(Ordering::Acquire) {
+            for o in c.observers.read().iter() {
+                o.on_pass(&report);
+            }
+        }
+        report
+    }
+
+    fn build_plan(&self, plan: &mut Plan, full: bool) {
+        let inner = self.inner();
+        inner.movable_epoch.fetch_add(1, Ordering::Relaxed);
+        if let Some(tc) = inner.thread_cache() {
+            // SAFETY: the calling thread owns its record.
+            unsafe { inner.flush_cache(tc, Some(SpanKind::Movable)) };
+        }
+        inner.drain_central(Some(SpanKind::Movable));
+        plan.sources.clear();
+        plan.targets = vec![Vec::new(); NUM_CLASSES];
+        plan.cursor = (0, 0);
+        let mut by_class: Vec<Vec<(NonNull<Span>, u32)>> = vec![Vec::new(); NUM_CLASSES];
+        inner.for_each_movable_span(|s| {
+            by_class[s.class()].push((NonNull::from(s), s.live.load(Ordering::Relaxed)));
+        });
+        for (class, mut spans) in by_class.into_iter().enumerate() {
+            let cap = geometry(class, SpanKind::Movable).1 as u64;
+            let live: u64 = spans.iter().map(|&(_, l)| u64::from(l)).sum();
+            let needed = live.div_ceil(cap) as usize;
+            if spans.len() <= needed {
+                continue;
+            }
+            spans.sort_by_key(|&(_, l)| core::cmp::Reverse(l));
+            let (targets, rest) = spans.split_at(needed);
+            let sources: Vec<_> = rest
+                .iter()
+                .rev()
+                .map(|&(s, _)| s)
+                .filter(|s| !(full && plan.were_targets.contains(s)))
+                .collect();
+            if sources.is_empty() {
+                continue;
+            }
+            for &s in &sources {
+                // SAFETY: a record of this heap.
+                let span = unsafe { s.as_ref() };
+                let arena = &inner.arenas[span.arena as usize];
+                let mut st = arena.lock();
+                // SAFETY: lock held; a movable span of this arena.
+                unsafe { arena.start_evacuation(&mut st, span) };
+            }
+            plan.sources.extend(sources);
+            plan.targets[class] = targets.iter().rev().map(|&(s, _)| s).collect();
+            if full {
+                plan.were_targets.extend(targets.iter().map(|&(s, _)| s));
+            }
+        }
+        plan.active = true;
+    }
+
+    fn finish_plan(&self, plan: &mut Plan) {
+        let inner = self.inner();
+        for s in plan.sources.drain(..) {
+            // SAFETY: a record of this heap.
+            let span = unsafe { s.as_ref() };
+            let arena = &inner.arenas[span.arena as usize];
+            let mut st = arena.lock();
+            // SAFETY: lock held; the span belongs to this arena.
+            unsafe { arena.end_evacuation(&mut st, span) };
+        }
+        plan.targets.clear();
+        plan.cursor = (0, 0);
+        plan.active = false;
+    }
+
+    /// Moves block `i` of `source`, owned by slot `index`, into one of `targets`.
+    fn move_block(
+        &self,
+        table: &HandleTable,
+        source: &Span,
+        i: usize,
+        index: u32,
+        targets: &mut Vec<NonNull<Span>>,
+    ) -> Outcome {
+        let inner = self.inner();
+        let old = source.block(i);
+        let Some(slot) = table.slot(index) else {
+            return Outcome::Skipped(MoveSkip::Gone);
+        };
+        let Some(tagged) = NonNull::new(slot.ptr()) else {
+            return Outcome::Skipped(MoveSkip::Gone);
+        };
+        let (addr, tag) = untag(tagged);
+        if addr != old {
+            return Outcome::Skipped(MoveSkip::Gone);
+        }
+        let mut mv = match table.try_lock_move(index, tagged) {
+            Ok(mv) => mv,
+            Err(skip) => return Outcome::Skipped(skip),
+        };
+        // SAFETY: movable span, valid index.
+        let meta = unsafe { source.meta(i) };
+        // An allocation publishes its owner last: until then the block is not ours to move.
+        if meta.owner.load(Ordering::Acquire) != index + 1 {
+            return Outcome::Skipped(MoveSkip::Gone);
+        }
+        let len = meta.len.load(Ordering::Relaxed) as usize;
+        let new = loop {
+            let Some(&t) = targets.last() else {
+                return Outcome::NoRoom;
+            };
+            // SAFETY: a record of this heap.
+            let target = unsafe { t.as_ref() };
+            let arena = &inner.arenas[target.arena as usize];
+            let mut st = arena.lock();
+            // SAFETY: lock held; a movable span of this arena.
+            if let Some(b) = unsafe { arena.take_from(&mut st, target) } {
+                break b;
+            }
+            targets.pop();
+        };
+        // SAFETY: `old` is a live block of `len` bytes that nobody can access (we hold
+        // the move lock); `new` is a fresh block of the same class in another span.
+        unsafe { core::ptr::copy_nonoverlapping(old.as_ptr(), new.as_ptr(), len) };
+        let (target, ni) = inner.movable_block(new);
+        // SAFETY: movable span, valid index.
+        let new_meta = unsafe { target.meta(ni) };
+        new_meta.len.store(len as u32, Ordering::Relaxed);
+        target.live.fetch_add(1, Ordering::Relaxed);
+        target.live_bytes.fetch_add(len, Ordering::Relaxed);
+        new_meta.owner.store(index + 1, Ordering::Release);
+        // SAFETY: we hold the move lock, and `new` holds a complete copy.
+        unsafe { mv.set_ptr(tag_ptr(new, tag)) };
+        meta.owner.store(0, Ordering::Release);
+        source.live.fetch_sub(1, Ordering::Relaxed);
+        source.live_bytes.fetch_sub(len, Ordering::Relaxed);
+        let handle = mv.handle();
+        drop(mv);
+        let c = self.compactor();
+        if c.has_observers.load(Ordering::Acquire) {
+            let ev = MoveEvent {
+                handle,
+                from: old.as_ptr().addr(),
+                to: new.as_ptr().addr(),
+                size: len,
+                class_size: size_class::size(source.class()),
+            };
+            for o in c.observers.read().iter() {
+                o.on_move(&ev);
+            }
+        }
+        let arena = &inner.arenas[source.arena as usize];
+        let mut st = arena.lock();
+        // SAFETY: lock held; `old` is an out block of `source` that nobody references
+        // any more (the slot points at `new`).
+        unsafe { arena.put_block(&mut st, source, old) };
+        Outcome::Moved(len)
+    }
+}
+
+/// A full compaction plans again only if the last plan finished and did something:
+/// blocks skipped because they were busy get their retry from the next plan.
+fn plan_worth_repeating(r: &CompactionReport) -> bool {
+    r.complete && (r.blocks_moved > 0 || r.skipped_busy > 0)
+}

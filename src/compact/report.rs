@@ -1,0 +1,190 @@
+//! Budgets, reports, events and fragmentation figures of the compactor.
+
+use std::time::Duration;
+
+use crate::handle::RawHandle;
+
+/// How much one compaction pass may do. Every limit that is set is checked before each
+/// block move, so a pass never moves more blocks or bytes than allowed, and overruns a
+/// time budget by at most one block copy (plus the pass's fixed cost).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use tidyheap::Budget;
+/// let b = Budget::time(Duration::from_micros(500)).with_bytes(1 << 20);
+/// assert_eq!(b.bytes, Some(1 << 20));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Budget {
+    /// Most bytes to move.
+    pub bytes: Option<usize>,
+    /// Most blocks to move.
+    pub blocks: Option<usize>,
+    /// Most wall time to spend.
+    pub time: Option<Duration>,
+}
+
+impl Budget {
+    /// No limit: the pass runs its plan to the end.
+    pub const UNLIMITED: Budget = Budget {
+        bytes: None,
+        blocks: None,
+        time: None,
+    };
+
+    /// At most `n` bytes moved.
+    pub const fn bytes(n: usize) -> Self {
+        Self::UNLIMITED.with_bytes(n)
+    }
+
+    /// At most `n` blocks moved.
+    pub const fn blocks(n: usize) -> Self {
+        Self::UNLIMITED.with_blocks(n)
+    }
+
+    /// At most `d` of wall time.
+    pub const fn time(d: Duration) -> Self {
+        Self::UNLIMITED.with_time(d)
+    }
+
+    /// This budget, also limited to `n` bytes.
+    pub const fn with_bytes(mut self, n: usize) -> Self {
+        self.bytes = Some(n);
+        self
+    }
+
+    /// This budget, also limited to `n` blocks.
+    pub const fn with_blocks(mut self, n: usize) -> Self {
+        self.blocks = Some(n);
+        self
+    }
+
+    /// This budget, also limited to `d`.
+    pub const fn with_time(mut self, d: Duration) -> Self {
+        self.time = Some(d);
+        self
+    }
+}
+
+/// What a compaction pass (or a full compaction, summed) did.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CompactionReport {
+    /// False if another pass was running on the heap, so this one did nothing.
+    pub ran: bool,
+    /// Blocks relocated.
+    pub blocks_moved: u64,
+    /// Requested bytes of the relocated blocks (what was copied).
+    pub bytes_moved: u64,
+    /// Spans left empty by the pass.
+    pub spans_emptied: u64,
+    /// Bytes handed back to the OS at the end of the pass.
+    pub bytes_released: u64,
+    /// Blocks skipped because a guard was held on them (retried later).
+    pub skipped_busy: u64,
+    /// Blocks skipped because they were pinned.
+    pub skipped_pinned: u64,
+    /// Movable-heap fragmentation (`1 − live / committed`) before the pass.
+    pub fragmentation_before: f64,
+    /// Movable-heap fragmentation after the pass.
+    pub fragmentation_after: f64,
+    /// Committed bytes of movable spans before the pass.
+    pub committed_before: usize,
+    /// Committed bytes of movable spans after the pass.
+    pub committed_after: usize,
+    /// Whether the current plan was finished (nothing left to gain in it).
+    pub complete: bool,
+    /// Wall time of the pass.
+    pub elapsed: Duration,
+}
+
+impl CompactionReport {
+    /// Adds `r` (a later pass) to this summary.
+    pub(crate) fn accumulate(&mut self, r: &CompactionReport, first: bool) {
+        if first {
+            *self = *r;
+            return;
+        }
+        self.ran |= r.ran;
+        self.blocks_moved += r.blocks_moved;
+        self.bytes_moved += r.bytes_moved;
+        self.spans_emptied += r.spans_emptied;
+        self.bytes_released += r.bytes_released;
+        self.skipped_busy += r.skipped_busy;
+        self.skipped_pinned += r.skipped_pinned;
+        self.fragmentation_after = r.fragmentation_after;
+        self.committed_after = r.committed_after;
+        self.complete = r.complete;
+        self.elapsed += r.elapsed;
+    }
+}
+
+/// One block relocation, as seen by observers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MoveEvent {
+    /// The handle whose block moved.
+    pub handle: RawHandle,
+    /// Old address.
+    pub from: usize,
+    /// New address.
+    pub to: usize,
+    /// Requested bytes copied.
+    pub size: usize,
+    /// The block's size class.
+    pub class_size: usize,
+}
+
+/// Receives compaction events (for profilers, editors, engine integrations). Called on
+/// the compacting thread, outside any slot lock but inside the pass: keep it short.
+pub trait CompactionObserver: Send + Sync {
+    /// A block moved.
+    fn on_move(&self, event: &MoveEvent) {
+        let _ = event;
+    }
+
+    /// A pass ended.
+    fn on_pass(&self, report: &CompactionReport) {
+        let _ = report;
+    }
+}
+
+/// Fragmentation of the movable heap (DESIGN.md definitions).
+///
+/// `committed_bytes == live_bytes + internal_bytes + external_bytes + metadata_bytes + tail_bytes`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Fragmentation {
+    /// `1 − live / committed` (0 when nothing is committed).
+    pub ratio: f64,
+    /// Requested bytes of live movable blocks.
+    pub live_bytes: usize,
+    /// Bytes of movable spans.
+    pub committed_bytes: usize,
+    /// Class rounding inside live blocks.
+    pub internal_bytes: usize,
+    /// Free blocks inside held spans.
+    pub external_bytes: usize,
+    /// Side tables (owner + length per block).
+    pub metadata_bytes: usize,
+    /// Span tails too short for a block.
+    pub tail_bytes: usize,
+    /// Per size class in use.
+    pub classes: Vec<ClassFragmentation>,
+}
+
+/// Fragmentation figures of one size class.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassFragmentation {
+    /// Class index.
+    pub class: usize,
+    /// Block size.
+    pub block_size: usize,
+    /// Movable spans of the class.
+    pub spans: usize,
+    /// Live blocks.
+    pub live_blocks: usize,
+    /// Maximal runs of free blocks inside spans.
+    pub holes: usize,
+    /// The longest run of free blocks, in bytes.
+    pub largest_free_run: usize,
+}

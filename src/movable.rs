@@ -1,0 +1,497 @@
+//! Movable blocks: handle-addressed memory the compactor may relocate.
+//!
+//! A movable block lives in a *movable* span (never a fixed one, so raw-pointer memory
+//! is never moved: DESIGN invariant 1). Its handle's slot holds the block address, and
+//! the span's side table records the block's owner slot and requested length, so the
+//! compactor can walk a span block → handle.
+//!
+//! # Store tags
+//!
+//! One heap's handle table can serve many typed [`Store`](crate::Store)s. So that a
+//! handle of one store can never resolve in another (which could read a `U` as a `T`),
+//! every slot's pointer carries its owner's 16-bit *tag* in the address bits above 47
+//! (user-space addresses on x86-64 and aarch64 fit in 48 bits; asserted when a block is
+//! tagged). Tags are unique per heap and never reused: raw handles from
+//! [`Heap::alloc_handle`] carry tag 0, each store gets the next one. A guard checks the
+//! tag after taking the slot, so the check costs no extra memory access.
+//!
+//! # Life of a movable block
+//!
+//! ```text
+//! alloc:  block ← pools (movable kind) → contents written → slot ← table.insert(tagged block)
+//!         → side table[block] = (owner = slot + 1, len) → span.live += 1
+//! free:   table.remove(handle) (waits for guards, bumps the generation) → side table cleared
+//!         → span.live −= 1 → block back to the pools
+//! move:   see `compact`: only under the slot's move lock, never waiting for it
+//! ```
+
+use core::alloc::Layout;
+use core::ops::{Deref, DerefMut};
+use core::ptr::NonNull;
+use std::sync::atomic::Ordering;
+
+use crate::handle::{RawHandle, SlotPin, SlotRead, SlotWrite};
+use crate::heap::{Heap, layout_for};
+use crate::pool::heap::HeapInner;
+use crate::pool::span::{Span, SpanKind};
+use crate::size_class;
+use crate::{AllocError, HandleError};
+
+const TAG_SHIFT: u32 = 48;
+const ADDR_MASK: usize = (1 << TAG_SHIFT) - 1;
+
+/// The tag of raw handles made by [`Heap::alloc_handle`].
+pub(crate) const RAW_TAG: u16 = 0;
+
+/// `block` with `tag` in its top bits.
+#[inline(always)]
+pub(crate) fn tag_ptr(block: NonNull<u8>, tag: u16) -> NonNull<u8> {
+    assert!(
+        block.as_ptr().addr() & !ADDR_MASK == 0,
+        "tidyheap: block address above 2^48 cannot carry a store tag"
+    );
+    block.map_addr(|a| {
+        // SAFETY-free: OR-ing bits into a non-zero address keeps it non-zero.
+        a | (usize::from(tag) << TAG_SHIFT)
+    })
+}
+
+/// Splits a slot pointer into the block address and its tag.
+#[inline(always)]
+pub(crate) fn untag(p: NonNull<u8>) -> (NonNull<u8>, u16) {
+    let tag = (p.as_ptr().addr() >> TAG_SHIFT) as u16;
+    // The address part of a slot pointer is a block address, never zero.
+    (
+        p.map_addr(|a| {
+            core::num::NonZeroUsize::new(a.get() & ADDR_MASK).expect("slot pointers are blocks")
+        }),
+        tag,
+    )
+}
+
+impl HeapInner {
+    /// Flushes this thread's movable lists if the compactor asked for it since the
+    /// thread last looked (one relaxed load on the common path).
+    #[inline(always)]
+    pub(crate) fn honor_movable_epoch(&self) {
+        if let Some(tc) = self.thread_cache() {
+            let want = self.movable_epoch.load(Ordering::Relaxed);
+            if tc.movable_epoch.load(Ordering::Relaxed) != want {
+                tc.movable_epoch.store(want, Ordering::Relaxed);
+                // SAFETY: the calling thread owns its record.
+                unsafe { self.flush_cache(tc, Some(SpanKind::Movable)) };
+            }
+        }
+    }
+
+    /// The span and index of movable block `block`.
+    #[inline]
+    pub(crate) fn movable_block(&self, block: NonNull<u8>) -> (&Span, usize) {
+        let span = self
+            .span_of(block)
+            .expect("a movable block lies in a span of its heap");
+        debug_assert_eq!(span.kind(), SpanKind::Movable);
+        let i = span
+            .block_index(block.as_ptr().addr())
+            .expect("a movable block starts a block");
+        (span, i)
+    }
+}
+
+impl Heap {
+    /// Allocates a movable block for `layout`, lets `init` write its contents, and
+    /// gives it a handle tagged `tag`.
+    pub(crate) fn alloc_movable(
+        &self,
+        layout: Layout,
+        tag: u16,
+        init: impl FnOnce(NonNull<u8>),
+    ) -> Result<RawHandle, HandleError> {
+        let class = size_class::class_for(layout.size(), layout.align()).ok_or(
+            HandleError::Alloc(AllocError::TooLarge {
+                size: layout.size(),
+            }),
+        )?;
+        let inner = self.inner();
+        inner.honor_movable_epoch();
+        let block = inner.alloc_block(class, layout.size(), SpanKind::Movable)?;
+        init(block);
+        let h = match self.handles().insert(tag_ptr(block, tag)) {
+            Ok(h) => h,
+            Err(e) => {
+                // SAFETY: the block was allocated above and never published.
+                unsafe { inner.free_block(block, class, layout.size(), SpanKind::Movable) };
+                return Err(e);
+            }
+        };
+        let (span, i) = inner.movable_block(block);
+        // SAFETY: `span` is movable and `i` is one of its blocks.
+        let meta = unsafe { span.meta(i) };
+        meta.len.store(layout.size() as u32, Ordering::Relaxed);
+        // Release: the compactor reading `owner` (Acquire) also sees `len`.
+        meta.owner.store(h.index() + 1, Ordering::Release);
+        span.live.fetch_add(1, Ordering::Relaxed);
+        span.live_bytes.fetch_add(layout.size(), Ordering::Relaxed);
+        Ok(h)
+    }
+
+    /// Frees the movable block of `h` if it carries `tag`: `wait` for guards (or answer
+    /// `Busy`), run `before_free` on the block (which the caller now owns exclusively),
+    /// then return it to the pools.
+    pub(crate) fn free_movable(
+        &self,
+        h: RawHandle,
+        tag: u16,
+        wait: bool,
+        before_free: impl FnOnce(NonNull<u8>),
+    ) -> Result<(), HandleError> {
+        let table = self.handles();
+        // While `h` is current its slot's tag cannot change (moves keep it), so peeking
+        // is exact for live handles; a stale handle fails `remove` below anyway.
+        let slot = table.get(h).ok_or(HandleError::Stale)?;
+        let (_, t) = untag(NonNull::new(slot.ptr()).ok_or(HandleError::Stale)?);
+        if t != tag {
+            return Err(HandleError::Stale);
+        }
+        let tagged = if wait {
+            table.remove(h)?
+        } else {
+            table.try_remove(h)?
+        };
+        let (block, _) = untag(tagged);
+        let inner = self.inner();
+        let (span, i) = inner.movable_block(block);
+        // SAFETY: movable span, valid index.
+        let meta = unsafe { span.meta(i) };
+        let len = meta.len.load(Ordering::Relaxed) as usize;
+        meta.owner.store(0, Ordering::Release);
+        span.live.fetch_sub(1, Ordering::Relaxed);
+        span.live_bytes.fetch_sub(len, Ordering::Relaxed);
+        before_free(block);
+        inner.honor_movable_epoch();
+        // SAFETY: the slot is vacant, so nobody else can reach the block; it is a live
+        // movable block of `span.class()` allocated for `len` bytes.
+        unsafe { inner.free_block(block, span.class(), len, SpanKind::Movable) };
+        Ok(())
+    }
+
+    /// The requested length of movable block `block`.
+    #[inline]
+    fn block_len(&self, block: NonNull<u8>) -> usize {
+        let (span, i) = self.inner().movable_block(block);
+        // SAFETY: movable span, valid index.
+        unsafe { span.meta(i) }.len.load(Ordering::Relaxed) as usize
+    }
+
+    /// Allocates a zero-filled movable block of `size` bytes at `align` and returns its
+    /// handle. Movable blocks are served up to 256 KiB with alignment up to 4 KiB.
+    ///
+    /// # Errors
+    ///
+    /// [`HandleError::Alloc`] with [`AllocError::InvalidAlignment`] for a
+    /// non-power-of-two `align`, [`AllocError::TooLarge`] above the movable limits, or
+    /// [`AllocError::OutOfMemory`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let heap = tidyheap::Heap::new();
+    /// let h = heap.alloc_handle(100, 16)?;
+    /// heap.write(h)?.fill(7);
+    /// assert_eq!(heap.read(h)?.len(), 100);
+    /// assert!(heap.read(h)?.iter().all(|&b| b == 7));
+    /// heap.free_handle(h)?;
+    /// assert!(heap.read(h).is_err()); // stale now
+    /// # Ok::<(), tidyheap::HandleError>(())
+    /// ```
+    pub fn alloc_handle(&self, size: usize, align: usize) -> Result<RawHandle, HandleError> {
+        let layout = layout_for(size, align)?;
+        self.alloc_movable(layout, RAW_TAG, |b| {
+            // SAFETY: the fresh block holds at least `size` writable bytes.
+            unsafe { b.as_ptr().write_bytes(0, size) }
+        })
+    }
+
+    /// Allocates a movable block holding a copy of `bytes` (16-byte aligned).
+    ///
+    /// # Errors
+    ///
+    /// As [`Heap::alloc_handle`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let heap = tidyheap::Heap::new();
+    /// let h = heap.insert_bytes(b"hello")?;
+    /// assert_eq!(&*heap.read(h)?, b"hello");
+    /// # Ok::<(), tidyheap::HandleError>(())
+    /// ```
+    pub fn insert_bytes(&self, bytes: &[u8]) -> Result<RawHandle, HandleError> {
+        let layout = layout_for(bytes.len(), 16)?;
+        self.alloc_movable(layout, RAW_TAG, |b| {
+            // SAFETY: the fresh block holds `bytes.len()` writable bytes and cannot
+            // overlap the caller's slice.
+            unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), b.as_ptr(), bytes.len()) }
+        })
+    }
+
+    /// Frees the block of `h`, waiting for any guard on it to be dropped.
+    ///
+    /// A thread must not hold a guard on `h` itself when it calls this (it would wait
+    /// for itself); use [`Heap::try_free_handle`] where that can happen.
+    ///
+    /// # Errors
+    ///
+    /// [`HandleError::Stale`] if `h` was already freed (a double free: nothing changes)
+    /// or does not belong to this heap's raw handles.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tidyheap::HandleError;
+    /// let heap = tidyheap::Heap::new();
+    /// let h = heap.alloc_handle(8, 8)?;
+    /// heap.free_handle(h)?;
+    /// assert_eq!(heap.free_handle(h), Err(HandleError::Stale));
+    /// # Ok::<(), HandleError>(())
+    /// ```
+    pub fn free_handle(&self, h: RawHandle) -> Result<(), HandleError> {
+        self.free_movable(h, RAW_TAG, true, |_| ())
+    }
+
+    /// Frees the block of `h` without waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`HandleError::Busy`] if any guard or pin is held on it (nothing changes), else
+    /// as [`Heap::free_handle`].
+    pub fn try_free_handle(&self, h: RawHandle) -> Result<(), HandleError> {
+        self.free_movable(h, RAW_TAG, false, |_| ())
+    }
+
+    /// Whether `h` is a live raw handle of this heap.
+    pub fn contains_handle(&self, h: RawHandle) -> bool {
+        self.handles()
+            .get(h)
+            .and_then(|s| NonNull::new(s.ptr()))
+            .is_some_and(|p| untag(p).1 == RAW_TAG)
+            && self.handles().contains(h)
+    }
+
+    /// A shared guard on the bytes of `h`, waiting while a writer holds it.
+    ///
+    /// # Errors
+    ///
+    /// [`HandleError::Stale`] if `h` is not live in this heap.
+    pub fn read(&self, h: RawHandle) -> Result<ReadGuard<'_>, HandleError> {
+        self.make_read(self.handles().read(h)?)
+    }
+
+    /// Like [`Heap::read`], but never waits.
+    ///
+    /// # Errors
+    ///
+    /// [`HandleError::Busy`] if a writer (or the compactor) holds it, else as `read`.
+    pub fn try_read(&self, h: RawHandle) -> Result<ReadGuard<'_>, HandleError> {
+        self.make_read(self.handles().try_read(h)?)
+    }
+
+    fn make_read<'a>(&'a self, guard: SlotRead<'a>) -> Result<ReadGuard<'a>, HandleError> {
+        let (ptr, tag) = untag(guard.ptr());
+        if tag != RAW_TAG {
+            return Err(HandleError::Stale);
+        }
+        let len = self.block_len(ptr);
+        Ok(ReadGuard {
+            _guard: guard,
+            ptr,
+            len,
+        })
+    }
+
+    /// An exclusive guard on the bytes of `h`, waiting for readers and writers to leave.
+    ///
+    /// Do not call it while this thread holds a read guard on `h` (use
+    /// [`Heap::try_write`], which answers `Busy`).
+    ///
+    /// # Errors
+    ///
+    /// [`HandleError::Stale`] if `h` is not live in this heap.
+    pub fn write(&self, h: RawHandle) -> Result<WriteGuard<'_>, HandleError> {
+        self.make_write(self.handles().write(h)?)
+    }
+
+    /// Like [`Heap::write`], but never waits.
+    ///
+    /// # Errors
+    ///
+    /// [`HandleError::Busy`] if any reader, writer or the compactor holds it.
+    pub fn try_write(&self, h: RawHandle) -> Result<WriteGuard<'_>, HandleError> {
+        self.make_write(self.handles().try_write(h)?)
+    }
+
+    fn make_write<'a>(&'a self, guard: SlotWrite<'a>) -> Result<WriteGuard<'a>, HandleError> {
+        let (ptr, tag) = untag(guard.ptr());
+        if tag != RAW_TAG {
+            return Err(HandleError::Stale);
+        }
+        let len = self.block_len(ptr);
+        Ok(WriteGuard {
+            _guard: guard,
+            ptr,
+            len,
+        })
+    }
+
+    /// Pins `h`: its address stays put until the pin is dropped (the compactor skips
+    /// it). Readers and writers are not excluded.
+    ///
+    /// # Errors
+    ///
+    /// [`HandleError::Stale`] if `h` is not live in this heap.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let heap = tidyheap::Heap::new();
+    /// let h = heap.insert_bytes(&[1, 2, 3])?;
+    /// let pin = heap.pin(h)?;
+    /// let addr = pin.as_ptr();
+    /// heap.compact_full();
+    /// assert_eq!(heap.pin(h)?.as_ptr(), addr);
+    /// # Ok::<(), tidyheap::HandleError>(())
+    /// ```
+    pub fn pin(&self, h: RawHandle) -> Result<PinGuard<'_>, HandleError> {
+        self.make_pin(self.handles().pin(h)?)
+    }
+
+    /// Like [`Heap::pin`], but never waits.
+    ///
+    /// # Errors
+    ///
+    /// [`HandleError::Busy`] if the compactor holds it right now.
+    pub fn try_pin(&self, h: RawHandle) -> Result<PinGuard<'_>, HandleError> {
+        self.make_pin(self.handles().try_pin(h)?)
+    }
+
+    fn make_pin<'a>(&'a self, guard: SlotPin<'a>) -> Result<PinGuard<'a>, HandleError> {
+        let (ptr, tag) = untag(guard.ptr());
+        if tag != RAW_TAG {
+            return Err(HandleError::Stale);
+        }
+        let len = self.block_len(ptr);
+        Ok(PinGuard {
+            _guard: guard,
+            ptr,
+            len,
+        })
+    }
+}
+
+/// Shared access to a movable block's bytes; the block neither moves nor is freed
+/// while the guard lives.
+#[must_use = "the guard releases the block when dropped"]
+pub struct ReadGuard<'a> {
+    _guard: SlotRead<'a>,
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Deref for ReadGuard<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the read guard keeps the block in place and writers out; the block's
+        // first `len` bytes were initialised when it was allocated.
+        unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl core::fmt::Debug for ReadGuard<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ReadGuard")
+            .field("ptr", &self.ptr)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+/// Exclusive access to a movable block's bytes.
+#[must_use = "the guard releases the block when dropped"]
+pub struct WriteGuard<'a> {
+    _guard: SlotWrite<'a>,
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Deref for WriteGuard<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the write guard gives exclusive access; `len` bytes are initialised.
+        unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl DerefMut for WriteGuard<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`, and `&mut self` makes this the only view.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl core::fmt::Debug for WriteGuard<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("WriteGuard")
+            .field("ptr", &self.ptr)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+/// A pin on a movable block: its address is stable while the pin lives. Accessing the
+/// bytes through [`PinGuard::as_ptr`] is `unsafe` and must be synchronised with any
+/// readers and writers by the caller.
+#[must_use = "the pin is released when dropped"]
+pub struct PinGuard<'a> {
+    _guard: SlotPin<'a>,
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl PinGuard<'_> {
+    /// The block's address, stable while the pin lives.
+    pub fn as_ptr(&self) -> NonNull<u8> {
+        self.ptr
+    }
+
+    /// The block's requested length.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the block is zero-sized.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl core::fmt::Debug for PinGuard<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("PinGuard")
+            .field("ptr", &self.ptr)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_round_trip() {
+        let b = NonNull::new(0x7fff_1234_5670 as *mut u8).unwrap();
+        let t = tag_ptr(b, 0xBEEF);
+        assert_eq!(untag(t), (b, 0xBEEF));
+        assert_eq!(untag(tag_ptr(b, 0)), (b, 0));
+    }
+}
