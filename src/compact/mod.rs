@@ -41,6 +41,8 @@
 //! own, and drains the central lists, so cached free blocks do not keep spans alive.
 
 mod background;
+#[cfg(all(test, loom))]
+mod loom_move;
 mod report;
 
 use core::ptr::NonNull;
