@@ -7,3 +7,4 @@ pub mod size_class;
 pub(crate) mod sync;
 
 pub use error::{AllocError, HandleError};
+pub mod large;
