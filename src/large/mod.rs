@@ -44,12 +44,16 @@
 
 mod asset;
 mod placement;
+mod stats;
 
 use core::alloc::Layout;
 use core::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use asset::MappedAsset;
+pub use stats::LargeStats;
+
+use stats::Counters;
 
 use crate::AllocError;
 use crate::os::{self, OsError, PAGE_SIZE, round_up};
@@ -121,9 +125,14 @@ impl Default for LargeConfig {
 /// Invariants (what lets `dealloc` work from the layout alone):
 /// * the block's mapping is exactly `[ptr, ptr + total)`; `[ptr, ptr + len)` is
 ///   read-write and `[ptr + len, ptr + total)` is the guard page, if any;
-/// * `len(s') == len(s)` for every `s'` in `[s, len(s)]`: a block freed with any size
-///   between the requested one and its usable size is unmapped whole;
-/// * `total + map_align <= isize::MAX` (the worst case of an aligned over-mapping).
+/// * `len` and `total` are the same for every size `s'` in `[s, len(s)]`: a block freed
+///   with any size between the requested one and its usable size is unmapped whole.
+///   (`huge` and `map_align` may differ at one point: `2 MiB - 1` is not huge, yet its
+///   usable size 2 MiB is. They only steer placement and advice.);
+/// * `total + map_align <= isize::MAX` (the worst case of an aligned over-mapping);
+/// * a `MAP_HUGETLB` block is always `huge` (its `len` a whole number of huge pages):
+///   only huge blocks get hugetlb pages, and `realloc` never shrinks one that may be
+///   hugetlb below [`HUGE_PAGE_SIZE`] in place.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Geometry {
     /// Usable bytes: the size (at least 1) rounded up to 4 KiB, or to 2 MiB when `huge`.
@@ -160,109 +169,6 @@ impl Geometry {
     }
 }
 
-/// Relaxed event counters; exact whenever no call is in flight.
-///
-/// Invariants at quiescence: `live_blocks == maps - unmaps`; `live_bytes` is the sum of
-/// the requested sizes of live blocks and `mapped_bytes` the sum of their `total`s.
-#[derive(Debug)]
-struct Counters {
-    live_blocks: AtomicUsize,
-    live_bytes: AtomicUsize,
-    mapped_bytes: AtomicUsize,
-    maps: AtomicU64,
-    unmaps: AtomicU64,
-    huge_tlb: AtomicU64,
-    huge_fallbacks: AtomicU64,
-    grow_in_place: AtomicU64,
-    grow_moved: AtomicU64,
-    shrink_in_place: AtomicU64,
-    relocations: AtomicU64,
-    copy_fallbacks: AtomicU64,
-}
-
-impl Counters {
-    const fn new() -> Self {
-        Self {
-            live_blocks: AtomicUsize::new(0),
-            live_bytes: AtomicUsize::new(0),
-            mapped_bytes: AtomicUsize::new(0),
-            maps: AtomicU64::new(0),
-            unmaps: AtomicU64::new(0),
-            huge_tlb: AtomicU64::new(0),
-            huge_fallbacks: AtomicU64::new(0),
-            grow_in_place: AtomicU64::new(0),
-            grow_moved: AtomicU64::new(0),
-            shrink_in_place: AtomicU64::new(0),
-            relocations: AtomicU64::new(0),
-            copy_fallbacks: AtomicU64::new(0),
-        }
-    }
-
-    fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Records a live block changing from `(old_size, old_total)` to `(new_size, new_total)`.
-    fn resize(&self, old_size: usize, old_total: usize, new_size: usize, new_total: usize) {
-        self.live_bytes.fetch_add(new_size, Ordering::Relaxed);
-        self.live_bytes.fetch_sub(old_size, Ordering::Relaxed);
-        self.mapped_bytes.fetch_add(new_total, Ordering::Relaxed);
-        self.mapped_bytes.fetch_sub(old_total, Ordering::Relaxed);
-    }
-}
-
-/// A snapshot of a [`LargeAllocator`]'s counters, from [`LargeAllocator::stats`].
-///
-/// Exact when no call is in flight; while calls run, each field is a recent value.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct LargeStats {
-    /// Blocks allocated and not yet freed.
-    pub live_blocks: usize,
-    /// Sum of the requested sizes of live blocks.
-    pub live_bytes: usize,
-    /// Sum of the mapping sizes of live blocks (rounding and guard pages included).
-    pub mapped_bytes: usize,
-    /// Blocks mapped by `alloc` (including the fresh block of a copy fallback).
-    pub maps: u64,
-    /// Blocks unmapped by `dealloc` (including the old block of a copy fallback).
-    pub unmaps: u64,
-    /// Blocks that got reserved huge pages (`MAP_HUGETLB`).
-    pub huge_tlb: u64,
-    /// Blocks big enough for huge pages that got ordinary pages plus `MADV_HUGEPAGE`.
-    pub huge_fallbacks: u64,
-    /// Growths that kept the address (within the usable size, or `mremap` in place).
-    pub grow_in_place: u64,
-    /// Growths that moved the mapping's pages to a new address (no copy).
-    pub grow_moved: u64,
-    /// Shrinks (always in place unless they fell back to a copy).
-    pub shrink_in_place: u64,
-    /// Blocks moved by [`LargeAllocator::relocate`] (no copy).
-    pub relocations: u64,
-    /// Reallocations and relocations the kernel could not do by remapping, done by
-    /// allocate-copy-free instead.
-    pub copy_fallbacks: u64,
-}
-
-impl LargeStats {
-    /// The share of growths that kept their address, in `[0, 1]` (0 with no growths).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use tidyheap::large::LargeStats;
-    /// let s = LargeStats { grow_in_place: 3, grow_moved: 1, ..LargeStats::default() };
-    /// assert_eq!(s.in_place_growth_share(), 0.75);
-    /// ```
-    pub fn in_place_growth_share(&self) -> f64 {
-        let all = self.grow_in_place + self.grow_moved;
-        if all == 0 {
-            0.0
-        } else {
-            self.grow_in_place as f64 / all as f64
-        }
-    }
-}
-
 /// Maps large blocks directly from the OS; see the [module docs](self).
 ///
 /// Lock-free and allocation-free: a config and relaxed counters. It can live in a
@@ -293,6 +199,13 @@ impl LargeStats {
 pub struct LargeAllocator {
     config: LargeConfig,
     counters: Counters,
+    /// Set (for good) once a block got `MAP_HUGETLB` pages. Until then no block is a
+    /// hugetlb mapping, and huge blocks may shrink below 2 MiB in place.
+    ///
+    /// Relaxed suffices: the store precedes the return of that block's pointer, and any
+    /// thread that later reallocates the block received the pointer through some
+    /// synchronisation, which carries the store with it.
+    hugetlb_mapped: AtomicBool,
 }
 
 impl Default for LargeAllocator {
@@ -307,6 +220,7 @@ impl LargeAllocator {
         Self {
             config,
             counters: Counters::new(),
+            hugetlb_mapped: AtomicBool::new(false),
         }
     }
 
@@ -339,10 +253,7 @@ impl LargeAllocator {
     pub fn alloc(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
         let g = Geometry::of(layout.size(), layout.align(), &self.config)?;
         let ptr = self.map_block(&g)?;
-        let c = &self.counters;
-        c.live_blocks.fetch_add(1, Ordering::Relaxed);
-        c.resize(0, 0, layout.size(), g.total);
-        Counters::bump(&c.maps);
+        self.counters.on_map(layout.size(), g.total);
         Ok(ptr)
     }
 
@@ -377,10 +288,7 @@ impl LargeAllocator {
         //   so `[ptr, ptr + g.total)` is exactly its page-aligned mapping;
         // - nothing uses the block afterwards.
         unsafe { os::release(ptr, g.total) };
-        let c = &self.counters;
-        c.live_blocks.fetch_sub(1, Ordering::Relaxed);
-        c.resize(layout.size(), g.total, 0, 0);
-        Counters::bump(&c.unmaps);
+        self.counters.on_unmap(layout.size(), g.total);
     }
 
     /// The bytes usable in a block allocated with `layout`: its size rounded up to the
@@ -400,12 +308,17 @@ impl LargeAllocator {
     }
 
     /// Resizes a block to `new_size` bytes (same alignment), keeping its contents up to
-    /// the smaller size. Bytes beyond the old usable size read as zero.
+    /// the smaller of the old and new [usable sizes](Self::usable_size). Bytes beyond
+    /// the old usable size read as zero.
     ///
     /// Within the usable size nothing happens. Growth extends the mapping in place with
     /// `mremap` when the address space after it is free, and otherwise moves its pages to
     /// a new address without copying; shrinking unmaps the tail in place. See
-    /// [`LargeStats`] for how each outcome is counted.
+    /// [`LargeStats`] for how each outcome is counted. A grown block gets
+    /// `MADV_HUGEPAGE` once huge, never `MAP_HUGETLB` pages (those are only given at
+    /// allocation). The kernel does not grow hugetlb mappings with `mremap` and keeps
+    /// them whole huge pages long, so growing a hugetlb block, or shrinking a block that
+    /// may be one below 2 MiB, copies.
     ///
     /// # Safety
     ///
@@ -428,6 +341,13 @@ impl LargeAllocator {
         let og = Geometry::of(old.size(), old.align(), &self.config)?;
         let ng = Geometry::of(new_size, old.align(), &self.config)?;
         let c = &self.counters;
+        if ng.len < og.len && og.huge && !ng.huge && self.hugetlb_mapped.load(Ordering::Relaxed) {
+            // The block may be a MAP_HUGETLB one: the kernel would keep it a whole huge
+            // page long, breaking the `Geometry` invariant `dealloc` relies on. Copy the
+            // (under 2 MiB) prefix to a fresh block instead.
+            // SAFETY: forwarded from the caller: `ptr` is a live block of `old`.
+            return unsafe { self.copy_move(ptr, old, new) };
+        }
         let result = if ng.len == og.len {
             Ok(ptr)
         } else if ng.len < og.len {
@@ -536,22 +456,7 @@ impl LargeAllocator {
     /// # Ok::<(), tidyheap::AllocError>(())
     /// ```
     pub fn stats(&self) -> LargeStats {
-        let c = &self.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        LargeStats {
-            live_blocks: c.live_blocks.load(Ordering::Relaxed),
-            live_bytes: c.live_bytes.load(Ordering::Relaxed),
-            mapped_bytes: c.mapped_bytes.load(Ordering::Relaxed),
-            maps: get(&c.maps),
-            unmaps: get(&c.unmaps),
-            huge_tlb: get(&c.huge_tlb),
-            huge_fallbacks: get(&c.huge_fallbacks),
-            grow_in_place: get(&c.grow_in_place),
-            grow_moved: get(&c.grow_moved),
-            shrink_in_place: get(&c.shrink_in_place),
-            relocations: get(&c.relocations),
-            copy_fallbacks: get(&c.copy_fallbacks),
-        }
+        self.counters.snapshot()
     }
 
     /// Maps the pages of a new block of geometry `g`, guard page and advice included.
@@ -561,6 +466,7 @@ impl LargeAllocator {
                 && !self.config.guard_page
                 && let Some(p) = self.map_hugetlb(g)
             {
+                self.hugetlb_mapped.store(true, Ordering::Relaxed);
                 Counters::bump(&self.counters.huge_tlb);
                 return Ok(p);
             }
@@ -723,12 +629,13 @@ impl LargeAllocator {
         new: Layout,
     ) -> Result<NonNull<u8>, AllocError> {
         let fresh = self.alloc(new)?;
+        // Keep what remapping would keep: every byte both blocks can hold.
+        let keep = self.usable_size(old).min(self.usable_size(new));
         // SAFETY:
-        // - both blocks are live, distinct mappings with at least `min` readable/writable
-        //   bytes each;
+        // - both blocks are live, distinct mappings with at least `keep` usable bytes;
         // - then the old block is freed under the caller's guarantees.
         unsafe {
-            ptr::copy_nonoverlapping(ptr.as_ptr(), fresh.as_ptr(), old.size().min(new.size()));
+            ptr::copy_nonoverlapping(ptr.as_ptr(), fresh.as_ptr(), keep);
             self.dealloc(ptr, old);
         }
         Counters::bump(&self.counters.copy_fallbacks);
@@ -783,10 +690,22 @@ mod tests {
             for size in [0, 1, 4095, 4097, 300_000, 2 * MIB - 1, 2 * MIB, 5 * MIB + 3] {
                 let g = Geometry::of(size, 16, &cfg).unwrap();
                 for s in [size, (size + g.len) / 2, g.len] {
-                    assert_eq!(Geometry::of(s, 16, &cfg).unwrap(), g, "size {size} vs {s}");
+                    let h = Geometry::of(s, 16, &cfg).unwrap();
+                    assert_eq!((h.len, h.total), (g.len, g.total), "size {size} vs {s}");
                 }
             }
         }
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "could never have been allocated")]
+    fn dealloc_with_an_impossible_layout_panics_in_debug() {
+        let large = LargeAllocator::default();
+        let layout = Layout::from_size_align(isize::MAX as usize - 1, 1).unwrap();
+        // SAFETY: deliberately breaks the contract with a layout no block can have; the
+        // debug check panics before anything is unmapped.
+        unsafe { large.dealloc(NonNull::dangling(), layout) };
     }
 
     #[test]
