@@ -21,6 +21,7 @@ pub use compact::{
 pub use error::{AllocError, HandleError};
 pub use handle::{Handle, HandleTable, RawHandle};
 pub use heap::Heap;
+pub use large::{HugePages, LargeAllocator, LargeConfig, LargeStats, MappedAsset};
 pub use movable::{PinGuard, ReadGuard, WriteGuard};
 pub use pool::heap::HeapConfig;
 pub use pool::span::SpanKind;

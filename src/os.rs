@@ -137,6 +137,112 @@ pub fn reserve_with_flags(
     Ok(unsafe { NonNull::new_unchecked(aligned as *mut u8) })
 }
 
+/// Maps `size` bytes of fresh zeroed read-write memory, at `hint` if that range is free.
+///
+/// The kernel treats `hint` as a preference: when `[hint, hint + size)` is unmapped the
+/// mapping lands exactly there, otherwise wherever the kernel chooses (it never replaces
+/// an existing mapping). Callers compare the result with `hint`. `size` must be a
+/// multiple of the page size (of the huge page size with `MAP_HUGETLB` in `extra_flags`).
+/// Like [`reserve`], it maps with `MAP_NORESERVE`, except for `MAP_HUGETLB` mappings,
+/// whose huge pages are reserved at map time so the call fails (rather than a later
+/// touch faulting) when none are available.
+///
+/// # Errors
+///
+/// `EINVAL` when `size` is zero, not page-aligned or above `isize::MAX`; otherwise the
+/// `errno` of the failed `mmap` (`ENOMEM` when no huge pages are reserved, for example).
+pub fn map_at_hint(hint: usize, size: usize, extra_flags: i32) -> Result<NonNull<u8>, OsError> {
+    if size == 0 || !size.is_multiple_of(PAGE_SIZE) || size > isize::MAX as usize {
+        return Err(OsError {
+            op: "mmap",
+            size,
+            errno: libc::EINVAL,
+        });
+    }
+    // A hugetlb mapping must reserve its pages up front: with MAP_NORESERVE it would
+    // succeed even with no huge pages available and then SIGBUS on first touch.
+    let noreserve = if extra_flags & libc::MAP_HUGETLB != 0 {
+        0
+    } else {
+        libc::MAP_NORESERVE
+    };
+    // SAFETY: a private anonymous mapping without MAP_FIXED never replaces an existing
+    // mapping: the hint is only a preference, so any hint value is sound. The result is
+    // checked against MAP_FAILED.
+    let raw = unsafe {
+        libc::mmap(
+            hint as *mut libc::c_void,
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | noreserve | extra_flags,
+            -1,
+            0,
+        )
+    };
+    if raw == libc::MAP_FAILED {
+        return Err(OsError {
+            op: "mmap",
+            size,
+            errno: last_errno(),
+        });
+    }
+    NonNull::new(raw.cast()).ok_or(OsError {
+        op: "mmap",
+        size,
+        errno: libc::EINVAL,
+    })
+}
+
+/// Resizes and/or moves the mapping `[old, old + old_size)` with `mremap(2)`, carrying its
+/// physical pages along: nothing is copied.
+///
+/// `flags` is `0` (resize in place, failing when the pages after the range are taken),
+/// `MREMAP_MAYMOVE`, or `MREMAP_MAYMOVE | MREMAP_FIXED` with `new_addr` the destination
+/// (any mapping at `[new_addr, new_addr + new_size)` is replaced). Growth adds zeroed pages.
+///
+/// # Safety
+///
+/// * `[old, old + old_size)` is one mapping of this process (a single VMA: one
+///   protection, one set of advice), page-aligned, and every pointer into it is
+///   re-derived from the result afterwards;
+/// * with `MREMAP_FIXED`, `[new_addr, new_addr + new_size)` belongs to the caller and
+///   holds nothing still needed (it is unmapped first).
+///
+/// # Errors
+///
+/// The [`OsError`] of a failed `mremap`; the old mapping is then unchanged.
+pub unsafe fn remap(
+    old: NonNull<u8>,
+    old_size: usize,
+    new_size: usize,
+    flags: i32,
+    new_addr: *mut u8,
+) -> Result<NonNull<u8>, OsError> {
+    // SAFETY: the caller guarantees the old range is one of our single-VMA mappings and,
+    // with MREMAP_FIXED, that the destination is theirs to replace.
+    let raw = unsafe {
+        libc::mremap(
+            old.as_ptr().cast(),
+            old_size,
+            new_size,
+            flags,
+            new_addr.cast::<libc::c_void>(),
+        )
+    };
+    if raw == libc::MAP_FAILED {
+        return Err(OsError {
+            op: "mremap",
+            size: new_size,
+            errno: last_errno(),
+        });
+    }
+    NonNull::new(raw.cast()).ok_or(OsError {
+        op: "mremap",
+        size: new_size,
+        errno: libc::EINVAL,
+    })
+}
+
 /// Unmaps `[ptr, ptr + size)`.
 ///
 /// # Safety

@@ -130,7 +130,7 @@ pub struct HeapStats {
 impl HeapStats {
     /// Requested bytes of every live block: fixed, movable and large.
     pub fn live_bytes(&self) -> u64 {
-        self.fixed.live_bytes() + self.movable.live_bytes() + self.large.live_bytes
+        self.fixed.live_bytes() + self.movable.live_bytes() + self.large.live_bytes as u64
     }
 
     /// Cache counters of both kinds together.

@@ -110,7 +110,7 @@ fn loom_reader_compactor_freer_on_one_block() {
         // move happened (a free never loses a concurrent move's result).
         assert_eq!(freed.load(Ordering::Relaxed), if moved { 2 } else { 1 });
         // A freed block is never moved or resurrected.
-        assert!(table.get(h).is_none());
+        assert!(!table.contains(h));
         assert!(table.read(h).is_err());
         assert!(table.try_lock_move(h.index(), old).is_err());
         assert!(table.try_lock_move(h.index(), new).is_err());

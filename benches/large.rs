@@ -1,0 +1,86 @@
+//! Large blocks: map + touch every page + free, 1–64 MiB, tidyheap's `LargeAllocator`
+//! beside the system allocator (glibc malloc) in the same group.
+//!
+//! Peers: `tidyheap` (defaults: huge pages tried, then `MADV_HUGEPAGE`),
+//! `tidyheap-4k` (`HugePages::Never`), `system` (`std::alloc::System`).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_main};
+use tidyheap::large::{HugePages, LargeAllocator, LargeConfig};
+
+const MIB: usize = 1 << 20;
+const PAGE: usize = 4096;
+
+/// Writes one byte in every page of `[p, p + len)`.
+///
+/// # Safety
+///
+/// `[p, p + len)` is writable.
+unsafe fn touch(p: *mut u8, len: usize) {
+    for off in (0..len).step_by(PAGE) {
+        // SAFETY: `off < len`, inside the writable block.
+        unsafe { p.add(off).write_volatile(1) };
+    }
+}
+
+static TIDY: LargeAllocator = LargeAllocator::new(LargeConfig::DEFAULT);
+static TIDY_4K: LargeAllocator = LargeAllocator::new(LargeConfig {
+    huge_pages: HugePages::Never,
+    ..LargeConfig::DEFAULT
+});
+
+fn alloc_touch_free(c: &mut Criterion) {
+    let mut group = c.benchmark_group("large_alloc_touch_free");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
+    for mib in [1, 4, 16, 64] {
+        let size = mib * MIB;
+        let layout = Layout::from_size_align(size, 16).unwrap();
+        group.throughput(Throughput::Bytes(size as u64));
+        for (peer, large) in [("tidyheap", &TIDY), ("tidyheap-4k", &TIDY_4K)] {
+            group.bench_with_input(
+                BenchmarkId::new(peer, format!("{mib}MiB")),
+                &layout,
+                |b, &l| {
+                    b.iter(|| {
+                        let p = large.alloc(l).unwrap();
+                        // SAFETY: a fresh block of `l.size()` writable bytes, freed with `l`.
+                        unsafe {
+                            touch(black_box(p.as_ptr()), l.size());
+                            large.dealloc(p, l);
+                        }
+                    })
+                },
+            );
+        }
+        group.bench_with_input(
+            BenchmarkId::new("system", format!("{mib}MiB")),
+            &layout,
+            |b, &l| {
+                b.iter(|| {
+                    // SAFETY: `l` has a non-zero size; the block is checked, touched inside its
+                    // bounds and freed with the same layout.
+                    unsafe {
+                        let p = System.alloc(l);
+                        assert!(!p.is_null());
+                        touch(black_box(p), l.size());
+                        System.dealloc(p, l);
+                    }
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+/// Holds the `criterion_group!` runner (a private module keeps its generated function out
+/// of `missing_docs`).
+mod runner {
+    criterion::criterion_group!(benches, super::alloc_touch_free);
+}
+criterion_main!(runner::benches);
