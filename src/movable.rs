@@ -24,6 +24,14 @@
 //!         → span.live −= 1 → block back to the pools
 //! move:   see `compact`: only under the slot's move lock, never waiting for it
 //! ```
+//!
+//! # Large movable blocks
+//!
+//! Requests above the pool limits (256 KiB, or alignment above 4 KiB) are mapped
+//! directly by the large allocator, with a *header* of `max(4 KiB, align)` bytes in
+//! front of the user bytes holding the requested length. Such a block is relocated by
+//! [`Heap::relocate_large`] with `mremap`, without copying: the pages move to a new
+//! address under the slot's move lock, header included.
 
 use core::alloc::Layout;
 use core::ops::{Deref, DerefMut};
@@ -69,6 +77,50 @@ pub(crate) fn untag(p: NonNull<u8>) -> (NonNull<u8>, u16) {
     )
 }
 
+/// The header in front of a large movable block.
+#[repr(C)]
+struct LargeHeader {
+    magic: u64,
+    /// Requested bytes.
+    len: usize,
+    /// Header bytes (also the mapping's alignment).
+    header: usize,
+}
+
+const LARGE_MAGIC: u64 = u64::from_le_bytes(*b"tidyLRG1");
+
+/// Header bytes in front of a large movable block aligned to `align`.
+fn large_header(align: usize) -> usize {
+    align.max(crate::os::PAGE_SIZE)
+}
+
+/// The mapping layout of a large movable block of `len` bytes with `header` in front.
+fn large_layout(len: usize, header: usize) -> Result<Layout, AllocError> {
+    let total = len
+        .checked_add(header)
+        .ok_or(AllocError::TooLarge { size: len })?;
+    Layout::from_size_align(total, header).map_err(|_| AllocError::TooLarge { size: len })
+}
+
+/// Reads the header of large movable block `block`.
+///
+/// # Safety
+///
+/// `block` is a live large movable block of some heap.
+unsafe fn large_header_of(block: NonNull<u8>) -> (usize, usize) {
+    // SAFETY: a live large movable block's header is stored in the last
+    // `size_of::<LargeHeader>()` bytes of the header area right in front of it (which
+    // is at least a page, so it is mapped and 8-aligned).
+    let h = unsafe {
+        &*block
+            .as_ptr()
+            .sub(size_of::<LargeHeader>())
+            .cast::<LargeHeader>()
+    };
+    debug_assert_eq!(h.magic, LARGE_MAGIC, "not a large movable block");
+    (h.len, h.header)
+}
+
 impl HeapInner {
     /// Flushes this thread's movable lists if the compactor asked for it since the
     /// thread last looked (one relaxed load on the common path).
@@ -100,39 +152,81 @@ impl HeapInner {
 
 impl Heap {
     /// Allocates a movable block for `layout`, lets `init` write its contents, and
-    /// gives it a handle tagged `tag`.
+    /// gives it a handle tagged `tag`. If the handle cannot be made, `undo` gets the
+    /// initialised block back (to take its contents out) before it is freed.
     pub(crate) fn alloc_movable(
         &self,
         layout: Layout,
         tag: u16,
         init: impl FnOnce(NonNull<u8>),
+        undo: impl FnOnce(NonNull<u8>),
     ) -> Result<RawHandle, HandleError> {
-        let class = size_class::class_for(layout.size(), layout.align()).ok_or(
-            HandleError::Alloc(AllocError::TooLarge {
-                size: layout.size(),
-            }),
-        )?;
+        let Some(class) = size_class::class_for(layout.size(), layout.align()) else {
+            return self.alloc_large_movable(layout, tag, init, undo);
+        };
         let inner = self.inner();
         inner.honor_movable_epoch();
         let block = inner.alloc_block(class, layout.size(), SpanKind::Movable)?;
         init(block);
+        let (span, i) = inner.movable_block(block);
+        // SAFETY: `span` is movable and `i` is one of its blocks.
+        let meta = unsafe { span.meta(i) };
+        // The length is written before the slot is published, so a compactor that
+        // takes the slot (after `insert`'s Release) reads this block's own length.
+        meta.len.store(layout.size() as u32, Ordering::Relaxed);
         let h = match self.handles().insert(tag_ptr(block, tag)) {
             Ok(h) => h,
             Err(e) => {
+                undo(block);
                 // SAFETY: the block was allocated above and never published.
                 unsafe { inner.free_block(block, class, layout.size(), SpanKind::Movable) };
                 return Err(e);
             }
         };
-        let (span, i) = inner.movable_block(block);
-        // SAFETY: `span` is movable and `i` is one of its blocks.
-        let meta = unsafe { span.meta(i) };
-        meta.len.store(layout.size() as u32, Ordering::Relaxed);
-        // Release: the compactor reading `owner` (Acquire) also sees `len`.
-        meta.owner.store(h.index() + 1, Ordering::Release);
         span.live.fetch_add(1, Ordering::Relaxed);
         span.live_bytes.fetch_add(layout.size(), Ordering::Relaxed);
+        // Release, and last: the compactor moves a block only once it sees its owner
+        // (Acquire), and then also sees the live counts.
+        meta.owner.store(h.index() + 1, Ordering::Release);
         Ok(h)
+    }
+
+    /// The large path of `alloc_movable`: a direct mapping with a header in front.
+    fn alloc_large_movable(
+        &self,
+        layout: Layout,
+        tag: u16,
+        init: impl FnOnce(NonNull<u8>),
+        undo: impl FnOnce(NonNull<u8>),
+    ) -> Result<RawHandle, HandleError> {
+        let header = large_header(layout.align());
+        let map = large_layout(layout.size(), header)?;
+        let large = &self.inner().large;
+        let base = large.alloc(map)?;
+        // SAFETY: the mapping is `header + size` bytes; the block starts after the header.
+        let block = unsafe { base.add(header) };
+        // SAFETY: the header's last bytes are inside the mapping, 8-aligned, and ours.
+        unsafe {
+            block
+                .as_ptr()
+                .sub(size_of::<LargeHeader>())
+                .cast::<LargeHeader>()
+                .write(LargeHeader {
+                    magic: LARGE_MAGIC,
+                    len: layout.size(),
+                    header,
+                });
+        }
+        init(block);
+        match self.handles().insert(tag_ptr(block, tag)) {
+            Ok(h) => Ok(h),
+            Err(e) => {
+                undo(block);
+                // SAFETY: the mapping was made above with `map` and never published.
+                unsafe { large.dealloc(base, map) };
+                Err(e)
+            }
+        }
     }
 
     /// Frees the movable block of `h` if it carries `tag`: `wait` for guards (or answer
@@ -160,6 +254,18 @@ impl Heap {
         };
         let (block, _) = untag(tagged);
         let inner = self.inner();
+        if inner.span_of(block).is_none() {
+            // SAFETY: a movable block outside every span is a large movable block.
+            let (len, header) = unsafe { large_header_of(block) };
+            before_free(block);
+            // SAFETY: the slot is vacant, so the mapping is ours; it was made with this
+            // layout (`large_layout` of the same length and header) at `block - header`.
+            unsafe {
+                let map = large_layout(len, header).expect("validated when allocated");
+                inner.large.dealloc(block.sub(header), map);
+            }
+            return Ok(());
+        }
         let (span, i) = inner.movable_block(block);
         // SAFETY: movable span, valid index.
         let meta = unsafe { span.meta(i) };
@@ -178,18 +284,25 @@ impl Heap {
     /// The requested length of movable block `block`.
     #[inline]
     fn block_len(&self, block: NonNull<u8>) -> usize {
+        if self.inner().span_of(block).is_none() {
+            // SAFETY: the caller holds a guard on `block`, a live movable block outside
+            // every span: a large one.
+            return unsafe { large_header_of(block) }.0;
+        }
         let (span, i) = self.inner().movable_block(block);
         // SAFETY: movable span, valid index.
         unsafe { span.meta(i) }.len.load(Ordering::Relaxed) as usize
     }
 
     /// Allocates a zero-filled movable block of `size` bytes at `align` and returns its
-    /// handle. Movable blocks are served up to 256 KiB with alignment up to 4 KiB.
+    /// handle. Up to 256 KiB (and alignment 4 KiB) it comes from the pools and the
+    /// compactor may move it; above, it is mapped directly and moves only through
+    /// [`Heap::relocate_large`].
     ///
     /// # Errors
     ///
     /// [`HandleError::Alloc`] with [`AllocError::InvalidAlignment`] for a
-    /// non-power-of-two `align`, [`AllocError::TooLarge`] above the movable limits, or
+    /// non-power-of-two `align`, [`AllocError::TooLarge`] if the size overflows, or
     /// [`AllocError::OutOfMemory`].
     ///
     /// # Examples
@@ -206,10 +319,77 @@ impl Heap {
     /// ```
     pub fn alloc_handle(&self, size: usize, align: usize) -> Result<RawHandle, HandleError> {
         let layout = layout_for(size, align)?;
-        self.alloc_movable(layout, RAW_TAG, |b| {
-            // SAFETY: the fresh block holds at least `size` writable bytes.
-            unsafe { b.as_ptr().write_bytes(0, size) }
-        })
+        self.alloc_movable(
+            layout,
+            RAW_TAG,
+            |b| {
+                // SAFETY: the fresh block holds at least `size` writable bytes.
+                unsafe { b.as_ptr().write_bytes(0, size) }
+            },
+            |_| (),
+        )
+    }
+
+    /// Moves a large movable block (one above the pool limits) to a new address with
+    /// `mremap`, without copying its bytes. Never waits: a guarded or pinned block
+    /// answers `Busy`. Returns `false` (and does nothing) for a pool block, which the
+    /// compactor moves instead.
+    ///
+    /// # Errors
+    ///
+    /// [`HandleError::Stale`] if `h` is not live here, [`HandleError::Busy`] if a guard
+    /// or pin is held, [`HandleError::Alloc`] if the kernel refuses the remap (the
+    /// block then stays where it was).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let heap = tidyheap::Heap::new();
+    /// let h = heap.alloc_handle(4 << 20, 16)?;
+    /// heap.write(h)?[12345] = 7;
+    /// let before = heap.pin(h)?.as_ptr();
+    /// assert!(heap.relocate_large(h)?);
+    /// assert_ne!(heap.pin(h)?.as_ptr(), before);
+    /// assert_eq!(heap.read(h)?[12345], 7);
+    /// # Ok::<(), tidyheap::HandleError>(())
+    /// ```
+    pub fn relocate_large(&self, h: RawHandle) -> Result<bool, HandleError> {
+        let table = self.handles();
+        let slot = table.get(h).ok_or(HandleError::Stale)?;
+        let tagged = NonNull::new(slot.ptr()).ok_or(HandleError::Stale)?;
+        let (block, tag) = untag(tagged);
+        let inner = self.inner();
+        if inner.span_of(block).is_some() {
+            return Ok(false);
+        }
+        let mut mv = table
+            .try_lock_move(h.index(), tagged)
+            .map_err(|e| match e {
+                crate::handle::MoveSkip::Gone => HandleError::Stale,
+                _ => HandleError::Busy,
+            })?;
+        if mv.handle() != h {
+            return Err(HandleError::Stale);
+        }
+        // SAFETY: we hold the move lock on a live large movable block.
+        let (len, header) = unsafe { large_header_of(block) };
+        let map = large_layout(len, header)?;
+        // SAFETY: the mapping at `block - header` was made with `map`; the move lock
+        // keeps every other thread away from it until the slot points at the new place.
+        let base = unsafe { inner.large.relocate(block.sub(header), map)? };
+        // SAFETY: the block's bytes (header included) moved with the pages.
+        let moved = unsafe { base.add(header) };
+        // SAFETY: we hold the move lock; `moved` holds the same bytes.
+        unsafe { mv.set_ptr(tag_ptr(moved, tag)) };
+        drop(mv);
+        self.notify_move(crate::compact::MoveEvent {
+            handle: h,
+            from: block.as_ptr().addr(),
+            to: moved.as_ptr().addr(),
+            size: len,
+            class_size: len,
+        });
+        Ok(true)
     }
 
     /// Allocates a movable block holding a copy of `bytes` (16-byte aligned).
@@ -228,11 +408,16 @@ impl Heap {
     /// ```
     pub fn insert_bytes(&self, bytes: &[u8]) -> Result<RawHandle, HandleError> {
         let layout = layout_for(bytes.len(), 16)?;
-        self.alloc_movable(layout, RAW_TAG, |b| {
-            // SAFETY: the fresh block holds `bytes.len()` writable bytes and cannot
-            // overlap the caller's slice.
-            unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), b.as_ptr(), bytes.len()) }
-        })
+        self.alloc_movable(
+            layout,
+            RAW_TAG,
+            |b| {
+                // SAFETY: the fresh block holds `bytes.len()` writable bytes and cannot
+                // overlap the caller's slice.
+                unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), b.as_ptr(), bytes.len()) }
+            },
+            |_| (),
+        )
     }
 
     /// Frees the block of `h`, waiting for any guard on it to be dropped.

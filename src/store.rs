@@ -175,17 +175,9 @@ impl<T: Send + Sync> Store<T> {
     ///
     /// # Errors
     ///
-    /// [`HandleError::Alloc`] with [`AllocError::TooLarge`] if `T` cannot live in
-    /// movable memory (larger than 256 KiB or aligned above 4 KiB), or with
-    /// [`AllocError::OutOfMemory`] if the heap has no store tag left (65 535 per heap).
+    /// [`HandleError::Alloc`] with [`AllocError::OutOfMemory`] if the heap has no store
+    /// tag left (65 535 per heap).
     pub fn try_new_in(heap: Arc<Heap>) -> Result<Self, HandleError> {
-        let layout = Layout::new::<T>();
-        if crate::size_class::class_for(layout.size(), layout.align()).is_none() {
-            return Err(AllocError::TooLarge {
-                size: layout.size(),
-            }
-            .into());
-        }
         let tag = heap.new_tag().ok_or(AllocError::OutOfMemory {
             size: 0,
             errno: libc::ENOSPC,
@@ -223,22 +215,31 @@ impl<T: Send + Sync> Store<T> {
     ///
     /// The value and [`HandleError::Alloc`] if memory runs out.
     pub fn try_insert(&self, value: T) -> Result<Handle<T>, (T, HandleError)> {
-        let mut value = Some(value);
-        let r = self
-            .inner
-            .heap
-            .alloc_movable(Layout::new::<T>(), self.inner.tag, |block| {
+        let value = core::cell::Cell::new(Some(value));
+        let r = self.inner.heap.alloc_movable(
+            Layout::new::<T>(),
+            self.inner.tag,
+            |block| {
                 let v = value.take().expect("init runs once");
                 // SAFETY: the fresh block is valid and aligned for a `T` (its class
                 // honours `align_of::<T>()`).
                 unsafe { block.cast::<T>().write(v) };
-            });
+            },
+            // SAFETY: `undo` runs only after `init` wrote the value, on a block nobody
+            // else can reach; reading moves the value back out exactly once.
+            |block| value.set(Some(unsafe { block.cast::<T>().read() })),
+        );
         match r {
             Ok(h) => {
                 self.inner.len.fetch_add(1, Ordering::Relaxed);
                 Ok(Handle::from_raw(h))
             }
-            Err(e) => Err((value.expect("a failed allocation never runs init"), e)),
+            Err(e) => Err((
+                value
+                    .take()
+                    .expect("the value is back: never taken, or returned by undo"),
+                e,
+            )),
         }
     }
 

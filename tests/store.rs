@@ -260,3 +260,77 @@ fn accounting_is_exact_after_a_threaded_run() {
         (0, 0, 0)
     );
 }
+
+#[test]
+fn large_movable_blocks_relocate_without_copying() {
+    let heap = Heap::new();
+    let h = heap.alloc_handle(3 << 20, 16).unwrap();
+    let small = heap.alloc_handle(64, 16).unwrap();
+    assert!(
+        !heap.relocate_large(small).unwrap(),
+        "pool blocks are the compactor's"
+    );
+    {
+        let mut w = heap.write(h).unwrap();
+        assert_eq!(w.len(), 3 << 20);
+        assert!(w.iter().all(|&b| b == 0), "zero-filled");
+        for (i, b) in w.iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+    }
+    let large_before = heap.stats().large;
+    let mut addrs = vec![heap.pin(h).unwrap().as_ptr()];
+    for _ in 0..4 {
+        assert!(heap.relocate_large(h).unwrap());
+        addrs.push(heap.pin(h).unwrap().as_ptr());
+    }
+    addrs.dedup();
+    assert_eq!(addrs.len(), 5, "every relocation changed the address");
+    assert_eq!(heap.stats().large.relocations, large_before.relocations + 4);
+    assert_eq!(
+        heap.stats().large.copy_fallbacks,
+        large_before.copy_fallbacks,
+        "no copy"
+    );
+    assert!(
+        heap.read(h)
+            .unwrap()
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == (i % 251) as u8)
+    );
+    {
+        let _r = heap.read(h).unwrap();
+        assert_eq!(heap.relocate_large(h), Err(HandleError::Busy));
+    }
+    heap.compact_full();
+    assert_eq!(
+        heap.pin(h).unwrap().as_ptr(),
+        *addrs.last().unwrap(),
+        "compactor leaves it"
+    );
+    heap.free_handle(h).unwrap();
+    assert_eq!(heap.relocate_large(h), Err(HandleError::Stale));
+    assert_eq!(heap.free_handle(h), Err(HandleError::Stale));
+    assert_eq!(heap.stats().large.live_blocks, 0);
+}
+
+#[test]
+fn file_backed_assets_behind_handles() {
+    let path = std::env::temp_dir().join(format!("tidyheap-asset-{}.bin", std::process::id()));
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+    std::fs::write(&path, &data).unwrap();
+    let assets: Store<tidyheap::MappedAsset> = Store::new();
+    // SAFETY: the test owns the file and nobody modifies it while it is mapped.
+    let h = assets.insert(unsafe { tidyheap::MappedAsset::open(&path) }.unwrap());
+    assets.heap().compact_full();
+    assert_eq!(assets.get(h).unwrap().as_bytes(), &data[..]);
+    drop(assets.remove(h));
+    std::fs::remove_file(&path).unwrap();
+    // SAFETY: opening a missing file maps nothing.
+    let err = unsafe { tidyheap::MappedAsset::open(&path) }.unwrap_err();
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+}

@@ -383,6 +383,16 @@ impl Heap {
         report
     }
 
+    /// Tells every observer about a move (one relaxed load when nobody listens).
+    pub(crate) fn notify_move(&self, ev: MoveEvent) {
+        let c = self.compactor();
+        if c.has_observers.load(Ordering::Acquire) {
+            for o in c.observers.read().iter() {
+                o.on_move(&ev);
+            }
+        }
+    }
+
     fn build_plan(&self, plan: &mut Plan, full: bool) {
         let inner = self.inner();
         inner.movable_epoch.fetch_add(1, Ordering::Relaxed);
@@ -511,19 +521,13 @@ impl Heap {
         source.live_bytes.fetch_sub(len, Ordering::Relaxed);
         let handle = mv.handle();
         drop(mv);
-        let c = self.compactor();
-        if c.has_observers.load(Ordering::Acquire) {
-            let ev = MoveEvent {
-                handle,
-                from: old.as_ptr().addr(),
-                to: new.as_ptr().addr(),
-                size: len,
-                class_size: size_class::size(source.class()),
-            };
-            for o in c.observers.read().iter() {
-                o.on_move(&ev);
-            }
-        }
+        self.notify_move(MoveEvent {
+            handle,
+            from: old.as_ptr().addr(),
+            to: new.as_ptr().addr(),
+            size: len,
+            class_size: size_class::size(source.class()),
+        });
         let arena = &inner.arenas[source.arena as usize];
         let mut st = arena.lock();
         // SAFETY: lock held; `old` is an out block of `source` that nobody references
