@@ -173,7 +173,7 @@ impl Heap {
         let meta = unsafe { span.meta(i) };
         // The length is written before the slot is published, so a compactor that
         // takes the slot (after `insert`'s Release) reads this block's own length.
-        meta.len.store(layout.size() as u32, Ordering::Relaxed);
+        meta.set_len(layout.size());
         let h = match self.handles().insert(tag_ptr(block, tag)) {
             Ok(h) => h,
             Err(e) => {
@@ -269,7 +269,7 @@ impl Heap {
         let (span, i) = inner.movable_block(block);
         // SAFETY: movable span, valid index.
         let meta = unsafe { span.meta(i) };
-        let len = meta.len.load(Ordering::Relaxed) as usize;
+        let len = meta.len();
         meta.owner.store(0, Ordering::Release);
         span.live.fetch_sub(1, Ordering::Relaxed);
         span.live_bytes.fetch_sub(len, Ordering::Relaxed);
@@ -291,7 +291,7 @@ impl Heap {
         }
         let (span, i) = self.inner().movable_block(block);
         // SAFETY: movable span, valid index.
-        unsafe { span.meta(i) }.len.load(Ordering::Relaxed) as usize
+        unsafe { span.meta(i) }.len()
     }
 
     /// Allocates a zero-filled movable block of `size` bytes at `align` and returns its

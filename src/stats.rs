@@ -196,8 +196,7 @@ impl crate::Heap {
                         let m = unsafe { s.meta(i) };
                         if m.owner.load(std::sync::atomic::Ordering::Relaxed) != 0 {
                             w.movable_live_blocks += 1;
-                            w.movable_live_bytes +=
-                                m.len.load(std::sync::atomic::Ordering::Relaxed) as usize;
+                            w.movable_live_bytes += m.len();
                         }
                     }
                 }

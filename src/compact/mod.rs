@@ -327,7 +327,7 @@ impl Heap {
                 let meta = unsafe { span.meta(i) };
                 let owner = meta.owner.load(Ordering::Acquire);
                 if owner != 0 {
-                    let len = meta.len.load(Ordering::Relaxed) as usize;
+                    let len = meta.len();
                     if budget
                         .blocks
                         .is_some_and(|b| report.blocks_moved >= b as u64)
@@ -489,7 +489,7 @@ impl Heap {
         if meta.owner.load(Ordering::Acquire) != index + 1 {
             return Outcome::Skipped(MoveSkip::Gone);
         }
-        let len = meta.len.load(Ordering::Relaxed) as usize;
+        let len = meta.len();
         let new = loop {
             let Some(&t) = targets.last() else {
                 return Outcome::NoRoom;
@@ -510,7 +510,7 @@ impl Heap {
         let (target, ni) = inner.movable_block(new);
         // SAFETY: movable span, valid index.
         let new_meta = unsafe { target.meta(ni) };
-        new_meta.len.store(len as u32, Ordering::Relaxed);
+        new_meta.set_len(len);
         target.live.fetch_add(1, Ordering::Relaxed);
         target.live_bytes.fetch_add(len, Ordering::Relaxed);
         new_meta.owner.store(index + 1, Ordering::Release);

@@ -30,7 +30,7 @@
 
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicUsize, Ordering};
 
 use crate::size_class::{self, MAX_POOL_ALIGN};
 
@@ -50,19 +50,43 @@ impl SpanKind {
 }
 
 /// Per-block metadata of a movable span: which handle slot owns the block, and how
-/// many bytes its owner asked for.
+/// many bytes its owner asked for. A view into the span's side table, which holds
+/// `capacity` owners (`u32`) followed by `capacity` slacks (`u16`): 6 bytes a block.
 ///
-/// `owner == 0` ⇔ the block is not live (home, cached or uncarved); otherwise it is
-/// `slot index + 1` of the handle table slot whose pointer addresses this block.
-#[derive(Debug)]
-#[repr(C)]
-pub(crate) struct BlockMeta {
-    pub(crate) owner: AtomicU32,
-    pub(crate) len: AtomicU32,
+/// * `owner == 0` ⇔ the block is not live (home, cached or uncarved); otherwise it is
+///   `slot index + 1` of the handle-table slot whose pointer addresses this block.
+/// * `slack = block_size − requested length`. A class is chosen for
+///   `round_up(len, align)`, which lies less than one class step (≤ 32 KiB) below the
+///   class size, and rounding to `align ≤ 4 KiB` adds less than `align`; so the slack is
+///   below 36 KiB and fits 16 bits for every class (checked in `set_len`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BlockMeta<'a> {
+    pub(crate) owner: &'a AtomicU32,
+    slack: &'a AtomicU16,
+    block_size: usize,
+}
+
+impl BlockMeta<'_> {
+    /// The requested length.
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.block_size - usize::from(self.slack.load(Ordering::Relaxed))
+    }
+
+    /// Records the requested length (at most the block size).
+    #[inline]
+    pub(crate) fn set_len(&self, len: usize) {
+        let slack = self.block_size - len;
+        debug_assert!(
+            slack <= usize::from(u16::MAX),
+            "slack {slack} exceeds 16 bits"
+        );
+        self.slack.store(slack as u16, Ordering::Relaxed);
+    }
 }
 
 /// Bytes of side table per movable block.
-pub(crate) const META_BYTES: usize = core::mem::size_of::<BlockMeta>();
+pub(crate) const META_BYTES: usize = size_of::<u32>() + size_of::<u16>();
 
 /// The alignment every block of a class enjoys: the largest power of two dividing its
 /// size, capped at the largest alignment pools serve.
@@ -255,7 +279,7 @@ impl Span {
                 // SAFETY: `i < cap`, so the entry lies in this span's side table.
                 let m = unsafe { self.meta(i) };
                 m.owner.store(0, Ordering::Relaxed);
-                m.len.store(0, Ordering::Relaxed);
+                m.set_len(m.block_size);
             }
         }
     }
@@ -285,12 +309,20 @@ impl Span {
     /// * the span is movable and initialised, `i < capacity`;
     /// * the span's pages are mapped (true for any span of a live heap).
     #[inline]
-    pub(crate) unsafe fn meta(&self, i: usize) -> &BlockMeta {
-        debug_assert!(i < self.capacity());
-        // SAFETY: the side table is `capacity` `BlockMeta`s at `base` (8-aligned since
-        // `base` is 64 KiB-aligned), inside the span's mapping; zeroed or initialised
-        // memory is a valid `BlockMeta` (two atomics).
-        unsafe { &*(self.base as *const BlockMeta).add(i) }
+    pub(crate) unsafe fn meta(&self, i: usize) -> BlockMeta<'_> {
+        let cap = self.capacity();
+        debug_assert!(i < cap);
+        // SAFETY: the side table holds `cap` `AtomicU32` owners at `base` (aligned: `base`
+        // is 64 KiB-aligned), then `cap` `AtomicU16` slacks (2-aligned), all inside the
+        // span's mapping and before its first block (`geometry`); any bytes are valid
+        // atomics.
+        unsafe {
+            BlockMeta {
+                owner: &*(self.base as *const AtomicU32).add(i),
+                slack: &*(self.base as *const AtomicU16).add(2 * cap + i),
+                block_size: self.block_size(),
+            }
+        }
     }
 
     /// Takes one block from the span (home list first, then carving), or `None` if full.
