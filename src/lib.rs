@@ -1,7 +1,9 @@
 //! tidyheap: a handle-based, defragmenting memory system for game engines.
 #![warn(missing_docs)]
 
+mod alloc_api;
 mod error;
+mod global;
 mod heap;
 pub mod large;
 pub mod os;
@@ -11,6 +13,7 @@ pub mod stats;
 pub(crate) mod sync;
 
 pub use error::{AllocError, HandleError};
+pub use global::Global;
 pub use heap::Heap;
 pub use pool::heap::HeapConfig;
 pub use pool::span::SpanKind;
