@@ -236,7 +236,10 @@ fn main() {
     print_report(&report);
     let min = report.min_hit_rate();
     if min <= 0.9 {
-        eprintln!("FAILED: lowest thread cache hit rate {:.2}% ≤ 90%", 100.0 * min);
+        eprintln!(
+            "FAILED: lowest thread cache hit rate {:.2}% ≤ 90%",
+            100.0 * min
+        );
         std::process::exit(1);
     }
 }

@@ -215,13 +215,20 @@ mod tests {
         let heap = Heap::new();
         let mut align = 1;
         while align <= 8192 {
-            for size in (0..=300_000).step_by(97).chain([0, 1, 4096, 262_144, 262_145]) {
+            for size in (0..=300_000)
+                .step_by(97)
+                .chain([0, 1, 4096, 262_144, 262_145])
+            {
                 let l = Layout::from_size_align(size, align).unwrap();
                 let u = heap.usable_size(l);
                 assert!(u >= size);
                 for probe in [size, (size + u) / 2, u] {
                     let lp = Layout::from_size_align(probe, align).unwrap();
-                    assert_eq!(heap.usable_size(lp), u, "size {size} align {align} probe {probe}");
+                    assert_eq!(
+                        heap.usable_size(lp),
+                        u,
+                        "size {size} align {align} probe {probe}"
+                    );
                 }
             }
             align *= 2;
@@ -232,7 +239,14 @@ mod tests {
     fn slice_length_is_the_usable_size_and_any_fitting_size_frees() {
         let heap = Heap::new();
         let a = &heap;
-        for (size, align) in [(0, 1), (1, 1), (100, 8), (100, 64), (5000, 4096), (300_000, 16)] {
+        for (size, align) in [
+            (0, 1),
+            (1, 1),
+            (100, 8),
+            (100, 64),
+            (5000, 4096),
+            (300_000, 16),
+        ] {
             let l = Layout::from_size_align(size, align).unwrap();
             let u = heap.usable_size(l);
             for free_size in [size, u] {

@@ -272,10 +272,12 @@ unsafe impl GlobalAlloc for Global {
         // allocator allocated with `layout`, and `new_size` rounded up to
         // `layout.align()` does not overflow `isize`. On error the old block is intact
         // and still the caller's, as `GlobalAlloc` requires.
-        no_unwind(|| match unsafe { self.inner.realloc(p, layout, new_size) } {
-            Ok(p) => p.as_ptr(),
-            Err(_) => ptr::null_mut(),
-        })
+        no_unwind(
+            || match unsafe { self.inner.realloc(p, layout, new_size) } {
+                Ok(p) => p.as_ptr(),
+                Err(_) => ptr::null_mut(),
+            },
+        )
     }
 }
 
@@ -365,10 +367,14 @@ mod tests {
         let g = Global::new();
         assert!(g.thread_cache_stats().is_none());
         assert_eq!(g.trim(), 0);
-        assert_eq!(g.inner.id(), 0, "no cache claimed, so the heap is untracked");
+        assert_eq!(
+            g.inner.id(),
+            0,
+            "no cache claimed, so the heap is untracked"
+        );
         // Moving it is therefore fine.
-        let moved = Some(g);
-        assert!(moved.unwrap().thread_cache_stats().is_none());
+        let moved = [g];
+        assert!(moved[0].thread_cache_stats().is_none());
     }
 
     #[test]

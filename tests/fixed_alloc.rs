@@ -57,7 +57,11 @@ fn is_pool(size: usize, align: usize) -> bool {
 }
 
 fn assert_aligned(p: NonNull<u8>, align: usize, what: &str) {
-    assert_eq!(p.as_ptr() as usize % align, 0, "{what}: {p:p} not {align}-aligned");
+    assert_eq!(
+        p.as_ptr() as usize % align,
+        0,
+        "{what}: {p:p} not {align}-aligned"
+    );
 }
 
 /// Sizes 2^k, 2^k ± 1 and 2^k ± 16 for 2^k up to 2^20 (nonzero).
@@ -77,7 +81,10 @@ fn sweep_sizes() -> Vec<usize> {
 /// Accounting checks that hold at quiescence for any heap: the arena figures add up to
 /// the totals, and the cache counters are coherent.
 fn assert_consistent(s: &HeapStats) {
-    assert_eq!(s.committed_bytes, s.arenas.iter().map(|a| a.committed_bytes).sum());
+    assert_eq!(
+        s.committed_bytes,
+        s.arenas.iter().map(|a| a.committed_bytes).sum()
+    );
     assert_eq!(s.spans, s.arenas.iter().map(|a| a.spans).sum());
     for c in [s.fixed, s.movable] {
         assert!(c.misses <= c.allocations);
@@ -101,10 +108,9 @@ fn resize_checked(
 ) -> NonNull<u8> {
     let new = Layout::from_size_align(new_size, old.align()).unwrap();
     let what = format!("realloc {old:?} -> {new_size}");
-    let same_class =
-        is_pool(old.size(), old.align()) && is_pool(new_size, old.align()) && {
-            heap.usable_size(old) == heap.usable_size(new)
-        };
+    let same_class = is_pool(old.size(), old.align()) && is_pool(new_size, old.align()) && {
+        heap.usable_size(old) == heap.usable_size(new)
+    };
     // SAFETY: `p` is live with `old`; only the result is used afterwards.
     let q = unsafe { heap.realloc(p, old, new_size) }.unwrap();
     assert_aligned(q, old.align().max(16), &what);
@@ -184,7 +190,11 @@ fn zero_size_requests_get_unique_freeable_blocks() {
         assert!(usable >= align.min(16), "a real block");
         let blocks: Vec<_> = (0..300).map(|_| heap.alloc(l).unwrap()).collect();
         let distinct: HashSet<_> = blocks.iter().map(|p| p.as_ptr() as usize).collect();
-        assert_eq!(distinct.len(), blocks.len(), "align {align}: pointers are unique");
+        assert_eq!(
+            distinct.len(),
+            blocks.len(),
+            "align {align}: pointers are unique"
+        );
         for (i, &p) in blocks.iter().enumerate() {
             assert_aligned(p, align, "zero-size");
             // SAFETY: each block has `usable` writable bytes, and blocks do not overlap
@@ -325,7 +335,10 @@ fn bad_dealloc_panics_in_debug() {
         ("interior", "not the start of a block"),
     ] {
         let (ok, stderr) = run_child(NAME, case);
-        assert!(!ok, "{case}: the bad dealloc did not panic; stderr:\n{stderr}");
+        assert!(
+            !ok,
+            "{case}: the bad dealloc did not panic; stderr:\n{stderr}"
+        );
         assert!(
             stderr.contains(message),
             "{case}: expected {message:?} in stderr:\n{stderr}"
@@ -443,7 +456,11 @@ fn stress_worker(
 #[test]
 fn stress_cross_thread_frees() {
     const THREADS: usize = 4;
-    let ops = if cfg!(debug_assertions) { 6_000 } else { 50_000 };
+    let ops = if cfg!(debug_assertions) {
+        6_000
+    } else {
+        50_000
+    };
     let heap = Heap::new();
     let (txs, rxs): (Vec<_>, Vec<_>) = (0..THREADS).map(|_| mpsc::channel()).unzip();
     let mut rxs: Vec<Option<_>> = rxs.into_iter().map(Some).collect();
@@ -488,28 +505,30 @@ fn stress_cross_thread_frees() {
 fn exiting_threads_flush_their_caches() {
     let heap = Heap::new();
     std::thread::scope(|s| {
-        let workers: Vec<_> = (0..4u64).map(|t| {
-            let heap = &heap;
-            s.spawn(move || {
-                let mut rng = SmallRng::seed_from_u64(t);
-                let blocks: Vec<_> = (0..1000)
-                    .map(|_| {
-                        let l = Layout::from_size_align(rng.gen_range(16..=2048), 16).unwrap();
-                        (heap.alloc(l).unwrap(), l)
-                    })
-                    .collect();
-                for (p, l) in blocks {
-                    // SAFETY: allocated above with `l`, freed once.
-                    unsafe { heap.dealloc(p, l) };
-                }
-                let c = heap.thread_cache_stats().unwrap();
-                assert_eq!((c.allocations, c.frees), (1000, 1000));
-                assert!(
-                    heap.stats().committed_bytes > 0,
-                    "the freed blocks sit in this thread's cache"
-                );
+        let workers: Vec<_> = (0..4u64)
+            .map(|t| {
+                let heap = &heap;
+                s.spawn(move || {
+                    let mut rng = SmallRng::seed_from_u64(t);
+                    let blocks: Vec<_> = (0..1000)
+                        .map(|_| {
+                            let l = Layout::from_size_align(rng.gen_range(16..=2048), 16).unwrap();
+                            (heap.alloc(l).unwrap(), l)
+                        })
+                        .collect();
+                    for (p, l) in blocks {
+                        // SAFETY: allocated above with `l`, freed once.
+                        unsafe { heap.dealloc(p, l) };
+                    }
+                    let c = heap.thread_cache_stats().unwrap();
+                    assert_eq!((c.allocations, c.frees), (1000, 1000));
+                    assert!(
+                        heap.stats().committed_bytes > 0,
+                        "the freed blocks sit in this thread's cache"
+                    );
+                })
             })
-        }).collect();
+            .collect();
         // Join explicitly: the scope's implicit join returns once the closures are
         // done, which can be before the threads' TLS destructors (the cache flush) ran.
         for w in workers {
@@ -552,7 +571,10 @@ fn demo_workload_hit_rate_above_90_percent() {
     let s = &report.heap;
     assert_consistent(s);
     assert_eq!(s.fixed.live_bytes(), 0);
-    assert_eq!(s.fixed.allocations, (w.threads * w.allocs_per_thread) as u64);
+    assert_eq!(
+        s.fixed.allocations,
+        (w.threads * w.allocs_per_thread) as u64
+    );
     assert_eq!(
         s.arenas.iter().map(|a| a.threads).sum::<usize>(),
         w.threads,

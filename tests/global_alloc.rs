@@ -122,7 +122,11 @@ fn realloc_within_a_class_stays_in_place() {
         assert_eq!(q, p, "100 and 112 bytes share the 112 B class");
         let r = A.realloc(q, Layout::from_size_align(112, 8).unwrap(), 600);
         assert_ne!(r, q, "600 bytes need a bigger class");
-        assert!(std::slice::from_raw_parts(r, 100).iter().all(|&b| b == 0x3C));
+        assert!(
+            std::slice::from_raw_parts(r, 100)
+                .iter()
+                .all(|&b| b == 0x3C)
+        );
         A.dealloc(r, Layout::from_size_align(600, 8).unwrap());
     }
 }
@@ -142,7 +146,10 @@ fn zeroed_and_failed_requests() {
         A.dealloc(z, l);
 
         let huge = Layout::from_size_align(1 << 62, 8).unwrap();
-        assert!(A.alloc(huge).is_null(), "the OS refuses 4 EiB: null, no abort");
+        assert!(
+            A.alloc(huge).is_null(),
+            "the OS refuses 4 EiB: null, no abort"
+        );
         assert!(A.alloc_zeroed(huge).is_null());
     }
 }
@@ -182,7 +189,10 @@ fn threads_pass_collections_to_each_other() {
         workers.into_iter().map(|w| w.join().unwrap()).collect()
     });
     for c in &counters {
-        assert!(c.allocations >= 200 * 21, "each thread allocated its batches");
+        assert!(
+            c.allocations >= 200 * 21,
+            "each thread allocated its batches"
+        );
         assert!(c.frees >= 200 * 21, "and freed its neighbour's");
         assert!(c.hit_rate() > 0.5);
     }
@@ -227,7 +237,10 @@ fn bad_dealloc_aborts_in_debug() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "the bad dealloc went unnoticed:\n{stderr}");
+    assert!(
+        !out.status.success(),
+        "the bad dealloc went unnoticed:\n{stderr}"
+    );
     assert!(
         stderr.contains("wrong layout passed to dealloc"),
         "stderr:\n{stderr}"

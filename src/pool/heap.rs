@@ -588,11 +588,11 @@ impl HeapInner {
     /// then decommits every empty span; returns the bytes decommitted. Like
     /// [`HeapInner::thread_cache_stats`], never the first to claim a cache.
     pub(crate) fn flush_and_trim(&self) -> usize {
-        if self.id() != 0 {
-            if let Some(tc) = self.thread_cache() {
-                // SAFETY: the calling thread owns its record.
-                unsafe { self.flush_cache(tc, None) };
-            }
+        if self.id() != 0
+            && let Some(tc) = self.thread_cache()
+        {
+            // SAFETY: the calling thread owns its record.
+            unsafe { self.flush_cache(tc, None) };
         }
         self.drain_central(None);
         self.trim()
