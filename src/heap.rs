@@ -19,7 +19,6 @@ use crate::compact::Compactor;
 use crate::handle::HandleTable;
 use crate::os;
 use crate::pool::heap::{HeapConfig, HeapInner};
-use crate::size_class;
 use crate::stats::{HeapStats, PoolCounters};
 
 /// A heap: size-class pools with per-thread caches, arenas and a large-block path.
@@ -204,13 +203,7 @@ impl Heap {
     /// unsafe { heap.dealloc(p, layout) };
     /// ```
     pub fn alloc_zeroed(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
-        let p = self.alloc(layout)?;
-        if size_class::class_for(layout.size(), layout.align()).is_some() {
-            // SAFETY: the block holds at least `layout.size()` writable bytes. (Large
-            // blocks are fresh mappings and already zero.)
-            unsafe { p.as_ptr().write_bytes(0, layout.size()) };
-        }
-        Ok(p)
+        self.inner().alloc_zeroed(layout)
     }
 
     /// Frees a block.
@@ -266,10 +259,7 @@ impl Heap {
     /// assert_eq!(heap.usable_size(l), 112);
     /// ```
     pub fn usable_size(&self, layout: Layout) -> usize {
-        match size_class::class_for(layout.size(), layout.align()) {
-            Some(c) => size_class::size(c),
-            None => self.inner().large.usable_size(layout),
-        }
+        self.inner().usable_size(layout)
     }
 
     /// A snapshot of the heap's counters. See [`crate::stats`] for the definitions.
@@ -290,10 +280,7 @@ impl Heap {
     /// unsafe { heap.dealloc(p, l) };
     /// ```
     pub fn thread_cache_stats(&self) -> Option<PoolCounters> {
-        let tc = self.inner().thread_cache()?;
-        let mut c = tc.counters[0].snapshot();
-        c += tc.counters[1].snapshot();
-        Some(c)
+        self.inner().thread_cache_stats()
     }
 
     /// Returns the calling thread's cached free blocks and the central lists' batches
@@ -311,13 +298,7 @@ impl Heap {
     /// assert_eq!(heap.stats().committed_bytes, 0);
     /// ```
     pub fn trim(&self) -> usize {
-        let inner = self.inner();
-        if let Some(tc) = inner.thread_cache() {
-            // SAFETY: the calling thread owns its record.
-            unsafe { inner.flush_cache(tc, None) };
-        }
-        inner.drain_central(None);
-        inner.trim()
+        self.inner().flush_and_trim()
     }
 
     /// Number of arenas.

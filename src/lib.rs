@@ -1,8 +1,10 @@
 //! tidyheap: a handle-based, defragmenting memory system for game engines.
 #![warn(missing_docs)]
 
+mod alloc_api;
 pub mod compact;
 mod error;
+mod global;
 pub mod handle;
 mod heap;
 pub mod large;
@@ -19,6 +21,7 @@ pub use compact::{
     Fragmentation, MoveEvent,
 };
 pub use error::{AllocError, HandleError};
+pub use global::Global;
 pub use handle::{Handle, HandleTable, RawHandle};
 pub use heap::Heap;
 pub use large::{HugePages, LargeAllocator, LargeConfig, LargeStats, MappedAsset};

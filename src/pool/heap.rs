@@ -24,6 +24,7 @@ use super::span::{Span, SpanKind};
 use super::thread_cache::{self, Counters, ThreadCache, bump};
 use crate::large::{LargeAllocator, LargeConfig};
 use crate::size_class::{self, NUM_CLASSES};
+use crate::stats::PoolCounters;
 use crate::{AllocError, os};
 
 /// Most arenas a heap can have.
@@ -548,6 +549,55 @@ impl HeapInner {
         }
     }
 
+    /// Allocates a zero-filled fixed block per `layout`; see `Heap::alloc_zeroed`.
+    pub(crate) fn alloc_zeroed(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
+        let p = self.alloc(layout)?;
+        if size_class::class_for(layout.size(), layout.align()).is_some() {
+            // SAFETY: the block holds at least `layout.size()` writable bytes. (Large
+            // blocks are fresh mappings and already zero.)
+            unsafe { p.as_ptr().write_bytes(0, layout.size()) };
+        }
+        Ok(p)
+    }
+
+    /// The bytes usable in any block allocated with `layout`; see `Heap::usable_size`.
+    #[inline]
+    pub(crate) fn usable_size(&self, layout: Layout) -> usize {
+        match size_class::class_for(layout.size(), layout.align()) {
+            Some(c) => size_class::size(c),
+            None => self.large.usable_size(layout),
+        }
+    }
+
+    /// The calling thread's cache counters (fixed and movable together); `None` if no
+    /// thread ever took a cache of this heap, or this thread cannot have one.
+    ///
+    /// Never the first to claim a cache: a heap that no allocation has registered stays
+    /// unregistered (see `Global`, which relies on this for its safe methods).
+    pub(crate) fn thread_cache_stats(&self) -> Option<PoolCounters> {
+        if self.id() == 0 {
+            return None;
+        }
+        let tc = self.thread_cache()?;
+        let mut c = tc.counters[0].snapshot();
+        c += tc.counters[1].snapshot();
+        Some(c)
+    }
+
+    /// Returns the calling thread's cached blocks and the central lists' batches home,
+    /// then decommits every empty span; returns the bytes decommitted. Like
+    /// [`HeapInner::thread_cache_stats`], never the first to claim a cache.
+    pub(crate) fn flush_and_trim(&self) -> usize {
+        if self.id() != 0
+            && let Some(tc) = self.thread_cache()
+        {
+            // SAFETY: the calling thread owns its record.
+            unsafe { self.flush_cache(tc, None) };
+        }
+        self.drain_central(None);
+        self.trim()
+    }
+
     /// Frees a fixed block.
     ///
     /// # Safety
@@ -611,9 +661,10 @@ impl HeapInner {
         let co = size_class::class_for(old.size(), align);
         let cn = size_class::class_for(new_size, align);
         match (co, cn) {
-            (Some(co), Some(cn))
-                if cn == co || (cn < co && 2 * new_size >= size_class::size(co)) =>
-            {
+            // In place only within the class: `dealloc` derives the class from the
+            // layout it is given, so a block kept in place must stay in the class its
+            // new size maps to.
+            (Some(co), Some(cn)) if cn == co => {
                 self.account_resize(old.size(), new_size);
                 Ok(ptr)
             }

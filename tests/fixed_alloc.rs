@@ -1,0 +1,583 @@
+//! The fixed-allocation API of `Heap`: size × alignment sweep, bad input, multi-thread
+//! stress with cross-thread frees, thread exit, and the demo workload.
+
+use std::alloc::Layout;
+use std::collections::HashSet;
+use std::ptr::NonNull;
+use std::sync::OnceLock;
+use std::sync::mpsc;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tidyheap::size_class;
+use tidyheap::{AllocError, Heap, HeapStats};
+
+#[path = "../examples/threads.rs"]
+mod demo;
+
+/// Reference bytes: blocks are filled by copying a window of this (memcpy, fast even in
+/// debug builds) and checked by comparing against the same window (memcmp).
+fn pattern() -> &'static [u8] {
+    static P: OnceLock<Vec<u8>> = OnceLock::new();
+    P.get_or_init(|| {
+        let mut rng = SmallRng::seed_from_u64(0x5eed);
+        (0..(5 << 20)).map(|_| rng.r#gen::<u8>()).collect()
+    })
+}
+
+/// The window for `seed`: different seeds give different contents.
+fn window(seed: u64, len: usize) -> &'static [u8] {
+    let off = (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 52) as usize; // < 4096
+    &pattern()[off..off + len]
+}
+
+/// Fills `len` bytes at `p` with the pattern of `seed`.
+///
+/// # Safety
+///
+/// `p` is valid for writes of `len` bytes.
+unsafe fn fill(p: NonNull<u8>, len: usize, seed: u64) {
+    // SAFETY: the caller guarantees `len` writable bytes; the window is a distinct
+    // allocation.
+    unsafe { std::ptr::copy_nonoverlapping(window(seed, len).as_ptr(), p.as_ptr(), len) };
+}
+
+/// Whether `len` bytes at `p` still hold the pattern of `seed`.
+///
+/// # Safety
+///
+/// `p` is valid for reads of `len` bytes.
+unsafe fn holds(p: NonNull<u8>, len: usize, seed: u64) -> bool {
+    // SAFETY: the caller guarantees `len` readable bytes.
+    unsafe { std::slice::from_raw_parts(p.as_ptr(), len) == window(seed, len) }
+}
+
+fn is_pool(size: usize, align: usize) -> bool {
+    size_class::class_for(size, align).is_some()
+}
+
+fn assert_aligned(p: NonNull<u8>, align: usize, what: &str) {
+    assert_eq!(
+        p.as_ptr() as usize % align,
+        0,
+        "{what}: {p:p} not {align}-aligned"
+    );
+}
+
+/// Sizes 2^k, 2^k ± 1 and 2^k ± 16 for 2^k up to 2^20 (nonzero).
+fn sweep_sizes() -> Vec<usize> {
+    let mut v: Vec<usize> = (0..=20)
+        .flat_map(|k| {
+            let p = 1usize << k;
+            [p, p - 1, p + 1, p.saturating_sub(16), p + 16]
+        })
+        .filter(|&s| s > 0)
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Accounting checks that hold at quiescence for any heap: the arena figures add up to
+/// the totals, and the cache counters are coherent.
+fn assert_consistent(s: &HeapStats) {
+    assert_eq!(
+        s.committed_bytes,
+        s.arenas.iter().map(|a| a.committed_bytes).sum()
+    );
+    assert_eq!(s.spans, s.arenas.iter().map(|a| a.spans).sum());
+    for c in [s.fixed, s.movable] {
+        assert!(c.misses <= c.allocations);
+        assert!(c.frees <= c.allocations);
+        assert!(c.freed_bytes <= c.allocated_bytes);
+    }
+}
+
+/// Reallocates `p` (live with `old`) to `new_size`, checks alignment and that the
+/// first `keep` bytes of pattern `seed` survived, and counts a pool allocation if the
+/// block had to move into a (different) pool class. Blocks that stay in their class
+/// must stay in place.
+fn resize_checked(
+    heap: &Heap,
+    p: NonNull<u8>,
+    old: Layout,
+    new_size: usize,
+    keep: usize,
+    seed: u64,
+    pool_allocs: &mut u64,
+) -> NonNull<u8> {
+    let new = Layout::from_size_align(new_size, old.align()).unwrap();
+    let what = format!("realloc {old:?} -> {new_size}");
+    let same_class = is_pool(old.size(), old.align()) && is_pool(new_size, old.align()) && {
+        heap.usable_size(old) == heap.usable_size(new)
+    };
+    // SAFETY: `p` is live with `old`; only the result is used afterwards.
+    let q = unsafe { heap.realloc(p, old, new_size) }.unwrap();
+    assert_aligned(q, old.align().max(16), &what);
+    if same_class {
+        assert_eq!(q, p, "{what}: same-class realloc must stay in place");
+    } else {
+        *pool_allocs += u64::from(is_pool(new_size, old.align()));
+    }
+    // SAFETY: `q` holds `new_size` ≥ `keep` bytes.
+    assert!(unsafe { holds(q, keep, seed) }, "{what}: contents lost");
+    q
+}
+
+#[test]
+fn size_alignment_sweep() {
+    let heap = Heap::new();
+    let sizes = sweep_sizes();
+    let mut pool_allocs = 0u64;
+    for align in (0..=12).map(|k| 1usize << k) {
+        for (i, &size) in sizes.iter().enumerate() {
+            let seed = (align * 1000 + i) as u64;
+            let what = format!("size {size} align {align}");
+            let l = Layout::from_size_align(size, align).unwrap();
+            let p = heap.alloc(l).unwrap();
+            pool_allocs += u64::from(is_pool(size, align));
+            assert_aligned(p, align.max(16), &what);
+            let usable = heap.usable_size(l);
+            assert!(usable >= size, "{what}: usable {usable}");
+            // SAFETY: `usable` bytes are ours: write the pattern, then the last usable
+            // byte, and read the pattern back.
+            unsafe {
+                fill(p, size, seed);
+                p.as_ptr().add(usable - 1).write(0xEE);
+                assert!(holds(p, size.min(usable - 1), seed), "{what}");
+            }
+            let keep = size.min(usable - 1);
+
+            // Grow across classes (or into the large path), refill.
+            let up = 2 * size + 1;
+            let p = resize_checked(&heap, p, l, up, keep, seed, &mut pool_allocs);
+            // SAFETY: `p` holds `up` bytes.
+            unsafe { fill(p, up, seed + 1) };
+            let l = Layout::from_size_align(up, align).unwrap();
+
+            // Shrink a little: into a lower class, but the old one would still fit.
+            let less = up * 5 / 8;
+            let p = resize_checked(&heap, p, l, less, less, seed + 1, &mut pool_allocs);
+            let l = Layout::from_size_align(less, align).unwrap();
+
+            // Shrink across classes.
+            let down = (size / 3).max(1);
+            let p = resize_checked(&heap, p, l, down, down, seed + 1, &mut pool_allocs);
+            let l = Layout::from_size_align(down, align).unwrap();
+
+            // Grow to the full usable size: within the class, so in place for pools.
+            let full = heap.usable_size(l);
+            let p = resize_checked(&heap, p, l, full, down, seed + 1, &mut pool_allocs);
+            // SAFETY: `p` is live with this layout; freed once.
+            unsafe { heap.dealloc(p, Layout::from_size_align(full, align).unwrap()) };
+        }
+    }
+    let s = heap.stats();
+    assert_consistent(&s);
+    assert_eq!(s.fixed.live_bytes(), 0);
+    assert_eq!(s.fixed.live_blocks(), 0);
+    assert_eq!(s.fixed.allocations, pool_allocs);
+    heap.trim();
+    assert_eq!(heap.stats().committed_bytes, 0);
+}
+
+#[test]
+fn zero_size_requests_get_unique_freeable_blocks() {
+    let heap = Heap::new();
+    for align in [1, 8, 16, 64, 4096] {
+        let l = Layout::from_size_align(0, align).unwrap();
+        let usable = heap.usable_size(l);
+        assert!(usable >= align.min(16), "a real block");
+        let blocks: Vec<_> = (0..300).map(|_| heap.alloc(l).unwrap()).collect();
+        let distinct: HashSet<_> = blocks.iter().map(|p| p.as_ptr() as usize).collect();
+        assert_eq!(
+            distinct.len(),
+            blocks.len(),
+            "align {align}: pointers are unique"
+        );
+        for (i, &p) in blocks.iter().enumerate() {
+            assert_aligned(p, align, "zero-size");
+            // SAFETY: each block has `usable` writable bytes, and blocks do not overlap
+            // (checked by reading the patterns back below).
+            unsafe { fill(p, usable, i as u64) };
+        }
+        for (i, &p) in blocks.iter().enumerate() {
+            // SAFETY: allocated above with `l`, freed once.
+            unsafe {
+                assert!(holds(p, usable, i as u64), "zero-size blocks overlap");
+                heap.dealloc(p, l);
+            }
+        }
+    }
+    let s = heap.stats();
+    assert_eq!(s.fixed.allocations, 5 * 300);
+    assert_eq!(s.fixed.live_blocks(), 0);
+}
+
+#[test]
+fn bad_alignment_is_an_error() {
+    let heap = Heap::new();
+    for align in [0, 3, 6, 12, 24, 100, usize::MAX] {
+        assert_eq!(
+            heap.alloc_with(64, align),
+            Err(AllocError::InvalidAlignment { align })
+        );
+    }
+    assert_eq!(heap.stats().fixed.allocations, 0);
+}
+
+#[test]
+fn overflowing_size_is_too_large() {
+    let heap = Heap::new();
+    let max = isize::MAX as usize;
+    for (size, align) in [(usize::MAX, 1), (max + 1, 1), (max, 2), (max - 100, 4096)] {
+        assert_eq!(
+            heap.alloc_with(size, align),
+            Err(AllocError::TooLarge { size }),
+            "size {size} align {align}"
+        );
+    }
+    // A valid block asked to grow past the address space stays intact.
+    let l = Layout::from_size_align(100, 8).unwrap();
+    let p = heap.alloc(l).unwrap();
+    // SAFETY: `p` is live with `l`; a failed realloc leaves it ours, freed below.
+    unsafe {
+        fill(p, 100, 7);
+        assert_eq!(
+            heap.realloc(p, l, usize::MAX),
+            Err(AllocError::TooLarge { size: usize::MAX })
+        );
+        assert!(holds(p, 100, 7));
+        heap.dealloc(p, l);
+    }
+}
+
+#[test]
+fn impossible_but_valid_size_is_out_of_memory() {
+    let heap = Heap::new();
+    // 4 EiB: a valid `Layout`, but more than any address space; the OS refuses it.
+    let huge = 1usize << 62;
+    assert!(matches!(
+        heap.alloc_with(huge, 8),
+        Err(AllocError::OutOfMemory { .. })
+    ));
+    assert!(matches!(
+        heap.alloc_zeroed(Layout::from_size_align(huge, 4096).unwrap()),
+        Err(AllocError::OutOfMemory { .. })
+    ));
+    // Growing a live block to it fails the same way and keeps the block.
+    let l = Layout::from_size_align(64, 16).unwrap();
+    let p = heap.alloc(l).unwrap();
+    // SAFETY: `p` is live with `l`; a failed realloc leaves it ours, freed below.
+    unsafe {
+        fill(p, 64, 9);
+        assert!(matches!(
+            heap.realloc(p, l, huge),
+            Err(AllocError::OutOfMemory { .. })
+        ));
+        assert!(holds(p, 64, 9));
+        heap.dealloc(p, l);
+    }
+    let s = heap.stats();
+    assert_eq!(s.fixed.allocations, 1);
+    assert_eq!(s.live_bytes(), 0);
+}
+
+/// Which bad `dealloc` the child process performs; see `bad_dealloc_panics_in_debug`.
+const BAD_DEALLOC_ENV: &str = "TIDYHEAP_TEST_BAD_DEALLOC";
+
+/// Re-runs this test binary's test `name` with `BAD_DEALLOC_ENV=case` and returns
+/// whether it succeeded, and its stderr.
+fn run_child(name: &str, case: &str) -> (bool, String) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(BAD_DEALLOC_ENV, case)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The child's side: performs one bad `dealloc`, which must panic before it returns.
+fn bad_dealloc(case: &str) {
+    let heap = Heap::new();
+    let l = Layout::from_size_align(64, 8).unwrap();
+    let p = heap.alloc(l).unwrap();
+    match case {
+        // SAFETY: deliberately violated: the layout is wrong. The debug check panics
+        // before the heap is touched.
+        "wrong-class" => unsafe { heap.dealloc(p, Layout::from_size_align(1000, 8).unwrap()) },
+        "foreign" => {
+            let other = Heap::new();
+            let q = other.alloc(l).unwrap();
+            // SAFETY: deliberately violated: `q` belongs to `other`. Caught first.
+            unsafe { heap.dealloc(q, l) }
+        }
+        // SAFETY: deliberately violated: not the start of a block. Caught first.
+        "interior" => unsafe { heap.dealloc(p.add(16), l) },
+        other => panic!("unknown case {other}"),
+    }
+}
+
+#[cfg(debug_assertions)]
+#[test]
+fn bad_dealloc_panics_in_debug() {
+    const NAME: &str = "bad_dealloc_panics_in_debug";
+    if let Ok(case) = std::env::var(BAD_DEALLOC_ENV) {
+        bad_dealloc(&case);
+        return; // Not reached when the check works: the parent then sees success.
+    }
+    for (case, message) in [
+        ("wrong-class", "wrong layout passed to dealloc"),
+        ("foreign", "the pointer is not a block of this heap"),
+        ("interior", "not the start of a block"),
+    ] {
+        let (ok, stderr) = run_child(NAME, case);
+        assert!(
+            !ok,
+            "{case}: the bad dealloc did not panic; stderr:\n{stderr}"
+        );
+        assert!(
+            stderr.contains(message),
+            "{case}: expected {message:?} in stderr:\n{stderr}"
+        );
+    }
+}
+
+/// A block in flight between threads. Raw pointers are not `Send`; the block is owned
+/// by whoever holds this.
+struct Block {
+    addr: usize,
+    layout: Layout,
+    seed: u64,
+}
+
+impl Block {
+    fn ptr(&self) -> NonNull<u8> {
+        NonNull::new(self.addr as *mut u8).unwrap()
+    }
+}
+
+/// The pattern seed of block `seq` of thread `thread`.
+fn seed_of(thread: usize, seq: usize) -> u64 {
+    ((thread as u64) << 32) | seq as u64
+}
+
+/// Checks the block's pattern and frees it.
+fn check_and_free(heap: &Heap, b: Block) {
+    let p = b.ptr();
+    // SAFETY: the block is live with `b.layout` and owned by us; the tag and the
+    // pattern fit in `layout.size()` ≥ 16 bytes.
+    unsafe {
+        assert_eq!(
+            p.cast::<u64>().read_unaligned(),
+            b.seed,
+            "block tag overwritten"
+        );
+        assert!(
+            holds(p.add(8), b.layout.size() - 8, b.seed),
+            "block {:#x} corrupted",
+            b.seed
+        );
+        heap.dealloc(p, b.layout);
+    }
+}
+
+/// Totals one stress worker made: pool allocations and their requested bytes.
+#[derive(Default)]
+struct Made {
+    pool_allocs: u64,
+    pool_bytes: u64,
+}
+
+fn stress_worker(
+    heap: &Heap,
+    thread: usize,
+    ops: usize,
+    to_next: mpsc::Sender<Block>,
+    from_prev: mpsc::Receiver<Block>,
+) -> Made {
+    let mut rng = SmallRng::seed_from_u64(thread as u64);
+    let mut mine: Vec<Block> = Vec::new();
+    let mut made = Made::default();
+    for seq in 0..ops {
+        let size = match rng.gen_range(0..100) {
+            0 => rng.gen_range(4097..=300_000), // big classes and the large path
+            1..=9 => rng.gen_range(1025..=4096),
+            _ => rng.gen_range(16..=1024),
+        };
+        let align = [8, 16, 64, 256, 4096][rng.gen_range(0..5)];
+        let layout = Layout::from_size_align(size, align).unwrap();
+        let p = heap.alloc(layout).unwrap();
+        assert_aligned(p, align, "stress");
+        if is_pool(size, align) {
+            made.pool_allocs += 1;
+            made.pool_bytes += size as u64;
+        }
+        let seed = seed_of(thread, seq);
+        // SAFETY: the block holds `size` ≥ 16 bytes and is ours.
+        unsafe {
+            p.cast::<u64>().write_unaligned(seed);
+            fill(p.add(8), size - 8, seed);
+        }
+        let b = Block {
+            addr: p.as_ptr() as usize,
+            layout,
+            seed,
+        };
+        if rng.gen_bool(0.6) {
+            to_next.send(b).unwrap();
+        } else {
+            mine.push(b);
+        }
+        // Free some of our own (newest first) and everything a neighbour sent.
+        if seq % 7 == 0 {
+            for b in mine.drain(mine.len().saturating_sub(4)..) {
+                check_and_free(heap, b);
+            }
+        }
+        while let Ok(b) = from_prev.try_recv() {
+            check_and_free(heap, b);
+        }
+    }
+    drop(to_next);
+    for b in mine {
+        check_and_free(heap, b);
+    }
+    // Until the previous thread is done and its blocks are all freed.
+    for b in from_prev {
+        check_and_free(heap, b);
+    }
+    made
+}
+
+#[test]
+fn stress_cross_thread_frees() {
+    const THREADS: usize = 4;
+    let ops = if cfg!(debug_assertions) {
+        6_000
+    } else {
+        50_000
+    };
+    let heap = Heap::new();
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..THREADS).map(|_| mpsc::channel()).unzip();
+    let mut rxs: Vec<Option<_>> = rxs.into_iter().map(Some).collect();
+    let made: Vec<Made> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                // Thread t sends to t + 1 and receives from t − 1.
+                let to_next = txs[(t + 1) % THREADS].clone();
+                let from_prev = rxs[t].take().unwrap();
+                let heap = &heap;
+                s.spawn(move || stress_worker(heap, t, ops, to_next, from_prev))
+            })
+            .collect();
+        drop(txs);
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let s = heap.stats();
+    assert_consistent(&s);
+    assert_eq!(s.live_bytes(), 0);
+    assert_eq!(s.fixed.live_blocks(), 0);
+    assert_eq!(s.large.live_blocks, 0);
+    assert_eq!(
+        s.fixed.allocations,
+        made.iter().map(|m| m.pool_allocs).sum::<u64>()
+    );
+    assert_eq!(
+        s.fixed.allocated_bytes,
+        made.iter().map(|m| m.pool_bytes).sum::<u64>()
+    );
+    assert_eq!(s.fixed.frees, s.fixed.allocations);
+    assert!(
+        s.arenas.iter().map(|a| a.returns).sum::<u64>() > 0,
+        "blocks went home"
+    );
+    // Every worker exited, so every cache went home; the central lists go home here.
+    heap.trim();
+    let s = heap.stats();
+    assert_eq!((s.spans, s.committed_bytes), (0, 0));
+}
+
+#[test]
+fn exiting_threads_flush_their_caches() {
+    let heap = Heap::new();
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..4u64)
+            .map(|t| {
+                let heap = &heap;
+                s.spawn(move || {
+                    let mut rng = SmallRng::seed_from_u64(t);
+                    let blocks: Vec<_> = (0..1000)
+                        .map(|_| {
+                            let l = Layout::from_size_align(rng.gen_range(16..=2048), 16).unwrap();
+                            (heap.alloc(l).unwrap(), l)
+                        })
+                        .collect();
+                    for (p, l) in blocks {
+                        // SAFETY: allocated above with `l`, freed once.
+                        unsafe { heap.dealloc(p, l) };
+                    }
+                    let c = heap.thread_cache_stats().unwrap();
+                    assert_eq!((c.allocations, c.frees), (1000, 1000));
+                    assert!(
+                        heap.stats().committed_bytes > 0,
+                        "the freed blocks sit in this thread's cache"
+                    );
+                })
+            })
+            .collect();
+        // Join explicitly: the scope's implicit join returns once the closures are
+        // done, which can be before the threads' TLS destructors (the cache flush) ran.
+        for w in workers {
+            w.join().unwrap();
+        }
+    });
+    let s = heap.stats();
+    assert_consistent(&s);
+    assert_eq!(s.fixed.live_bytes(), 0);
+    assert_eq!(s.fixed.allocations, 4000);
+    assert_eq!(
+        s.arenas.iter().map(|a| a.threads).sum::<usize>(),
+        0,
+        "every record was released"
+    );
+    // This thread never allocated, so `trim` can only bring home the central lists:
+    // reaching zero proves the exiting threads returned their caches.
+    assert!(heap.trim() > 0);
+    let s = heap.stats();
+    assert_eq!((s.spans, s.committed_bytes), (0, 0));
+}
+
+#[test]
+fn demo_workload_hit_rate_above_90_percent() {
+    let heap = Heap::new();
+    let report = demo::run(&heap, &demo::Workload::DEMO);
+    demo::print_report(&report);
+    let w = demo::Workload::DEMO;
+    assert_eq!(report.threads.len(), w.threads);
+    for t in &report.threads {
+        assert_eq!(t.cache.allocations, w.allocs_per_thread as u64);
+        assert!(
+            t.cache.hit_rate() > 0.9,
+            "thread {}: hit rate {:.3}",
+            t.thread,
+            t.cache.hit_rate()
+        );
+    }
+    assert!(report.min_hit_rate() > 0.9);
+    let s = &report.heap;
+    assert_consistent(s);
+    assert_eq!(s.fixed.live_bytes(), 0);
+    assert_eq!(
+        s.fixed.allocations,
+        (w.threads * w.allocs_per_thread) as u64
+    );
+    assert_eq!(
+        s.arenas.iter().map(|a| a.threads).sum::<usize>(),
+        w.threads,
+        "statistics were read while every worker held its cache"
+    );
+}
