@@ -118,6 +118,11 @@ pub fn size(c: usize) -> usize {
     SIZES[c] as usize
 }
 
+/// The block size of class `c`, usable in const context.
+pub(crate) const fn size_const(c: usize) -> usize {
+    compute_size(c)
+}
+
 /// The span length (bytes, a multiple of [`SPAN_UNIT`]) used for class `c`.
 #[inline]
 pub fn span_bytes(c: usize) -> usize {

@@ -32,7 +32,7 @@ pub const MAX_ARENAS: usize = 64;
 /// Most threads that can hold a cache of one heap at once; more threads still work,
 /// through the uncached path.
 pub const MAX_THREAD_CACHES: usize = 1024;
-/// Blocks per central batch, at most (fewer for large classes: see [`batch_size`]).
+/// Blocks per central batch, at most (fewer for large classes: see `batch_table`).
 pub const DEFAULT_BATCH: usize = 32;
 /// Per-thread cache limit.
 pub const DEFAULT_THREAD_CACHE_BYTES: usize = 2 << 20;
@@ -76,11 +76,31 @@ impl Default for HeapConfig {
     }
 }
 
-/// Blocks per batch for `class` under a configured batch size: fewer for big blocks so
-/// a batch never holds more than 256 KiB.
-#[inline]
-pub(crate) fn batch_size(class: usize, configured: usize) -> usize {
-    (256 * 1024 / size_class::size(class)).clamp(1, configured.clamp(1, DEFAULT_BATCH))
+/// Blocks per batch for each class under a configured batch size: fewer for big blocks
+/// so a batch never holds more than 256 KiB. Computed once per heap, so the free path
+/// reads a table instead of dividing.
+const fn batch_table(configured: usize) -> [u8; NUM_CLASSES] {
+    let cap = if configured == 0 {
+        1
+    } else if configured > DEFAULT_BATCH {
+        DEFAULT_BATCH
+    } else {
+        configured
+    };
+    let mut t = [0u8; NUM_CLASSES];
+    let mut c = 0;
+    while c < NUM_CLASSES {
+        let by_bytes = 256 * 1024 / size_class::size_const(c);
+        t[c] = if by_bytes < 1 {
+            1
+        } else if by_bytes > cap {
+            cap as u8
+        } else {
+            by_bytes as u8
+        };
+        c += 1;
+    }
+    t
 }
 
 static NEXT_HEAP_ID: AtomicU64 = AtomicU64::new(1);
@@ -99,6 +119,8 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry { head: ptr::null() });
 pub(crate) struct HeapInner {
     id: AtomicU64,
     pub(crate) config: HeapConfig,
+    /// Blocks per batch, per class (see `batch_table`).
+    batches: [u8; NUM_CLASSES],
     narenas: AtomicUsize,
     next_arena: AtomicUsize,
     pub(crate) arenas: [Arena; MAX_ARENAS],
@@ -122,6 +144,7 @@ impl HeapInner {
         Self {
             id: AtomicU64::new(0),
             config,
+            batches: batch_table(config.batch),
             narenas: AtomicUsize::new(0),
             next_arena: AtomicUsize::new(0),
             arenas: {
@@ -381,7 +404,7 @@ impl HeapInner {
             list.adopt(batch);
         } else {
             let arena = &self.arenas[tc.arena.load(Ordering::Relaxed) as usize];
-            let want = batch_size(class, self.config.batch);
+            let want = self.batch(class);
             // SAFETY: fresh blocks are free and now ours.
             arena.take_blocks(&self.source, class, kind, want, |b| unsafe { list.push(b) })?;
         }
@@ -431,7 +454,7 @@ impl HeapInner {
             bump(&c.free_bytes, size as u64);
             let cached = tc.cached_bytes.load(Ordering::Relaxed) + size_class::size(class);
             tc.cached_bytes.store(cached, Ordering::Relaxed);
-            let batch = batch_size(class, self.config.batch);
+            let batch = self.batch(class);
             if list.len() > 2 * batch || cached > self.config.thread_cache_bytes {
                 self.overflow(tc, class, kind);
             }
@@ -448,7 +471,7 @@ impl HeapInner {
     /// full), and trims the whole cache when it is over its byte limit.
     #[cold]
     fn overflow(&self, tc: &ThreadCache, class: usize, kind: SpanKind) {
-        let batch = batch_size(class, self.config.batch);
+        let batch = self.batch(class);
         // SAFETY: this thread owns its record.
         let lists = unsafe { tc.lists() };
         let list = &mut lists[kind as usize][class];
@@ -484,7 +507,7 @@ impl HeapInner {
 
     fn give_central(&self, batch: Batch, class: usize, kind: SpanKind) {
         let central = &self.central[kind as usize][class];
-        let bytes = batch_size(class, self.config.batch) * size_class::size(class);
+        let bytes = self.batch(class) * size_class::size(class);
         let cap = (CENTRAL_BYTES_PER_CLASS / bytes).max(4);
         let batch = if central.batches() < cap {
             match central.push(batch) {
@@ -540,13 +563,25 @@ impl HeapInner {
         self.source.owns(span)
     }
 
-    /// Allocates per `layout` from the pools (or the large path), as a `kind` block.
-    #[inline]
+    /// Blocks per batch for `class`.
+    #[inline(always)]
+    pub(crate) fn batch(&self, class: usize) -> usize {
+        usize::from(self.batches[class])
+    }
+
+    /// Allocates a fixed block per `layout` from the pools (or the large path).
+    #[inline(always)]
     pub(crate) fn alloc(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
         match size_class::class_for(layout.size(), layout.align()) {
             Some(class) => self.alloc_block(class, layout.size(), SpanKind::Fixed),
-            None => self.large.alloc(layout),
+            None => self.alloc_large(layout),
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn alloc_large(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
+        self.large.alloc(layout)
     }
 
     /// Allocates a zero-filled fixed block per `layout`; see `Heap::alloc_zeroed`.
@@ -603,7 +638,7 @@ impl HeapInner {
     /// # Safety
     ///
     /// `ptr` was allocated by this heap with `layout` and is dead from now on.
-    #[inline]
+    #[inline(always)]
     pub(crate) unsafe fn dealloc(&self, ptr: NonNull<u8>, layout: Layout) {
         match size_class::class_for(layout.size(), layout.align()) {
             Some(class) => {
@@ -613,8 +648,18 @@ impl HeapInner {
                 unsafe { self.free_block(ptr, class, layout.size(), SpanKind::Fixed) }
             }
             // SAFETY: forwarded from the caller.
-            None => unsafe { self.large.dealloc(ptr, layout) },
+            None => unsafe { self.dealloc_large(ptr, layout) },
         }
+    }
+
+    /// # Safety
+    ///
+    /// As [`HeapInner::dealloc`], for a large block.
+    #[cold]
+    #[inline(never)]
+    unsafe fn dealloc_large(&self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.large.dealloc(ptr, layout) }
     }
 
     #[cfg(debug_assertions)]
