@@ -1,0 +1,423 @@
+//! The compactor: copy rate, fragmentation recovery and pass durations.
+//!
+//! 1. `compaction_copy/<peer>/<block>` (criterion, throughput = bytes moved): a fresh
+//!    heap gets 32 MiB of `block`-sized handle blocks, every other one is freed,
+//!    and one `Heap::compact_full` is timed (planning, moves, and the final page release
+//!    included; building and dropping the heap are not: `iter_custom`). Its peer
+//!    `memcpy` copies the same number of bytes with `ptr::copy_nonoverlapping` in
+//!    `block`-sized chunks, every other block of one buffer into every other block of
+//!    another (the layout the compactor sees). A summary line per block size then gives
+//!    the ratio (median of a few runs of each) and, for 64 B, blocks per second.
+//! 2. Mesh's adversarial pattern, measured once and printed: 128 MiB of 512 B blocks,
+//!    every other freed, then 64 MiB of 1 KiB blocks, every other freed; tidyheap's
+//!    committed/live and RSS/live before and after one full compaction, beside the
+//!    system allocator's RSS/live for the same pattern (`std::alloc::System`; RSS from
+//!    `/proc/self/statm`, as a delta around the pattern).
+//! 3. Pass durations: fresh fragmented heaps compacted by passes with a 500 µs time
+//!    budget; p50/p99/max of `CompactionReport::elapsed` against the budget.
+//!
+//! Run with `cargo bench --bench compaction`. Without `--bench` (that is, under
+//! `cargo test --benches`) everything runs once on tiny sizes.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tidyheap::{Budget, Heap, RawHandle};
+
+const MIB: usize = 1 << 20;
+
+/// Sizes for one run: full in `cargo bench`, tiny under `cargo test --benches`.
+struct Scale {
+    /// Bytes allocated per copy-rate heap (half are freed, about a quarter move).
+    copy_total: usize,
+    /// Runs per peer for the summary ratio.
+    summary_runs: usize,
+    /// Divisor applied to Mesh's 128 MiB + 64 MiB.
+    mesh_divisor: usize,
+    /// Bytes allocated per pass-duration heap.
+    pass_total: usize,
+    /// Passes to collect.
+    passes: usize,
+}
+
+const BENCH: Scale = Scale {
+    copy_total: 32 * MIB,
+    summary_runs: 7,
+    mesh_divisor: 1,
+    pass_total: 64 * MIB,
+    passes: 200,
+};
+
+const TEST: Scale = Scale {
+    copy_total: MIB / 2,
+    summary_runs: 1,
+    mesh_divisor: 256,
+    pass_total: 2 * MIB,
+    passes: 10,
+};
+
+/// Allocates `count` blocks of `size` bytes, stamps each with its index, then frees
+/// every other one (all allocations come first, so freed blocks are not reused).
+/// Returns the kept handles with their stamps.
+fn fragment(heap: &Heap, size: usize, count: usize) -> Vec<(RawHandle, u64)> {
+    let all: Vec<RawHandle> = (0..count)
+        .map(|_| heap.alloc_handle(size, 16).expect("alloc_handle"))
+        .collect();
+    let mut kept = Vec::with_capacity(count / 2 + 1);
+    for (i, h) in (0u64..).zip(all) {
+        if i % 2 == 0 {
+            heap.write(h).expect("live")[..8].copy_from_slice(&i.to_ne_bytes());
+            kept.push((h, i));
+        } else {
+            heap.free_handle(h).expect("live");
+        }
+    }
+    kept
+}
+
+/// A fresh fragmented heap of `total` bytes of `block`-sized blocks.
+fn fragmented_heap(block: usize, total: usize) -> (Heap, Vec<(RawHandle, u64)>) {
+    let heap = Heap::new();
+    let kept = fragment(&heap, block, total / block);
+    (heap, kept)
+}
+
+/// Times one full compaction of a fresh fragmented heap; returns (time, bytes moved).
+fn timed_compaction(block: usize, total: usize, verify: bool) -> (Duration, u64) {
+    let (heap, kept) = fragmented_heap(block, total);
+    let start = Instant::now();
+    let r = heap.compact_full();
+    let t = start.elapsed();
+    if verify {
+        assert!(r.blocks_moved > 0, "nothing moved: {r:?}");
+        for (h, i) in &kept {
+            assert_eq!(heap.read(*h).expect("live")[..8], i.to_ne_bytes());
+        }
+    }
+    drop(kept);
+    drop(heap);
+    (t, r.bytes_moved)
+}
+
+/// Two buffers for the memcpy peer: `moved` bytes travel in `block` chunks, every other
+/// block of `src` into every other block of `dst`.
+struct CopyBufs {
+    src: Vec<u8>,
+    dst: Vec<u8>,
+    block: usize,
+    chunks: usize,
+}
+
+impl CopyBufs {
+    fn new(block: usize, moved: usize) -> Self {
+        let chunks = moved / block;
+        Self {
+            src: vec![1; 2 * chunks * block],
+            dst: vec![2; 2 * chunks * block],
+            block,
+            chunks,
+        }
+    }
+
+    fn copy(&mut self) {
+        let src = black_box(self.src.as_ptr());
+        let dst = black_box(self.dst.as_mut_ptr());
+        for i in 0..self.chunks {
+            let off = 2 * i * self.block;
+            // SAFETY:
+            // - `off + 2 * block <= 2 * chunks * block`, the length of both buffers, so
+            //   both ranges are in bounds;
+            // - `src` and `dst` are distinct allocations, so the ranges do not overlap.
+            unsafe {
+                core::ptr::copy_nonoverlapping(src.add(off), dst.add(off + self.block), self.block)
+            };
+        }
+        black_box(&mut self.dst);
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn gib_per_s(bytes: u64, t: Duration) -> f64 {
+    bytes as f64 / t.as_secs_f64() / (1u64 << 30) as f64
+}
+
+fn copy_rate(c: &mut Criterion, scale: &Scale) {
+    const BLOCKS: [usize; 3] = [64, 1024, 16 * 1024];
+    let mut group = c.benchmark_group("compaction_copy");
+    // Every compaction sample needs fresh heaps; flat sampling keeps their number low.
+    group.sampling_mode(SamplingMode::Flat);
+    let mut summary = Vec::new();
+    for block in BLOCKS {
+        // One verified calibration run: bytes moved are the same for every fresh heap.
+        let (_, moved) = timed_compaction(block, scale.copy_total, true);
+        group.throughput(Throughput::Bytes(moved));
+        group.bench_function(BenchmarkId::new("tidyheap", block), |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| timed_compaction(block, scale.copy_total, false).0)
+                    .sum()
+            })
+        });
+        let mut bufs = CopyBufs::new(block, moved as usize);
+        group.bench_function(BenchmarkId::new("memcpy", block), |b| {
+            b.iter(|| bufs.copy())
+        });
+
+        // Alternate the peers so both see the same machine load.
+        let (mut ths, mut tms) = (Vec::new(), Vec::new());
+        for _ in 0..scale.summary_runs {
+            ths.push(timed_compaction(block, scale.copy_total, false).0);
+            let s = Instant::now();
+            bufs.copy();
+            tms.push(s.elapsed());
+        }
+        let (th, tm) = (median(ths), median(tms));
+        summary.push((block, moved, th, tm));
+    }
+    group.finish();
+
+    println!(
+        "\ncompaction copy rate (median of {} runs each):",
+        scale.summary_runs
+    );
+    println!(
+        "{:>7} {:>10} {:>14} {:>14} {:>8} {:>14}",
+        "block", "moved", "tidyheap GiB/s", "memcpy GiB/s", "ratio", "blocks/s"
+    );
+    for (block, moved, th, tm) in summary {
+        println!(
+            "{:>7} {:>8.1}Mi {:>14.2} {:>14.2} {:>7.0}% {:>14.3e}",
+            block,
+            moved as f64 / MIB as f64,
+            gib_per_s(moved, th),
+            gib_per_s(moved, tm),
+            100.0 * tm.as_secs_f64() / th.as_secs_f64(),
+            (moved / block as u64) as f64 / th.as_secs_f64(),
+        );
+    }
+}
+
+/// Resident bytes of this process, from `/proc/self/statm`.
+fn rss() -> usize {
+    let s = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
+    let pages: usize = s
+        .split_whitespace()
+        .nth(1)
+        .and_then(|f| f.parse().ok())
+        .expect("statm resident field");
+    pages * tidyheap::os::PAGE_SIZE
+}
+
+/// Mesh's pattern with tidyheap: (committed, rss delta) before and after a full compaction.
+fn mesh_tidyheap(small: usize, large: usize) -> [(usize, usize); 2] {
+    // Handle vectors pre-faulted, so they do not count in the RSS delta.
+    let mut hs: Vec<Option<RawHandle>> = vec![None; small.max(large)];
+    let base = rss();
+    let heap = Heap::new();
+    for (size, count) in [(512, small), (1024, large)] {
+        for slot in hs.iter_mut().take(count) {
+            *slot = Some(heap.alloc_handle(size, 16).expect("alloc_handle"));
+        }
+        for slot in hs.iter_mut().take(count).skip(1).step_by(2) {
+            heap.free_handle(slot.take().expect("allocated"))
+                .expect("live");
+        }
+    }
+    let before = (heap.fragmentation().committed_bytes, rss() - base);
+    heap.compact_full();
+    let after = (
+        heap.fragmentation().committed_bytes,
+        rss().saturating_sub(base),
+    );
+    [before, after]
+}
+
+/// Mesh's pattern with the system allocator: rss delta after the pattern, and after
+/// `malloc_trim(0)`.
+fn mesh_system(small: usize, large: usize) -> [usize; 2] {
+    let mut ptrs: Vec<Vec<*mut u8>> = vec![
+        vec![core::ptr::null_mut(); small],
+        vec![core::ptr::null_mut(); large],
+    ];
+    let base = rss();
+    for ((size, count), ps) in [(512usize, small), (1024, large)]
+        .into_iter()
+        .zip(&mut ptrs)
+    {
+        let layout = Layout::from_size_align(size, 16).expect("layout");
+        for p in ps.iter_mut().take(count) {
+            // SAFETY: `layout` has a non-zero size.
+            let q = unsafe { System.alloc(layout) };
+            assert!(!q.is_null(), "system allocator out of memory");
+            // SAFETY: `q` is a fresh block of `size` writable bytes (touched, like
+            // tidyheap's zero-filled blocks).
+            unsafe { q.write_bytes(0, size) };
+            *p = q;
+        }
+        for p in ps.iter_mut().skip(1).step_by(2) {
+            // SAFETY: allocated above with `layout`, freed once (then nulled).
+            unsafe { System.dealloc(*p, layout) };
+            *p = core::ptr::null_mut();
+        }
+    }
+    let after = rss() - base;
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
+    let trimmed = rss().saturating_sub(base);
+    for (size, ps) in [512usize, 1024].into_iter().zip(&ptrs) {
+        let layout = Layout::from_size_align(size, 16).expect("layout");
+        for &p in ps.iter().filter(|p| !p.is_null()) {
+            // SAFETY: a live block allocated above with `layout`.
+            unsafe { System.dealloc(p, layout) };
+        }
+    }
+    [after, trimmed]
+}
+
+fn mesh_recovery(scale: &Scale) {
+    let small = (128 * MIB / 512) / scale.mesh_divisor;
+    let large = (64 * MIB / 1024) / scale.mesh_divisor;
+    let live = (small / 2) * 512 + (large / 2) * 1024;
+    let [(c0, r0), (c1, r1)] = mesh_tidyheap(small, large);
+    let [s0, s1] = mesh_system(small, large);
+    let per = |b: usize| b as f64 / live as f64;
+    println!(
+        "\nMesh pattern: {} x 512 B + {} x 1 KiB, every other freed (scale 1/{}); live {:.1} MiB",
+        small,
+        large,
+        scale.mesh_divisor,
+        live as f64 / MIB as f64
+    );
+    println!("{:<36} {:>15} {:>10}", "", "committed/live", "RSS/live");
+    println!(
+        "{:<36} {:>15.3} {:>10.3}",
+        "tidyheap, before compaction",
+        per(c0),
+        per(r0)
+    );
+    println!(
+        "{:<36} {:>15.3} {:>10.3}",
+        "tidyheap, after one compact_full",
+        per(c1),
+        per(r1)
+    );
+    println!("{:<36} {:>15} {:>10.3}", "System allocator", "-", per(s0));
+    println!(
+        "{:<36} {:>15} {:>10.3}",
+        "System allocator, after malloc_trim",
+        "-",
+        per(s1)
+    );
+}
+
+/// CPU time consumed by the calling thread (it stops while the thread is preempted).
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY:
+    // - `ts` is a valid, writable `timespec`;
+    // - `CLOCK_THREAD_CPUTIME_ID` is supported on every Linux kernel tidyheap runs on.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+fn pass_durations(scale: &Scale) {
+    const BUDGET: Duration = Duration::from_micros(500);
+    let mut rng = SmallRng::seed_from_u64(42);
+    // Passes that had work (including plan building), and the one no-op pass per heap
+    // that finds nothing left to gain.
+    let mut working = Vec::new();
+    let mut working_cpu = Vec::new();
+    let mut idle = Vec::new();
+    let mut rounds = 0;
+    while working.len() < scale.passes {
+        rounds += 1;
+        // Mixed sizes, 64 B to 16 KiB, every other block freed.
+        let heap = Heap::new();
+        let mut allocated = 0;
+        let mut all = Vec::new();
+        while allocated < scale.pass_total {
+            let size = 64usize << rng.gen_range(0..=8);
+            all.push(heap.alloc_handle(size, 16).expect("alloc_handle"));
+            allocated += size;
+        }
+        for h in all.iter().skip(1).step_by(2) {
+            heap.free_handle(*h).expect("live");
+        }
+        loop {
+            let cpu = thread_cpu_time();
+            let r = heap.compact(Budget::time(BUDGET));
+            let cpu = thread_cpu_time() - cpu;
+            if r.complete && r.blocks_moved == 0 {
+                idle.push(r.elapsed);
+                break;
+            }
+            working.push(r.elapsed);
+            working_cpu.push(cpu);
+        }
+        drop(all);
+    }
+    working.sort();
+    working_cpu.sort();
+    idle.sort();
+    println!(
+        "\npass durations, Budget::time(500 µs), mixed 64 B-16 KiB blocks, {} fragmented heaps:",
+        rounds
+    );
+    println!(
+        "{:<28} {:>6} {:>10} {:>10} {:>10} {:>12}",
+        "", "passes", "p50", "p99", "max", "p99/budget"
+    );
+    for (name, v) in [
+        ("passes with work", &working),
+        ("  same, thread CPU time", &working_cpu),
+        ("final no-op passes", &idle),
+    ] {
+        if v.is_empty() {
+            continue;
+        }
+        let p99 = percentile(v, 0.99);
+        println!(
+            "{:<28} {:>6} {:>10.1?} {:>10.1?} {:>10.1?} {:>12.3}",
+            name,
+            v.len(),
+            percentile(v, 0.5),
+            p99,
+            v[v.len() - 1],
+            p99.as_secs_f64() / BUDGET.as_secs_f64()
+        );
+    }
+}
+
+fn main() {
+    let bench = std::env::args().any(|a| a == "--bench");
+    let scale = if bench { &BENCH } else { &TEST };
+    let mut c = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .configure_from_args();
+    copy_rate(&mut c, scale);
+    c.final_summary();
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    mesh_recovery(scale);
+    pass_durations(scale);
+}

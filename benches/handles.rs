@@ -1,0 +1,210 @@
+//! Handle resolution and handle churn against `slotmap` and plain pointers.
+//!
+//! * `handle_get/<peer>/<live>`: with `live` entries, resolve a handle picked at random
+//!   and read its `u64`, `BATCH` times per iteration. The random index sequence is
+//!   generated up front (1 Mi indices, walked as a ring, so 1M live entries are not all
+//!   cache-resident) and is the same for every peer; each handle goes through
+//!   `black_box` so nothing is hoisted.
+//!   - `tidyheap_store`: `Store<u64>::get` → `Ref` deref (resolve + shared guard + tag check);
+//!   - `tidyheap_raw`: `Heap::read` on 8-byte raw handles (resolve + guard + block length
+//!     lookup in the span's side table);
+//!   - `slotmap`: `SlotMap<DefaultKey, u64>::get`;
+//!   - `raw_ptr`: dereference of a `Vec<Box<u64>>` entry (the floor: no resolution).
+//! * `handle_insert_remove/<peer>`: `BATCH` inserts then `BATCH` removes, on top of 10 000
+//!   live entries; one element = one insert + remove pair. `box` (system allocator
+//!   `Box::new` + drop) is a reference point.
+//!
+//! Throughput is in elements (gets or pairs). Run with `cargo bench --bench handles`;
+//! `cargo test --bench handles` runs each benchmark once on small sizes.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use slotmap::{DefaultKey, SlotMap};
+use tidyheap::{Handle, Heap, RawHandle, Store};
+
+/// Operations per timed iteration.
+const BATCH: usize = 1024;
+
+/// Whether criterion runs real measurements (`cargo bench` passes `--bench`); otherwise
+/// it is `cargo test --benches`, which runs every benchmark once, so sizes stay tiny.
+fn bench_mode() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
+
+/// `len` random indices below `n`, a multiple of `BATCH` long.
+fn random_order(n: usize, len: usize, seed: u64) -> Vec<u32> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    (0..len).map(|_| rng.gen_range(0..n as u32)).collect()
+}
+
+/// Runs `f` on the next `BATCH` indices of `order` (a ring) each iteration.
+fn bench_ring(b: &mut criterion::Bencher<'_>, order: &[u32], mut f: impl FnMut(&[u32]) -> u64) {
+    let mut pos = 0;
+    b.iter(|| {
+        let r = f(&order[pos..pos + BATCH]);
+        pos = (pos + BATCH) % order.len();
+        r
+    });
+}
+
+fn handle_get(c: &mut Criterion, sizes: &[usize], order_len: usize) {
+    let mut group = c.benchmark_group("handle_get");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    for &n in sizes {
+        let order = random_order(n, order_len, 0x5eed ^ n as u64);
+
+        let store: Store<u64> = Store::new();
+        let store_handles: Vec<Handle<u64>> = (0..n as u64).map(|i| store.insert(i)).collect();
+        group.bench_function(BenchmarkId::new("tidyheap_store", n), |b| {
+            bench_ring(b, &order, |idx| {
+                let mut sum = 0u64;
+                for &i in idx {
+                    let h = black_box(store_handles[i as usize]);
+                    sum = sum.wrapping_add(*store.get(h).expect("live handle"));
+                }
+                sum
+            })
+        });
+        drop(store_handles);
+        drop(store);
+
+        let heap = Heap::new();
+        let raw: Vec<RawHandle> = (0..n as u64)
+            .map(|i| heap.insert_bytes(&i.to_ne_bytes()).expect("alloc"))
+            .collect();
+        group.bench_function(BenchmarkId::new("tidyheap_raw", n), |b| {
+            bench_ring(b, &order, |idx| {
+                let mut sum = 0u64;
+                for &i in idx {
+                    let h = black_box(raw[i as usize]);
+                    let g = heap.read(h).expect("live handle");
+                    let bytes: [u8; 8] = g[..8].try_into().expect("8-byte block");
+                    sum = sum.wrapping_add(u64::from_ne_bytes(bytes));
+                }
+                sum
+            })
+        });
+        drop(raw);
+        drop(heap);
+
+        let mut sm: SlotMap<DefaultKey, u64> = SlotMap::with_capacity(n);
+        let keys: Vec<DefaultKey> = (0..n as u64).map(|i| sm.insert(i)).collect();
+        group.bench_function(BenchmarkId::new("slotmap", n), |b| {
+            bench_ring(b, &order, |idx| {
+                let mut sum = 0u64;
+                for &i in idx {
+                    let k = black_box(keys[i as usize]);
+                    sum = sum.wrapping_add(*sm.get(k).expect("live key"));
+                }
+                sum
+            })
+        });
+        drop(keys);
+        drop(sm);
+
+        let boxes: Vec<Box<u64>> = (0..n as u64).map(Box::new).collect();
+        group.bench_function(BenchmarkId::new("raw_ptr", n), |b| {
+            bench_ring(b, &order, |idx| {
+                let mut sum = 0u64;
+                for &i in idx {
+                    let p: &u64 = black_box(&boxes[i as usize]);
+                    sum = sum.wrapping_add(*p);
+                }
+                sum
+            })
+        });
+    }
+    group.finish();
+}
+
+fn handle_insert_remove(c: &mut Criterion, background: usize) {
+    let mut group = c.benchmark_group("handle_insert_remove");
+    group.throughput(Throughput::Elements(BATCH as u64));
+
+    let store: Store<u64> = Store::new();
+    let _keep: Vec<Handle<u64>> = (0..background as u64).map(|i| store.insert(i)).collect();
+    let mut hs: Vec<Handle<u64>> = Vec::with_capacity(BATCH);
+    group.bench_function("tidyheap_store", |b| {
+        b.iter(|| {
+            for i in 0..BATCH as u64 {
+                hs.push(store.insert(black_box(i)));
+            }
+            let mut sum = 0u64;
+            for h in hs.drain(..) {
+                sum = sum.wrapping_add(store.remove(h).expect("live handle"));
+            }
+            sum
+        })
+    });
+
+    let heap = Heap::new();
+    let _keep_raw: Vec<RawHandle> = (0..background as u64)
+        .map(|i| heap.insert_bytes(&i.to_ne_bytes()).expect("alloc"))
+        .collect();
+    let mut raw: Vec<RawHandle> = Vec::with_capacity(BATCH);
+    group.bench_function("tidyheap_raw", |b| {
+        b.iter(|| {
+            for i in 0..BATCH as u64 {
+                raw.push(
+                    heap.insert_bytes(&black_box(i).to_ne_bytes())
+                        .expect("alloc"),
+                );
+            }
+            for h in raw.drain(..) {
+                heap.free_handle(h).expect("live handle");
+            }
+        })
+    });
+
+    let mut sm: SlotMap<DefaultKey, u64> = SlotMap::new();
+    let _keep_sm: Vec<DefaultKey> = (0..background as u64).map(|i| sm.insert(i)).collect();
+    let mut keys: Vec<DefaultKey> = Vec::with_capacity(BATCH);
+    group.bench_function("slotmap", |b| {
+        b.iter(|| {
+            for i in 0..BATCH as u64 {
+                keys.push(sm.insert(black_box(i)));
+            }
+            let mut sum = 0u64;
+            for k in keys.drain(..) {
+                sum = sum.wrapping_add(sm.remove(k).expect("live key"));
+            }
+            sum
+        })
+    });
+
+    let mut boxes: Vec<Box<u64>> = Vec::with_capacity(BATCH);
+    group.bench_function("box", |b| {
+        b.iter(|| {
+            for i in 0..BATCH as u64 {
+                boxes.push(Box::new(black_box(i)));
+            }
+            let mut sum = 0u64;
+            for bx in boxes.drain(..) {
+                sum = sum.wrapping_add(*bx);
+            }
+            sum
+        })
+    });
+    group.finish();
+}
+
+fn main() {
+    let bench = bench_mode();
+    let mut c = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .configure_from_args();
+    if bench {
+        handle_get(&mut c, &[10_000, 100_000, 1_000_000], 1 << 20);
+        handle_insert_remove(&mut c, 10_000);
+    } else {
+        handle_get(&mut c, &[1_000], 4 * BATCH);
+        handle_insert_remove(&mut c, 100);
+    }
+    c.final_summary();
+}
