@@ -184,7 +184,6 @@ impl Heap {
             }
         };
         span.live.fetch_add(1, Ordering::Relaxed);
-        span.live_bytes.fetch_add(layout.size(), Ordering::Relaxed);
         // Release, and last: the compactor moves a block only once it sees its owner
         // (Acquire), and then also sees the live counts.
         meta.owner.store(h.index() + 1, Ordering::Release);
@@ -272,7 +271,6 @@ impl Heap {
         let len = meta.len();
         meta.owner.store(0, Ordering::Release);
         span.live.fetch_sub(1, Ordering::Relaxed);
-        span.live_bytes.fetch_sub(len, Ordering::Relaxed);
         before_free(block);
         inner.honor_movable_epoch();
         // SAFETY: the slot is vacant, so nobody else can reach the block; it is a live

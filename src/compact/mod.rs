@@ -60,6 +60,7 @@ pub use report::{
 use crate::handle::{HandleTable, MoveSkip};
 use crate::heap::Heap;
 use crate::movable::{tag_ptr, untag};
+use crate::pool::arena::RETAIN_EMPTY_BYTES;
 use crate::pool::heap::HeapInner;
 use crate::pool::span::{ListId, Span, SpanKind, geometry};
 use crate::size_class::{self, NUM_CLASSES};
@@ -134,14 +135,14 @@ impl HeapInner {
         }
     }
 
-    /// Committed bytes of movable spans and their live bytes.
+    /// Committed bytes of movable spans, and the live bytes of movable pool blocks.
     fn movable_usage(&self) -> (usize, usize) {
-        let (mut committed, mut live) = (0, 0);
-        self.for_each_movable_span(|s| {
-            committed += s.bytes;
-            live += s.live_bytes.load(Ordering::Relaxed);
-        });
-        (committed, live)
+        let mut committed = 0;
+        self.for_each_movable_span(|s| committed += s.bytes);
+        (
+            committed,
+            self.counters(SpanKind::Movable).live_bytes() as usize,
+        )
     }
 }
 
@@ -216,6 +217,11 @@ impl Heap {
             }
         }
         plan.were_targets.clear();
+        let released = self.inner().trim() as u64;
+        total.bytes_released += released;
+        if released > 0 {
+            total.committed_after = self.inner().movable_usage().0;
+        }
         total
     }
 
@@ -257,10 +263,7 @@ impl Heap {
             let size = s.block_size();
             let cap = s.capacity();
             let live = s.live.load(Ordering::Relaxed) as usize;
-            let live_bytes = s.live_bytes.load(Ordering::Relaxed);
             f.committed_bytes += s.bytes;
-            f.live_bytes += live_bytes;
-            f.internal_bytes += (live * size).saturating_sub(live_bytes);
             f.external_bytes += (cap - live) * size;
             f.metadata_bytes += s.first_block();
             f.tail_bytes += s.bytes - s.first_block() - cap * size;
@@ -280,7 +283,13 @@ impl Heap {
             let mut run = 0usize;
             for i in 0..cap {
                 // SAFETY: movable span, `i < capacity`.
-                let free = unsafe { s.meta(i) }.owner.load(Ordering::Relaxed) == 0;
+                let meta = unsafe { s.meta(i) };
+                let free = meta.owner.load(Ordering::Relaxed) == 0;
+                if !free {
+                    let len = meta.len();
+                    f.live_bytes += len;
+                    f.internal_bytes += size - len;
+                }
                 if free {
                     if run == 0 {
                         entry.holes += 1;
@@ -367,9 +376,11 @@ impl Heap {
             self.finish_plan(plan);
             report.complete = true;
         }
-        if report.spans_emptied > 0 || report.complete {
-            report.bytes_released = inner.trim() as u64;
-        }
+        // Emptied spans were kept committed during the moves; hand back what exceeds
+        // the arenas' retention, within what is left of the time budget (a full
+        // compaction trims everything at its end).
+        let deadline = budget.time.map(|t| start + t);
+        report.bytes_released = inner.trim_to(RETAIN_EMPTY_BYTES, deadline) as u64;
         let (c1, l1) = inner.movable_usage();
         report.fragmentation_after = ratio(c1, l1);
         report.committed_after = c1;
@@ -512,13 +523,11 @@ impl Heap {
         let new_meta = unsafe { target.meta(ni) };
         new_meta.set_len(len);
         target.live.fetch_add(1, Ordering::Relaxed);
-        target.live_bytes.fetch_add(len, Ordering::Relaxed);
         new_meta.owner.store(index + 1, Ordering::Release);
         // SAFETY: we hold the move lock, and `new` holds a complete copy.
         unsafe { mv.set_ptr(tag_ptr(new, tag)) };
         meta.owner.store(0, Ordering::Release);
         source.live.fetch_sub(1, Ordering::Relaxed);
-        source.live_bytes.fetch_sub(len, Ordering::Relaxed);
         let handle = mv.handle();
         drop(mv);
         self.notify_move(MoveEvent {
@@ -532,7 +541,7 @@ impl Heap {
         let mut st = arena.lock();
         // SAFETY: lock held; `old` is an out block of `source` that nobody references
         // any more (the slot points at `new`).
-        unsafe { arena.put_block(&mut st, source, old) };
+        unsafe { arena.put_block(&mut st, source, old, false) };
         Outcome::Moved(len)
     }
 }

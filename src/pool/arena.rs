@@ -340,14 +340,21 @@ impl Arena {
     }
 
     /// Brings `block` home to `span`, moving the span between lists as it fills up or
-    /// empties, and handing an emptied span's pages back to the OS past the retention
-    /// limit.
+    /// empties. An emptied span's pages go back to the OS past the retention limit if
+    /// `decommit`; otherwise it stays committed until a `trim_to` (the compactor defers
+    /// the `madvise` calls to the end of its pass, where its time budget governs them).
     ///
     /// # Safety
     ///
     /// * `st` is this arena's locked state and `span` belongs to this arena;
     /// * `block` is an out block of `span` that nobody uses any more.
-    pub(crate) unsafe fn put_block(&self, st: &mut ArenaState, span: &Span, block: NonNull<u8>) {
+    pub(crate) unsafe fn put_block(
+        &self,
+        st: &mut ArenaState,
+        span: &Span,
+        block: NonNull<u8>,
+        decommit: bool,
+    ) {
         self.counters.returns.fetch_add(1, Ordering::Relaxed);
         let (k, class) = (span.kind() as usize, span.class());
         // SAFETY: forwarded from the caller.
@@ -364,7 +371,7 @@ impl Arena {
                     ListId::Evacuating => st.evacuating[class].remove(span),
                     _ => return,
                 }
-                self.retire_empty(st, span);
+                self.retire_empty(st, span, decommit);
             }
         }
     }
@@ -442,12 +449,12 @@ impl Arena {
     /// # Safety
     ///
     /// Lock held (`st`), `span` belongs to this arena, is on no list and has no block out.
-    pub(crate) unsafe fn retire_empty(&self, st: &mut ArenaState, span: &Span) {
+    pub(crate) unsafe fn retire_empty(&self, st: &mut ArenaState, span: &Span, decommit: bool) {
         let units = span.bytes / SPAN_UNIT;
         self.counters.spans.fetch_sub(1, Ordering::Relaxed);
         // SAFETY: forwarded from the caller.
         unsafe {
-            if st.empty_committed + span.bytes > RETAIN_EMPTY_BYTES {
+            if decommit && st.empty_committed + span.bytes > RETAIN_EMPTY_BYTES {
                 self.decommit_span(span);
             } else {
                 st.empty_committed += span.bytes;
@@ -477,25 +484,32 @@ impl Arena {
         }
     }
 
-    /// Hands every retained empty span's pages back to the OS; returns the bytes freed.
-    pub(crate) fn trim(&self) -> usize {
+    /// Hands empty spans' pages back to the OS until at most `retain` bytes of empty
+    /// spans stay committed, or `deadline` passes (checked before each `madvise`);
+    /// returns the bytes freed.
+    pub(crate) fn trim_to(&self, retain: usize, deadline: Option<std::time::Instant>) -> usize {
         let mut st = self.lock();
         let mut freed = 0;
-        for list in &st.empty {
+        let mut committed = st.empty_committed;
+        'lists: for list in &st.empty {
             // SAFETY: the lock is held for the iteration; decommitting does not unlink.
             for span in unsafe { list.iter() } {
+                if committed <= retain || deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                    break 'lists;
+                }
                 // SAFETY: lock held; empty-list spans have no block out.
                 unsafe {
                     if span.state().committed {
                         self.decommit_span(span);
                         if !span.state().committed {
                             freed += span.bytes;
+                            committed -= span.bytes;
                         }
                     }
                 }
             }
         }
-        st.empty_committed -= freed.min(st.empty_committed);
+        st.empty_committed = committed;
         freed
     }
 }

@@ -544,7 +544,7 @@ impl HeapInner {
             }
             let (_, st) = locked.as_mut().expect("locked above");
             // SAFETY: we hold the span's arena lock and the block is a dead out block.
-            unsafe { arena.put_block(st, span, block) };
+            unsafe { arena.put_block(st, span, block, true) };
         }
     }
 
@@ -785,9 +785,17 @@ impl HeapInner {
         }
     }
 
+    /// Decommits empty spans until each arena keeps at most `retain` bytes of them
+    /// committed, or `deadline` passes; returns the bytes handed back.
+    pub(crate) fn trim_to(&self, retain: usize, deadline: Option<std::time::Instant>) -> usize {
+        (0..self.arena_count())
+            .map(|a| self.arenas[a].trim_to(retain, deadline))
+            .sum()
+    }
+
     /// Decommits every retained empty span; returns the bytes handed back.
     pub(crate) fn trim(&self) -> usize {
-        (0..self.arena_count()).map(|a| self.arenas[a].trim()).sum()
+        self.trim_to(0, None)
     }
 
     /// Returns every batch held by the central lists home.

@@ -30,7 +30,7 @@
 
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicU16, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 
 use crate::size_class::{self, MAX_POOL_ALIGN};
 
@@ -168,8 +168,6 @@ pub struct Span {
     pub(crate) capacity: AtomicU32,
     /// Movable spans: blocks with an owner (`BlockMeta::owner != 0`).
     pub(crate) live: AtomicU32,
-    /// Movable spans: requested bytes of live blocks.
-    pub(crate) live_bytes: AtomicUsize,
     pub(crate) state: UnsafeCell<SpanState>,
 }
 
@@ -192,7 +190,6 @@ impl Span {
             first_block: AtomicU32::new(0),
             capacity: AtomicU32::new(0),
             live: AtomicU32::new(0),
-            live_bytes: AtomicUsize::new(0),
             state: UnsafeCell::new(SpanState {
                 free: ptr::null_mut(),
                 free_count: 0,
@@ -265,7 +262,6 @@ impl Span {
         self.first_block.store(first as u32, Ordering::Relaxed);
         self.capacity.store(cap as u32, Ordering::Relaxed);
         self.live.store(0, Ordering::Relaxed);
-        self.live_bytes.store(0, Ordering::Relaxed);
         // SAFETY: forwarded: we hold the arena lock and the span is ours.
         let st = unsafe { self.state() };
         st.free = ptr::null_mut();
