@@ -262,3 +262,25 @@ fn pinned_and_fixed_never_move() {
         }
     }
 }
+
+#[test]
+fn report_figures_match_the_walk() {
+    let heap = Heap::new();
+    let hs: Vec<_> = (0..20_000)
+        .map(|i| heap.alloc_handle(40 + i % 300, 16).unwrap())
+        .collect();
+    for h in hs.iter().step_by(3) {
+        heap.free_handle(*h).unwrap();
+    }
+    let r = heap.compact(Budget::blocks(100));
+    let f = heap.fragmentation();
+    assert_eq!(r.committed_after, f.committed_bytes);
+    assert!((r.fragmentation_after - f.ratio).abs() < 1e-9);
+    let r = heap.compact_full();
+    let f = heap.fragmentation();
+    assert_eq!(r.committed_after, f.committed_bytes);
+    assert_eq!(
+        f.committed_bytes,
+        f.live_bytes + f.internal_bytes + f.external_bytes + f.metadata_bytes + f.tail_bytes
+    );
+}

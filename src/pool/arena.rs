@@ -184,6 +184,8 @@ pub(crate) struct ArenaCounters {
     pub(crate) spans: AtomicUsize,
     /// Bytes of spans whose pages are committed (serving or retained empty).
     pub(crate) committed: AtomicUsize,
+    /// Bytes of movable spans serving a class.
+    pub(crate) movable: AtomicUsize,
     /// Span regions ever created.
     pub(crate) regions: AtomicUsize,
     /// Batches carved or collected for thread caches.
@@ -234,6 +236,7 @@ impl Arena {
             counters: ArenaCounters {
                 spans: AtomicUsize::new(0),
                 committed: AtomicUsize::new(0),
+                movable: AtomicUsize::new(0),
                 regions: AtomicUsize::new(0),
                 refills: AtomicU64::new(0),
                 returns: AtomicU64::new(0),
@@ -297,6 +300,11 @@ impl Arena {
             st.partial[k][class].push(span, ListId::Partial);
         }
         self.counters.spans.fetch_add(1, Ordering::Relaxed);
+        if kind == SpanKind::Movable {
+            self.counters
+                .movable
+                .fetch_add(span.bytes, Ordering::Relaxed);
+        }
         Ok(span)
     }
 
@@ -452,6 +460,11 @@ impl Arena {
     pub(crate) unsafe fn retire_empty(&self, st: &mut ArenaState, span: &Span, decommit: bool) {
         let units = span.bytes / SPAN_UNIT;
         self.counters.spans.fetch_sub(1, Ordering::Relaxed);
+        if span.kind() == SpanKind::Movable {
+            self.counters
+                .movable
+                .fetch_sub(span.bytes, Ordering::Relaxed);
+        }
         // SAFETY: forwarded from the caller.
         unsafe {
             if decommit && st.empty_committed + span.bytes > RETAIN_EMPTY_BYTES {
