@@ -475,15 +475,15 @@ impl HeapInner {
         // SAFETY: this thread owns its record.
         let lists = unsafe { tc.lists() };
         let list = &mut lists[kind as usize][class];
-        if list.len() > batch {
-            if let Some(b) = list.take_batch(batch) {
-                tc.cached_bytes.fetch_sub(
-                    b.len() as usize * size_class::size(class),
-                    Ordering::Relaxed,
-                );
-                bump(&tc.counters[kind as usize].batches_out, 1);
-                self.give_central(b, class, kind);
-            }
+        if list.len() > batch
+            && let Some(b) = list.take_batch(batch)
+        {
+            tc.cached_bytes.fetch_sub(
+                b.len() as usize * size_class::size(class),
+                Ordering::Relaxed,
+            );
+            bump(&tc.counters[kind as usize].batches_out, 1);
+            self.give_central(b, class, kind);
         }
         if tc.cached_bytes.load(Ordering::Relaxed) > self.config.thread_cache_bytes {
             // Over the byte budget: halve every list, biggest classes first.
@@ -830,7 +830,7 @@ impl HeapInner {
                     // SAFETY: registered heaps are alive under the registry lock.
                     let h = unsafe { &*cur };
                     let next = h.reg_next.load(Ordering::Relaxed);
-                    if next as *const HeapInner == me {
+                    if core::ptr::eq(next, me) {
                         h.reg_next
                             .store(self.reg_next.load(Ordering::Relaxed), Ordering::Relaxed);
                         break;

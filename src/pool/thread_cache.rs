@@ -106,7 +106,9 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    /// All zero.
+    /// All zero. A `const` (not a `static`) on purpose: it is only ever used to
+    /// initialise fresh, distinct counter sets in array repeat expressions.
+    #[allow(clippy::declare_interior_mutable_const)]
     pub(crate) const ZERO: Counters = Counters {
         allocs: AtomicU64::new(0),
         alloc_bytes: AtomicU64::new(0),
