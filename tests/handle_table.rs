@@ -30,6 +30,16 @@ unsafe fn free(p: NonNull<u8>) -> u64 {
     *unsafe { Box::from_raw(p.cast::<u64>().as_ptr()) }
 }
 
+/// Removes `h` from a table whose blocks all come from `leak`, frees the block and
+/// returns its value.
+fn take(t: &HandleTable, h: RawHandle) -> Result<u64, HandleError> {
+    let block = t.remove(h)?;
+    // SAFETY:
+    // - every block in the tables this is used on came from `leak`, and the slot is
+    //   vacant now, so nothing else refers to it.
+    Ok(unsafe { free(block) })
+}
+
 /// Reads the `u64` a guard's address points at.
 ///
 /// # Safety
@@ -138,11 +148,10 @@ fn generation_wrap_retires_the_slot_for_good() {
     let t = HandleTable::new().with_first_generation(u32::MAX - 2);
     let h1 = t.insert(leak(1)).unwrap();
     assert_eq!(h1.generation().get(), u32::MAX - 2);
-    // SAFETY (all `free` calls below): removed, so only we refer to the block.
-    unsafe { free(t.remove(h1).unwrap()) };
+    take(&t, h1).unwrap();
     let h2 = t.insert(leak(2)).unwrap();
     assert_eq!((h2.index(), h2.generation().get()), (h1.index(), u32::MAX));
-    unsafe { free(t.remove(h2).unwrap()) };
+    take(&t, h2).unwrap();
     assert_eq!(t.retired(), 1);
     // The slot is not reused: the next insert takes a fresh index.
     let h3 = t.insert(leak(3)).unwrap();
@@ -157,11 +166,11 @@ fn generation_wrap_retires_the_slot_for_good() {
     for round in 0..10 {
         let h = t.insert(leak(round)).unwrap();
         assert_ne!(h.index(), h1.index());
-        unsafe { free(t.remove(h).unwrap()) };
+        take(&t, h).unwrap();
     }
     // Each fresh slot lives two generations (MAX - 2, MAX), so 10 rounds retire 5.
     assert_eq!(t.retired(), 6);
-    unsafe { free(t.remove(h3).unwrap()) };
+    take(&t, h3).unwrap();
     assert_eq!(t.retired(), 6, "MAX - 2 -> MAX - 1 is not a wrap");
 }
 
@@ -571,7 +580,7 @@ unsafe fn free_block(p: NonNull<u8>) {
 fn stress_readers_writers_removers_and_a_mover() {
     const WORKERS: usize = 4;
     const SHARED: usize = 48;
-    const OPS: usize = 15_000;
+    const OPS: usize = 40_000;
 
     let t = HandleTable::new();
     let shared: Vec<AtomicU64> = (0..SHARED)
@@ -583,7 +592,17 @@ fn stress_readers_writers_removers_and_a_mover() {
     let (mut moved, mut skipped) = (0usize, [0usize; 3]);
     let mut graveyard = Vec::new();
 
+    /// Stops the mover when dropped, so a failing worker ends the test instead of
+    /// leaving the scope waiting for the mover forever.
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Release);
+        }
+    }
+
     std::thread::scope(|s| {
+        let stop_guard = StopOnDrop(&stop);
         let workers: Vec<_> = (0..WORKERS)
             .map(|w| {
                 let (t, shared, inserted, freed) = (&t, &shared, &inserted, &freed);
@@ -596,7 +615,12 @@ fn stress_readers_writers_removers_and_a_mover() {
                         let r = match rng.gen_range(0..100) {
                             0..40 => t.read(h).map(|g| {
                                 // SAFETY: read guard held.
-                                unsafe { check(g.ptr()) };
+                                let seq = unsafe { check(g.ptr()) };
+                                // Hold the guard across a yield: the block must neither
+                                // move (and be poisoned) nor change meanwhile.
+                                std::thread::yield_now();
+                                // SAFETY: read guard still held.
+                                assert_eq!(unsafe { check(g.ptr()) }, seq);
                             }),
                             40..65 => t.write(h).map(|g| {
                                 // SAFETY: write guard held: exclusive access.
@@ -680,7 +704,7 @@ fn stress_readers_writers_removers_and_a_mover() {
         });
 
         let stale: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
-        stop.store(true, Release);
+        drop(stop_guard);
         (moved, skipped, graveyard) = mover.join().unwrap();
         assert!(
             stale > 0,

@@ -1,49 +1,6 @@
 //! One slot of the handle table: the generation and the per-slot guard state in one
-//! atomic word, plus the block address.
-//!
-//! # The state word
-//!
-//! ```text
-//!  63                              32 31            16 15          3  2   1   0
-//! ┌──────────────────────────────────┬────────────────┬─────────────┬───┬───┬───┐
-//! │ generation (odd = occupied)      │ readers (16 b) │ pins (13 b) │ P │ M │ W │
-//! └──────────────────────────────────┴────────────────┴─────────────┴───┴───┴───┘
-//!   W = WRITER, M = MOVER (the compactor), P = PARKED (some thread is parked on the slot)
-//! ```
-//!
-//! Every transition is a single atomic on this word, so "the generation matches" and
-//! "the guard is granted" are one indivisible event. The slot's invariants, kept by every
-//! transition below:
-//!
-//! ```text
-//! state = generation << 32 | readers << 16 | pins << 3 | P << 2 | M << 1 | W
-//! generation odd  ⇔ occupied  ⇒ ptr = block address (non-null)
-//! generation even ⇔ vacant    ⇒ lock word == 0, ptr = next free index (when on the free list)
-//! W ⇒ readers == 0 ∧ ¬M                  (a writer is alone, pins aside)
-//! M ⇒ readers == 0 ∧ pins == 0 ∧ ¬W      (a mover is alone)
-//! readers ≤ MAX_READERS, pins ≤ MAX_PINS (a full count refuses more: Busy / wait)
-//! occupied g → vacant g + 1  only when readers == pins == 0 ∧ ¬W ∧ ¬M  (remove; one CAS)
-//! vacant g → occupied g + 1  only by the thread that popped the slot off the free list
-//! occupied u32::MAX → retired (state 0, never on the free list again)
-//! ```
-//!
-//! Because every compare-exchange that takes a guard expects an *odd* generation, nobody
-//! but the free-list owner ever writes the state of a vacant slot; that is why
-//! [`HandleTable::insert`](super::HandleTable::insert) can publish with a plain store.
-//!
-//! # Waiting
-//!
-//! A blocked `read` / `write` / `pin` / `remove` backs off briefly, then sets `P` (by CAS,
-//! only while the conflict is still there) and parks on the slot's address with
-//! `parking_lot_core`, re-validating under the parking-lot bucket lock that `P` is still
-//! set. Whoever clears `P` calls `unpark_all` afterwards, so a waiter either sees `P`
-//! cleared and does not park, or is already queued when the wake-up comes: no lost
-//! wake-ups. Exclusive unlocks clear `P` in the same atomic that releases; the last reader
-//! or last pin out (or the one leaving a full count) clears it with a second atomic, only
-//! when it was set. Woken threads re-check everything (the slot may have been freed:
-//! `Stale`). Under `cfg(loom)` the parking lot is modelled by a loom mutex (the bucket
-//! lock) and condition variable, so loom checks the same protocol, and a lost wake-up
-//! shows up as a deadlock.
+//! atomic word, plus the block address. The layout, invariants and waiting protocol are
+//! documented on [`Slot`], next to the fields they govern.
 
 use core::fmt;
 use core::ptr::{self, NonNull};
@@ -222,7 +179,52 @@ impl SlotState {
 }
 
 /// One handle-table slot: 16 bytes holding the generation, the guard state and the block
-/// address. See the [module docs](self) for the state word's layout and invariants.
+/// address.
+///
+/// # The state word
+///
+/// ```text
+///  63                              32 31            16 15          3  2   1   0
+/// ┌──────────────────────────────────┬────────────────┬─────────────┬───┬───┬───┐
+/// │ generation (odd = occupied)      │ readers (16 b) │ pins (13 b) │ P │ M │ W │
+/// └──────────────────────────────────┴────────────────┴─────────────┴───┴───┴───┘
+///   W = WRITER, M = MOVER (the compactor), P = PARKED (some thread is parked on the slot)
+/// ```
+///
+/// Every transition is a single atomic on this word, so "the generation matches" and
+/// "the guard is granted" are one indivisible event. The slot's invariants, kept by every
+/// transition below:
+///
+/// ```text
+/// state = generation << 32 | readers << 16 | pins << 3 | P << 2 | M << 1 | W
+/// generation odd  ⇔ occupied  ⇒ ptr = block address (non-null)
+/// generation even ⇔ vacant    ⇒ lock word == 0, ptr = next free index (when on the free list)
+/// W ⇒ readers == 0 ∧ ¬M                  (a writer is alone, pins aside)
+/// M ⇒ readers == 0 ∧ pins == 0 ∧ ¬W      (a mover is alone)
+/// readers ≤ MAX_READERS, pins ≤ MAX_PINS (a full count refuses more: Busy / wait)
+/// occupied g → vacant g + 1  only when readers == pins == 0 ∧ ¬W ∧ ¬M  (remove; one CAS)
+/// vacant g → occupied g + 1  only by the thread that popped the slot off the free list
+/// occupied u32::MAX → retired (state 0, never on the free list again)
+/// P ⇒ some guard or pin is held, or its last holder is between its release and clearing P
+/// ```
+///
+/// Because every compare-exchange that takes a guard expects an *odd* generation, nobody
+/// but the free-list owner ever writes the state of a vacant slot; that is why
+/// [`HandleTable::insert`](super::HandleTable::insert) can publish with a plain store.
+///
+/// # Waiting
+///
+/// A blocked `read` / `write` / `pin` / `remove` backs off briefly, then sets `P` (by CAS,
+/// only while the conflict is still there) and parks on the slot's address with
+/// `parking_lot_core`, re-validating under the parking-lot bucket lock that `P` is still
+/// set. Whoever clears `P` calls `unpark_all` afterwards, so a waiter either sees `P`
+/// cleared and does not park, or is already queued when the wake-up comes: no lost
+/// wake-ups. Exclusive unlocks clear `P` in the same atomic that releases; the last reader
+/// or last pin out (or the one leaving a full count) clears it with a second atomic, only
+/// when it was set. Woken threads re-check everything (the slot may have been freed:
+/// `Stale`). Under `cfg(loom)` the parking lot is modelled by a loom mutex (the bucket
+/// lock) and condition variable, so loom checks the same protocol, and a lost wake-up
+/// shows up as a deadlock.
 ///
 /// Slots live inside a [`HandleTable`](super::HandleTable) and never move; get one with
 /// [`HandleTable::get`](super::HandleTable::get) or
@@ -233,7 +235,7 @@ impl SlotState {
 /// usual way in.
 #[repr(C)]
 pub struct Slot {
-    /// `generation << 32 | lock word`; see the module docs.
+    /// `generation << 32 | lock word`; see the layout above.
     state: AtomicU64,
     /// Occupied: the block address. Vacant and on the free list: the next free index,
     /// as an address without provenance. Atomic because a free-list pop may read it while
@@ -683,7 +685,7 @@ impl Slot {
         debug_assert!(generation & 1 == 1);
         debug_assert_eq!(self.state.load(Relaxed) & 0xFFFF_FFFF, 0);
         self.ptr.store(block.as_ptr(), Relaxed);
-        // A plain store is enough: nobody else writes a vacant slot's state (module docs).
+        // A plain store is enough: nobody else writes a vacant slot's state (see `Slot`).
         // Release publishes ptr and the block's contents to the next guard's Acquire.
         self.state
             .store(u64::from(generation) << GEN_SHIFT, Release);
@@ -874,7 +876,7 @@ mod tests {
     }
 
     #[test]
-    fn waiter_is_woken_by_unlock_and_by_free() {
+    fn parked_waiters_are_woken_by_each_kind_of_release() {
         let s = slot();
         s.occupy(block(1), 3);
         s.write(3).unwrap();
