@@ -326,7 +326,7 @@ impl Drop for SlotMove<'_> {
     }
 }
 
-// SAFETY (for all eight impls below):
+// SAFETY: (this comment covers all eight impls below)
 // - a guard is a lock on a slot plus an address. The slot's lock word is not tied to a
 //   thread, so releasing it from another thread (Send) is fine, and `&guard` only hands
 //   out the address and `&Slot`, which is Sync (Sync);

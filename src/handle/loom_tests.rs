@@ -203,3 +203,35 @@ fn loom_free_list_never_hands_a_slot_out_twice() {
         assert_eq!((t.len(), t.issued()), (2, 3));
     });
 }
+
+/// (d) Two removes racing the last reader out. The reader's unlock leaves a window
+/// between its `fetch_sub` (no holder left) and clearing `PARKED`; a remove that vacates
+/// the slot inside that window clears `PARKED` itself, so it must wake the other,
+/// parked, remove. Exactly one remove gets the block; the other gets `Stale`; nobody
+/// sleeps forever.
+#[test]
+fn loom_racing_removes_and_last_reader_wake_everyone() {
+    loom::model(|| {
+        let t = Arc::new(HandleTable::new());
+        let h = t.insert(NonNull::dangling()).unwrap();
+        // A read guard taken here and released by another thread (the slot's lock is not
+        // tied to a thread).
+        t.get(h).unwrap().read(h.generation().get()).unwrap();
+
+        let remover = {
+            let t = t.clone();
+            thread::spawn(move || t.remove(h).is_ok())
+        };
+        let reader = {
+            let t = t.clone();
+            // SAFETY: releases the one read guard taken above, once.
+            thread::spawn(move || unsafe { t.get(h).unwrap().unlock_read() })
+        };
+        let won_here = t.remove(h).is_ok();
+        let won_there = remover.join().unwrap();
+        reader.join().unwrap();
+
+        assert!(won_here ^ won_there, "exactly one remove frees the block");
+        assert_eq!((t.len(), t.free_list()), (0, vec![h.index()]));
+    });
+}

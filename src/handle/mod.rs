@@ -24,7 +24,7 @@
 //! only ever granted on the block the handle named, and while any guard lives the block
 //! can be neither freed nor moved (DESIGN.md invariants 2 and 3).
 //!
-//! # The four kinds of access (see [`slot`] for the bit layout)
+//! # The kinds of access (see [`Slot`] for the bit layout)
 //!
 //! | guard | excludes | excluded by | waits? |
 //! |---|---|---|---|
@@ -34,11 +34,15 @@
 //! | move (compactor) | everything | everything | never: busy or pinned blocks are skipped |
 //! | free (`remove`) | — (the slot becomes vacant) | readers, writer, pins, mover | `remove` parks, `try_remove` never waits |
 //!
+//! There is no writer preference: overlapping readers that keep arriving can delay a
+//! blocked `write` or `remove` indefinitely (they are meant to be held briefly, within a
+//! frame). The compactor is never delayed at all: it skips busy blocks.
+//!
 //! A pin keeps the block's *address* stable (it blocks the compactor and free) but does
 //! not exclude readers or writers: it is for handing the address to code that outlives a
 //! guard's scope, like a GPU upload, while the owner synchronises access itself.
 //!
-//! Contended waits spin briefly ([`Backoff`](crate::sync::Backoff)), then set the slot's
+//! Contended waits spin briefly (bounded exponential back-off), then set the slot's
 //! `PARKED` bit and park in `parking_lot_core` on the slot's address; every release that
 //! can unblock a waiter clears `PARKED` and wakes all parked threads, which re-check. So
 //! waiting never spins forever, and the uncontended unlock is one atomic that never

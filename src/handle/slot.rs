@@ -1,59 +1,17 @@
 //! One slot of the handle table: the generation and the per-slot guard state in one
-//! atomic word, plus the block address.
-//!
-//! # The state word
-//!
-//! ```text
-//!  63                              32 31            16 15          3  2   1   0
-//! ┌──────────────────────────────────┬────────────────┬─────────────┬───┬───┬───┐
-//! │ generation (odd = occupied)      │ readers (16 b) │ pins (13 b) │ P │ M │ W │
-//! └──────────────────────────────────┴────────────────┴─────────────┴───┴───┴───┘
-//!   W = WRITER, M = MOVER (the compactor), P = PARKED (some thread is parked on the slot)
-//! ```
-//!
-//! Every transition is a single atomic on this word, so "the generation matches" and
-//! "the guard is granted" are one indivisible event. The slot's invariants, kept by every
-//! transition below:
-//!
-//! ```text
-//! state = generation << 32 | readers << 16 | pins << 3 | P << 2 | M << 1 | W
-//! generation odd  ⇔ occupied  ⇒ ptr = block address (non-null)
-//! generation even ⇔ vacant    ⇒ lock word == 0, ptr = next free index (when on the free list)
-//! W ⇒ readers == 0 ∧ ¬M                  (a writer is alone, pins aside)
-//! M ⇒ readers == 0 ∧ pins == 0 ∧ ¬W      (a mover is alone)
-//! readers ≤ MAX_READERS, pins ≤ MAX_PINS (a full count refuses more: Busy / wait)
-//! occupied g → vacant g + 1  only when readers == pins == 0 ∧ ¬W ∧ ¬M  (remove; one CAS)
-//! vacant g → occupied g + 1  only by the thread that popped the slot off the free list
-//! occupied u32::MAX → retired (state 0, never on the free list again)
-//! ```
-//!
-//! Because every compare-exchange that takes a guard expects an *odd* generation, nobody
-//! but the free-list owner ever writes the state of a vacant slot; that is why
-//! [`HandleTable::insert`](super::HandleTable::insert) can publish with a plain store.
-//!
-//! # Waiting
-//!
-//! A blocked `read` / `write` / `pin` / `remove` backs off briefly, then sets `P` (by CAS,
-//! only while the conflict is still there) and parks on the slot's address with
-//! `parking_lot_core`, re-validating under the parking-lot bucket lock that `P` is still
-//! set. Whoever clears `P` calls `unpark_all` afterwards, so a waiter either sees `P`
-//! cleared and does not park, or is already queued when the wake-up comes: no lost
-//! wake-ups. Exclusive unlocks clear `P` in the same atomic that releases; the last reader
-//! or last pin out (or the one leaving a full count) clears it with a second atomic, only
-//! when it was set. Woken threads re-check everything (the slot may have been freed:
-//! `Stale`). Under `cfg(loom)` parking is modelled by a wake counter and a yield loop, so
-//! loom checks the same protocol.
+//! atomic word, plus the block address. The layout, invariants and waiting protocol are
+//! documented on [`Slot`], next to the fields they govern.
 
 use core::fmt;
 use core::ptr::{self, NonNull};
 
 use crate::HandleError;
+#[cfg(loom)]
+use crate::sync::Ordering::SeqCst;
 use crate::sync::{
     AtomicPtr, AtomicU64,
     Ordering::{AcqRel, Acquire, Relaxed, Release},
 };
-#[cfg(loom)]
-use crate::sync::{AtomicU32, Ordering::SeqCst};
 
 /// Writer bit: an exclusive [`write`](Slot::write) guard is held.
 const WRITER: u64 = 1 << 0;
@@ -221,7 +179,52 @@ impl SlotState {
 }
 
 /// One handle-table slot: 16 bytes holding the generation, the guard state and the block
-/// address. See the [module docs](self) for the state word's layout and invariants.
+/// address.
+///
+/// # The state word
+///
+/// ```text
+///  63                              32 31            16 15          3  2   1   0
+/// ┌──────────────────────────────────┬────────────────┬─────────────┬───┬───┬───┐
+/// │ generation (odd = occupied)      │ readers (16 b) │ pins (13 b) │ P │ M │ W │
+/// └──────────────────────────────────┴────────────────┴─────────────┴───┴───┴───┘
+///   W = WRITER, M = MOVER (the compactor), P = PARKED (some thread is parked on the slot)
+/// ```
+///
+/// Every transition is a single atomic on this word, so "the generation matches" and
+/// "the guard is granted" are one indivisible event. The slot's invariants, kept by every
+/// transition below:
+///
+/// ```text
+/// state = generation << 32 | readers << 16 | pins << 3 | P << 2 | M << 1 | W
+/// generation odd  ⇔ occupied  ⇒ ptr = block address (non-null)
+/// generation even ⇔ vacant    ⇒ lock word == 0, ptr = next free index (when on the free list)
+/// W ⇒ readers == 0 ∧ ¬M                  (a writer is alone, pins aside)
+/// M ⇒ readers == 0 ∧ pins == 0 ∧ ¬W      (a mover is alone)
+/// readers ≤ MAX_READERS, pins ≤ MAX_PINS (a full count refuses more: Busy / wait)
+/// occupied g → vacant g + 1  only when readers == pins == 0 ∧ ¬W ∧ ¬M  (remove; one CAS)
+/// vacant g → occupied g + 1  only by the thread that popped the slot off the free list
+/// occupied u32::MAX → retired (state 0, never on the free list again)
+/// P ⇒ some guard or pin is held, or its last holder is between its release and clearing P
+/// ```
+///
+/// Because every compare-exchange that takes a guard expects an *odd* generation, nobody
+/// but the free-list owner ever writes the state of a vacant slot; that is why
+/// [`HandleTable::insert`](super::HandleTable::insert) can publish with a plain store.
+///
+/// # Waiting
+///
+/// A blocked `read` / `write` / `pin` / `remove` backs off briefly, then sets `P` (by CAS,
+/// only while the conflict is still there) and parks on the slot's address with
+/// `parking_lot_core`, re-validating under the parking-lot bucket lock that `P` is still
+/// set. Whoever clears `P` calls `unpark_all` afterwards, so a waiter either sees `P`
+/// cleared and does not park, or is already queued when the wake-up comes: no lost
+/// wake-ups. Exclusive unlocks clear `P` in the same atomic that releases; the last reader
+/// or last pin out (or the one leaving a full count) clears it with a second atomic, only
+/// when it was set. Woken threads re-check everything (the slot may have been freed:
+/// `Stale`). Under `cfg(loom)` the parking lot is modelled by a loom mutex (the bucket
+/// lock) and condition variable, so loom checks the same protocol, and a lost wake-up
+/// shows up as a deadlock.
 ///
 /// Slots live inside a [`HandleTable`](super::HandleTable) and never move; get one with
 /// [`HandleTable::get`](super::HandleTable::get) or
@@ -232,15 +235,16 @@ impl SlotState {
 /// usual way in.
 #[repr(C)]
 pub struct Slot {
-    /// `generation << 32 | lock word`; see the module docs.
+    /// `generation << 32 | lock word`; see the layout above.
     state: AtomicU64,
     /// Occupied: the block address. Vacant and on the free list: the next free index,
     /// as an address without provenance. Atomic because a free-list pop may read it while
     /// another thread reoccupies the slot (the pop's tag check then discards it).
     ptr: AtomicPtr<u8>,
-    /// Under loom, parking is modelled by this wake counter (see `park`).
+    /// Under loom, the parking lot is modelled by this mutex (the bucket lock, guarding
+    /// a wake-up counter) and condition variable; see `park`.
     #[cfg(loom)]
-    wakes: AtomicU32,
+    lot: (loom::sync::Mutex<u64>, loom::sync::Condvar),
 }
 
 impl Slot {
@@ -250,7 +254,7 @@ impl Slot {
         Self {
             state: AtomicU64::new(0),
             ptr: AtomicPtr::new(ptr::null_mut()),
-            wakes: AtomicU32::new(0),
+            lot: (loom::sync::Mutex::new(0), loom::sync::Condvar::new()),
         }
     }
 
@@ -393,17 +397,19 @@ impl Slot {
         }
     }
 
-    /// Loom model of `park`: reading the wake counter before validating `PARKED` plays
-    /// the part of parking_lot's bucket lock (a wake-up after the validation changes the
-    /// counter). A lost wake-up makes this loop forever, which loom reports.
+    /// Loom model of `park`, mirroring parking_lot: validate under the bucket lock, then
+    /// sleep until an `unpark_all` (which takes the same lock) bumps the counter. The
+    /// waiter is blocked, not spinning, so a lost wake-up is a deadlock loom reports.
     #[cfg(loom)]
     fn park(&self) {
-        let seen = self.wakes.load(SeqCst);
+        let (lock, condvar) = &self.lot;
+        let mut wakes = lock.lock().unwrap();
         if self.state.load(SeqCst) & PARKED == 0 {
             return;
         }
-        while self.wakes.load(SeqCst) == seen {
-            crate::sync::yield_now();
+        let seen = *wakes;
+        while *wakes == seen {
+            wakes = condvar.wait(wakes).unwrap();
         }
     }
 
@@ -411,7 +417,9 @@ impl Slot {
     #[cfg(loom)]
     #[cold]
     fn unpark_all(&self) {
-        self.wakes.fetch_add(1, SeqCst);
+        let (lock, condvar) = &self.lot;
+        *lock.lock().unwrap() += 1;
+        condvar.notify_all();
     }
 
     /// Clears `PARKED` (if still set) and wakes the waiters: the slow path of the shared
@@ -653,7 +661,10 @@ impl Slot {
             self.try_acquire(generation, Op::Free)?
         };
         if old & PARKED != 0 {
-            // Parked readers/writers wake up to find the slot vacant: `Stale`.
+            // Our CAS cleared PARKED, so we owe the wake-up: this happens when we vacate
+            // between the last reader's (or pin's) `fetch_sub` and its `wake_waiters`,
+            // which will then find PARKED clear. The woken threads find the slot vacant
+            // (`Stale`); loom model (d) covers it.
             self.unpark_all();
         }
         // The slot is vacant now and nobody else writes ptr (the next writer is our
@@ -674,7 +685,7 @@ impl Slot {
         debug_assert!(generation & 1 == 1);
         debug_assert_eq!(self.state.load(Relaxed) & 0xFFFF_FFFF, 0);
         self.ptr.store(block.as_ptr(), Relaxed);
-        // A plain store is enough: nobody else writes a vacant slot's state (module docs).
+        // A plain store is enough: nobody else writes a vacant slot's state (see `Slot`).
         // Release publishes ptr and the block's contents to the next guard's Acquire.
         self.state
             .store(u64::from(generation) << GEN_SHIFT, Release);
@@ -865,7 +876,7 @@ mod tests {
     }
 
     #[test]
-    fn waiter_is_woken_by_unlock_and_by_free() {
+    fn parked_waiters_are_woken_by_each_kind_of_release() {
         let s = slot();
         s.occupy(block(1), 3);
         s.write(3).unwrap();

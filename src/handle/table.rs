@@ -1,51 +1,5 @@
 //! The handle table: segmented slot storage, a lock-free free list, and the entry points
-//! that turn a [`RawHandle`] into a guard.
-//!
-//! # Segments
-//!
-//! Slots live in up to [`SEGMENTS`] segments; segment `i` holds `2^(i + K)` slots
-//! (`K = 8` natively, so the first segment is one 4 KiB page of 256 slots) and starts at
-//! index `2^(i + K) - 2^K`. With `v = index + 2^K`:
-//!
-//! ```text
-//! segment = floor(log2 v) - K = 63 - v.leading_zeros() - K
-//! offset  = v - 2^floor(log2 v)
-//! ```
-//!
-//! — one `lzcnt`, a subtract and a shift; no division, no loop. Segments never move once
-//! installed, so a `&Slot` stays valid for the table's whole life and growing never
-//! blocks a reader: a new segment is reserved, then installed with one compare-exchange
-//! on its (null) pointer; the loser of a race releases its copy. Natively a segment is
-//! fresh `mmap`ed zero pages ([`crate::os::reserve`]), and all-zero bytes *are* a vacant
-//! slot at generation 0, so untouched slots cost neither time nor physical memory. The
-//! last segment is cut short so that indexes stop at `u32::MAX - 1` (`u32::MAX` is the
-//! null handle's): up to [`MAX_SLOTS`] slots, 16 bytes each.
-//!
-//! # The free list
-//!
-//! Freed slots are reused through a lock-free **LIFO** stack (Treiber stack). LIFO because
-//! the most recently freed slot is the one most likely still in cache, because it keeps
-//! the live indexes dense, and because a stack needs only one head word. FIFO's usual
-//! argument — spreading reuse so stale handles take longer to collide — does not apply:
-//! stale handles are rejected by the generation, exactly, and a slot that exhausts its
-//! generations is retired (16 bytes lost per 2^31 reuses of one slot).
-//!
-//! The head is one `AtomicU64 = tag << 32 | index` (`index == u32::MAX`: empty); the link
-//! to the next free slot lives in the vacant slot's `ptr` field, as an atomic, because a
-//! popper may read it while another thread has already popped and reoccupied that slot.
-//! Every successful push and pop increments the tag, so the classic ABA interleaving —
-//! thread 1 reads head `A` and its link `B`; thread 2 pops `A`, pops `B`, pushes `A` back;
-//! thread 1's compare-exchange `A → B` would hand `B` out twice — fails: the head is
-//! `A` with a different tag. (A 32-bit tag could only be fooled by 2^32 free-list
-//! operations landing between one popper's load and its compare-exchange.)
-//!
-//! # Invariants (at quiescence; tested)
-//!
-//! ```text
-//! issued = |occupied| + |free list| + retired      (every issued index is in exactly one)
-//! len    = |occupied|,   capacity = Σ installed segment lengths ≥ issued
-//! installed segments form a prefix: segment i installed ⇒ segments < i installed
-//! ```
+//! that turn a [`RawHandle`] into a guard. The design is documented on [`HandleTable`].
 
 use core::fmt;
 use core::ptr::{self, NonNull};
@@ -82,7 +36,7 @@ const TABLE_FULL: HandleError = HandleError::Alloc(AllocError::OutOfMemory {
     errno: libc::ENOMEM,
 });
 
-/// `(segment, offset)` of `index`; see the module docs.
+/// `(segment, offset)` of `index`; see "Segments" on [`HandleTable`].
 #[inline(always)]
 const fn locate(index: u32) -> (usize, usize) {
     let v = index as u64 + (1 << FIRST_SHIFT);
@@ -170,7 +124,51 @@ struct Counters {
 /// allocates nor frees blocks, so whoever inserted them frees them (after `remove`, or
 /// by walking [`iter`](Self::iter) before dropping the table).
 ///
-/// See the [module docs](self) for the layout and the free list.
+/// # Segments
+///
+/// Slots live in up to 25 segments; segment `i` holds `2^(i + K)` slots
+/// (`K = 8` natively, so the first segment is one 4 KiB page of 256 slots) and starts at
+/// index `2^(i + K) - 2^K`. With `v = index + 2^K`:
+///
+/// ```text
+/// segment = floor(log2 v) - K = 63 - v.leading_zeros() - K
+/// offset  = v - 2^floor(log2 v)
+/// ```
+///
+/// — one `lzcnt`, a subtract and a shift; no division, no loop. Segments never move once
+/// installed, so a `&Slot` stays valid for the table's whole life and growing never
+/// blocks a reader: a new segment is reserved, then installed with one compare-exchange
+/// on its (null) pointer; the loser of a race releases its copy. Natively a segment is
+/// fresh `mmap`ed zero pages ([`crate::os::reserve`]), and all-zero bytes *are* a vacant
+/// slot at generation 0, so untouched slots cost neither time nor physical memory. The
+/// last segment is cut short so that indexes stop at `u32::MAX - 1` (`u32::MAX` is the
+/// null handle's): up to [`MAX_SLOTS`] slots, 16 bytes each.
+///
+/// # The free list
+///
+/// Freed slots are reused through a lock-free **LIFO** stack (Treiber stack). LIFO because
+/// the most recently freed slot is the one most likely still in cache, because it keeps
+/// the live indexes dense, and because a stack needs only one head word. FIFO's usual
+/// argument — spreading reuse so stale handles take longer to collide — does not apply:
+/// stale handles are rejected by the generation, exactly, and a slot that exhausts its
+/// generations is retired (16 bytes lost per 2^31 reuses of one slot).
+///
+/// The head is one `AtomicU64 = tag << 32 | index` (`index == u32::MAX`: empty); the link
+/// to the next free slot lives in the vacant slot's `ptr` field, as an atomic, because a
+/// popper may read it while another thread has already popped and reoccupied that slot.
+/// Every successful push and pop increments the tag, so the classic ABA interleaving —
+/// thread 1 reads head `A` and its link `B`; thread 2 pops `A`, pops `B`, pushes `A` back;
+/// thread 1's compare-exchange `A → B` would hand `B` out twice — fails: the head is
+/// `A` with a different tag. (A 32-bit tag could only be fooled by 2^32 free-list
+/// operations landing between one popper's load and its compare-exchange.)
+///
+/// # Invariants (at quiescence; tested)
+///
+/// ```text
+/// issued = |occupied| + |free list| + retired      (every issued index is in exactly one)
+/// len    = |occupied|,   capacity = Σ installed segment lengths ≥ issued
+/// installed segments form a prefix: segment i installed ⇒ segments < i installed
+/// ```
 ///
 /// # Examples
 ///
@@ -227,7 +225,7 @@ impl HandleTable {
         }
     }
 
-    /// Caps the table at `max` slots (clamped to [`MAX_SLOTS`]): once `max` indexes have
+    /// Caps the table at `max` slots (at most [`MAX_SLOTS`]): once `max` indexes have
     /// been issued and none is free, [`insert`](Self::insert) fails.
     ///
     /// # Examples
@@ -243,7 +241,7 @@ impl HandleTable {
     /// ```
     #[must_use]
     pub fn with_max_slots(mut self, max: u32) -> Self {
-        self.max_slots = max.min(MAX_SLOTS);
+        self.max_slots = max;
         self
     }
 
@@ -264,7 +262,7 @@ impl HandleTable {
     /// a block's recorded owner index to its slot.
     #[inline]
     pub fn slot(&self, index: u32) -> Option<&Slot> {
-        if index >= MAX_SLOTS {
+        if index == RawHandle::NULL.index() {
             return None;
         }
         let (seg, offset) = locate(index);
@@ -275,7 +273,8 @@ impl HandleTable {
         // SAFETY:
         // - `base` is an installed segment of `segment_len(seg)` initialised slots (zero
         //   pages or constructed slots, published by the installing CAS we Acquired);
-        // - `offset < segment_len(seg)` because `index < MAX_SLOTS` (see `locate`);
+        // - `offset < segment_len(seg)` because `index != u32::MAX`, i.e. `index < MAX_SLOTS`
+        //   (see `locate`);
         // - segments are freed only when the table drops, so the slot outlives `&self`.
         Some(unsafe { &*base.add(offset) })
     }
@@ -614,11 +613,19 @@ impl HandleTable {
     }
 
     /// The free list from head to tail. Only meaningful at quiescence.
+    ///
+    /// # Panics
+    ///
+    /// If the list is longer than the number of issued indexes (it has a cycle).
     #[cfg(test)]
     pub(crate) fn free_list(&self) -> Vec<u32> {
         let mut out = Vec::new();
         let mut index = self.counters.free.load(Acquire) as u32;
         while index != NIL {
+            assert!(
+                out.len() < self.issued() as usize,
+                "free list has a cycle: {out:?}"
+            );
             out.push(index);
             index = self.slot(index).map_or(NIL, Slot::next_free);
         }
@@ -694,12 +701,25 @@ impl Iterator for Iter<'_> {
     }
 }
 
+impl core::iter::FusedIterator for Iter<'_> {}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 
     fn dangling(n: usize) -> NonNull<u8> {
         NonNull::new(ptr::without_provenance_mut(8 * (n + 1))).unwrap()
+    }
+
+    #[test]
+    fn table_and_guards_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<HandleTable>();
+        check::<Slot>();
+        check::<SlotRead<'static>>();
+        check::<SlotWrite<'static>>();
+        check::<SlotPin<'static>>();
+        check::<SlotMove<'static>>();
     }
 
     #[test]
