@@ -39,6 +39,14 @@ pub(super) const HEADER_SIZE: usize = match os::round_up(size_of::<ChunkHeader>(
     None => panic!("chunk header size overflows"),
 };
 
+// The header fits its slot, the bump space after it starts cache-line aligned (hence
+// aligned to the lanes' minimum alignment), and a one-page chunk has bump space.
+const _: () = assert!(
+    size_of::<ChunkHeader>() <= HEADER_SIZE
+        && HEADER_SIZE.is_multiple_of(64)
+        && HEADER_SIZE < PAGE_SIZE
+);
+
 /// Counters shared by every thread of a frame; updated on the slow path only.
 #[derive(Debug, Default)]
 pub(super) struct Counters {
@@ -422,12 +430,5 @@ mod tests {
             // SAFETY: popped chunks are in no list.
             unsafe { release(c, &counters) };
         }
-    }
-
-    #[test]
-    fn header_fits_and_keeps_data_aligned() {
-        assert!(size_of::<ChunkHeader>() <= HEADER_SIZE);
-        assert_eq!(HEADER_SIZE % 64, 0);
-        assert!(HEADER_SIZE < PAGE_SIZE);
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! The arena has a fixed array of lanes. The first time a thread allocates in a frame it
 //! takes the next unclaimed index with one `fetch_add` on `next_lane`, writes its thread
-//! tag into the lane's `owner`, and caches `(frame serial, lane index)` in a thread-local.
+//! tag into the lane's `owner`, and caches `(frame serial, lane pointer)` in a thread-local.
 //! Every later allocation of that thread in that frame compares the cached serial with
 //! the frame's and goes straight to its lane: no atomic read-modify-write, no lock.
 //!
@@ -18,6 +18,7 @@
 //! `&mut FrameArena`; a thread that exits mid-frame therefore loses its lane for the rest
 //! of that frame only.
 
+use core::alloc::Layout;
 use core::cell::Cell;
 use core::num::NonZeroUsize;
 use core::ptr::{self, NonNull};
@@ -38,11 +39,13 @@ pub(super) struct Refill<'a> {
 /// A lane's bump state.
 ///
 /// Invariants:
-/// * either EMPTY (`ptr == 1`, `end == 0`, `start == usize::MAX`: every bump fails, no
-///   block is "last"), or `start <= ptr <= end` where `[start, end)` is the bump space of
+/// * `ptr` is a multiple of [`MIN_ALIGN`] and at most `isize::MAX`; so is `end`;
+/// * either EMPTY (`ptr == MIN_ALIGN`, `end == 0`, `start == usize::MAX`: every bump
+///   fails, no block is "last"), or `start <= ptr <= end` where `[start, end)` is the bump space of
 ///   the current chunk, a chunk in `used`, and `base` is that chunk's mapping pointer
 ///   (the provenance every returned pointer is derived from);
-/// * `[start, ptr)` holds this frame's blocks of the current chunk; `[ptr, end)` is free;
+/// * `[start, ptr)` holds this frame's blocks of the current chunk, each taking its size
+///   rounded up to [`MIN_ALIGN`] plus alignment padding; `[ptr, end)` is free;
 /// * `retired_bytes` is the bump extent of this frame's chunks other than the current
 ///   one (chunks left behind and oversize blocks), so the frame's byte count is
 ///   `retired_bytes + (ptr - start)`.
@@ -58,7 +61,7 @@ pub(super) struct Bump {
 impl Bump {
     /// The empty state: no chunk.
     pub(super) const EMPTY: Bump = Bump {
-        ptr: 1,
+        ptr: MIN_ALIGN,
         end: 0,
         start: usize::MAX,
         base: ptr::null_mut(),
@@ -66,24 +69,34 @@ impl Bump {
         retired_bytes: 0,
     };
 
-    /// The hot path: align `ptr` up, bump it by `size`, check against `end`.
+    /// The hot path: bump `ptr` by the size rounded to [`MIN_ALIGN`], check against
+    /// `end`.
     ///
-    /// Compiles to two adds with carry checks, a mask, a compare and a store.
-    /// `align` must be a power of two.
+    /// For alignments up to [`MIN_ALIGN`] (constant after inlining for typed requests)
+    /// `ptr` is already aligned, so this is an add, a compare and a store; larger
+    /// alignments first round `ptr` up (an add and a mask).
     #[inline(always)]
-    pub(super) fn try_bump(&mut self, size: usize, align: usize) -> Option<NonNull<u8>> {
-        debug_assert!(align.is_power_of_two());
-        let aligned = self.ptr.checked_add(align - 1)? & !(align - 1);
-        let new_ptr = aligned.checked_add(size)?;
+    pub(super) fn try_bump(&mut self, layout: Layout) -> Option<NonNull<u8>> {
+        let align = layout.align();
+        let size = round_min(layout.size());
+        // No overflow below: `ptr <= isize::MAX` (invariant), `align - 1 <= isize::MAX`,
+        // and `size <= isize::MAX + 7` (a `Layout` size is at most `isize::MAX`); the
+        // only sum that can exceed `usize::MAX` is checked.
+        let (block, new_ptr) = if align <= MIN_ALIGN {
+            (self.ptr, self.ptr + size)
+        } else {
+            let aligned = (self.ptr + (align - 1)) & !(align - 1);
+            (aligned, aligned.checked_add(size)?)
+        };
         if new_ptr > self.end {
             return None;
         }
         self.ptr = new_ptr;
-        // `new_ptr <= end` rules out the EMPTY state, so `aligned >= start > 0` lies in the
+        // `new_ptr <= end` rules out the EMPTY state, so `block >= start > 0` lies in the
         // current chunk and `base` carries its provenance.
-        debug_assert!(aligned >= self.start && aligned != 0);
-        let p = self.base.with_addr(aligned);
-        // SAFETY: `aligned` is non-zero (see above).
+        debug_assert!(block >= self.start && block != 0 && block % align == 0);
+        let p = self.base.with_addr(block);
+        // SAFETY: `block` is non-zero (see above).
         Some(unsafe { NonNull::new_unchecked(p) })
     }
 
@@ -96,23 +109,23 @@ impl Bump {
     pub(super) fn alloc(
         &mut self,
         refill: &Refill<'_>,
-        size: usize,
-        align: usize,
+        layout: Layout,
     ) -> Result<NonNull<u8>, AllocError> {
-        if let Some(p) = self.try_bump(size, align) {
+        if let Some(p) = self.try_bump(layout) {
             return Ok(p);
         }
+        let (size, align) = (layout.size(), layout.align());
         if size == 0 {
             // A zero-size block needs only a non-null, aligned address.
             return Ok(dangling(align));
         }
         let usable = refill.chunk_size - HEADER_SIZE;
-        match size.checked_add(align - 1) {
+        match round_min(size).checked_add(align - 1) {
             // Worst-case padding included, the request fits a fresh standard chunk.
             Some(need) if need <= usable => {
                 self.take_chunk(refill)?;
                 Ok(self
-                    .try_bump(size, align)
+                    .try_bump(layout)
                     .expect("a fresh chunk fits any request of at most its usable size"))
             }
             _ => self.alloc_dedicated(refill, size, align),
@@ -138,6 +151,12 @@ impl Bump {
         self.start = chunk.as_ptr() as usize + HEADER_SIZE;
         self.ptr = self.start;
         self.end = chunk.as_ptr() as usize + size;
+        // User-space mappings lie far below 2^63 on every 64-bit target; the hot path's
+        // overflow reasoning rests on it.
+        assert!(
+            self.end <= isize::MAX as usize,
+            "chunk mapped above isize::MAX"
+        );
         Ok(())
     }
 
@@ -168,12 +187,14 @@ impl Bump {
     /// Whether `[p, p + size)` is the most recent block of the current chunk.
     #[inline]
     fn is_last(&self, p: usize, size: usize) -> bool {
-        p >= self.start && p.wrapping_add(size) == self.ptr
+        p >= self.start && p.wrapping_add(round_min(size)) == self.ptr
     }
 
     /// Resizes the most recent block in place; false (and no change) when `[p, p + old)`
-    /// is not the most recent block or `new` bytes do not fit.
+    /// is not the most recent block or `new` bytes do not fit. Sizes are at most
+    /// `isize::MAX` (`Layout` sizes).
     pub(super) fn resize_last(&mut self, p: usize, old: usize, new: usize) -> bool {
+        let new = round_min(new);
         if self.is_last(p, old) && new <= self.end - p {
             self.ptr = p + new;
             true
@@ -185,7 +206,7 @@ impl Bump {
     /// True in the EMPTY state with no chunk held (a lane between frames).
     #[cfg(test)]
     pub(super) fn is_empty(&self) -> bool {
-        self.ptr == 1 && self.end == 0 && self.start == usize::MAX && self.used.is_empty()
+        self.ptr == MIN_ALIGN && self.end == 0 && self.start == usize::MAX && self.used.is_empty()
     }
 
     /// Ends the frame for this lane: moves its chunks to `retired`, returns the frame's
@@ -200,6 +221,16 @@ impl Bump {
         *self = Bump::EMPTY;
         bytes
     }
+}
+
+/// Every bump pointer is a multiple of this, and every block size is rounded up to it,
+/// so requests aligned to at most this need no alignment arithmetic.
+pub(super) const MIN_ALIGN: usize = 8;
+
+/// `size` rounded up to [`MIN_ALIGN`]; `size <= isize::MAX`, so this cannot overflow.
+#[inline(always)]
+fn round_min(size: usize) -> usize {
+    (size + (MIN_ALIGN - 1)) & !(MIN_ALIGN - 1)
 }
 
 /// A well-aligned, non-null address for a zero-size block.
@@ -287,32 +318,39 @@ impl OverflowLane {
     }
 }
 
-/// The index a thread caches when every lane was taken: the overflow lane.
-pub(super) const OVERFLOW: usize = usize::MAX;
-
 /// What a thread remembers about its lane.
 #[derive(Clone, Copy)]
 pub(super) struct LocalLane {
-    /// Serial of the frame the lane was claimed in; 0 = none.
+    /// Serial of the open frame in which this thread owns `lane`; 0 = none.
     pub(super) serial: u64,
-    /// Index of the claimed lane, or [`OVERFLOW`].
-    pub(super) lane: usize,
+    /// The owned lane. Valid while `serial` is the serial of an open frame: serials are
+    /// process-unique and the frame's token keeps its arena, hence the lane, alive.
+    pub(super) lane: *const Lane,
+    /// Serial of the open frame in which this thread uses the overflow lane; 0 = none.
+    pub(super) overflow_serial: u64,
     /// This thread's unique tag; 0 until first needed.
     pub(super) tag: u64,
+}
+
+impl LocalLane {
+    const NONE: LocalLane = LocalLane {
+        serial: 0,
+        lane: ptr::null(),
+        overflow_serial: 0,
+        tag: 0,
+    };
 }
 
 #[cfg(not(loom))]
 std::thread_local! {
     // Const-initialised with no destructor: access is a thread-pointer-relative load and
     // works even while other thread-locals are being destroyed.
-    pub(super) static LOCAL: Cell<LocalLane> = const {
-        Cell::new(LocalLane { serial: 0, lane: 0, tag: 0 })
-    };
+    pub(super) static LOCAL: Cell<LocalLane> = const { Cell::new(LocalLane::NONE) };
 }
 
 #[cfg(loom)]
 loom::thread_local! {
-    pub(super) static LOCAL: Cell<LocalLane> = Cell::new(LocalLane { serial: 0, lane: 0, tag: 0 });
+    pub(super) static LOCAL: Cell<LocalLane> = Cell::new(LocalLane::NONE);
 }
 
 /// A process-wide unique non-zero number (thread tags and frame serials).
@@ -347,11 +385,16 @@ mod tests {
         }
     }
 
+    fn lay(size: usize, align: usize) -> Layout {
+        Layout::from_size_align(size, align).unwrap()
+    }
+
     fn check_invariant(b: &Bump) {
-        if b.ptr == 1 && b.end == 0 {
+        if b.ptr == MIN_ALIGN && b.end == 0 {
             assert_eq!(b.start, usize::MAX);
         } else {
             assert!(b.start <= b.ptr && b.ptr <= b.end);
+            assert_eq!(b.ptr % MIN_ALIGN, 0);
             assert_eq!(b.start, b.base as usize + HEADER_SIZE);
         }
     }
@@ -360,9 +403,12 @@ mod tests {
     fn empty_lane_never_bumps() {
         let mut b = Bump::EMPTY;
         for (size, align) in [(0, 1), (0, 4096), (1, 1), (8, 8)] {
-            assert!(b.try_bump(size, align).is_none());
+            assert!(
+                b.try_bump(Layout::from_size_align(size, align).unwrap())
+                    .is_none()
+            );
         }
-        assert!(!b.resize_last(1, 0, 8));
+        assert!(!b.resize_last(MIN_ALIGN, 0, 8));
         check_invariant(&b);
     }
 
@@ -372,10 +418,11 @@ mod tests {
             let mut last_end = 0;
             let mut total = 0;
             for (size, align) in [(3, 1), (8, 8), (1, 2), (100, 64), (0, 16), (7, 4)] {
-                let p = b.alloc(refill, size, align).unwrap().as_ptr() as usize;
+                let layout = Layout::from_size_align(size, align).unwrap();
+                let p = b.alloc(refill, layout).unwrap().as_ptr() as usize;
                 assert_eq!(p % align, 0);
                 assert!(p >= last_end);
-                last_end = p + size;
+                last_end = p + round_min(size);
                 total = last_end - b.start;
                 check_invariant(b);
             }
@@ -392,8 +439,8 @@ mod tests {
     #[test]
     fn last_block_resizes_in_place_only() {
         with_chunk(|b, refill| {
-            let a = b.alloc(refill, 16, 8).unwrap().as_ptr() as usize;
-            let c = b.alloc(refill, 16, 8).unwrap().as_ptr() as usize;
+            let a = b.alloc(refill, lay(16, 8)).unwrap().as_ptr() as usize;
+            let c = b.alloc(refill, lay(16, 8)).unwrap().as_ptr() as usize;
             assert!(!b.resize_last(a, 16, 32), "a is not the last block");
             assert!(b.resize_last(c, 16, 64));
             assert_eq!(b.ptr, c + 64);
@@ -408,11 +455,11 @@ mod tests {
     fn full_chunk_moves_on_and_oversize_gets_its_own() {
         with_chunk(|b, refill| {
             let usable = PAGE_SIZE - HEADER_SIZE;
-            b.alloc(refill, usable - 10, 1).unwrap();
+            b.alloc(refill, lay(usable - 10, 1)).unwrap();
             let first = b.base;
-            b.alloc(refill, 20, 1).unwrap();
+            b.alloc(refill, lay(20, 1)).unwrap();
             assert_ne!(b.base, first, "a fresh chunk became current");
-            let big = b.alloc(refill, 3 * PAGE_SIZE, 8192).unwrap();
+            let big = b.alloc(refill, lay(3 * PAGE_SIZE, 8192)).unwrap();
             assert_eq!(big.as_ptr() as usize % 8192, 0);
             assert_ne!(b.base.cast::<u8>(), big.as_ptr(), "current chunk unchanged");
             assert_eq!(refill.counters.chunks_held.load(Ordering::Relaxed), 3);

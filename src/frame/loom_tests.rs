@@ -34,9 +34,9 @@ fn with_shared_frame(arena: FrameArena, body: impl FnOnce(&'static Frame<'static
     *unsafe { Box::from_raw(arena) }
 }
 
-/// Allocates two blocks, fills each with `tag`, and checks both after the second
-/// allocation (which may take a chunk while the other thread does the same).
-fn fill_two(frame: &Frame<'_>, tag: u8, first: usize) {
+/// Allocates two blocks through `frame`, fills each with `tag`, and checks both after
+/// the second allocation (which may take a chunk while the other thread does the same).
+fn fill_two(frame: FrameShared<'_>, tag: u8, first: usize) {
     let a = frame.alloc_raw(first, 8).unwrap();
     // SAFETY: fresh block of `first` bytes.
     unsafe { a.as_ptr().write_bytes(tag, first) };
@@ -59,19 +59,20 @@ fn fill_two(frame: &Frame<'_>, tag: u8, first: usize) {
 #[test]
 fn loom_two_lanes_race_for_one_pooled_chunk() {
     loom::model(|| {
-        let mut arena = FrameArena::with_config(tiny_config(2)).unwrap();
+        let mut arena = FrameArena::with_config(tiny_config(3)).unwrap();
         // Warm-up: one chunk, pooled when the next frame begins.
         arena.begin_frame().alloc(1u8);
         let mut arena = with_shared_frame(arena, |frame| {
+            let shared = frame.shared();
             let threads: Vec<_> = [1u8, 2]
                 .into_iter()
-                .map(|tag| thread::spawn(move || fill_two(frame, tag, 2000)))
+                .map(|tag| thread::spawn(move || fill_two(shared, tag, 2000)))
                 .collect();
             for t in threads {
                 t.join().unwrap();
             }
         });
-        // One thread popped the pooled chunk, the other mapped a new one.
+        // The warm-up chunk sat in the pool; one thread popped it, the other mapped one.
         let stats = arena.stats();
         assert_eq!(stats.chunk_maps, 2);
         assert_eq!(stats.frame_bytes, 2 * (2000 + 64));
@@ -82,19 +83,22 @@ fn loom_two_lanes_race_for_one_pooled_chunk() {
 #[test]
 fn loom_overflow_lane_serialises_threads_beyond_the_lanes() {
     loom::model(|| {
+        // One lane: the token's. Both spawned threads share the overflow lane while the
+        // model's main thread bumps lane 0 through the token.
         let arena = FrameArena::with_config(tiny_config(1)).unwrap();
         let mut arena = with_shared_frame(arena, |frame| {
-            // The model's main thread takes the only lane; both spawned threads overflow.
-            frame.alloc(0u64);
+            let shared = frame.shared();
             let threads: Vec<_> = [1u8, 2]
                 .into_iter()
-                .map(|tag| thread::spawn(move || fill_two(frame, tag, 104)))
+                .map(|tag| thread::spawn(move || fill_two(shared, tag, 104)))
                 .collect();
+            let mine = frame.alloc_slice_fill_with(4, |i| i as u64);
             for t in threads {
                 t.join().unwrap();
             }
+            assert_eq!(mine, &[0, 1, 2, 3]);
         });
-        assert_eq!(arena.stats().frame_bytes, 8 + 2 * (104 + 64));
+        assert_eq!(arena.stats().frame_bytes, 32 + 2 * (104 + 64));
         assert_eq!(arena.audit().0, 2);
     });
 }

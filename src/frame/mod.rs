@@ -26,14 +26,18 @@
 //! each chunk links it into one of three kinds of intrusive list: the arena's *free
 //! stack*, a lane's *used* list, or an *in-flight* slot.
 //!
-//! **Lanes.** Each allocating thread claims one of a fixed number of lanes for the frame
-//! (one `fetch_add`, once per thread per frame) and caches the lane index in a
-//! thread-local. After that, allocating is: read the thread-local, compare the frame
-//! serial, then *align up, add, compare with the chunk end, store* — no lock, no atomic
-//! read-modify-write. When its chunk is full a lane pops a fresh one from the free stack
-//! (lock-free) or maps a new one. A request that does not fit even an empty chunk gets
-//! a dedicated mapping of its own. Threads beyond the lane count share one overflow lane
-//! behind a spin lock. See `lane.rs` for the claim protocol.
+//! **Lanes.** A lane is one bump allocator: a current chunk and a pointer into it. The
+//! [`Frame`] token owns lane 0 and is `Send` but not `Sync`, so allocating through it is
+//! exactly bumpalo's fast path: *add the size, compare with the chunk end, store* (plus
+//! an align-up for alignments above 8). To allocate from several threads at once, hand
+//! them the token's [`FrameShared`] view (`Copy + Send + Sync`): each thread claims a
+//! lane of its own for the frame (one `fetch_add`, once per thread per frame) and caches
+//! it in a thread-local, so its allocations are *read the thread-local, compare the frame
+//! serial, bump* — no lock, no atomic read-modify-write. When its chunk is full a lane
+//! pops a fresh one from the free stack (lock-free) or maps a new one. A request that
+//! does not fit even an empty chunk gets a dedicated mapping of its own. Threads beyond
+//! the lane count share one overflow lane behind a spin lock. See `lane.rs` for the
+//! claim protocol.
 //!
 //! **Frames in flight.** With `N` = [`FrameConfig::frames_in_flight`], frame `k`'s chunks
 //! go into in-flight slot `k % N` when it ends, and come back to the free stack when
@@ -51,7 +55,8 @@
 //!
 //! [`FrameArena::begin_frame`] takes `&mut self` and returns a [`Frame`] token that
 //! borrows the arena. Every safe allocation borrows the token: `frame.alloc(x)` returns
-//! `&'f mut T` where `'f` is the borrow of `frame`. Hence:
+//! `&'f mut T` where `'f` is the borrow of `frame`, and [`Frame::shared`] returns a
+//! `FrameShared<'f>` whose allocations carry the same `'f`. Hence:
 //!
 //! * a reference cannot outlive its frame token, so safe code cannot touch frame memory
 //!   after its frame has ended;
@@ -63,8 +68,11 @@
 //! Safe code therefore sees frame memory for exactly one frame — the conservative
 //! subset of the `k + N` guarantee. Data that must stay in flight for the full `N`
 //! frames (for another thread, or the GPU) uses the raw API, [`Frame::alloc_layout`]
-//! and [`Frame::alloc_raw`], which return pointers with exactly that documented
-//! lifetime.
+//! and [`Frame::alloc_raw`] (and their [`FrameShared`] twins), which return pointers
+//! with exactly that documented lifetime.
+//!
+//! Lane 0 is safe from data races because the token is not `Sync`: threads cannot
+//! share `&Frame`, only `FrameShared`, which never touches lane 0.
 //!
 //! A reference cannot outlive its frame token:
 //!
@@ -104,6 +112,31 @@
 //! println!("{kept}");
 //! ```
 //!
+//! Threads share the frame through [`Frame::shared`], not `&Frame`:
+//!
+//! ```compile_fail,E0277
+//! use tidyheap::frame::FrameArena;
+//!
+//! let mut arena = FrameArena::new();
+//! let frame = arena.begin_frame();
+//! std::thread::scope(|s| {
+//!     s.spawn(|| *frame.alloc(1u32));
+//! });
+//! ```
+//!
+//! A shared view's allocations outlive neither the view's frame:
+//!
+//! ```compile_fail,E0597
+//! use tidyheap::frame::FrameArena;
+//!
+//! let mut arena = FrameArena::new();
+//! let escaped = {
+//!     let frame = arena.begin_frame();
+//!     let shared = frame.shared();
+//!     std::thread::scope(|s| s.spawn(move || shared.alloc(5u8)).join().unwrap())
+//! };
+//! ```
+//!
 //! Scratch collections are bound the same way:
 //!
 //! ```compile_fail,E0597
@@ -125,18 +158,43 @@
 //! like bumpalo's. A `String` or `Vec<T>` (on the global heap) stored in a frame leaks
 //! its heap buffer. Store plain data, or frame-allocated collections
 //! (`allocator_api2::vec::Vec<T, &Frame>`), whose buffers live in the frame too.
+//!
+//! # Scratch collections from many threads
+//!
+//! ```
+//! use allocator_api2::vec::Vec;
+//! use tidyheap::frame::FrameArena;
+//!
+//! let mut arena = FrameArena::new();
+//! let frame = arena.begin_frame();
+//! let shared = frame.shared();
+//! let sums: std::vec::Vec<u64> = std::thread::scope(|s| {
+//!     let jobs: std::vec::Vec<_> = (0..4u64)
+//!         .map(|t| {
+//!             s.spawn(move || {
+//!                 let mut hits = Vec::new_in(shared);
+//!                 hits.extend((0..100).map(|i| t * 100 + i));
+//!                 hits.iter().sum()
+//!             })
+//!         })
+//!         .collect();
+//!     jobs.into_iter().map(|j| j.join().unwrap()).collect()
+//! });
+//! assert_eq!(sums.iter().sum::<u64>(), (0..400).sum());
+//! ```
 
 mod alloc_api;
 mod chunk;
 mod lane;
+mod token;
 
-use core::alloc::Layout;
 use core::fmt;
 use core::ptr::NonNull;
 
+pub use self::token::{Frame, FrameShared};
+
 use self::chunk::{ChunkList, Counters, FreeStack};
-use self::lane::{Bump, LOCAL, Lane, OVERFLOW, OverflowLane, Refill, unique_id};
-use crate::AllocError;
+use self::lane::{Lane, OverflowLane, Refill, unique_id};
 use crate::os::PAGE_SIZE;
 use crate::sync::{AtomicUsize, Ordering};
 
@@ -246,9 +304,9 @@ impl FrameConfig {
         self
     }
 
-    /// Sets the number of lanes: threads that can allocate in one frame without sharing
-    /// (1 ..= [`MAX_LANES`](Self::MAX_LANES)). Further threads share a locked overflow
-    /// lane.
+    /// Sets the number of lanes (1 ..= [`MAX_LANES`](Self::MAX_LANES)): lane 0 serves
+    /// the [`Frame`] token, the others serve one thread each through [`FrameShared`].
+    /// Threads beyond `lanes - 1` share a locked overflow lane.
     ///
     /// # Examples
     ///
@@ -347,7 +405,8 @@ impl std::error::Error for FrameConfigError {}
 
 /// A snapshot of a [`FrameArena`]'s counters.
 ///
-/// "Frame bytes" are bump extents: requested sizes plus alignment padding, minus what
+/// "Frame bytes" are bump extents: requested sizes rounded up to 8 bytes, plus
+/// alignment padding, minus what
 /// the [`Allocator`](allocator_api2::alloc::Allocator) impl gave back by freeing or
 /// shrinking the most recent block; the unused tail of a chunk that was left for a fresh
 /// one is not counted.
@@ -400,10 +459,11 @@ pub struct FrameStats {
 ///
 /// let mut arena = FrameArena::new();
 /// let frame = arena.begin_frame();
+/// let shared = frame.shared();
 /// std::thread::scope(|s| {
 ///     for t in 0..4u32 {
-///         let frame = &frame;
 ///         s.spawn(move || {
+///             let frame = shared;
 ///             let mine = frame.alloc_slice_fill_with(1000, |i| t * 1000 + i as u32);
 ///             assert_eq!(mine[999], t * 1000 + 999);
 ///         });
@@ -415,14 +475,17 @@ pub struct FrameStats {
 pub struct FrameArena {
     // Touched by every thread during a frame: atomics, per-lane state under the lane
     // protocol, or read-only until the frame ends.
-    lanes: Box<[Lane]>,
+    /// The lanes, owned (a leaked `Box<[Lane]>`, freed on drop). Lane 0 belongs to the
+    /// frame token; lanes from 1 on are claimed by threads through [`FrameShared`].
+    /// Held as a raw pointer so the token can keep a pointer to lane 0 while it holds
+    /// `&mut FrameArena`.
+    lanes: NonNull<[Lane]>,
     overflow: OverflowLane,
-    /// Lanes handed out in the current frame (may exceed `lanes.len()`: overflow claims).
+    /// Next lane to hand out in the current frame (may exceed the lane count: overflow
+    /// claims); [`FIRST_SHARED_LANE`] at the start of every frame.
     next_lane: AtomicUsize,
     free: FreeStack,
     counters: Counters,
-    /// The current frame's process-unique serial; 0 before the first frame.
-    serial: u64,
     config: FrameConfig,
 
     // Touched only under `&mut self` (frame boundaries).
@@ -436,6 +499,18 @@ pub struct FrameArena {
     previous_frame_bytes: usize,
     high_water_bytes: usize,
 }
+
+/// Lane 0 is the token's; thread claims start here.
+const FIRST_SHARED_LANE: usize = 1;
+
+// SAFETY:
+// * `lanes` is owned like a `Box<[Lane]>` and `Lane` is `Send + Sync`;
+// * every other field is `Send + Sync`;
+// * through `&FrameArena` alone only counters and configuration are readable; lane state
+//   is reached only through a frame token or its shared view, under the lane protocol.
+unsafe impl Send for FrameArena {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for FrameArena {}
 
 impl FrameArena {
     /// An arena with the [default configuration](FrameConfig::new). Maps nothing until
@@ -473,12 +548,15 @@ impl FrameArena {
 
     fn build(config: FrameConfig) -> Self {
         Self {
-            lanes: (0..config.lanes).map(|_| Lane::new()).collect(),
+            lanes: NonNull::from(Box::leak(
+                (0..config.lanes)
+                    .map(|_| Lane::new())
+                    .collect::<Box<[Lane]>>(),
+            )),
             overflow: OverflowLane::new(),
-            next_lane: AtomicUsize::new(0),
+            next_lane: AtomicUsize::new(FIRST_SHARED_LANE),
             free: FreeStack::new(),
             counters: Counters::default(),
-            serial: 0,
             config,
             in_flight: (0..config.frames_in_flight)
                 .map(|_| ChunkList::new())
@@ -552,28 +630,48 @@ impl FrameArena {
                 false
             });
         });
-        self.serial = unique_id();
         self.open = true;
-        Frame { arena: self }
+        Frame::new(self, unique_id())
+    }
+
+    /// The lanes.
+    fn lanes(&self) -> &[Lane] {
+        // SAFETY: `lanes` is a live leaked box owned by `self`; shared access to `Lane`
+        // is governed by its own protocol.
+        unsafe { self.lanes.as_ref() }
+    }
+
+    /// The lanes, exclusively (between frames).
+    #[cfg(test)]
+    fn lanes_mut(&mut self) -> &mut [Lane] {
+        // SAFETY: `lanes` is a live leaked box owned by `self`, and `&mut self` excludes
+        // every other access (no token is alive).
+        unsafe { self.lanes.as_mut() }
     }
 
     /// Ends the open frame: every lane's chunks go to the frame's in-flight slot.
     fn finish_frame(&mut self) {
         debug_assert!(self.open);
         let slot = self.slot(self.frame);
-        let claimed = self.next_lane.load(Ordering::Relaxed).min(self.lanes.len());
+        let claimed = self
+            .next_lane
+            .load(Ordering::Relaxed)
+            .min(self.lanes().len());
+        // SAFETY: `&mut self`: no token, so no other access to the lanes; the lanes live
+        // in their own allocation, disjoint from `in_flight`.
+        let lanes = unsafe { self.lanes.as_mut() };
         let retired = &mut self.in_flight[slot];
         debug_assert!(
             retired.is_empty(),
             "the slot was emptied when the frame began"
         );
         let mut bytes = 0;
-        for lane in &mut self.lanes[..claimed] {
+        for lane in &mut lanes[..claimed] {
             lane.owner.store(0, Ordering::Relaxed);
             bytes += lane.bump_mut().finish(retired);
         }
         bytes += self.overflow.bump_mut().finish(retired);
-        self.next_lane.store(0, Ordering::Relaxed);
+        self.next_lane.store(FIRST_SHARED_LANE, Ordering::Relaxed);
         self.previous_frame_bytes = self.frame_bytes;
         self.frame_bytes = bytes;
         self.high_water_bytes = self.high_water_bytes.max(bytes);
@@ -645,55 +743,6 @@ impl FrameArena {
         }
     }
 
-    /// Runs `f` on the calling thread's bump state for the open frame: its lane, or the
-    /// overflow lane under its lock. With `claim == false` a thread that holds no lane in
-    /// this frame gets `None` instead of claiming one.
-    fn with_own_bump<R>(&self, claim: bool, f: impl FnOnce(&mut Bump) -> R) -> Option<R> {
-        let index = LOCAL.with(|cell| {
-            let mut local = cell.get();
-            if local.serial == self.serial {
-                return Some(local.lane);
-            }
-            if local.tag == 0 {
-                local.tag = unique_id();
-            }
-            // A thread can hold a lane without the cache saying so when it used another
-            // arena's frame meanwhile: look for its tag first.
-            let claimed = self.next_lane.load(Ordering::Relaxed).min(self.lanes.len());
-            let found = self.lanes[..claimed]
-                .iter()
-                .position(|lane| lane.owner.load(Ordering::Relaxed) == local.tag);
-            let index = match found {
-                Some(i) => i,
-                None if !claim => {
-                    cell.set(local);
-                    return None;
-                }
-                None => {
-                    let i = self.next_lane.fetch_add(1, Ordering::Relaxed);
-                    match self.lanes.get(i) {
-                        Some(lane) => {
-                            lane.owner.store(local.tag, Ordering::Relaxed);
-                            i
-                        }
-                        None => OVERFLOW,
-                    }
-                }
-            };
-            local.serial = self.serial;
-            local.lane = index;
-            cell.set(local);
-            Some(index)
-        })?;
-        Some(match self.lanes.get(index) {
-            // SAFETY: this thread claimed lane `index` in the open frame (its tag is in
-            // `owner`), so no other thread touches its bump state; the `&mut` lives only
-            // for the call of `f`, which does not re-enter the arena.
-            Some(lane) => lane.bump.with_mut(|b| f(unsafe { &mut *b })),
-            None => self.overflow.with(f),
-        })
-    }
-
     /// Ends a leaked frame, then unmaps every chunk: the arena's teardown.
     fn release_all(&mut self) {
         if self.open {
@@ -717,8 +766,8 @@ impl FrameArena {
     #[cfg(test)]
     fn audit(&mut self) -> (usize, usize) {
         assert!(!self.open, "audit runs between frames");
-        assert_eq!(self.next_lane.load(Ordering::Relaxed), 0);
-        for lane in self.lanes.iter_mut() {
+        assert_eq!(self.next_lane.load(Ordering::Relaxed), FIRST_SHARED_LANE);
+        for lane in self.lanes_mut() {
             assert_eq!(lane.owner.load(Ordering::Relaxed), 0);
             assert!(lane.bump_mut().is_empty());
         }
@@ -771,384 +820,10 @@ impl fmt::Debug for FrameArena {
 impl Drop for FrameArena {
     fn drop(&mut self) {
         self.release_all();
+        // SAFETY: `lanes` came from `Box::leak` in `build` and is reclaimed once, here;
+        // no token is alive.
+        drop(unsafe { Box::from_raw(self.lanes.as_ptr()) });
     }
-}
-
-/// The token of one open frame: everything allocated through it lives until it ends.
-///
-/// `&Frame` is `Send + Sync`: hand it to scoped threads (`std::thread::scope`, rayon)
-/// and each allocates in its own lane. Dropping the token (or [`Frame::end`]) ends the
-/// frame.
-///
-/// Allocation methods come in pairs: the plain one panics if the OS refuses memory, the
-/// `try_` twin returns the [`AllocError`]. Values are never dropped (see the
-/// [module docs](self#drop)).
-///
-/// # Examples
-///
-/// ```
-/// use tidyheap::frame::FrameArena;
-///
-/// let mut arena = FrameArena::new();
-/// let frame = arena.begin_frame();
-/// let point = frame.alloc((1.0f32, 2.0f32));
-/// point.0 += 1.0;
-/// let copy = frame.alloc_slice_copy(&[1, 2, 3]);
-/// assert_eq!((point.0, copy.len()), (2.0, 3));
-/// ```
-pub struct Frame<'a> {
-    arena: &'a mut FrameArena,
-}
-
-impl Frame<'_> {
-    /// The frame's index: 1 for the arena's first frame.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let mut arena = tidyheap::frame::FrameArena::new();
-    /// assert_eq!(arena.begin_frame().index(), 1);
-    /// ```
-    pub fn index(&self) -> u64 {
-        self.arena.frame
-    }
-
-    /// The arena's counters; the frame-bytes fields describe frames that have ended.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let mut arena = tidyheap::frame::FrameArena::new();
-    /// let frame = arena.begin_frame();
-    /// frame.alloc(0u8);
-    /// assert_eq!(frame.stats().chunk_maps, 1);
-    /// ```
-    pub fn stats(&self) -> FrameStats {
-        self.arena.stats()
-    }
-
-    /// Ends the frame. Same as dropping the token.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let mut arena = tidyheap::frame::FrameArena::new();
-    /// arena.begin_frame().end();
-    /// assert_eq!(arena.stats().frames, 1);
-    /// ```
-    pub fn end(self) {
-        drop(self);
-    }
-
-    /// Allocates a raw block for `layout`.
-    ///
-    /// The block is valid until frame `self.index() + N` begins on this arena
-    /// (`N` = [`FrameConfig::frames_in_flight`]) or the arena is dropped, whichever comes
-    /// first — even after this token is gone. It is never freed individually. A zero-size
-    /// request returns a non-null, aligned pointer that must not be dereferenced for more
-    /// than zero bytes.
-    ///
-    /// # Errors
-    ///
-    /// [`AllocError::OutOfMemory`] when the OS refuses a chunk,
-    /// [`AllocError::TooLarge`] when no mapping can hold the request.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::alloc::Layout;
-    /// use tidyheap::frame::FrameArena;
-    ///
-    /// let mut arena = FrameArena::new(); // N = 2
-    /// let frame = arena.begin_frame();
-    /// let p = frame.alloc_layout(Layout::new::<u64>())?.cast::<u64>();
-    /// // SAFETY: fresh, aligned, writable block of one u64.
-    /// unsafe { p.write(42) };
-    /// frame.end();
-    /// let _frame2 = arena.begin_frame();
-    /// // Frame 1's memory lives until frame 3 begins.
-    /// // SAFETY: frame 1 + N = 3 has not begun.
-    /// assert_eq!(unsafe { p.read() }, 42);
-    /// # Ok::<(), tidyheap::AllocError>(())
-    /// ```
-    #[inline]
-    pub fn alloc_layout(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
-        let arena: &FrameArena = self.arena;
-        let local = LOCAL.with(|cell| cell.get());
-        if local.serial == arena.serial
-            && let Some(lane) = arena.lanes.get(local.lane)
-        {
-            // SAFETY: the cached serial is this frame's, so this thread claimed `lane` in
-            // this frame and is the only one touching its bump state; the `&mut` lives
-            // for the bump only.
-            let hit = lane
-                .bump
-                .with_mut(|b| unsafe { (*b).try_bump(layout.size(), layout.align()) });
-            if let Some(p) = hit {
-                return Ok(p);
-            }
-        }
-        self.alloc_slow(layout)
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn alloc_slow(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
-        let arena: &FrameArena = self.arena;
-        let refill = arena.refill();
-        arena
-            .with_own_bump(true, |b| b.alloc(&refill, layout.size(), layout.align()))
-            .expect("claiming always yields a lane or the overflow lane")
-    }
-
-    /// Allocates a raw block of `size` bytes aligned to `align`; the checked form of
-    /// [`alloc_layout`](Self::alloc_layout), with the same lifetime.
-    ///
-    /// # Errors
-    ///
-    /// [`AllocError::InvalidAlignment`] if `align` is not a power of two,
-    /// [`AllocError::TooLarge`] if `size` rounded up to `align` exceeds `isize::MAX`,
-    /// otherwise as [`alloc_layout`](Self::alloc_layout).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use tidyheap::{AllocError, frame::FrameArena};
-    ///
-    /// let mut arena = FrameArena::new();
-    /// let frame = arena.begin_frame();
-    /// let p = frame.alloc_raw(100, 64)?;
-    /// assert_eq!(p.as_ptr() as usize % 64, 0);
-    /// assert_eq!(frame.alloc_raw(8, 3), Err(AllocError::InvalidAlignment { align: 3 }));
-    /// # Ok::<(), AllocError>(())
-    /// ```
-    pub fn alloc_raw(&self, size: usize, align: usize) -> Result<NonNull<u8>, AllocError> {
-        if !align.is_power_of_two() {
-            return Err(AllocError::InvalidAlignment { align });
-        }
-        let layout =
-            Layout::from_size_align(size, align).map_err(|_| AllocError::TooLarge { size })?;
-        self.alloc_layout(layout)
-    }
-
-    /// Moves `value` into the frame.
-    ///
-    /// # Panics
-    ///
-    /// If the OS refuses memory; see [`try_alloc`](Self::try_alloc).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let mut arena = tidyheap::frame::FrameArena::new();
-    /// let frame = arena.begin_frame();
-    /// let n = frame.alloc(41u32);
-    /// *n += 1;
-    /// assert_eq!(*n, 42);
-    /// ```
-    // Each call returns a fresh block, disjoint from every other live one.
-    #[allow(clippy::mut_from_ref)]
-    pub fn alloc<T>(&self, value: T) -> &mut T {
-        self.try_alloc(value).unwrap_or_else(|e| alloc_failed(e))
-    }
-
-    /// Moves `value` into the frame.
-    ///
-    /// # Errors
-    ///
-    /// [`AllocError::OutOfMemory`] if the OS refuses memory; `value` is dropped.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let mut arena = tidyheap::frame::FrameArena::new();
-    /// let frame = arena.begin_frame();
-    /// assert_eq!(*frame.try_alloc('x')?, 'x');
-    /// # Ok::<(), tidyheap::AllocError>(())
-    /// ```
-    #[allow(clippy::mut_from_ref)]
-    pub fn try_alloc<T>(&self, value: T) -> Result<&mut T, AllocError> {
-        let p = self.alloc_layout(Layout::new::<T>())?.cast::<T>();
-        // SAFETY:
-        // * `p` is a fresh block of `T`'s size and alignment, disjoint from every live
-        //   block, and valid while `self` is borrowed (the frame has not ended);
-        // * it is initialised by the write before the reference is made.
-        unsafe {
-            p.write(value);
-            Ok(&mut *p.as_ptr())
-        }
-    }
-
-    /// Copies `src` into the frame.
-    ///
-    /// # Panics
-    ///
-    /// If the OS refuses memory; see [`try_alloc_slice_copy`](Self::try_alloc_slice_copy).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let mut arena = tidyheap::frame::FrameArena::new();
-    /// let frame = arena.begin_frame();
-    /// let v = frame.alloc_slice_copy(&[1u16, 2, 3]);
-    /// v[0] = 9;
-    /// assert_eq!(v, &[9, 2, 3]);
-    /// ```
-    #[allow(clippy::mut_from_ref)]
-    pub fn alloc_slice_copy<T: Copy>(&self, src: &[T]) -> &mut [T] {
-        self.try_alloc_slice_copy(src)
-            .unwrap_or_else(|e| alloc_failed(e))
-    }
-
-    /// Copies `src` into the frame.
-    ///
-    /// # Errors
-    ///
-    /// [`AllocError::OutOfMemory`] if the OS refuses memory.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let mut arena = tidyheap::frame::FrameArena::new();
-    /// let frame = arena.begin_frame();
-    /// assert_eq!(frame.try_alloc_slice_copy(b"abc")?, b"abc");
-    /// # Ok::<(), tidyheap::AllocError>(())
-    /// ```
-    #[allow(clippy::mut_from_ref)]
-    pub fn try_alloc_slice_copy<T: Copy>(&self, src: &[T]) -> Result<&mut [T], AllocError> {
-        let p = self.alloc_layout(Layout::for_value(src))?.cast::<T>();
-        // SAFETY:
-        // * `p` is a fresh block sized and aligned for `src.len()` values of `T`,
-        //   disjoint from `src` and every other live block, valid while `self` is borrowed;
-        // * `T: Copy`, so a bitwise copy initialises every element.
-        unsafe {
-            p.as_ptr().copy_from_nonoverlapping(src.as_ptr(), src.len());
-            Ok(core::slice::from_raw_parts_mut(p.as_ptr(), src.len()))
-        }
-    }
-
-    /// Allocates `len` values, the `i`-th being `f(i)`. `f` may itself allocate in the
-    /// frame.
-    ///
-    /// # Panics
-    ///
-    /// If the OS refuses memory or the size overflows; see
-    /// [`try_alloc_slice_fill_with`](Self::try_alloc_slice_fill_with). A panic in `f`
-    /// propagates; the elements made so far are never dropped.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let mut arena = tidyheap::frame::FrameArena::new();
-    /// let frame = arena.begin_frame();
-    /// let squares = frame.alloc_slice_fill_with(4, |i| i * i);
-    /// assert_eq!(squares, &[0, 1, 4, 9]);
-    /// ```
-    #[allow(clippy::mut_from_ref)]
-    pub fn alloc_slice_fill_with<T>(&self, len: usize, f: impl FnMut(usize) -> T) -> &mut [T] {
-        self.try_alloc_slice_fill_with(len, f)
-            .unwrap_or_else(|e| alloc_failed(e))
-    }
-
-    /// Allocates `len` values, the `i`-th being `f(i)`.
-    ///
-    /// # Errors
-    ///
-    /// [`AllocError::TooLarge`] if `len` values of `T` overflow `isize::MAX` bytes,
-    /// [`AllocError::OutOfMemory`] if the OS refuses memory. `f` is not called then.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use tidyheap::AllocError;
-    /// let mut arena = tidyheap::frame::FrameArena::new();
-    /// let frame = arena.begin_frame();
-    /// assert!(matches!(
-    ///     frame.try_alloc_slice_fill_with(usize::MAX, |_| 0u64),
-    ///     Err(AllocError::TooLarge { .. })
-    /// ));
-    /// ```
-    #[allow(clippy::mut_from_ref)]
-    pub fn try_alloc_slice_fill_with<T>(
-        &self,
-        len: usize,
-        mut f: impl FnMut(usize) -> T,
-    ) -> Result<&mut [T], AllocError> {
-        let layout = Layout::array::<T>(len).map_err(|_| AllocError::TooLarge {
-            size: len.saturating_mul(size_of::<T>()),
-        })?;
-        // The space is reserved before `f` runs, so `f` may allocate in the frame too.
-        let p = self.alloc_layout(layout)?.cast::<T>();
-        for i in 0..len {
-            // SAFETY: `i < len`, so the slot lies inside the fresh block, which is aligned
-            // for `T`; each slot is written once.
-            unsafe { p.as_ptr().add(i).write(f(i)) };
-        }
-        // SAFETY: all `len` elements were initialised above; the block is disjoint from
-        // every other live block and valid while `self` is borrowed.
-        Ok(unsafe { core::slice::from_raw_parts_mut(p.as_ptr(), len) })
-    }
-
-    /// Copies `s` into the frame.
-    ///
-    /// # Panics
-    ///
-    /// If the OS refuses memory; see [`try_alloc_str`](Self::try_alloc_str).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let mut arena = tidyheap::frame::FrameArena::new();
-    /// let frame = arena.begin_frame();
-    /// let s = frame.alloc_str("hello");
-    /// s.make_ascii_uppercase();
-    /// assert_eq!(s, "HELLO");
-    /// ```
-    #[allow(clippy::mut_from_ref)]
-    pub fn alloc_str(&self, s: &str) -> &mut str {
-        self.try_alloc_str(s).unwrap_or_else(|e| alloc_failed(e))
-    }
-
-    /// Copies `s` into the frame.
-    ///
-    /// # Errors
-    ///
-    /// [`AllocError::OutOfMemory`] if the OS refuses memory.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let mut arena = tidyheap::frame::FrameArena::new();
-    /// let frame = arena.begin_frame();
-    /// assert_eq!(frame.try_alloc_str("")?, "");
-    /// # Ok::<(), tidyheap::AllocError>(())
-    /// ```
-    #[allow(clippy::mut_from_ref)]
-    pub fn try_alloc_str(&self, s: &str) -> Result<&mut str, AllocError> {
-        let bytes = self.try_alloc_slice_copy(s.as_bytes())?;
-        // SAFETY: the bytes are a copy of a `str`, hence valid UTF-8.
-        Ok(unsafe { core::str::from_utf8_unchecked_mut(bytes) })
-    }
-}
-
-impl Drop for Frame<'_> {
-    fn drop(&mut self) {
-        self.arena.finish_frame();
-    }
-}
-
-impl fmt::Debug for Frame<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Frame")
-            .field("index", &self.index())
-            .finish_non_exhaustive()
-    }
-}
-
-#[cold]
-#[inline(never)]
-fn alloc_failed(e: AllocError) -> ! {
-    panic!("frame arena allocation failed: {e}")
 }
 
 #[cfg(all(test, not(loom)))]

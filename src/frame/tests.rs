@@ -2,6 +2,8 @@
 //! counters agreeing with a walk (`audit`), lanes unclaimed and EMPTY between frames,
 //! exclusive lane claims, the overflow lane, leaked tokens.
 
+use core::alloc::Layout;
+
 use super::*;
 
 fn small_arena(frames_in_flight: usize, lanes: usize) -> FrameArena {
@@ -15,17 +17,20 @@ fn small_arena(frames_in_flight: usize, lanes: usize) -> FrameArena {
     .unwrap()
 }
 
-/// Allocates `count` blocks of 8-byte multiples (so no padding), fills them, returns
-/// the bytes requested.
-fn churn(frame: &Frame<'_>, seed: usize, count: usize) -> usize {
-    let mut total = 0;
-    for i in 0..count {
-        let len = 8 * (1 + (seed * 31 + i * 7) % 40);
-        let block = frame.alloc_slice_fill_with(len / 8, |j| (seed + i + j) as u64);
-        assert_eq!(block[0], (seed + i) as u64);
-        total += len;
-    }
-    total
+/// Allocates `count` blocks of 8-byte multiples (so no padding) through `$handle` (a
+/// token or a shared view), fills them, and evaluates to the bytes requested.
+macro_rules! churn {
+    ($handle:expr, $seed:expr, $count:expr) => {{
+        let (handle, seed) = ($handle, $seed);
+        let mut total = 0;
+        for i in 0..$count {
+            let len = 8 * (1 + (seed * 31 + i * 7) % 40);
+            let block = handle.alloc_slice_fill_with(len / 8, |j| (seed + i + j) as u64);
+            assert_eq!(block[0], (seed + i) as u64);
+            total += len;
+        }
+        total
+    }};
 }
 
 #[test]
@@ -33,18 +38,16 @@ fn accounting_matches_a_walk_across_frames() {
     let mut arena = small_arena(2, 4);
     for k in 0..12 {
         let frame = arena.begin_frame();
-        let mut expected = churn(&frame, k, 50);
+        let mut expected = churn!(&frame, k, 50);
         if k % 3 == 0 {
             // Oversize: a dedicated chunk, released when the frame retires.
             frame.alloc_raw(3 * PAGE_SIZE, 8).unwrap();
             expected += 3 * PAGE_SIZE;
         }
+        let shared = frame.shared();
         expected += std::thread::scope(|s| {
             let handles: Vec<_> = (0..3)
-                .map(|t| {
-                    let frame = &frame;
-                    s.spawn(move || churn(frame, 100 * t + k, 40))
-                })
+                .map(|t| s.spawn(move || churn!(shared, 100 * t + k, 40)))
                 .collect();
             handles
                 .into_iter()
@@ -95,10 +98,10 @@ fn leaked_token_is_finished_by_the_next_begin() {
 fn teardown_releases_every_chunk_even_with_a_leaked_token() {
     let mut arena = small_arena(3, 2);
     for k in 0..3 {
-        churn(&arena.begin_frame(), k, 100);
+        churn!(&arena.begin_frame(), k, 100);
     }
     let frame = arena.begin_frame();
-    churn(&frame, 9, 100);
+    churn!(&frame, 9, 100);
     frame.alloc_raw(2 * PAGE_SIZE, 8).unwrap();
     core::mem::forget(frame);
     // In use by the leaked frame, in flight and pooled chunks all go.
@@ -114,10 +117,11 @@ fn teardown_releases_every_chunk_even_with_a_leaked_token() {
 fn claims_are_exclusive_and_overflow_threads_share_a_locked_lane() {
     let mut arena = small_arena(1, 2);
     let frame = arena.begin_frame();
+    let shared = frame.shared();
     let blocks: Vec<Vec<&mut [u64]>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..6u64)
             .map(|t| {
-                let frame = &frame;
+                let frame = shared;
                 s.spawn(move || {
                     (0..200)
                         .map(|i| frame.alloc_slice_fill_with(5, |_| t * 1000 + i))
@@ -132,8 +136,9 @@ fn claims_are_exclusive_and_overflow_threads_share_a_locked_lane() {
             assert!(b.iter().all(|&v| v == t as u64 * 1000 + i as u64));
         }
     }
-    // Two threads got lanes; the other four counted claims beyond the lanes.
-    assert_eq!(frame.arena.next_lane.load(Ordering::Relaxed), 6);
+    // Lane 0 is the token's; one thread got lane 1, the other five counted claims
+    // beyond the lanes and shared the overflow lane.
+    assert_eq!(frame.arena.next_lane.load(Ordering::Relaxed), 7);
     drop(blocks);
     frame.end();
     assert_eq!(arena.stats().frame_bytes, 6 * 200 * 40);
@@ -146,14 +151,21 @@ fn a_thread_keeps_one_lane_when_alternating_arenas() {
     let mut b = small_arena(2, 4);
     let fa = a.begin_frame();
     let fb = b.begin_frame();
-    let mut va = allocator_api2::vec::Vec::new_in(&fa);
-    for i in 0..100u32 {
+    let (sa, sb) = (fa.shared(), fb.shared());
+    let mut va = allocator_api2::vec::Vec::new_in(sa);
+    let first = {
+        va.push(0u32);
+        va.as_ptr()
+    };
+    for i in 1..100u32 {
         va.push(i);
-        fb.alloc(i);
+        sb.alloc(i);
     }
     assert_eq!(va.iter().sum::<u32>(), 4950);
-    assert_eq!(fa.arena.next_lane.load(Ordering::Relaxed), 1);
-    assert_eq!(fb.arena.next_lane.load(Ordering::Relaxed), 1);
+    assert_eq!(va.as_ptr(), first, "the vector kept growing in place");
+    // One claim (lane 1) per arena despite the evictions of the thread's cache.
+    assert_eq!(fa.arena.next_lane.load(Ordering::Relaxed), 2);
+    assert_eq!(fb.arena.next_lane.load(Ordering::Relaxed), 2);
     drop(va);
     fa.end();
     fb.end();
@@ -162,12 +174,13 @@ fn a_thread_keeps_one_lane_when_alternating_arenas() {
 }
 
 #[test]
-fn frees_and_grows_without_a_claim_touch_nothing() {
+fn frees_by_a_thread_without_a_lane_touch_nothing() {
     use allocator_api2::alloc::Allocator;
-    let mut arena = small_arena(1, 2);
+    let mut arena = small_arena(1, 3);
     let frame = arena.begin_frame();
+    let shared = frame.shared();
     let layout = Layout::new::<[u64; 4]>();
-    let addr = frame
+    let addr = shared
         .allocate(layout)
         .unwrap()
         .cast::<u8>()
@@ -179,10 +192,10 @@ fn frees_and_grows_without_a_claim_touch_nothing() {
             // This thread holds no lane: the free is a no-op and claims nothing.
             // SAFETY: `block` is the live block of `layout` allocated above, not used
             // again.
-            unsafe { frame.deallocate(block.unwrap(), layout) };
+            unsafe { shared.deallocate(block.unwrap(), layout) };
         });
     });
-    assert_eq!(frame.arena.next_lane.load(Ordering::Relaxed), 1);
+    assert_eq!(frame.arena.next_lane.load(Ordering::Relaxed), 2);
     frame.end();
     assert_eq!(
         arena.stats().frame_bytes,
@@ -195,12 +208,12 @@ fn frees_and_grows_without_a_claim_touch_nothing() {
 #[test]
 fn trim_releases_only_long_idle_pooled_chunks() {
     let mut arena = small_arena(1, 1);
-    churn(&arena.begin_frame(), 0, 400); // several chunks
+    churn!(&arena.begin_frame(), 0, 400); // several chunks
     let held = arena.stats().chunks_held;
     assert!(held > 2);
     for k in 2..=5 {
         // Frame 1's chunks were pooled at frame 2 and are released at frame 2 + 4 = 6.
-        churn(&arena.begin_frame(), k, 1); // keeps taking (and re-pooling) one chunk
+        churn!(&arena.begin_frame(), k, 1); // keeps taking (and re-pooling) one chunk
         assert_eq!(arena.stats().chunks_held, held, "frame {k}");
     }
     drop(arena.begin_frame());
