@@ -8,4 +8,4 @@ pub mod size_class;
 pub(crate) mod sync;
 
 pub use error::{AllocError, HandleError};
-pub use frame::{Frame, FrameArena, FrameConfig, FrameStats};
+pub use frame::{Frame, FrameArena, FrameConfig, FrameShared, FrameStats};

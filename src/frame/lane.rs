@@ -2,11 +2,14 @@
 //!
 //! # Claiming a lane
 //!
-//! The arena has a fixed array of lanes. The first time a thread allocates in a frame it
-//! takes the next unclaimed index with one `fetch_add` on `next_lane`, writes its thread
-//! tag into the lane's `owner`, and caches `(frame serial, lane pointer)` in a thread-local.
-//! Every later allocation of that thread in that frame compares the cached serial with
-//! the frame's and goes straight to its lane: no atomic read-modify-write, no lock.
+//! The arena has a fixed array of lanes. Lane 0 belongs to the frame token, which is
+//! not `Sync` and needs no lookup. Threads allocating through `FrameShared` claim the
+//! others: the first time a thread allocates in a frame it takes the next unclaimed
+//! index with one `fetch_add` on `next_lane` (which starts each frame at 1), writes its
+//! thread tag into the lane's `owner`, and caches `(frame serial, lane pointer)` in a
+//! thread-local. Every later allocation of that thread in that frame compares the cached
+//! serial with the frame's and goes straight to its lane: no atomic read-modify-write,
+//! no lock.
 //!
 //! Frame serials come from one process-wide counter, so a cached entry can never be
 //! mistaken for a lane of another frame or another arena. When a thread alternates
@@ -41,9 +44,9 @@ pub(super) struct Refill<'a> {
 /// Invariants:
 /// * `ptr` is a multiple of [`MIN_ALIGN`] and at most `isize::MAX`; so is `end`;
 /// * either EMPTY (`ptr == MIN_ALIGN`, `end == 0`, `start == usize::MAX`: every bump
-///   fails, no block is "last"), or `start <= ptr <= end` where `[start, end)` is the bump space of
-///   the current chunk, a chunk in `used`, and `base` is that chunk's mapping pointer
-///   (the provenance every returned pointer is derived from);
+///   fails, no block is "last"), or `start <= ptr <= end` where `[start, end)` is the
+///   bump space of the current chunk, a chunk in `used`, and `base` is that chunk's
+///   mapping pointer (the provenance every returned pointer is derived from);
 /// * `[start, ptr)` holds this frame's blocks of the current chunk, each taking its size
 ///   rounded up to [`MIN_ALIGN`] plus alignment padding; `[ptr, end)` is free;
 /// * `retired_bytes` is the bump extent of this frame's chunks other than the current
@@ -243,10 +246,10 @@ fn dangling(align: usize) -> NonNull<u8> {
 
 /// One per-thread bump allocator.
 ///
-/// Invariant: during a frame, `bump` is accessed only by the thread whose tag is in
-/// `owner` (or, for the overflow lane, by the holder of the arena's overflow lock);
-/// between frames (under `&mut FrameArena`) every lane is unclaimed (`owner == 0`) and
-/// EMPTY.
+/// Invariant: during a frame, `bump` is accessed by one party only: for lane 0, the
+/// frame token (not `Sync`, so one thread at a time); for the other lanes, the thread
+/// whose tag is in `owner`; for the overflow lane, the holder of its lock. Between frames
+/// (under `&mut FrameArena`) every lane is unclaimed (`owner == 0`) and EMPTY.
 #[repr(align(128))]
 pub(super) struct Lane {
     /// Tag of the thread that claimed this lane in the current frame; 0 = unclaimed.
@@ -260,10 +263,10 @@ pub(super) struct Lane {
 unsafe impl Send for Lane {}
 // SAFETY:
 // * `owner` is atomic;
-// * `bump` is only touched by the one thread that claimed the lane this frame (or under
-//   the overflow lock), or under `&mut FrameArena` between frames, as stated on the
-//   struct. Claims are exclusive because each index is handed out once per frame by
-//   `fetch_add` and each thread tag is unique.
+// * `bump` is only touched by the one party the struct's invariant names, or under
+//   `&mut FrameArena` between frames. Claims are exclusive because each index from 1 on
+//   is handed out once per frame by `fetch_add` and each thread tag is unique; lane 0 is
+//   never handed out.
 unsafe impl Sync for Lane {}
 
 impl Lane {

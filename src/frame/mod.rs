@@ -124,7 +124,7 @@
 //! });
 //! ```
 //!
-//! A shared view's allocations outlive neither the view's frame:
+//! Allocations through a shared view cannot outlive the frame either:
 //!
 //! ```compile_fail,E0597
 //! use tidyheap::frame::FrameArena;
@@ -152,13 +152,6 @@
 //! };
 //! ```
 //!
-//! # Drop
-//!
-//! Frame memory is reclaimed wholesale: **values placed in a frame are never dropped**,
-//! like bumpalo's. A `String` or `Vec<T>` (on the global heap) stored in a frame leaks
-//! its heap buffer. Store plain data, or frame-allocated collections
-//! (`allocator_api2::vec::Vec<T, &Frame>`), whose buffers live in the frame too.
-//!
 //! # Scratch collections from many threads
 //!
 //! ```
@@ -182,6 +175,13 @@
 //! });
 //! assert_eq!(sums.iter().sum::<u64>(), (0..400).sum());
 //! ```
+//!
+//! # Drop
+//!
+//! Frame memory is reclaimed wholesale: **values placed in a frame are never dropped**,
+//! like bumpalo's. A `String` or `Vec<T>` (on the global heap) stored in a frame leaks
+//! its heap buffer. Store plain data, or frame-allocated collections
+//! (`allocator_api2::vec::Vec<T, &Frame>`), whose buffers live in the frame too.
 
 mod alloc_api;
 mod chunk;
@@ -463,8 +463,7 @@ pub struct FrameStats {
 /// std::thread::scope(|s| {
 ///     for t in 0..4u32 {
 ///         s.spawn(move || {
-///             let frame = shared;
-///             let mine = frame.alloc_slice_fill_with(1000, |i| t * 1000 + i as u32);
+///             let mine = shared.alloc_slice_fill_with(1000, |i| t * 1000 + i as u32);
 ///             assert_eq!(mine[999], t * 1000 + 999);
 ///         });
 ///     }
