@@ -4,6 +4,7 @@
 mod alloc_api;
 pub mod compact;
 mod error;
+pub mod frame;
 mod global;
 pub mod handle;
 mod heap;
@@ -21,6 +22,7 @@ pub use compact::{
     Fragmentation, MoveEvent,
 };
 pub use error::{AllocError, HandleError};
+pub use frame::{Frame, FrameArena, FrameConfig, FrameShared, FrameStats};
 pub use global::Global;
 pub use handle::{Handle, HandleTable, RawHandle};
 pub use heap::Heap;
