@@ -122,17 +122,15 @@ unsafe fn large_header_of(block: NonNull<u8>) -> (usize, usize) {
 }
 
 impl HeapInner {
-    /// Flushes this thread's movable lists if the compactor asked for it since the
-    /// thread last looked (one relaxed load on the common path).
+    /// Flushes this thread's movable lists (`tc` is its record) if the compactor asked
+    /// for it since the thread last looked: one relaxed load on the common path.
     #[inline(always)]
-    pub(crate) fn honor_movable_epoch(&self) {
-        if let Some(tc) = self.thread_cache() {
-            let want = self.movable_epoch.load(Ordering::Relaxed);
-            if tc.movable_epoch.load(Ordering::Relaxed) != want {
-                tc.movable_epoch.store(want, Ordering::Relaxed);
-                // SAFETY: the calling thread owns its record.
-                unsafe { self.flush_cache(tc, Some(SpanKind::Movable)) };
-            }
+    pub(crate) fn honor_movable_epoch(&self, tc: &crate::pool::thread_cache::ThreadCache) {
+        let want = self.movable_epoch.load(Ordering::Relaxed);
+        if tc.movable_epoch.load(Ordering::Relaxed) != want {
+            tc.movable_epoch.store(want, Ordering::Relaxed);
+            // SAFETY: the calling thread owns its record.
+            unsafe { self.flush_cache(tc, Some(SpanKind::Movable)) };
         }
     }
 
@@ -165,7 +163,6 @@ impl Heap {
             return self.alloc_large_movable(layout, tag, init, undo);
         };
         let inner = self.inner();
-        inner.honor_movable_epoch();
         let block = inner.alloc_block(class, layout.size(), SpanKind::Movable)?;
         init(block);
         let (span, i) = inner.movable_block(block);
@@ -272,7 +269,6 @@ impl Heap {
         meta.owner.store(0, Ordering::Release);
         span.live.fetch_sub(1, Ordering::Relaxed);
         before_free(block);
-        inner.honor_movable_epoch();
         // SAFETY: the slot is vacant, so nobody else can reach the block; it is a live
         // movable block of `span.class()` allocated for `len` bytes.
         unsafe { inner.free_block(block, span.class(), len, SpanKind::Movable) };

@@ -103,7 +103,22 @@ const fn build_spans() -> [u32; NUM_CLASSES] {
     t
 }
 
+/// `⌊2^40 / size⌋ + 1` per class: `(off · m) >> 40 == off / size` for every
+/// `off < 2^20` (all offsets inside a span), because the error term `off · ε / 2^40`
+/// stays below `2^-20 < 1 / size` for every class size ≤ 256 KiB.
+const fn build_magic() -> [u64; NUM_CLASSES] {
+    let mut t = [0u64; NUM_CLASSES];
+    let mut c = 0;
+    while c < NUM_CLASSES {
+        t[c] = (1u64 << 40) / compute_size(c) as u64 + 1;
+        c += 1;
+    }
+    t
+}
+
 static SIZES: [u32; NUM_CLASSES] = build_sizes();
+static MAGIC: [u64; NUM_CLASSES] = build_magic();
+const _: () = assert!(MAX_SPAN <= 1 << 20, "div_size is exact only below 2^20");
 static SPANS: [u32; NUM_CLASSES] = build_spans();
 
 const _: () = assert!(compute_size(NUM_CLASSES - 1) == MAX_SMALL);
@@ -128,6 +143,13 @@ pub(crate) const fn size_const(c: usize) -> usize {
 #[inline]
 pub fn span_bytes(c: usize) -> usize {
     SPANS[c] as usize
+}
+
+/// `off / size(c)` for `off < 2^20` (any offset inside a span), without a division.
+#[inline(always)]
+pub(crate) fn div_size(off: usize, c: usize) -> usize {
+    debug_assert!(off < 1 << 20);
+    ((off as u64 * MAGIC[c]) >> 40) as usize
 }
 
 /// Blocks of class `c` per span.
@@ -191,6 +213,27 @@ mod tests {
                 "class {c} has {} blocks",
                 blocks_per_span(c)
             );
+        }
+    }
+
+    #[test]
+    fn reciprocal_division_is_exact_inside_spans() {
+        for c in 0..NUM_CLASSES {
+            let size = size(c);
+            let mut i = 0;
+            while i * size < 1 << 20 {
+                for off in [
+                    i * size,
+                    (i * size).saturating_sub(1),
+                    i * size + 1,
+                    i * size + size - 1,
+                ] {
+                    if off < 1 << 20 {
+                        assert_eq!(div_size(off, c), off / size, "class {c} off {off}");
+                    }
+                }
+                i += 1;
+            }
         }
     }
 

@@ -369,6 +369,9 @@ impl HeapInner {
         kind: SpanKind,
     ) -> Result<NonNull<u8>, AllocError> {
         if let Some(tc) = self.thread_cache() {
+            if kind == SpanKind::Movable {
+                self.honor_movable_epoch(tc);
+            }
             // SAFETY: this thread owns its record.
             let list = unsafe { &mut tc.lists()[kind as usize][class] };
             let b = match list.pop() {
@@ -445,6 +448,9 @@ impl HeapInner {
         kind: SpanKind,
     ) {
         if let Some(tc) = self.thread_cache() {
+            if kind == SpanKind::Movable {
+                self.honor_movable_epoch(tc);
+            }
             // SAFETY: this thread owns its record; the block is dead and ours.
             let list = unsafe { &mut tc.lists()[kind as usize][class] };
             // SAFETY: the caller hands us the dead block.

@@ -293,9 +293,11 @@ impl Span {
     #[inline]
     pub(crate) fn block_index(&self, addr: usize) -> Option<usize> {
         let off = addr.checked_sub(self.base + self.first_block())?;
-        let size = self.block_size();
-        let i = off / size;
-        (off % size == 0 && i < self.capacity()).then_some(i)
+        if off >= self.bytes {
+            return None;
+        }
+        let i = size_class::div_size(off, self.class());
+        (i * self.block_size() == off && i < self.capacity()).then_some(i)
     }
 
     /// Movable spans: the side-table entry of block `i`.
