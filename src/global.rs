@@ -24,6 +24,7 @@ use core::ptr::{self, NonNull};
 
 use crate::pool::heap::{HeapConfig, HeapInner};
 use crate::stats::{HeapStats, PoolCounters};
+use crate::sync::const_fn_unless_loom;
 
 /// A tidyheap heap usable as the process's global allocator.
 ///
@@ -63,31 +64,35 @@ pub struct Global {
 }
 
 impl Global {
-    /// A global allocator with the default configuration. Nothing is mapped until the
-    /// first allocation.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// static A: tidyheap::Global = tidyheap::Global::new();
-    /// assert_eq!(A.stats().live_bytes(), 0);
-    /// ```
-    pub const fn new() -> Self {
-        Self::with_config(HeapConfig::DEFAULT)
+    const_fn_unless_loom! {
+        /// A global allocator with the default configuration. Nothing is mapped until the
+        /// first allocation.
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// static A: tidyheap::Global = tidyheap::Global::new();
+        /// assert_eq!(A.stats().live_bytes(), 0);
+        /// ```
+        pub fn new() -> Self {
+            Self::with_config(HeapConfig::DEFAULT)
+        }
     }
 
-    /// A global allocator with `config`.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use tidyheap::{Global, HeapConfig};
-    /// static A: Global = Global::with_config(HeapConfig { arenas: 2, ..HeapConfig::DEFAULT });
-    /// assert_eq!(A.arena_count(), 2);
-    /// ```
-    pub const fn with_config(config: HeapConfig) -> Self {
-        Self {
-            inner: HeapInner::new(config),
+    const_fn_unless_loom! {
+        /// A global allocator with `config`.
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// use tidyheap::{Global, HeapConfig};
+        /// static A: Global = Global::with_config(HeapConfig { arenas: 2, ..HeapConfig::DEFAULT });
+        /// assert_eq!(A.arena_count(), 2);
+        /// ```
+        pub fn with_config(config: HeapConfig) -> Self {
+            Self {
+                inner: HeapInner::new(config),
+            }
         }
     }
 
@@ -281,7 +286,8 @@ unsafe impl GlobalAlloc for Global {
     }
 }
 
-#[cfg(test)]
+// Statics of `Global` need its `const` constructor, which loom builds do not have.
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

@@ -101,3 +101,18 @@ impl Backoff {
         self.step > Self::PARK_AFTER
     }
 }
+
+/// Declares a `const fn` natively and a plain `fn` under loom, whose atomics have no
+/// `const` constructors.
+macro_rules! const_fn_unless_loom {
+    ($(#[$attr:meta])* $vis:vis fn $($rest:tt)*) => {
+        #[cfg(not(loom))]
+        $(#[$attr])*
+        $vis const fn $($rest)*
+
+        #[cfg(loom)]
+        $(#[$attr])*
+        $vis fn $($rest)*
+    };
+}
+pub(crate) use const_fn_unless_loom;

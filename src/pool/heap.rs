@@ -25,6 +25,7 @@ use super::thread_cache::{self, Counters, ThreadCache, bump};
 use crate::large::{LargeAllocator, LargeConfig};
 use crate::size_class::{self, NUM_CLASSES};
 use crate::stats::PoolCounters;
+use crate::sync::const_fn_unless_loom;
 use crate::{AllocError, os};
 
 /// Most arenas a heap can have.
@@ -103,6 +104,19 @@ const fn batch_table(configured: usize) -> [u8; NUM_CLASSES] {
     t
 }
 
+/// Empty central lists for every kind and class. Capacity is enforced by the heap
+/// (see `give_central`), so the lists themselves take the most they can.
+#[cfg(not(loom))]
+const fn central_lists() -> [[CentralFreeList; NUM_CLASSES]; 2] {
+    [const { [const { CentralFreeList::new(usize::MAX) }; NUM_CLASSES] }; 2]
+}
+
+/// Empty central lists (under loom, built at run time).
+#[cfg(loom)]
+fn central_lists() -> [[CentralFreeList; NUM_CLASSES]; 2] {
+    core::array::from_fn(|_| core::array::from_fn(|_| CentralFreeList::new(usize::MAX)))
+}
+
 static NEXT_HEAP_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Heaps whose thread-cache records may still be referenced by some thread's TLS.
@@ -140,31 +154,35 @@ pub(crate) struct HeapInner {
 }
 
 impl HeapInner {
-    pub(crate) const fn new(config: HeapConfig) -> Self {
-        Self {
-            id: AtomicU64::new(0),
-            config,
-            batches: batch_table(config.batch),
-            narenas: AtomicUsize::new(0),
-            next_arena: AtomicUsize::new(0),
-            arenas: {
-                let mut a = [const { Arena::new(0) }; MAX_ARENAS];
-                let mut i = 0;
-                while i < MAX_ARENAS {
-                    a[i].index = i as u32;
-                    i += 1;
-                }
-                a
-            },
-            source: SpanSource::new(),
-            central: [const { [const { CentralFreeList::new(usize::MAX) }; NUM_CLASSES] }; 2],
-            caches: AtomicPtr::new(ptr::null_mut()),
-            caches_hwm: AtomicUsize::new(0),
-            shared: [const { Counters::ZERO }; 2],
-            movable_epoch: AtomicU64::new(0),
-            large: LargeAllocator::new(config.large),
-            reg_next: AtomicPtr::new(ptr::null_mut()),
-            registered: core::sync::atomic::AtomicBool::new(false),
+    const_fn_unless_loom! {
+        /// A heap's state with `config`; `const` so the global allocator can live in a
+        /// `static` (not under loom, whose atomics have no `const` constructors).
+        pub(crate) fn new(config: HeapConfig) -> Self {
+            Self {
+                id: AtomicU64::new(0),
+                config,
+                batches: batch_table(config.batch),
+                narenas: AtomicUsize::new(0),
+                next_arena: AtomicUsize::new(0),
+                arenas: {
+                    let mut a = [const { Arena::new(0) }; MAX_ARENAS];
+                    let mut i = 0;
+                    while i < MAX_ARENAS {
+                        a[i].index = i as u32;
+                        i += 1;
+                    }
+                    a
+                },
+                source: SpanSource::new(),
+                central: central_lists(),
+                caches: AtomicPtr::new(ptr::null_mut()),
+                caches_hwm: AtomicUsize::new(0),
+                shared: [const { Counters::ZERO }; 2],
+                movable_epoch: AtomicU64::new(0),
+                large: LargeAllocator::new(config.large),
+                reg_next: AtomicPtr::new(ptr::null_mut()),
+                registered: core::sync::atomic::AtomicBool::new(false),
+            }
         }
     }
 
