@@ -3,6 +3,7 @@
 
 mod error;
 pub mod os;
+pub(crate) mod pool;
 pub mod size_class;
 pub(crate) mod sync;
 
