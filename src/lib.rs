@@ -1,4 +1,4 @@
-//! tidyheap: a handle-based, defragmenting memory system for game engines.
+#![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
 mod alloc_api;
@@ -30,5 +30,5 @@ pub use large::{HugePages, LargeAllocator, LargeConfig, LargeStats, MappedAsset}
 pub use movable::{PinGuard, ReadGuard, WriteGuard};
 pub use pool::heap::HeapConfig;
 pub use pool::span::SpanKind;
-pub use stats::{ArenaStats, HeapStats, HeapWalk, PoolCounters};
+pub use stats::{ArenaStats, CentralCounters, HeapStats, HeapWalk, PoolCounters};
 pub use store::{Owned, Ref, RefMut, Shared, Store};

@@ -101,6 +101,21 @@ pub struct ArenaStats {
     pub threads: usize,
 }
 
+/// Traffic through the lock-free central lists, summed over size classes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CentralCounters {
+    /// Batches thread caches handed to the central lists.
+    pub pushes: u64,
+    /// Batches thread caches took from them.
+    pub pops: u64,
+    /// Refills that found the class's central list empty (and went to an arena).
+    pub pop_misses: u64,
+    /// Batches sent home to their spans because the central list was full.
+    pub rejections: u64,
+    /// Batches held right now.
+    pub batches_held: usize,
+}
+
 /// A snapshot of a heap's totals.
 ///
 /// # Examples
@@ -125,6 +140,8 @@ pub struct HeapStats {
     pub spans: usize,
     /// Per-arena counters, for the arenas in use.
     pub arenas: Vec<ArenaStats>,
+    /// Central-list traffic.
+    pub central: CentralCounters,
 }
 
 impl HeapStats {

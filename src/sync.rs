@@ -1,25 +1,25 @@
-//! Synchronisation primitives, swapped for [loom]'s under `--cfg loom`.
+//! Synchronisation primitives, swapped for loom's under `--cfg loom`.
 //!
 //! Every concurrent structure in tidyheap imports its atomics, cells and waiting
 //! primitives from here, never from `std` directly, so the same code that ships is the
 //! code loom model-checks (the crossbeam `primitive` pattern).
 //!
-//! [`UnsafeCell`] has loom's closure API (`with` / `with_mut`) on both backends: loom
-//! tracks every access to it and reports unsynchronised ones as data races.
+//! [`UnsafeCell`] has loom's closure API (`with_mut`) on both backends: loom tracks every
+//! access to it and reports unsynchronised ones as data races.
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{
-    AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
+    AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 };
 #[cfg(not(loom))]
 pub(crate) use std::sync::atomic::{
-    AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
+    AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 };
 
 #[cfg(loom)]
 pub(crate) use loom::cell::UnsafeCell;
 
-/// `std::cell::UnsafeCell` with loom's access API, so code compiles against both.
+/// `std::cell::UnsafeCell` with loom's `with_mut` access API, so code compiles against both.
 #[cfg(not(loom))]
 #[derive(Debug, Default)]
 #[repr(transparent)]
@@ -32,29 +32,11 @@ impl<T> UnsafeCell<T> {
         Self(std::cell::UnsafeCell::new(value))
     }
 
-    /// Runs `f` with a shared raw pointer to the contents.
-    #[inline(always)]
-    pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
-        f(self.0.get())
-    }
-
     /// Runs `f` with a mutable raw pointer to the contents.
     #[inline(always)]
     pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
         f(self.0.get())
     }
-}
-
-/// Gives up the rest of this time slice while waiting for another thread.
-///
-/// Under loom this is the scheduling point loom needs to explore a spin-wait; natively it
-/// is `std::thread::yield_now`.
-#[inline]
-pub(crate) fn yield_now() {
-    #[cfg(loom)]
-    loom::thread::yield_now();
-    #[cfg(not(loom))]
-    std::thread::yield_now();
 }
 
 /// Bounded exponential back-off for contended waits: spins briefly, then yields.

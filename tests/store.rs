@@ -152,10 +152,10 @@ fn threads_read_write_remove_while_compacting() {
                         if let Some(mut w) = store.get_mut(h) {
                             *w = seeded(w[0] + 1);
                         }
-                    } else if let Some(r) = store.get(h) {
-                        if !ok(&r) {
-                            bad.fetch_add(1, Ordering::Relaxed);
-                        }
+                    } else if let Some(r) = store.get(h)
+                        && !ok(&r)
+                    {
+                        bad.fetch_add(1, Ordering::Relaxed);
                     }
                     mine.push(store.insert(seeded(i + t)));
                     if i % 2 == 0 {

@@ -467,12 +467,14 @@ impl Batch {
 
     /// The first block (the one [`Batch::split_first`] gives out).
     #[inline]
+    #[cfg(test)]
     pub(crate) fn head(&self) -> NonNull<u8> {
         self.head
     }
 
     /// The last block (word 0 null).
     #[inline]
+    #[cfg(test)]
     pub(crate) fn tail(&self) -> NonNull<u8> {
         self.tail
     }
@@ -604,18 +606,21 @@ impl BatchChain {
 
     /// Batches left to yield.
     #[inline]
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
 
     /// True when no batch is left.
     #[inline]
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.first.is_null()
     }
 
     /// Blocks in the batches left to yield.
     #[inline]
+    #[cfg(test)]
     pub(crate) fn blocks(&self) -> usize {
         self.blocks
     }
@@ -674,6 +679,7 @@ pub(crate) struct CentralStats {
 
 /// What [`CentralFreeList::audit`] counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg(test)]
 pub(crate) struct CentralAudit {
     /// Batches on the list.
     pub(crate) batches: usize,
@@ -725,6 +731,7 @@ impl CentralFreeList {
 
     /// Most batches the list accepts.
     #[inline]
+    #[cfg(test)]
     pub(crate) fn capacity(&self) -> usize {
         self.capacity
     }
@@ -914,6 +921,7 @@ impl CentralFreeList {
     /// # Panics
     ///
     /// If an invariant is broken (a bug in tidyheap, or a block written while free).
+    #[cfg(test)]
     pub(crate) fn audit(&mut self) -> CentralAudit {
         let head = self.head.load(Ordering::Relaxed);
         let (mut batches, mut blocks) = (0, 0);

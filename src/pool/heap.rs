@@ -422,13 +422,18 @@ impl HeapInner {
         let csize = size_class::size(class);
         if let Some(batch) = self.central[kind as usize][class].pop() {
             bump(&c.batches_in, 1);
-            list.adopt(batch);
-        } else {
-            let arena = &self.arenas[tc.arena.load(Ordering::Relaxed) as usize];
-            let want = self.batch(class);
-            // SAFETY: fresh blocks are free and now ours.
-            arena.take_blocks(&self.source, class, kind, want, |b| unsafe { list.push(b) })?;
+            let (first, rest) = batch.split_first();
+            if let Some(rest) = rest {
+                tc.cached_bytes
+                    .fetch_add(rest.len() as usize * csize, Ordering::Relaxed);
+                list.adopt(rest);
+            }
+            return Ok(first);
         }
+        let arena = &self.arenas[tc.arena.load(Ordering::Relaxed) as usize];
+        let want = self.batch(class);
+        // SAFETY: fresh blocks are free and now ours.
+        arena.take_blocks(&self.source, class, kind, want, |b| unsafe { list.push(b) })?;
         let b = list.pop().expect("a refill yields at least one block");
         tc.cached_bytes
             .fetch_add(list.len() * csize, Ordering::Relaxed);
@@ -799,7 +804,19 @@ impl HeapInner {
                 }
             })
             .collect();
+        let mut central = crate::stats::CentralCounters::default();
+        for k in &self.central {
+            for list in k {
+                let c = list.stats();
+                central.pushes += c.pushes;
+                central.pops += c.pops;
+                central.pop_misses += c.pop_misses;
+                central.rejections += c.full_rejections;
+                central.batches_held += list.batches();
+            }
+        }
         crate::stats::HeapStats {
+            central,
             fixed: self.counters(SpanKind::Fixed),
             movable: self.counters(SpanKind::Movable),
             large: self.large.stats(),
