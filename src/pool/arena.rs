@@ -1,4 +1,5 @@
-//! Arenas: independent span pools, each behind its own lock.
+//! Arenas: independent span pools, each behind its own lock (a never-parking
+//! `lock_api` mutex: see `pool::lock` for why a parking lock cannot be used here).
 //!
 //! A heap has several arenas (default: the available parallelism); each thread cache is
 //! assigned one round-robin, so threads rarely contend for an arena lock. An arena owns
@@ -16,8 +17,7 @@
 use core::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use parking_lot::Mutex;
-
+use super::lock::{Mutex, MutexGuard};
 use super::pagemap;
 use super::span::{ListId, Span, SpanKind, SpanList};
 use crate::AllocError;
@@ -248,7 +248,7 @@ impl Arena {
 
     /// Locks the arena.
     #[inline]
-    pub(crate) fn lock(&self) -> parking_lot::MutexGuard<'_, ArenaState> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, ArenaState> {
         self.counters.locks.fetch_add(1, Ordering::Relaxed);
         self.lock.lock()
     }

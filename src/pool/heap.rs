@@ -15,10 +15,9 @@ use core::alloc::Layout;
 use core::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
-use parking_lot::Mutex;
-
 use super::arena::{Arena, SpanSource};
 use super::central::{Batch, CentralFreeList};
+use super::lock::{Mutex, MutexGuard};
 use super::pagemap;
 use super::span::{Span, SpanKind};
 use super::thread_cache::{self, Counters, ThreadCache, bump};
@@ -559,7 +558,7 @@ impl HeapInner {
     pub(crate) unsafe fn return_home(&self, batch: Batch) {
         let (head, _tail, count) = batch.into_raw_parts();
         let mut cur = head.as_ptr();
-        let mut locked: Option<(u32, parking_lot::MutexGuard<'_, super::arena::ArenaState>)> = None;
+        let mut locked: Option<(u32, MutexGuard<'_, super::arena::ArenaState>)> = None;
         for _ in 0..count {
             let block = NonNull::new(cur).expect("batch count matches its chain");
             // SAFETY: the block is free and ours; read its link before it is reused.

@@ -5,6 +5,7 @@
 pub(crate) mod arena;
 pub(crate) mod central;
 pub(crate) mod heap;
+pub(crate) mod lock;
 pub(crate) mod pagemap;
 pub(crate) mod span;
 pub(crate) mod thread_cache;
