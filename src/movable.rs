@@ -475,12 +475,18 @@ impl Heap {
         self.make_read(self.handles().try_read(h)?)
     }
 
-    fn make_read<'a>(&'a self, guard: SlotRead<'a>) -> Result<ReadGuard<'a>, HandleError> {
-        let (ptr, tag) = untag(guard.ptr());
+    /// The block address and length behind a guarded raw-handle slot pointer, or
+    /// `Stale` if the slot belongs to a store (another tag).
+    fn raw_block(&self, guarded: NonNull<u8>) -> Result<(NonNull<u8>, usize), HandleError> {
+        let (ptr, tag) = untag(guarded);
         if tag != RAW_TAG {
             return Err(HandleError::Stale);
         }
-        let len = self.block_len(ptr);
+        Ok((ptr, self.block_len(ptr)))
+    }
+
+    fn make_read<'a>(&'a self, guard: SlotRead<'a>) -> Result<ReadGuard<'a>, HandleError> {
+        let (ptr, len) = self.raw_block(guard.ptr())?;
         Ok(ReadGuard {
             _guard: guard,
             ptr,
@@ -510,11 +516,7 @@ impl Heap {
     }
 
     fn make_write<'a>(&'a self, guard: SlotWrite<'a>) -> Result<WriteGuard<'a>, HandleError> {
-        let (ptr, tag) = untag(guard.ptr());
-        if tag != RAW_TAG {
-            return Err(HandleError::Stale);
-        }
-        let len = self.block_len(ptr);
+        let (ptr, len) = self.raw_block(guard.ptr())?;
         Ok(WriteGuard {
             _guard: guard,
             ptr,
@@ -554,17 +556,25 @@ impl Heap {
     }
 
     fn make_pin<'a>(&'a self, guard: SlotPin<'a>) -> Result<PinGuard<'a>, HandleError> {
-        let (ptr, tag) = untag(guard.ptr());
-        if tag != RAW_TAG {
-            return Err(HandleError::Stale);
-        }
-        let len = self.block_len(ptr);
+        let (ptr, len) = self.raw_block(guard.ptr())?;
         Ok(PinGuard {
             _guard: guard,
             ptr,
             len,
         })
     }
+}
+
+fn fmt_guard(
+    f: &mut core::fmt::Formatter<'_>,
+    name: &str,
+    ptr: NonNull<u8>,
+    len: usize,
+) -> core::fmt::Result {
+    f.debug_struct(name)
+        .field("ptr", &ptr)
+        .field("len", &len)
+        .finish()
 }
 
 /// Shared access to a movable block's bytes; the block neither moves nor is freed
@@ -587,10 +597,7 @@ impl Deref for ReadGuard<'_> {
 
 impl core::fmt::Debug for ReadGuard<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("ReadGuard")
-            .field("ptr", &self.ptr)
-            .field("len", &self.len)
-            .finish()
+        fmt_guard(f, "ReadGuard", self.ptr, self.len)
     }
 }
 
@@ -619,10 +626,7 @@ impl DerefMut for WriteGuard<'_> {
 
 impl core::fmt::Debug for WriteGuard<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("WriteGuard")
-            .field("ptr", &self.ptr)
-            .field("len", &self.len)
-            .finish()
+        fmt_guard(f, "WriteGuard", self.ptr, self.len)
     }
 }
 
@@ -655,10 +659,7 @@ impl PinGuard<'_> {
 
 impl core::fmt::Debug for PinGuard<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("PinGuard")
-            .field("ptr", &self.ptr)
-            .field("len", &self.len)
-            .finish()
+        fmt_guard(f, "PinGuard", self.ptr, self.len)
     }
 }
 

@@ -82,32 +82,18 @@ fn seed_pattern_at_1000_pairs() {
 #[test]
 fn mesh_adversarial_pattern() {
     let heap = Heap::new();
-    let mut small: Vec<RawHandle> = (0..(128 << 20) / 512)
-        .map(|_| heap.alloc_handle(512, 16).unwrap())
-        .collect();
-    let mut i = 0;
-    small.retain(|h| {
-        i += 1;
-        if i % 2 == 0 {
+    // Allocate `total` bytes of `size`-byte blocks, then free every other one.
+    let fragment = |total: usize, size: usize| -> Vec<RawHandle> {
+        let all: Vec<RawHandle> = (0..total / size)
+            .map(|_| heap.alloc_handle(size, 16).unwrap())
+            .collect();
+        for h in all.iter().skip(1).step_by(2) {
             heap.free_handle(*h).unwrap();
-            false
-        } else {
-            true
         }
-    });
-    let mut big: Vec<RawHandle> = (0..(64 << 20) / 1024)
-        .map(|_| heap.alloc_handle(1024, 16).unwrap())
-        .collect();
-    let mut i = 0;
-    big.retain(|h| {
-        i += 1;
-        if i % 2 == 0 {
-            heap.free_handle(*h).unwrap();
-            false
-        } else {
-            true
-        }
-    });
+        all.into_iter().step_by(2).collect()
+    };
+    let small = fragment(128 << 20, 512);
+    let big = fragment(64 << 20, 1024);
     let before = heap.fragmentation();
     let r = heap.compact_full();
     let after = heap.fragmentation();
@@ -117,7 +103,15 @@ fn mesh_adversarial_pattern() {
         before.committed_bytes as f64 / before.live_bytes as f64
     );
     assert!(ratio <= 1.10, "{after:?}");
+    assert_eq!(after.live_bytes, small.len() * 512 + big.len() * 1024);
     assert_eq!(heap.stats().movable.live_bytes(), after.live_bytes as u64);
+    for (h, len) in small
+        .iter()
+        .map(|h| (h, 512))
+        .chain(big.iter().map(|h| (h, 1024)))
+    {
+        assert_eq!(heap.read(*h).unwrap().len(), len);
+    }
 }
 
 /// A writer/reader pair hammers one 1 KiB block while another thread makes the block's
