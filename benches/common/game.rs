@@ -14,12 +14,14 @@
 //! 4. assets whose time is up are unloaded (70 % live 30–300 frames, 25 % 300–1200,
 //!    5 % for good);
 //! 5. the temporaries are read back and released;
-//! 6. tidyheap only: one `Heap::compact` pass with a budget of 200 µs and 256 KiB.
+//! 6. `tidyheap` only: one `Heap::compact` pass with a budget of 200 µs and 256 KiB.
 //!
 //! Peers:
 //!
 //! * `tidyheap`: asset bytes in movable blocks (`Heap::insert_bytes`, `RawHandle`),
 //!   metadata in a `Store<Meta>` on the same heap, temporaries in a `FrameArena`;
+//! * `tidyheap_nocompact`: the same without the compaction passes (what they cost, and
+//!   what they save);
 //! * `system`, `mimalloc`: asset bytes and temporaries through the allocator (malloc and
 //!   free), metadata in a `slotmap::SlotMap` whose entries point at the bytes;
 //! * `mimalloc_bumpalo`: as `mimalloc`, but temporaries in a `bumpalo::Bump` reset every
@@ -44,7 +46,13 @@ use super::peers::{self, Mi, Peer, Sys, layout};
 use super::{Mode, Outcome, Probe, Workload};
 
 /// Every peer of this workload, in table order.
-pub const NAMES: [&str; 4] = ["tidyheap", "system", "mimalloc", "mimalloc_bumpalo"];
+pub const NAMES: [&str; 5] = [
+    "tidyheap",
+    "tidyheap_nocompact",
+    "system",
+    "mimalloc",
+    "mimalloc_bumpalo",
+];
 
 /// tidyheap's compaction budget per frame.
 pub const BUDGET: Budget = Budget::time(Duration::from_micros(200)).with_bytes(256 << 10);
@@ -102,11 +110,12 @@ impl Workload for Game {
 
     fn run(&self, peer: &str, probe: bool) -> Outcome {
         match peer {
-            "tidyheap" => {
+            "tidyheap" | "tidyheap_nocompact" => {
                 let heap = Arc::new(Heap::new());
                 let mut assets = TidyAssets {
                     meta: Store::new_in(heap.clone()),
                     heap,
+                    compact: peer == "tidyheap",
                 };
                 let arena = FrameArena::with_config(FrameConfig::new().with_frames_in_flight(1))
                     .expect("valid frame config");
@@ -175,6 +184,8 @@ struct Meta {
 struct TidyAssets {
     heap: Arc<Heap>,
     meta: Store<Meta>,
+    /// Whether each frame ends with a compaction pass.
+    compact: bool,
 }
 
 impl Assets for TidyAssets {
@@ -196,7 +207,9 @@ impl Assets for TidyAssets {
     }
 
     fn end_frame(&mut self) {
-        black_box(self.heap.compact(BUDGET));
+        if self.compact {
+            black_box(self.heap.compact(BUDGET));
+        }
     }
 
     fn own_frag(&self) -> Option<f64> {
