@@ -33,8 +33,7 @@ impl Scale {
     fn new(mode: Mode) -> Self {
         let records = match mode {
             Mode::Test => 4_000,
-            Mode::Report => 200_000,
-            Mode::Bench => 500_000,
+            Mode::Report | Mode::Bench => 500_000,
         };
         let batch = if mode == Mode::Test { 100 } else { 1_000 };
         Self {
@@ -79,6 +78,8 @@ impl Script {
 pub struct Database {
     scale: Scale,
     script: Script,
+    /// tidyheap's heap, kept from run to run like the other peers' process heaps.
+    heap: Heap,
 }
 
 impl Database {
@@ -86,7 +87,11 @@ impl Database {
     pub fn new(mode: Mode) -> Self {
         let scale = Scale::new(mode);
         let script = Script::new(&scale);
-        Self { scale, script }
+        Self {
+            scale,
+            script,
+            heap: Heap::new(),
+        }
     }
 }
 
@@ -110,7 +115,8 @@ impl Workload for Database {
     fn run(&self, peer: &str, probe: bool) -> Outcome {
         let (scale, script) = (&self.scale, &self.script);
         match peer {
-            "tidyheap" => kernel(&Heap::new(), scale, script, probe),
+            "tidyheap" if probe => kernel(&Heap::new(), scale, script, probe),
+            "tidyheap" => kernel(&self.heap, scale, script, probe),
             "system" => kernel(&Sys, scale, script, probe),
             "mimalloc" => kernel(&Mi, scale, script, probe),
             _ => panic!("unknown peer {peer}"),

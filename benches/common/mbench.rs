@@ -13,7 +13,9 @@
 //!   each thread frees its object, then `iters` times allocates an 8 B object, writes
 //!   each of its bytes `writes` times and frees it. An allocator that hands a thread a
 //!   block sharing a cache line with another thread's block makes them falsely share.
-//!   One operation is one 8-byte round of writes.
+//!   One operation is one 8-byte round of writes. tidyheap runs it on a fresh heap each
+//!   time, as the original runs in a fresh process (the other peers' process heaps
+//!   cannot be reset).
 //! * `mstress`: `phases` phases; each phase starts fresh threads that do `ops` random
 //!   steps: 50 % allocate (90 % 16–256 B, 9 % 256 B–4 KiB, 1 % 4–64 KiB), 25 % free one
 //!   of their own objects, 25 % swap one of theirs into a shared transfer array (taking
@@ -24,6 +26,7 @@
 //! Each thread does the same work whatever the thread count, so the ideal scaling
 //! ratio (2-thread throughput ÷ 1-thread throughput) is 2.0 on two free cores.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::thread;
@@ -70,19 +73,7 @@ impl Scale {
                 mstress_ops: 500,
                 mstress_transfer: 16,
             },
-            Mode::Report => Self {
-                larson_slots: 1_000,
-                larson_ops: 50_000,
-                larson_rounds: 4,
-                xmalloc_objects: 400_000,
-                xmalloc_batch: 128,
-                cache_iters: 50,
-                cache_writes: 5_000,
-                mstress_phases: 5,
-                mstress_ops: 40_000,
-                mstress_transfer: 1_000,
-            },
-            Mode::Bench => Self {
+            Mode::Report | Mode::Bench => Self {
                 larson_slots: 1_000,
                 larson_ops: 100_000,
                 larson_rounds: 10,
@@ -131,11 +122,21 @@ pub fn ops(pattern: &str, threads: usize, s: &Scale) -> u64 {
 /// [`peers::NAMES`]) with `threads` threads (1 or more; `xmalloc` uses 1 or 2).
 pub fn run(pattern: &str, peer: &str, threads: usize, s: &Scale) -> Run {
     match peer {
-        "tidyheap" => run_on(pattern, &Heap::new(), threads, s),
+        // Like the original's fresh process: whether blocks of different threads share
+        // a cache line depends on where the allocator starts from.
+        "tidyheap" if pattern == "cache_scratch" => run_on(pattern, &Heap::new(), threads, s),
+        "tidyheap" => run_on(pattern, tidy_heap(), threads, s),
         "system" => run_on(pattern, &Sys, threads, s),
         "mimalloc" => run_on(pattern, &Mi, threads, s),
         _ => panic!("unknown peer {peer}"),
     }
+}
+
+/// tidyheap's heap for these patterns, kept from run to run like the other peers'
+/// process heaps.
+fn tidy_heap() -> &'static Heap {
+    static HEAP: OnceLock<Heap> = OnceLock::new();
+    HEAP.get_or_init(Heap::new)
 }
 
 fn run_on<P: Peer>(pattern: &str, peer: &P, threads: usize, s: &Scale) -> Run {

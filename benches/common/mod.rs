@@ -28,7 +28,8 @@ use std::time::Duration;
 pub enum Mode {
     /// `cargo test --benches`: every benchmark runs once, on tiny sizes.
     Test,
-    /// `cargo run --release --example report`: short runs, the whole report in minutes.
+    /// `cargo run --release --example report`: the same sizes as `Bench` (one run is
+    /// short), measured with fewer runs than criterion takes.
     Report,
     /// `cargo bench`: full sizes.
     Bench,
@@ -57,7 +58,8 @@ pub trait Workload {
     /// Operations per run (the unit is the workload's; see its docs).
     fn ops(&self) -> u64;
     /// One run on `peer`; with `probe`, RSS is sampled as it goes (slower: do not time
-    /// a probed run).
+    /// a probed run), after the peers' retained memory went back to the OS (tidyheap:
+    /// a fresh heap; timed runs reuse one heap per workload).
     fn run(&self, peer: &str, probe: bool) -> Outcome;
 }
 

@@ -1,7 +1,7 @@
 //! The allocators compared: one trait, three implementations.
 //!
-//! `tidyheap` is a `tidyheap::Heap` value (a fresh one per run, so each run starts from
-//! an empty heap), `system` is glibc malloc through `std::alloc::System`, `mimalloc` is
+//! `tidyheap` is a `tidyheap::Heap` value (one per workload, kept from run to run as the
+//! other peers keep their process-wide heaps), `system` is glibc malloc through `std::alloc::System`, `mimalloc` is
 //! `mimalloc::MiMalloc`. The benchmark binaries themselves run on the system allocator;
 //! only the measured calls go to each peer.
 

@@ -102,6 +102,8 @@ unsafe fn stamp(p: *mut u8, v: u64) {
 pub struct Web {
     requests: usize,
     script: Script,
+    /// tidyheap's heap, kept from run to run like the other peers' process heaps.
+    heap: Heap,
 }
 
 impl Web {
@@ -109,12 +111,12 @@ impl Web {
     pub fn new(mode: Mode) -> Self {
         let requests = match mode {
             Mode::Test => 50,
-            Mode::Report => 5_000,
-            Mode::Bench => 20_000,
+            Mode::Report | Mode::Bench => 20_000,
         };
         Self {
             requests,
             script: Script::new(requests),
+            heap: Heap::new(),
         }
     }
 }
@@ -140,7 +142,8 @@ impl Workload for Web {
         let script = &self.script;
         match peer {
             "tidyheap_frame" => frame_kernel(script, probe),
-            "tidyheap" => malloc_kernel(&Heap::new(), script, probe),
+            "tidyheap" if probe => malloc_kernel(&Heap::new(), script, probe),
+            "tidyheap" => malloc_kernel(&self.heap, script, probe),
             "system" => malloc_kernel(&Sys, script, probe),
             "mimalloc" => malloc_kernel(&Mi, script, probe),
             "bumpalo" => bump_kernel(script, probe),
