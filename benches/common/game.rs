@@ -71,8 +71,9 @@ pub struct Game {
     reads: usize,
     /// Bytes assets are loaded from.
     source: Vec<u8>,
-    /// tidyheap's heap, kept from run to run like the other peers' process heaps.
-    heap: Arc<Heap>,
+    /// tidyheap's heaps (with and without compaction), each kept from run to run like
+    /// the other peers' process heaps.
+    heaps: [Arc<Heap>; 2],
 }
 
 impl Game {
@@ -88,7 +89,7 @@ impl Game {
             temps,
             reads,
             source: (0..MAX_ASSET).map(|i| (i * 31 % 251) as u8).collect(),
-            heap: Arc::new(Heap::new()),
+            heaps: [Arc::new(Heap::new()), Arc::new(Heap::new())],
         }
     }
 }
@@ -113,15 +114,16 @@ impl Workload for Game {
     fn run(&self, peer: &str, probe: bool) -> Outcome {
         match peer {
             "tidyheap" | "tidyheap_nocompact" => {
+                let compact = peer == "tidyheap";
                 let heap = if probe {
                     Arc::new(Heap::new())
                 } else {
-                    self.heap.clone()
+                    self.heaps[usize::from(compact)].clone()
                 };
                 let mut assets = TidyAssets {
                     meta: Store::new_in(heap.clone()),
                     heap,
-                    compact: peer == "tidyheap",
+                    compact,
                 };
                 let arena = FrameArena::with_config(FrameConfig::new().with_frames_in_flight(1))
                     .expect("valid frame config");
