@@ -848,7 +848,7 @@ fn main() {
     let start = Instant::now();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let argv: Vec<String> = std::env::args().collect();
-    println!("# tidyheap benchmark report");
+    println!("**tidyheap benchmark report**");
     println!();
     println!("- date: {} (UTC)", today());
     println!("- cores: {cores}");
