@@ -5,8 +5,8 @@
 //! * `web_server/<peer>/<requests>`: a burst of allocations per request, all released at
 //!   its end (`tidyheap_frame`, `tidyheap`, `system`, `mimalloc`, `bumpalo`);
 //! * `game_engine/<peer>/<frames>`: frame temporaries, streamed assets behind handles,
-//!   tidyheap compacting a little every frame (`tidyheap`, `system`, `mimalloc`,
-//!   `mimalloc_bumpalo`);
+//!   tidyheap compacting a little every frame (`tidyheap`, `tidyheap_nocompact`,
+//!   `system`, `mimalloc`, `mimalloc_bumpalo`);
 //! * `ml_tensors/<peer>/<max size>`: tensors of 1–256 MiB reallocated often (`tidyheap`,
 //!   `system`, `mimalloc`).
 //!
