@@ -3,7 +3,7 @@
 //! * `frame_alloc/{peer}/{size}`: one frame of 10 000 allocations of `size` bytes,
 //!   including the per-frame reset (`begin_frame`/`end` against `Bump::reset`).
 //!   `tidyheap` allocates through the frame token with one frame in flight (bumpalo's
-//!   `reset` semantics); `tidyheap-n2` keeps two, the default; `tidyheap-shared` goes
+//!   `reset` semantics); `tidyheap_n2` keeps two, the default; `tidyheap_shared` goes
 //!   through the multi-thread view (`Frame::shared`, thread-local lane lookup).
 //! * `scratch_vec/{peer}/{len}`: one frame that pushes `len` `u64`s into a scratch
 //!   vector (`allocator_api2::vec::Vec` in the frame against
@@ -28,7 +28,7 @@ fn frame_alloc(c: &mut Criterion) {
     group.throughput(Throughput::Elements(ALLOCS as u64));
     for size in [16usize, 64, 256] {
         let layout = Layout::from_size_align(size, 8).expect("valid layout");
-        for (peer, n) in [("tidyheap", 1), ("tidyheap-n2", 2)] {
+        for (peer, n) in [("tidyheap", 1), ("tidyheap_n2", 2)] {
             let mut arena = arena(n);
             group.bench_function(BenchmarkId::new(peer, size), |b| {
                 b.iter(|| {
@@ -41,7 +41,7 @@ fn frame_alloc(c: &mut Criterion) {
             });
         }
         let mut arena = arena(1);
-        group.bench_function(BenchmarkId::new("tidyheap-shared", size), |b| {
+        group.bench_function(BenchmarkId::new("tidyheap_shared", size), |b| {
             b.iter(|| {
                 let frame = arena.begin_frame();
                 let shared = frame.shared();

@@ -10,9 +10,9 @@
 //!     lookup in the span's side table);
 //!   - `slotmap`: `SlotMap<DefaultKey, u64>::get`;
 //!   - `raw_ptr`: dereference of a `Vec<Box<u64>>` entry (the floor: no resolution).
-//! * `handle_insert_remove/<peer>`: `BATCH` inserts then `BATCH` removes, on top of 10 000
-//!   live entries; one element = one insert + remove pair. `box` (system allocator
-//!   `Box::new` + drop) is a reference point.
+//! * `handle_insert_remove/<peer>/<live>`: `BATCH` inserts then `BATCH` removes, on top
+//!   of `live` (10 000) entries; one element = one insert + remove pair. `box` (system
+//!   allocator `Box::new` + drop) is a reference point.
 //!
 //! Throughput is in elements (gets or pairs). Run with `cargo bench --bench handles`;
 //! `cargo test --bench handles` runs each benchmark once on small sizes.
@@ -128,7 +128,7 @@ fn handle_insert_remove(c: &mut Criterion, background: usize) {
     let store: Store<u64> = Store::new();
     let _keep: Vec<Handle<u64>> = (0..background as u64).map(|i| store.insert(i)).collect();
     let mut hs: Vec<Handle<u64>> = Vec::with_capacity(BATCH);
-    group.bench_function("tidyheap_store", |b| {
+    group.bench_function(BenchmarkId::new("tidyheap_store", background), |b| {
         b.iter(|| {
             for i in 0..BATCH as u64 {
                 hs.push(store.insert(black_box(i)));
@@ -146,7 +146,7 @@ fn handle_insert_remove(c: &mut Criterion, background: usize) {
         .map(|i| heap.insert_bytes(&i.to_ne_bytes()).expect("alloc"))
         .collect();
     let mut raw: Vec<RawHandle> = Vec::with_capacity(BATCH);
-    group.bench_function("tidyheap_raw", |b| {
+    group.bench_function(BenchmarkId::new("tidyheap_raw", background), |b| {
         b.iter(|| {
             for i in 0..BATCH as u64 {
                 raw.push(
@@ -163,7 +163,7 @@ fn handle_insert_remove(c: &mut Criterion, background: usize) {
     let mut sm: SlotMap<DefaultKey, u64> = SlotMap::new();
     let _keep_sm: Vec<DefaultKey> = (0..background as u64).map(|i| sm.insert(i)).collect();
     let mut keys: Vec<DefaultKey> = Vec::with_capacity(BATCH);
-    group.bench_function("slotmap", |b| {
+    group.bench_function(BenchmarkId::new("slotmap", background), |b| {
         b.iter(|| {
             for i in 0..BATCH as u64 {
                 keys.push(sm.insert(black_box(i)));
@@ -177,7 +177,7 @@ fn handle_insert_remove(c: &mut Criterion, background: usize) {
     });
 
     let mut boxes: Vec<Box<u64>> = Vec::with_capacity(BATCH);
-    group.bench_function("box", |b| {
+    group.bench_function(BenchmarkId::new("box", background), |b| {
         b.iter(|| {
             for i in 0..BATCH as u64 {
                 boxes.push(Box::new(black_box(i)));

@@ -2,7 +2,7 @@
 //! beside the system allocator (glibc malloc) in the same group.
 //!
 //! Peers: `tidyheap` (defaults: huge pages tried, then `MADV_HUGEPAGE`),
-//! `tidyheap-4k` (`HugePages::Never`), `system` (`std::alloc::System`).
+//! `tidyheap_4k` (`HugePages::Never`), `system` (`std::alloc::System`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -42,7 +42,7 @@ fn alloc_touch_free(c: &mut Criterion) {
         let size = mib * MIB;
         let layout = Layout::from_size_align(size, 16).unwrap();
         group.throughput(Throughput::Bytes(size as u64));
-        for (peer, large) in [("tidyheap", &TIDY), ("tidyheap-4k", &TIDY_4K)] {
+        for (peer, large) in [("tidyheap", &TIDY), ("tidyheap_4k", &TIDY_4K)] {
             group.bench_with_input(
                 BenchmarkId::new(peer, format!("{mib}MiB")),
                 &layout,

@@ -1,0 +1,883 @@
+//! One command for the README's benchmark table:
+//!
+//! ```sh
+//! cargo run --release --example report
+//! ```
+//!
+//! Runs a short version of every benchmark — the key cases of `benches/alloc.rs`,
+//! `handles.rs`, `frame.rs`, `compaction.rs` and `large.rs`, the workloads of
+//! `benches/workloads.rs` and the mimalloc-bench ports of `benches/mimalloc_bench.rs`
+//! (the last two share their code with this file, from `benches/common/`) — with its own
+//! simple timing loops: each figure is the median of a few runs, the peers of a case
+//! alternating run by run so they see the same machine load, results kept alive with
+//! `black_box`. All inputs come from seeded RNGs, so every run prints the same rows.
+//!
+//! It prints one markdown table: `peer`, `workload`, `metric`, `tidyheap`, `peer value`,
+//! `ratio` (tidyheap ÷ peer). Each metric says which way is better (↑ or ↓); the ratio
+//! cell says **behind** where tidyheap is more than 5 % worse than the peer, `tie`
+//! within 5 %, and `ahead` otherwise (fragmentation compares differences of more than
+//! 0.02 instead). Nothing is asserted: the numbers are measured, not checked. The whole
+//! run takes about a minute on a 2-core machine (well under 3).
+
+#[allow(dead_code)] // each binary including the shared module uses part of it
+#[path = "../benches/common/mod.rs"]
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::time::{Duration, Instant, SystemTime};
+
+use bumpalo::Bump;
+use common::peers::{self, Mi, Peer, Sys};
+use common::{Mode, Outcome, Workload, mbench, median};
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use slotmap::{DefaultKey, SlotMap};
+use tidyheap::frame::{FrameArena, FrameConfig};
+use tidyheap::large::{LargeAllocator, LargeConfig};
+use tidyheap::{Budget, Handle, Heap, RawHandle, Store};
+
+const MIB: usize = 1 << 20;
+
+/// Which way a metric improves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Better {
+    Higher,
+    Lower,
+}
+
+/// How a value prints.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unit {
+    /// Operations per second.
+    PerSec,
+    /// Nanoseconds.
+    Ns,
+    /// Microseconds.
+    Us,
+    /// Mebibytes.
+    Mib,
+    /// GiB per second.
+    GibPerSec,
+    /// A plain ratio.
+    Ratio,
+    /// A fragmentation share, compared by difference.
+    Frag,
+}
+
+/// One table row.
+struct Row {
+    peer: String,
+    workload: String,
+    metric: String,
+    tidy: f64,
+    other: f64,
+    better: Better,
+    unit: Unit,
+}
+
+fn fmt_value(v: f64, unit: Unit) -> String {
+    match unit {
+        Unit::PerSec => {
+            if v >= 1e9 {
+                format!("{:.2} G/s", v / 1e9)
+            } else if v >= 1e6 {
+                format!("{:.2} M/s", v / 1e6)
+            } else if v >= 1e3 {
+                format!("{:.2} k/s", v / 1e3)
+            } else {
+                format!("{v:.1} /s")
+            }
+        }
+        Unit::Ns => format!("{v:.2} ns"),
+        Unit::Us => format!("{v:.1} µs"),
+        Unit::Mib => format!("{v:.1} MiB"),
+        Unit::GibPerSec => format!("{v:.2} GiB/s"),
+        Unit::Ratio => format!("{v:.3}"),
+        Unit::Frag => format!("{v:.3}"),
+    }
+}
+
+fn verdict(r: &Row) -> String {
+    let worse_by = |d: f64| match r.better {
+        Better::Higher => -d,
+        Better::Lower => d,
+    };
+    let tag = |worse: f64, band: f64| {
+        if worse > band {
+            "**behind**"
+        } else if worse < -band {
+            "ahead"
+        } else {
+            "tie"
+        }
+    };
+    if r.unit == Unit::Frag {
+        let tag = tag(worse_by(r.tidy - r.other), 0.02);
+        return if r.other.abs() > 0.02 {
+            format!("{:.2} {tag}", r.tidy / r.other)
+        } else {
+            format!("— {tag}")
+        };
+    }
+    let ratio = r.tidy / r.other;
+    let worse = match r.better {
+        Better::Higher => 1.0 / ratio - 1.0,
+        Better::Lower => ratio - 1.0,
+    };
+    format!("{ratio:.2} {}", tag(worse, 0.05))
+}
+
+/// The table being built.
+#[derive(Default)]
+struct Table {
+    rows: Vec<Row>,
+}
+
+impl Table {
+    #[allow(clippy::too_many_arguments)] // one call per row reads best flat
+    fn add(
+        &mut self,
+        peer: &str,
+        workload: &str,
+        metric: &str,
+        better: Better,
+        unit: Unit,
+        tidy: f64,
+        other: f64,
+    ) {
+        let arrow = match better {
+            Better::Higher => "↑",
+            Better::Lower => "↓",
+        };
+        self.rows.push(Row {
+            peer: peer.to_string(),
+            workload: workload.to_string(),
+            metric: format!("{metric} {arrow}"),
+            tidy,
+            other,
+            better,
+            unit,
+        });
+    }
+
+    fn print(&self) {
+        println!("| peer | workload | metric | tidyheap | peer value | ratio |");
+        println!("|---|---|---|---|---|---|");
+        for r in &self.rows {
+            println!(
+                "| {} | {} | {} | {} | {} | {} |",
+                r.peer,
+                r.workload,
+                r.metric,
+                fmt_value(r.tidy, r.unit),
+                fmt_value(r.other, r.unit),
+                verdict(r)
+            );
+        }
+    }
+}
+
+/// Runs every closure `runs` times, alternating, and returns each one's median.
+fn interleaved(runs: usize, fs: &mut [&mut dyn FnMut() -> f64]) -> Vec<f64> {
+    let mut samples = vec![Vec::with_capacity(runs); fs.len()];
+    for _ in 0..runs {
+        for (f, s) in fs.iter_mut().zip(&mut samples) {
+            s.push(f());
+        }
+    }
+    samples.iter_mut().map(|s| median(s)).collect()
+}
+
+fn ns_per(t: Duration, n: usize) -> f64 {
+    t.as_nanos() as f64 / n as f64
+}
+
+// ---------------------------------------------------------------- classic benches --
+
+/// `alloc_free_pair`: ns per hot alloc + free of `size` bytes.
+fn pair_ns<P: Peer>(peer: &P, size: usize) -> f64 {
+    const N: usize = 200_000;
+    let l = peers::layout(size);
+    let start = Instant::now();
+    for _ in 0..N {
+        // SAFETY: a nonzero size; the block is freed once with its layout.
+        unsafe {
+            let p = peer.alloc(black_box(l));
+            assert!(!p.is_null(), "out of memory");
+            peer.dealloc(black_box(p), l);
+        }
+    }
+    ns_per(start.elapsed(), N)
+}
+
+/// `random_free_10k`: µs per round of 10 000 allocations of 64 B freed in a fixed
+/// random order.
+fn random_free_us<P: Peer>(peer: &P, order: &[usize], ptrs: &mut [*mut u8]) -> f64 {
+    const ROUNDS: usize = 10;
+    let l = peers::layout(64);
+    let start = Instant::now();
+    for _ in 0..ROUNDS {
+        for slot in ptrs.iter_mut() {
+            // SAFETY: a nonzero size.
+            *slot = unsafe { peers::alloc_or_die(peer, black_box(l)) };
+        }
+        for &i in order {
+            // SAFETY: each block is live and freed once (`order` is a permutation).
+            unsafe { peer.dealloc(black_box(ptrs[i]), l) };
+        }
+    }
+    start.elapsed().as_secs_f64() * 1e6 / ROUNDS as f64
+}
+
+fn alloc_rows(t: &mut Table) {
+    let heap = Heap::new();
+    for size in [16usize, 64, 256, 4096] {
+        let [tidy, sys, mi] = interleaved(
+            7,
+            &mut [
+                &mut || pair_ns(&heap, size),
+                &mut || pair_ns(&Sys, size),
+                &mut || pair_ns(&Mi, size),
+            ],
+        )[..] else {
+            unreachable!("three closures")
+        };
+        let w = format!("alloc_free_pair {size} B");
+        t.add(
+            "system",
+            &w,
+            "time per pair",
+            Better::Lower,
+            Unit::Ns,
+            tidy,
+            sys,
+        );
+        t.add(
+            "mimalloc",
+            &w,
+            "time per pair",
+            Better::Lower,
+            Unit::Ns,
+            tidy,
+            mi,
+        );
+    }
+    let mut order: Vec<usize> = (0..10_000).collect();
+    order.shuffle(&mut SmallRng::seed_from_u64(0x10_000));
+    let mut ptrs = vec![std::ptr::null_mut(); order.len()];
+    let mut ptrs2 = ptrs.clone();
+    let mut ptrs3 = ptrs.clone();
+    let [tidy, sys, mi] = interleaved(
+        9,
+        &mut [
+            &mut || random_free_us(&heap, &order, &mut ptrs),
+            &mut || random_free_us(&Sys, &order, &mut ptrs2),
+            &mut || random_free_us(&Mi, &order, &mut ptrs3),
+        ],
+    )[..] else {
+        unreachable!("three closures")
+    };
+    let w = "random_free_10k 64 B";
+    t.add(
+        "system",
+        w,
+        "time per 10k",
+        Better::Lower,
+        Unit::Us,
+        tidy,
+        sys,
+    );
+    t.add(
+        "mimalloc",
+        w,
+        "time per 10k",
+        Better::Lower,
+        Unit::Us,
+        tidy,
+        mi,
+    );
+}
+
+fn handle_rows(t: &mut Table) {
+    const LIVE: usize = 100_000;
+    let mut rng = SmallRng::seed_from_u64(0x5eed);
+    let order: Vec<usize> = (0..1 << 16).map(|_| rng.gen_range(0..LIVE)).collect();
+
+    let store: Store<u64> = Store::new();
+    let hs: Vec<Handle<u64>> = (0..LIVE as u64).map(|i| store.insert(i)).collect();
+    let mut sm: SlotMap<DefaultKey, u64> = SlotMap::with_capacity(LIVE);
+    let keys: Vec<DefaultKey> = (0..LIVE as u64).map(|i| sm.insert(i)).collect();
+    let [tidy, slot] = interleaved(
+        7,
+        &mut [
+            &mut || {
+                let start = Instant::now();
+                let mut sum = 0u64;
+                for &i in &order {
+                    sum = sum.wrapping_add(*store.get(black_box(hs[i])).expect("live"));
+                }
+                black_box(sum);
+                ns_per(start.elapsed(), order.len())
+            },
+            &mut || {
+                let start = Instant::now();
+                let mut sum = 0u64;
+                for &i in &order {
+                    sum = sum.wrapping_add(*sm.get(black_box(keys[i])).expect("live"));
+                }
+                black_box(sum);
+                ns_per(start.elapsed(), order.len())
+            },
+        ],
+    )[..] else {
+        unreachable!("two closures")
+    };
+    t.add(
+        "slotmap",
+        "handle_get, 100k live, random",
+        "time per get",
+        Better::Lower,
+        Unit::Ns,
+        tidy,
+        slot,
+    );
+    drop((hs, keys, store, sm));
+
+    const BATCH: usize = 1024;
+    const REPS: usize = 20;
+    let store: Store<u64> = Store::new();
+    let _keep: Vec<Handle<u64>> = (0..10_000u64).map(|i| store.insert(i)).collect();
+    let mut sm: SlotMap<DefaultKey, u64> = SlotMap::new();
+    let _keep_sm: Vec<DefaultKey> = (0..10_000u64).map(|i| sm.insert(i)).collect();
+    let mut hs = Vec::with_capacity(BATCH);
+    let mut ks = Vec::with_capacity(BATCH);
+    let [tidy, slot] = interleaved(
+        7,
+        &mut [
+            &mut || {
+                let start = Instant::now();
+                for _ in 0..REPS {
+                    hs.extend((0..BATCH as u64).map(|i| store.insert(black_box(i))));
+                    for h in hs.drain(..) {
+                        black_box(store.remove(h).expect("live"));
+                    }
+                }
+                ns_per(start.elapsed(), REPS * BATCH)
+            },
+            &mut || {
+                let start = Instant::now();
+                for _ in 0..REPS {
+                    ks.extend((0..BATCH as u64).map(|i| sm.insert(black_box(i))));
+                    for k in ks.drain(..) {
+                        black_box(sm.remove(k).expect("live"));
+                    }
+                }
+                ns_per(start.elapsed(), REPS * BATCH)
+            },
+        ],
+    )[..] else {
+        unreachable!("two closures")
+    };
+    t.add(
+        "slotmap",
+        "handle_insert_remove, 10k live",
+        "time per pair",
+        Better::Lower,
+        Unit::Ns,
+        tidy,
+        slot,
+    );
+}
+
+fn frame_rows(t: &mut Table) {
+    const ALLOCS: usize = 10_000;
+    const FRAMES: usize = 50;
+    let l = Layout::from_size_align(64, 8).expect("layout");
+    let mut arena =
+        FrameArena::with_config(FrameConfig::new().with_frames_in_flight(1)).expect("valid config");
+    let mut bump = Bump::new();
+    let [tidy, b] = interleaved(
+        9,
+        &mut [
+            &mut || {
+                let start = Instant::now();
+                for _ in 0..FRAMES {
+                    let frame = arena.begin_frame();
+                    for _ in 0..ALLOCS {
+                        black_box(frame.alloc_layout(l).expect("frame alloc"));
+                    }
+                    frame.end();
+                }
+                ns_per(start.elapsed(), FRAMES * ALLOCS)
+            },
+            &mut || {
+                let start = Instant::now();
+                for _ in 0..FRAMES {
+                    bump.reset();
+                    for _ in 0..ALLOCS {
+                        black_box(bump.alloc_layout(l));
+                    }
+                }
+                ns_per(start.elapsed(), FRAMES * ALLOCS)
+            },
+        ],
+    )[..] else {
+        unreachable!("two closures")
+    };
+    t.add(
+        "bumpalo",
+        "frame_alloc 64 B, 10k per frame incl. reset",
+        "time per alloc",
+        Better::Lower,
+        Unit::Ns,
+        tidy,
+        b,
+    );
+}
+
+/// A fresh heap of `total` bytes of `block`-sized handle blocks, every other one freed.
+fn fragmented(block: usize, total: usize) -> (Heap, Vec<RawHandle>) {
+    let heap = Heap::new();
+    let all: Vec<RawHandle> = (0..total / block)
+        .map(|_| heap.alloc_handle(block, 16).expect("alloc_handle"))
+        .collect();
+    let mut kept = Vec::with_capacity(all.len() / 2 + 1);
+    for (i, h) in all.into_iter().enumerate() {
+        if i % 2 == 0 {
+            kept.push(h);
+        } else {
+            heap.free_handle(h).expect("live");
+        }
+    }
+    (heap, kept)
+}
+
+/// Resident bytes of the process.
+fn rss() -> usize {
+    let s = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
+    let pages: usize = s
+        .split_whitespace()
+        .nth(1)
+        .and_then(|f| f.parse().ok())
+        .expect("statm resident field");
+    pages * tidyheap::os::PAGE_SIZE
+}
+
+fn compaction_rows(t: &mut Table) {
+    // Copy rate, 1 KiB blocks.
+    const BLOCK: usize = 1024;
+    const TOTAL: usize = 16 * MIB;
+    let moved = std::cell::Cell::new(0u64);
+    let (src, mut dst) = (vec![1u8; TOTAL], vec![2u8; TOTAL]);
+    let [tidy, copy] = interleaved(
+        5,
+        &mut [
+            &mut || {
+                let (heap, kept) = fragmented(BLOCK, TOTAL);
+                let start = Instant::now();
+                let r = heap.compact_full();
+                let t = start.elapsed();
+                moved.set(r.bytes_moved);
+                drop(kept);
+                r.bytes_moved as f64 / t.as_secs_f64() / f64::from(1u32 << 30)
+            },
+            &mut || {
+                let chunks = (moved.get() as usize / BLOCK).max(1);
+                let start = Instant::now();
+                for i in 0..chunks {
+                    let off = 2 * i * BLOCK % (TOTAL - 2 * BLOCK);
+                    dst[off + BLOCK..off + 2 * BLOCK].copy_from_slice(&src[off..off + BLOCK]);
+                }
+                black_box(&mut dst);
+                (chunks * BLOCK) as f64 / start.elapsed().as_secs_f64() / f64::from(1u32 << 30)
+            },
+        ],
+    )[..] else {
+        unreachable!("two closures")
+    };
+    let w = "compaction_copy 1 KiB blocks";
+    t.add(
+        "memcpy",
+        w,
+        "bytes moved per second",
+        Better::Higher,
+        Unit::GibPerSec,
+        tidy,
+        copy,
+    );
+    t.add(
+        "DESIGN target",
+        w,
+        "share of memcpy's rate",
+        Better::Higher,
+        Unit::Ratio,
+        tidy / copy,
+        0.50,
+    );
+
+    // Mesh's pattern at a quarter of its size.
+    let (small, large) = (32 * MIB / 512, 16 * MIB / 1024);
+    let live = (small / 2) * 512 + (large / 2) * 1024;
+    let mut hs: Vec<Option<RawHandle>> = vec![None; small];
+    peers::settle();
+    let base = rss();
+    let heap = Heap::new();
+    for (size, count) in [(512, small), (1024, large)] {
+        for slot in hs.iter_mut().take(count) {
+            *slot = Some(heap.alloc_handle(size, 16).expect("alloc_handle"));
+        }
+        for slot in hs.iter_mut().take(count).skip(1).step_by(2) {
+            heap.free_handle(slot.take().expect("allocated"))
+                .expect("live");
+        }
+    }
+    heap.compact_full();
+    let committed = heap.fragmentation().committed_bytes as f64 / live as f64;
+    let tidy_rss = rss().saturating_sub(base) as f64 / live as f64;
+    drop(heap);
+    drop(hs);
+
+    let mut ptrs: Vec<(*mut u8, Layout)> = Vec::with_capacity(small + large);
+    peers::settle();
+    let base = rss();
+    for (size, count) in [(512usize, small), (1024, large)] {
+        let l = Layout::from_size_align(size, 16).expect("layout");
+        let first = ptrs.len();
+        for _ in 0..count {
+            // SAFETY: a nonzero size; the fresh block is written inside its bounds.
+            let p = unsafe {
+                let p = System.alloc(l);
+                assert!(!p.is_null(), "out of memory");
+                p.write_bytes(0, size);
+                p
+            };
+            ptrs.push((p, l));
+        }
+        for e in ptrs[first..].iter_mut().skip(1).step_by(2) {
+            // SAFETY: allocated above with this layout, freed once (then nulled).
+            unsafe { System.dealloc(e.0, e.1) };
+            e.0 = std::ptr::null_mut();
+        }
+    }
+    let sys_rss = rss().saturating_sub(base) as f64 / live as f64;
+    for (p, l) in ptrs {
+        if !p.is_null() {
+            // SAFETY: a live block allocated above with `l`.
+            unsafe { System.dealloc(p, l) };
+        }
+    }
+    let w = "Mesh pattern (1/4 size), after one full compaction";
+    t.add(
+        "system",
+        w,
+        "RSS / live",
+        Better::Lower,
+        Unit::Ratio,
+        tidy_rss,
+        sys_rss,
+    );
+    t.add(
+        "DESIGN target",
+        w,
+        "committed / live",
+        Better::Lower,
+        Unit::Ratio,
+        committed,
+        1.10,
+    );
+
+    // Incremental pass durations against a 500 µs budget.
+    const BUDGET: Duration = Duration::from_micros(500);
+    let mut rng = SmallRng::seed_from_u64(42);
+    let mut passes = Vec::new();
+    while passes.len() < 60 {
+        let heap = Heap::new();
+        let mut all = Vec::new();
+        let mut allocated = 0;
+        while allocated < 16 * MIB {
+            let size = 64usize << rng.gen_range(0..=8);
+            all.push(heap.alloc_handle(size, 16).expect("alloc_handle"));
+            allocated += size;
+        }
+        for h in all.iter().skip(1).step_by(2) {
+            heap.free_handle(*h).expect("live");
+        }
+        loop {
+            let r = heap.compact(Budget::time(BUDGET));
+            if r.complete && r.blocks_moved == 0 {
+                break;
+            }
+            passes.push(r.elapsed);
+        }
+    }
+    passes.sort();
+    let p99 = passes[((passes.len() - 1) as f64 * 0.99).round() as usize];
+    t.add(
+        "DESIGN target",
+        &format!("compaction pass, 500 µs budget ({} passes)", passes.len()),
+        "p99 / budget",
+        Better::Lower,
+        Unit::Ratio,
+        p99.as_secs_f64() / BUDGET.as_secs_f64(),
+        1.10,
+    );
+}
+
+static LARGE: LargeAllocator = LargeAllocator::new(LargeConfig::DEFAULT);
+
+fn large_rows(t: &mut Table) {
+    /// Alloc + touch every page + free, µs.
+    fn cycle(size: usize, tidy: bool) -> f64 {
+        let l = Layout::from_size_align(size, 16).expect("layout");
+        let start = Instant::now();
+        let p = if tidy {
+            LARGE.alloc(l).expect("large alloc").as_ptr()
+        } else {
+            // SAFETY: a nonzero size.
+            let p = unsafe { System.alloc(l) };
+            assert!(!p.is_null(), "out of memory");
+            p
+        };
+        for off in (0..size).step_by(4096) {
+            // SAFETY: `off < size`, inside the block.
+            unsafe { black_box(p).add(off).write_volatile(1) };
+        }
+        if tidy {
+            // SAFETY: allocated above by `LARGE` with `l`, freed once.
+            unsafe { LARGE.dealloc(std::ptr::NonNull::new(p).expect("non-null"), l) };
+        } else {
+            // SAFETY: allocated above by `System` with `l`, freed once.
+            unsafe { System.dealloc(p, l) };
+        }
+        start.elapsed().as_secs_f64() * 1e6
+    }
+    for (mib, runs) in [(1usize, 15), (64, 5)] {
+        let [tidy, sys] = interleaved(
+            runs,
+            &mut [&mut || cycle(mib * MIB, true), &mut || {
+                cycle(mib * MIB, false)
+            }],
+        )[..] else {
+            unreachable!("two closures")
+        };
+        t.add(
+            "system",
+            &format!("large alloc+touch+free {mib} MiB"),
+            "time",
+            Better::Lower,
+            Unit::Us,
+            tidy,
+            sys,
+        );
+    }
+}
+
+// ------------------------------------------------------------------- workloads --
+
+/// Median timed outcome per peer (runs alternate between peers), plus one probed run
+/// per peer for the memory figures.
+fn measure(w: &dyn Workload, runs: usize) -> Vec<(&'static str, Outcome)> {
+    let mut out: Vec<(&'static str, Outcome)> =
+        w.peers().iter().map(|&p| (p, w.run(p, true))).collect();
+    let mut times = vec![Vec::with_capacity(runs); out.len()];
+    for _ in 0..runs {
+        for (i, &p) in w.peers().iter().enumerate() {
+            times[i].push(w.run(p, false).elapsed);
+        }
+    }
+    for ((_, o), t) in out.iter_mut().zip(&mut times) {
+        o.elapsed = median(t);
+    }
+    out
+}
+
+fn workload_rows(t: &mut Table) {
+    let mib = |b: usize| b as f64 / MIB as f64;
+    for w in common::workloads(Mode::Report) {
+        let runs = match w.name() {
+            "ml_tensors" | "game_engine" => 5,
+            _ => 9,
+        };
+        let res = measure(w.as_ref(), runs);
+        let get = |name: &str| {
+            res.iter()
+                .find(|(p, _)| *p == name)
+                .map(|(_, o)| *o)
+                .expect("peer measured")
+        };
+        // (tidyheap variant, label suffix, peers it is compared with)
+        let pairs: &[(&str, &str, &[&str])] = match w.name() {
+            "web_server" => &[
+                (
+                    "tidyheap_frame",
+                    " (frame arena)",
+                    &["bumpalo", "mimalloc", "system"],
+                ),
+                ("tidyheap", " (malloc-style)", &["mimalloc", "system"]),
+            ],
+            "game_engine" => &[
+                ("tidyheap", "", &["mimalloc_bumpalo", "mimalloc", "system"]),
+                (
+                    "tidyheap_nocompact",
+                    " (no compaction)",
+                    &["mimalloc_bumpalo"],
+                ),
+            ],
+            _ => &[("tidyheap", "", &["mimalloc", "system"])],
+        };
+        let unit = if w.name() == "game_engine" {
+            "frames/s"
+        } else {
+            "ops/s"
+        };
+        for &(tidy_name, suffix, others) in pairs {
+            let tidy = get(tidy_name);
+            let label = format!("{} {}{suffix}", w.name(), w.size());
+            for &other in others {
+                let o = get(other);
+                t.add(
+                    other,
+                    &label,
+                    unit,
+                    Better::Higher,
+                    Unit::PerSec,
+                    tidy.ops_per_sec(),
+                    o.ops_per_sec(),
+                );
+                t.add(
+                    other,
+                    &label,
+                    "peak RSS rise",
+                    Better::Lower,
+                    Unit::Mib,
+                    mib(tidy.peak_rss),
+                    mib(o.peak_rss),
+                );
+                if let (Some(a), Some(b)) = (tidy.rss_frag(), o.rss_frag()) {
+                    t.add(
+                        other,
+                        &label,
+                        "end frag (1 − live/RSS rise)",
+                        Better::Lower,
+                        Unit::Frag,
+                        a,
+                        b,
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn mbench_rows(t: &mut Table) {
+    let scale = mbench::Scale::new(Mode::Report);
+    for pattern in mbench::NAMES {
+        // ops/s per peer and thread count: medians of alternating runs.
+        let mut fs: Vec<Box<dyn FnMut() -> f64>> = Vec::new();
+        for peer in peers::NAMES {
+            for threads in [1, 2] {
+                fs.push(Box::new(move || {
+                    mbench::run(pattern, peer, threads, &scale).ops_per_sec()
+                }));
+            }
+        }
+        let mut refs: Vec<&mut dyn FnMut() -> f64> = fs
+            .iter_mut()
+            .map(|f| &mut **f as &mut dyn FnMut() -> f64)
+            .collect();
+        let med = interleaved(5, &mut refs);
+        let [t1, t2] = [med[0], med[1]];
+        for (i, peer) in peers::NAMES.iter().enumerate().skip(1) {
+            let (p1, p2) = (med[2 * i], med[2 * i + 1]);
+            t.add(
+                peer,
+                pattern,
+                "ops/s, 1 thread",
+                Better::Higher,
+                Unit::PerSec,
+                t1,
+                p1,
+            );
+            t.add(
+                peer,
+                pattern,
+                "ops/s, 2 threads",
+                Better::Higher,
+                Unit::PerSec,
+                t2,
+                p2,
+            );
+            t.add(
+                peer,
+                pattern,
+                "scaling 2T ÷ 1T",
+                Better::Higher,
+                Unit::Ratio,
+                t2 / t1,
+                p2 / p1,
+            );
+        }
+    }
+}
+
+/// A named part of the report.
+type Section = (&'static str, fn(&mut Table));
+
+/// Today's date (UTC) as `YYYY-MM-DD`, from the system clock.
+fn today() -> String {
+    let secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's `civil_from_days`).
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+fn main() {
+    let start = Instant::now();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let argv: Vec<String> = std::env::args().collect();
+    println!("**tidyheap benchmark report**");
+    println!();
+    println!("- date: {} (UTC)", today());
+    println!("- cores: {cores}");
+    println!(
+        "- command: `cargo run --release --example report` (argv: `{}`)",
+        argv.join(" ")
+    );
+    println!(
+        "- ratio = tidyheap ÷ peer; ↑ higher is better, ↓ lower is better; **behind** = \
+         tidyheap more than 5 % worse (fragmentation: more than 0.02 higher)"
+    );
+    println!();
+
+    let mut t = Table::default();
+    let sections: [Section; 7] = [
+        ("alloc", alloc_rows),
+        ("handles", handle_rows),
+        ("frame", frame_rows),
+        ("compaction", compaction_rows),
+        ("large", large_rows),
+        ("workloads", workload_rows),
+        ("mimalloc-bench ports", mbench_rows),
+    ];
+    for (name, f) in sections {
+        let s = Instant::now();
+        f(&mut t);
+        eprintln!("report: {name} took {:.1?}", s.elapsed());
+    }
+    t.print();
+    println!();
+    println!("Total run time: {:.0?}.", start.elapsed());
+}
