@@ -277,6 +277,7 @@ impl Heap {
     /// let l = std::alloc::Layout::new::<u64>();
     /// let p = heap.alloc(l).unwrap();
     /// assert_eq!(heap.thread_cache_stats().unwrap().allocations, 1);
+    /// // SAFETY: `p` came from `heap` with `l`.
     /// unsafe { heap.dealloc(p, l) };
     /// ```
     pub fn thread_cache_stats(&self) -> Option<PoolCounters> {
@@ -293,6 +294,7 @@ impl Heap {
     /// let heap = tidyheap::Heap::new();
     /// let l = std::alloc::Layout::new::<[u8; 1024]>();
     /// let p = heap.alloc(l).unwrap();
+    /// // SAFETY: `p` came from `heap` with `l`.
     /// unsafe { heap.dealloc(p, l) };
     /// heap.trim();
     /// assert_eq!(heap.stats().committed_bytes, 0);

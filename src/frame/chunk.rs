@@ -77,9 +77,8 @@ pub(super) fn map(
 ) -> Result<NonNull<ChunkHeader>, AllocError> {
     let size = os::round_up(size, PAGE_SIZE).ok_or(AllocError::TooLarge { size })?;
     let base = os::reserve(size, align)?.cast::<ChunkHeader>();
-    // SAFETY:
-    // * `base` starts a fresh read-write mapping of `size >= PAGE_SIZE > HEADER_SIZE`
-    //   bytes, page-aligned, so a header fits and is aligned;
+    // `base` starts a fresh read-write, page-aligned mapping of at least one page.
+    // SAFETY: * a header (< PAGE_SIZE bytes) fits there and is aligned;
     // * nothing else refers to the mapping yet.
     unsafe {
         base.write(ChunkHeader {

@@ -603,11 +603,10 @@ impl FrameArena {
         let trim_after = self.config.trim_after;
         self.free.with_list(|free| {
             while let Some(c) = retiring.pop() {
-                // SAFETY:
-                // * `c` left the in-flight list, so it is live and in no list;
-                // * it holds only frame `now - N`'s blocks, which die as this frame begins;
-                //   no safe reference to them exists (their frame token is gone) and raw
-                //   pointers to them are documented to be dead now.
+                // `c` holds only frame `now - N`'s blocks: no safe reference to them exists
+                // (their token is gone) and raw pointers to them are documented dead now.
+                // SAFETY: * `c` left the in-flight list: it is live and on no list;
+                // * its blocks die as this frame begins (see above).
                 unsafe {
                     if chunk::is_dedicated(c) {
                         chunk::release(c, counters);

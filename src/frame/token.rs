@@ -158,10 +158,9 @@ macro_rules! typed_helpers {
         #[allow(clippy::mut_from_ref)]
         pub fn try_alloc<T>(&self, value: T) -> Result<&$ret mut T, AllocError> {
             let p = self.alloc_layout(Layout::new::<T>())?.cast::<T>();
-            // SAFETY:
-            // * `p` is a fresh block of `T`'s size and alignment, disjoint from every
-            //   live block, valid for the returned lifetime (the frame has not ended);
-            // * it is initialised by the write before the reference is made.
+            // `p` is fresh, disjoint from every live block, and lives as long as the frame.
+            // SAFETY: * `p` has `T`'s size and alignment and is valid for the lifetime;
+            // * the write initialises it before the reference is made.
             unsafe {
                 p.write(value);
                 Ok(&mut *p.as_ptr())
@@ -212,11 +211,10 @@ macro_rules! typed_helpers {
             src: &[T],
         ) -> Result<&$ret mut [T], AllocError> {
             let p = self.alloc_layout(Layout::for_value(src))?.cast::<T>();
-            // SAFETY:
-            // * `p` is a fresh block sized and aligned for `src.len()` values of `T`,
-            //   disjoint from `src` and every other live block, valid for the returned
-            //   lifetime;
-            // * `T: Copy`, so a bitwise copy initialises every element.
+            // `p` is fresh, disjoint from `src` and every live block, and lives as long
+            // as the frame.
+            // SAFETY: * `p` is sized and aligned for `src.len()` values of `T`;
+            // * `T: Copy`, so the bitwise copy initialises every element.
             unsafe {
                 p.as_ptr().copy_from_nonoverlapping(src.as_ptr(), src.len());
                 Ok(core::slice::from_raw_parts_mut(p.as_ptr(), src.len()))
@@ -455,14 +453,15 @@ impl<'a> Frame<'a> {
     /// Runs `f` on lane 0's bump state.
     #[inline(always)]
     pub(super) fn with_bump<R>(&self, f: impl FnOnce(&mut Bump) -> R) -> R {
-        // SAFETY:
-        // * `lane` is lane 0 of the arena the token borrows, so it is live;
-        // * lane 0 is touched only through the token, which is not `Sync`, so only this
-        //   thread is inside it; `FrameShared` claims start at lane 1;
-        // * the `&mut` lives only for the call of `f`, which does not re-enter the arena.
-        unsafe { self.lane.as_ref() }
-            .bump
-            .with_mut(|b| f(unsafe { &mut *b }))
+        // SAFETY: `lane` is lane 0 of the arena the token borrows, so it is live.
+        let lane = unsafe { self.lane.as_ref() };
+        lane.bump.with_mut(|b| {
+            // Lane 0 is touched only through the token, which is not `Sync`
+            // (`FrameShared` claims start at lane 1).
+            // SAFETY: only this thread is inside lane 0, and the `&mut` lives only for
+            // the call of `f`, which does not re-enter the arena.
+            f(unsafe { &mut *b })
+        })
     }
 
     typed_helpers!('_, "");
@@ -526,14 +525,15 @@ impl<'f> FrameShared<'f> {
     pub fn alloc_layout(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
         let local = LOCAL.with(|cell| cell.get());
         if local.serial == self.serial {
-            // SAFETY:
-            // * the cached serial is this frame's, so `local.lane` points to the lane this
-            //   thread claimed in this frame of this (live, borrowed) arena;
-            // * only the claiming thread touches its bump state, and the `&mut` lives for
-            //   the bump only.
-            let hit = unsafe { &*local.lane }
-                .bump
-                .with_mut(|b| unsafe { (*b).try_bump(layout) });
+            // The cached serial is this frame's, so `local.lane` is the lane this thread
+            // claimed in this frame of this (live, borrowed) arena.
+            // SAFETY: that lane outlives the frame, which `self` borrows.
+            let lane = unsafe { &*local.lane };
+            let hit = lane.bump.with_mut(|b| {
+                // SAFETY: only the claiming thread touches its bump state, and the
+                // `&mut` lives for this bump only.
+                unsafe { (*b).try_bump(layout) }
+            });
             if let Some(p) = hit {
                 return Ok(p);
             }

@@ -131,6 +131,7 @@ pub struct SlotPin<'a> {
 /// assert_eq!(unsafe { *r.ptr().cast::<u64>().as_ptr() }, 7);
 /// # drop(r);
 /// # let b = table.remove(h)?;
+/// # // SAFETY: the slot is vacant; nobody refers to the block any more.
 /// # drop(unsafe { Box::from_raw(b.cast::<u64>().as_ptr()) });
 /// # Ok::<(), tidyheap::HandleError>(())
 /// ```
