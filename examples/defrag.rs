@@ -24,6 +24,14 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tidyheap::{Budget, Heap, RawHandle};
 
+#[path = "../benches/common/measure.rs"]
+#[allow(
+    dead_code,
+    reason = "the demo needs only the CPU clock of the shared helpers"
+)]
+mod measure;
+use measure::thread_cpu_time;
+
 const FRAMES: usize = 3000;
 const SEED: u64 = 0x7d1d_4ea9;
 /// Mean assets loaded per frame; the actual rate swings between 0.1× and 1.9× of it.
@@ -120,21 +128,6 @@ struct Outcome {
     verified: u64,
     corrupt: u64,
     wall: Duration,
-}
-
-/// CPU time consumed by the calling thread (unlike wall time, it stops while the
-/// thread is preempted).
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY:
-    // - `ts` is a valid, writable `timespec`;
-    // - `CLOCK_THREAD_CPUTIME_ID` is supported on every Linux kernel tidyheap runs on.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Minor page faults taken by the calling thread so far.

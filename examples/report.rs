@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bumpalo::Bump;
 use common::peers::{self, Mi, Peer, Sys};
-use common::{Mode, Outcome, Workload, mbench, median};
+use common::{Mode, Outcome, Workload, mbench, measure, median};
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -454,17 +454,6 @@ fn fragmented(block: usize, total: usize) -> (Heap, Vec<RawHandle>) {
     (heap, kept)
 }
 
-/// Resident bytes of the process.
-fn rss() -> usize {
-    let s = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
-    let pages: usize = s
-        .split_whitespace()
-        .nth(1)
-        .and_then(|f| f.parse().ok())
-        .expect("statm resident field");
-    pages * tidyheap::os::PAGE_SIZE
-}
-
 fn compaction_rows(t: &mut Table) {
     // Copy rate, 1 KiB blocks.
     const BLOCK: usize = 1024;
@@ -520,54 +509,13 @@ fn compaction_rows(t: &mut Table) {
     // Mesh's pattern at a quarter of its size.
     let (small, large) = (32 * MIB / 512, 16 * MIB / 1024);
     let live = (small / 2) * 512 + (large / 2) * 1024;
-    let mut hs: Vec<Option<RawHandle>> = vec![None; small];
     peers::settle();
-    let base = rss();
-    let heap = Heap::new();
-    for (size, count) in [(512, small), (1024, large)] {
-        for slot in hs.iter_mut().take(count) {
-            *slot = Some(heap.alloc_handle(size, 16).expect("alloc_handle"));
-        }
-        for slot in hs.iter_mut().take(count).skip(1).step_by(2) {
-            heap.free_handle(slot.take().expect("allocated"))
-                .expect("live");
-        }
-    }
-    heap.compact_full();
-    let committed = heap.fragmentation().committed_bytes as f64 / live as f64;
-    let tidy_rss = rss().saturating_sub(base) as f64 / live as f64;
-    drop(heap);
-    drop(hs);
-
-    let mut ptrs: Vec<(*mut u8, Layout)> = Vec::with_capacity(small + large);
+    let [_, (committed, tidy_rss)] = measure::mesh_tidyheap(small, large);
+    let committed = committed as f64 / live as f64;
+    let tidy_rss = tidy_rss as f64 / live as f64;
     peers::settle();
-    let base = rss();
-    for (size, count) in [(512usize, small), (1024, large)] {
-        let l = Layout::from_size_align(size, 16).expect("layout");
-        let first = ptrs.len();
-        for _ in 0..count {
-            // SAFETY: a nonzero size; the fresh block is written inside its bounds.
-            let p = unsafe {
-                let p = System.alloc(l);
-                assert!(!p.is_null(), "out of memory");
-                p.write_bytes(0, size);
-                p
-            };
-            ptrs.push((p, l));
-        }
-        for e in ptrs[first..].iter_mut().skip(1).step_by(2) {
-            // SAFETY: allocated above with this layout, freed once (then nulled).
-            unsafe { System.dealloc(e.0, e.1) };
-            e.0 = std::ptr::null_mut();
-        }
-    }
-    let sys_rss = rss().saturating_sub(base) as f64 / live as f64;
-    for (p, l) in ptrs {
-        if !p.is_null() {
-            // SAFETY: a live block allocated above with `l`.
-            unsafe { System.dealloc(p, l) };
-        }
-    }
+    let [sys_rss, _] = measure::mesh_system(small, large);
+    let sys_rss = sys_rss as f64 / live as f64;
     let w = "Mesh pattern (1/4 size), after one full compaction";
     t.add(
         "system",

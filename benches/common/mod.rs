@@ -6,6 +6,8 @@
 //!   `mimalloc::MiMalloc`; all called directly, so all run in one process);
 //! * [`database`], [`web`], [`game`], [`ml`]: the workloads of issue 6, each a kernel
 //!   that returns an [`Outcome`] (time of the measured part, operations, RSS figures);
+//! * [`measure`]: RSS, thread CPU time and Mesh's pattern (also used by
+//!   `benches/compaction.rs` and `examples/defrag.rs`);
 //! * [`mbench`]: ports of mimalloc-bench patterns (larson, xmalloc, cache-scratch,
 //!   mstress), run with 1 or 2 threads.
 //!
@@ -15,6 +17,7 @@
 pub mod database;
 pub mod game;
 pub mod mbench;
+pub mod measure;
 pub mod ml;
 pub mod peers;
 pub mod web;
