@@ -85,13 +85,14 @@ use parking_lot::{Mutex, RwLock};
 
 pub use background::BackgroundCompactor;
 pub use report::{
-    Budget, ClassFragmentation, CompactionObserver, CompactionReport, Fragmentation, MoveEvent,
+    Budget, ClassFragmentation, CompactionObserver, CompactionPolicy, CompactionReport,
+    Fragmentation, MoveEvent,
 };
 
 use crate::handle::{HandleTable, MoveSkip};
 use crate::heap::Heap;
 use crate::movable::{tag_ptr, untag};
-use crate::pool::arena::{Arena, RETAIN_EMPTY_BYTES};
+use crate::pool::arena::Arena;
 use crate::pool::heap::HeapInner;
 use crate::pool::span::{Span, SpanKind, geometry};
 use crate::size_class::{self, NUM_CLASSES};
@@ -143,6 +144,7 @@ type Observers = Arc<[Arc<dyn CompactionObserver>]>;
 /// The compactor's per-heap state.
 pub(crate) struct Compactor {
     plan: Mutex<Plan>,
+    policy: Mutex<CompactionPolicy>,
     /// Copied on write, so a pass calls observers without holding this lock.
     observers: RwLock<Observers>,
     has_observers: AtomicBool,
@@ -152,6 +154,7 @@ impl Compactor {
     pub(crate) fn new() -> Self {
         Self {
             plan: Mutex::new(Plan::default()),
+            policy: Mutex::new(CompactionPolicy::DEFAULT),
             observers: RwLock::new(Arc::new([])),
             has_observers: AtomicBool::new(false),
         }
@@ -264,10 +267,13 @@ impl HeapInner {
         }
     }
 
-    /// Committed bytes of movable spans, and the live bytes of movable pool blocks.
+    /// Committed bytes of movable spans serving a class, and the live bytes of movable
+    /// pool blocks, from the counters (exact at quiescence; no span walk).
     fn movable_usage(&self) -> (usize, usize) {
-        let mut committed = 0;
-        self.for_each_movable_span(|s| committed += s.bytes);
+        let committed = self.arenas[..self.arena_count()]
+            .iter()
+            .map(|a| a.counters.movable.load(Ordering::Relaxed))
+            .sum();
         (
             committed,
             self.counters(SpanKind::Movable).live_bytes() as usize,
@@ -391,6 +397,29 @@ impl Heap {
         c.has_observers.store(true, Ordering::Release);
     }
 
+    /// Sets when budgeted passes plan new work and when they give memory back; see
+    /// [`CompactionPolicy`]. Takes effect from the next pass.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tidyheap::{CompactionPolicy, Heap};
+    /// let heap = Heap::new();
+    /// heap.set_compaction_policy(CompactionPolicy {
+    ///     min_fragmentation: 0.2,
+    ///     ..CompactionPolicy::DEFAULT
+    /// });
+    /// assert_eq!(heap.compaction_policy().min_fragmentation, 0.2);
+    /// ```
+    pub fn set_compaction_policy(&self, policy: CompactionPolicy) {
+        *self.compactor().policy.lock() = policy;
+    }
+
+    /// The policy budgeted passes follow.
+    pub fn compaction_policy(&self) -> CompactionPolicy {
+        *self.compactor().policy.lock()
+    }
+
     /// Fragmentation of the movable heap, with its parts and per-class holes. Walks
     /// every movable span (takes each arena lock briefly).
     pub fn fragmentation(&self) -> Fragmentation {
@@ -455,7 +484,10 @@ impl Heap {
             committed_before: c0,
             ..Default::default()
         };
-        if !plan.active {
+        let policy = *self.compactor().policy.lock();
+        // A budgeted pass plans only when enough of the heap is holes; a full compaction
+        // always does.
+        if !plan.active && (full || report.fragmentation_before >= policy.min_fragmentation) {
             self.build_plan(plan, full);
         }
         let observers = self.compactor().observers();
@@ -518,11 +550,11 @@ impl Heap {
             self.finish_plan(plan);
             report.complete = true;
         }
-        // Emptied spans were kept committed during the moves; hand back what exceeds
-        // the arenas' retention, within what is left of the time budget (a full
-        // compaction trims everything at its end).
+        // Purge what has been empty for the policy's delay beyond what recent demand
+        // says to retain, within what is left of the time budget (a full compaction
+        // trims everything at its end).
         let deadline = budget.time.map(|t| start + t);
-        report.bytes_released = inner.trim_to(RETAIN_EMPTY_BYTES, deadline) as u64;
+        report.bytes_released = inner.purge_for_pass(policy.purge_delay_passes, deadline) as u64;
         let (c1, l1) = inner.movable_usage();
         report.fragmentation_after = ratio(c1, l1);
         report.committed_after = c1;
@@ -543,12 +575,6 @@ impl Heap {
 
     fn build_plan(&self, plan: &mut Plan, full: bool) {
         let inner = self.inner();
-        inner.movable_epoch.fetch_add(1, Ordering::Relaxed);
-        if let Some(tc) = inner.thread_cache() {
-            // SAFETY: the calling thread owns its record.
-            unsafe { inner.flush_cache(tc, Some(SpanKind::Movable)) };
-        }
-        inner.drain_central(Some(SpanKind::Movable));
         plan.sources.clear();
         plan.targets = vec![Vec::new(); NUM_CLASSES];
         plan.cursor = (0, 0);
@@ -556,6 +582,8 @@ impl Heap {
         inner.for_each_movable_span(|s| {
             by_class[s.class()].push((Planned::of(s), s.live.load(Ordering::Relaxed)));
         });
+        const { assert!(NUM_CLASSES <= 128, "class masks are u128") };
+        let mut evacuated: u128 = 0;
         for (class, mut spans) in by_class.into_iter().enumerate() {
             let cap = geometry(class, SpanKind::Movable).1 as u64;
             let live: u64 = spans.iter().map(|&(_, l)| u64::from(l)).sum();
@@ -582,6 +610,7 @@ impl Heap {
             if sources.is_empty() {
                 continue;
             }
+            evacuated |= 1 << class;
             plan.sources.extend(sources);
             plan.targets[class] = targets.iter().rev().map(|&(p, _)| p).collect();
             if full {
@@ -589,6 +618,20 @@ impl Heap {
             }
         }
         plan.active = true;
+        if evacuated != 0 {
+            // Free blocks cached by threads keep sources from emptying: ask every
+            // thread to flush the evacuated classes (honoured on its next movable
+            // operation), flush ours, and send the central lists' batches home.
+            let [lo, hi] = &inner.movable_flush_classes;
+            lo.store(evacuated as u64, Ordering::Relaxed);
+            hi.store((evacuated >> 64) as u64, Ordering::Relaxed);
+            inner.movable_epoch.fetch_add(1, Ordering::Relaxed);
+            if let Some(tc) = inner.thread_cache() {
+                // SAFETY: the calling thread owns its record.
+                unsafe { inner.flush_classes(tc, Some(SpanKind::Movable), evacuated) };
+            }
+            inner.drain_central(Some(SpanKind::Movable));
+        }
     }
 
     fn finish_plan(&self, plan: &mut Plan) {
@@ -678,7 +721,7 @@ impl Heap {
         let mut st = arena.lock();
         // SAFETY: lock held; `old` is an out block of `source` that nobody references
         // any more (the slot points at `new`).
-        unsafe { arena.put_block(&mut st, source, old, false) };
+        unsafe { arena.put_block(&mut st, source, old) };
         Outcome::Moved(MoveEvent {
             handle,
             from: old.as_ptr().addr(),
