@@ -58,12 +58,21 @@ const fn compute_size(c: usize) -> usize {
     }
 }
 
-/// Span length for class `c`: whole [`SPAN_UNIT`]s holding at least 8 blocks where
-/// possible (at least 2 for the largest classes), choosing among a few candidate
-/// lengths the one that wastes the smallest share of its tail.
+/// Span length for class `c`: the fewest whole [`SPAN_UNIT`]s holding at least 8 blocks
+/// (4 from 8 KiB up, 2 for the largest classes) whose tail wastes at most 1/16 of the
+/// span, or else, among a few candidate lengths, the one wasting the smallest share.
+///
+/// Small spans for big blocks matter to compaction: each class keeps one partly empty
+/// span however well it is packed, so the span length bounds that per-class slack.
 const fn compute_span(c: usize) -> usize {
     let size = compute_size(c);
-    let min_blocks = if size <= MAX_SPAN / 8 { 8 } else { 2 };
+    let min_blocks = if size > MAX_SPAN / 8 {
+        2
+    } else if size >= 8 * 1024 {
+        4
+    } else {
+        8
+    };
     let mut units = (size * min_blocks).div_ceil(SPAN_UNIT);
     if units == 0 {
         units = 1;
@@ -74,6 +83,9 @@ const fn compute_span(c: usize) -> usize {
     while u <= units + 4 && u * SPAN_UNIT <= MAX_SPAN {
         let bytes = u * SPAN_UNIT;
         let waste_ppm = (bytes % size) * 1_000_000 / bytes;
+        if waste_ppm <= 1_000_000 / 16 {
+            return bytes;
+        }
         if waste_ppm < best_waste_ppm {
             best_waste_ppm = waste_ppm;
             best = u;
