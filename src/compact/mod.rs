@@ -74,6 +74,7 @@
 mod background;
 #[cfg(all(test, loom))]
 mod loom_move;
+mod moves;
 mod report;
 
 use core::ptr::NonNull;
@@ -89,13 +90,11 @@ pub use report::{
     Fragmentation, MoveEvent,
 };
 
-use crate::handle::{HandleTable, MoveSkip};
 use crate::heap::Heap;
-use crate::movable::{tag_ptr, untag};
 use crate::pool::arena::Arena;
 use crate::pool::heap::HeapInner;
 use crate::pool::span::{Span, SpanKind, geometry};
-use crate::size_class::{self, NUM_CLASSES};
+use crate::size_class::NUM_CLASSES;
 
 /// A span as a plan saw it: valid for the plan only while the span's incarnation is
 /// still `incarnation` (see the module docs).
@@ -236,13 +235,6 @@ impl core::fmt::Debug for Compactor {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Compactor").finish_non_exhaustive()
     }
-}
-
-/// Why a block was not moved.
-enum Outcome {
-    Moved(MoveEvent),
-    Skipped(MoveSkip),
-    NoRoom,
 }
 
 impl HeapInner {
@@ -502,44 +494,52 @@ impl Heap {
             let span = planned.span();
             let class = span.class();
             while plan.cursor.1 < carved {
-                let i = plan.cursor.1;
-                // SAFETY: a movable span of the planned geometry (we scan it, so it is not
-                // re-initialised), and `i < carved <= capacity`.
-                let meta = unsafe { span.meta(i) };
-                let owner = meta.owner.load(Ordering::Acquire);
-                if owner != 0 {
-                    let len = meta.len();
-                    if budget
-                        .blocks
-                        .is_some_and(|b| report.blocks_moved >= b as u64)
-                        || budget
-                            .bytes
-                            .is_some_and(|b| report.bytes_moved + len as u64 > b as u64)
-                        || budget.time.is_some_and(|t| start.elapsed() >= t)
-                    {
-                        if scan.stop(false) {
-                            report.spans_emptied += 1;
-                        }
-                        break 'sources;
-                    }
-                    match self.move_block(table, span, i, owner - 1, &mut plan.targets[class]) {
-                        Outcome::Moved(ev) => {
-                            report.blocks_moved += 1;
-                            report.bytes_moved += ev.size as u64;
-                            if let Some(obs) = &observers {
-                                obs.iter().for_each(|o| o.on_move(&ev));
-                            }
-                        }
-                        Outcome::Skipped(MoveSkip::Busy) => report.skipped_busy += 1,
-                        Outcome::Skipped(MoveSkip::Pinned) => report.skipped_pinned += 1,
-                        Outcome::Skipped(_) => {}
-                        Outcome::NoRoom => {
-                            plan.cursor.1 = carved;
+                // Gather the next batch of live blocks within the budget (time is checked
+                // once per batch: a batch copies at most `MAX_BATCH_BYTES`).
+                let mut batch = moves::Batch::new();
+                let mut out_of_budget = budget.time.is_some_and(|t| start.elapsed() >= t);
+                while !out_of_budget && plan.cursor.1 < carved && !batch.is_full() {
+                    let i = plan.cursor.1;
+                    // SAFETY: a movable span of the planned geometry (we scan it, so it is
+                    // not re-initialised), and `i < carved <= capacity`.
+                    let meta = unsafe { span.meta(i) };
+                    let owner = meta.owner.load(Ordering::Acquire);
+                    if owner != 0 {
+                        let len = meta.len();
+                        let (blocks, bytes) = batch.would_move(len);
+                        if budget
+                            .blocks
+                            .is_some_and(|b| report.blocks_moved + blocks > b as u64)
+                            || budget
+                                .bytes
+                                .is_some_and(|b| report.bytes_moved + bytes > b as u64)
+                        {
+                            out_of_budget = true;
                             break;
                         }
+                        batch.push(i, owner - 1, len);
+                    }
+                    plan.cursor.1 += 1;
+                }
+                let done = self.move_batch(table, span, &batch, &mut plan.targets[class]);
+                report.blocks_moved += done.moved() as u64;
+                report.bytes_moved += done.events().map(|e| e.size as u64).sum::<u64>();
+                report.skipped_busy += done.busy;
+                report.skipped_pinned += done.pinned;
+                if let Some(obs) = &observers {
+                    for ev in done.events() {
+                        obs.iter().for_each(|o| o.on_move(ev));
                     }
                 }
-                plan.cursor.1 += 1;
+                if done.no_room {
+                    plan.cursor.1 = carved;
+                }
+                if out_of_budget {
+                    if scan.stop(false) {
+                        report.spans_emptied += 1;
+                    }
+                    break 'sources;
+                }
             }
             if scan.stop(true) {
                 report.spans_emptied += 1;
@@ -650,85 +650,6 @@ impl Heap {
         plan.targets.clear();
         plan.cursor = (0, 0);
         plan.active = false;
-    }
-
-    /// Moves block `i` of `source` (a span this pass scans), owned by slot `index`, into
-    /// one of `targets`.
-    fn move_block(
-        &self,
-        table: &HandleTable,
-        source: &Span,
-        i: usize,
-        index: u32,
-        targets: &mut Vec<Planned>,
-    ) -> Outcome {
-        let inner = self.inner();
-        let old = source.block(i);
-        let Some(slot) = table.slot(index) else {
-            return Outcome::Skipped(MoveSkip::Gone);
-        };
-        let Some(tagged) = NonNull::new(slot.ptr()) else {
-            return Outcome::Skipped(MoveSkip::Gone);
-        };
-        let (addr, tag) = untag(tagged);
-        if addr != old {
-            return Outcome::Skipped(MoveSkip::Gone);
-        }
-        let mut mv = match table.try_lock_move(index, tagged) {
-            Ok(mv) => mv,
-            Err(skip) => return Outcome::Skipped(skip),
-        };
-        // SAFETY: movable span, valid index.
-        let meta = unsafe { source.meta(i) };
-        // An allocation publishes its owner last: until then the block is not ours to move.
-        if meta.owner.load(Ordering::Acquire) != index + 1 {
-            return Outcome::Skipped(MoveSkip::Gone);
-        }
-        let len = meta.len();
-        let (target, new) = loop {
-            let Some(t) = targets.last() else {
-                return Outcome::NoRoom;
-            };
-            let target = t.span();
-            let arena = &inner.arenas[target.arena as usize];
-            let mut st = arena.lock();
-            // SAFETY: lock held; the span belongs to this arena.
-            if let Some(b) = unsafe { arena.take_from(&mut st, target, t.incarnation) } {
-                break (target, b);
-            }
-            // Full, or no longer the span that was planned: drop it from the plan.
-            targets.pop();
-        };
-        // SAFETY: `old` is a live block of `len` bytes that nobody can access (we hold
-        // the move lock); `new` is a fresh block of the same class in another span.
-        unsafe { core::ptr::copy_nonoverlapping(old.as_ptr(), new.as_ptr(), len) };
-        let ni = target
-            .block_index(new.as_ptr().addr())
-            .expect("take_from returns a block of the target");
-        // SAFETY: `target` is a movable span (checked by `take_from`) with a block out,
-        // so it keeps its geometry; `ni` is one of its blocks.
-        let new_meta = unsafe { target.meta(ni) };
-        new_meta.set_len(len);
-        target.live.fetch_add(1, Ordering::Relaxed);
-        new_meta.owner.store(index + 1, Ordering::Release);
-        // SAFETY: we hold the move lock, and `new` holds a complete copy.
-        unsafe { mv.set_ptr(tag_ptr(new, tag)) };
-        meta.owner.store(0, Ordering::Release);
-        source.live.fetch_sub(1, Ordering::Relaxed);
-        let handle = mv.handle();
-        drop(mv);
-        let arena = &inner.arenas[source.arena as usize];
-        let mut st = arena.lock();
-        // SAFETY: lock held; `old` is an out block of `source` that nobody references
-        // any more (the slot points at `new`).
-        unsafe { arena.put_block(&mut st, source, old) };
-        Outcome::Moved(MoveEvent {
-            handle,
-            from: old.as_ptr().addr(),
-            to: new.as_ptr().addr(),
-            size: len,
-            class_size: size_class::size(source.class()),
-        })
     }
 }
 

@@ -532,6 +532,11 @@ mod tests {
                 assert_eq!(first % class_align(c), 0);
                 if kind == SpanKind::Movable {
                     assert!(first >= cap * META_BYTES, "side table fits before block 0");
+                    assert_eq!(
+                        cap,
+                        size_class::movable_capacity(size, size_class::span_bytes(c)),
+                        "class {c}: span sizing sees the real movable capacity"
+                    );
                 }
             }
         }
