@@ -1,6 +1,6 @@
 //! Statistics: relaxed counters cheap enough to leave on, summed on demand.
 //!
-//! Definitions (DESIGN.md): *live bytes* are the requested sizes of live blocks;
+//! Definitions (`docs/design.md`): *live bytes* are the requested sizes of live blocks;
 //! *committed bytes* are the bytes of spans currently held from the OS (decommitted
 //! spans do not count). Every figure is exact at quiescence (no allocation or free in
 //! flight on any thread); while threads run, each counter is individually up to date

@@ -193,7 +193,7 @@ pub trait CompactionObserver: Send + Sync {
     }
 }
 
-/// Fragmentation of the movable heap (DESIGN.md definitions).
+/// Fragmentation of the movable heap (definitions in `docs/design.md`).
 ///
 /// `committed_bytes == live_bytes + internal_bytes + external_bytes + metadata_bytes + tail_bytes`.
 #[derive(Clone, Debug, Default, PartialEq)]
