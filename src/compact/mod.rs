@@ -389,6 +389,41 @@ impl Heap {
         c.has_observers.store(true, Ordering::Release);
     }
 
+    /// Removes every subscription of `observer` (compared by address); returns whether
+    /// there was one. May be called from an observer: a pass in progress keeps calling
+    /// the observers it started with.
+    ///
+    /// An observer that holds an `Arc` of the heap it observes keeps that heap alive
+    /// until it is unsubscribed (hold a `Weak` to avoid the cycle).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tidyheap::{CompactionObserver, Heap};
+    ///
+    /// struct Quiet;
+    /// impl CompactionObserver for Quiet {}
+    /// let heap = Heap::new();
+    /// let o: Arc<dyn CompactionObserver> = Arc::new(Quiet);
+    /// heap.subscribe(o.clone());
+    /// assert!(heap.unsubscribe(&o));
+    /// assert!(!heap.unsubscribe(&o));
+    /// ```
+    pub fn unsubscribe(&self, observer: &Arc<dyn CompactionObserver>) -> bool {
+        let c = self.compactor();
+        let mut list = c.observers.write();
+        let kept: Observers = list
+            .iter()
+            .filter(|o| !Arc::ptr_eq(o, observer))
+            .cloned()
+            .collect();
+        let removed = kept.len() != list.len();
+        c.has_observers.store(!kept.is_empty(), Ordering::Release);
+        *list = kept;
+        removed
+    }
+
     /// Sets when budgeted passes plan new work and when they give memory back; see
     /// [`CompactionPolicy`]. Takes effect from the next pass.
     ///
