@@ -57,6 +57,8 @@ pub use report::{
     Budget, ClassFragmentation, CompactionObserver, CompactionReport, Fragmentation, MoveEvent,
 };
 
+#[cfg(feature = "events")]
+use crate::events::{PassPhase, Pool};
 use crate::handle::{HandleTable, MoveSkip};
 use crate::heap::Heap;
 use crate::movable::{tag_ptr, untag};
@@ -317,9 +319,13 @@ impl Heap {
             committed_before: c0,
             ..Default::default()
         };
+        // Event hook: pass phases (zones in a profiler).
+        emit!(self, on_pass_phase(PassPhase::Begin));
         if !plan.active {
+            emit!(self, on_pass_phase(PassPhase::Plan));
             self.build_plan(plan, full);
         }
+        emit!(self, on_pass_phase(PassPhase::Moves));
         let table = self.handles();
         'sources: while plan.cursor.0 < plan.sources.len() {
             // SAFETY: plan spans are records of this heap, alive as long as it is.
@@ -379,12 +385,14 @@ impl Heap {
         // Emptied spans were kept committed during the moves; hand back what exceeds
         // the arenas' retention, within what is left of the time budget (a full
         // compaction trims everything at its end).
+        emit!(self, on_pass_phase(PassPhase::Purge));
         let deadline = budget.time.map(|t| start + t);
         report.bytes_released = inner.trim_to(RETAIN_EMPTY_BYTES, deadline) as u64;
         let (c1, l1) = inner.movable_usage();
         report.fragmentation_after = ratio(c1, l1);
         report.committed_after = c1;
         report.elapsed = start.elapsed();
+        emit!(self, on_pass_phase(PassPhase::End));
         let c = self.compactor();
         if c.has_observers.load(Ordering::Acquire) {
             for o in c.observers.read().iter() {
@@ -526,6 +534,12 @@ impl Heap {
         new_meta.owner.store(index + 1, Ordering::Release);
         // SAFETY: we hold the move lock, and `new` holds a complete copy.
         unsafe { mv.set_ptr(tag_ptr(new, tag)) };
+        // Event hook (move lock held): free(old), alloc(new) before either address can
+        // be reused or freed by anyone else.
+        emit!(
+            self,
+            on_move(Pool::Movable, old.as_ptr().addr(), new.as_ptr().addr(), len)
+        );
         meta.owner.store(0, Ordering::Release);
         source.live.fetch_sub(1, Ordering::Relaxed);
         let handle = mv.handle();
