@@ -351,6 +351,8 @@ impl Arena {
     /// empties. An emptied span's pages go back to the OS past the retention limit if
     /// `decommit`; otherwise it stays committed until a `trim_to` (the compactor defers
     /// the `madvise` calls to the end of its pass, where its time budget governs them).
+    /// An emptied compaction source that a pass is scanning stays on the evacuating list:
+    /// the pass retires it when it stops scanning (`stop_scanning`).
     ///
     /// # Safety
     ///
@@ -376,7 +378,9 @@ impl Arena {
             if span.out() == 0 {
                 match span.state().list {
                     ListId::Partial => st.partial[k][class].remove(span),
-                    ListId::Evacuating => st.evacuating[class].remove(span),
+                    ListId::Evacuating if !span.state().scanning => {
+                        st.evacuating[class].remove(span)
+                    }
                     _ => return,
                 }
                 self.retire_empty(st, span, decommit);
@@ -385,57 +389,135 @@ impl Arena {
     }
 
     /// Makes `span` a compaction source: off the partial/full lists, so no refill takes
-    /// blocks from it.
-    ///
-    /// # Safety
-    ///
-    /// Lock held (`st`); `span` is a movable span of this arena serving a class.
-    pub(crate) unsafe fn start_evacuation(&self, st: &mut ArenaState, span: &Span) {
-        let class = span.class();
-        let k = SpanKind::Movable as usize;
-        // SAFETY: forwarded from the caller.
-        unsafe {
-            match span.state().list {
-                ListId::Partial => st.partial[k][class].remove(span),
-                ListId::Full => st.full[k][class].remove(span),
-                _ => return,
-            }
-            span.state().evacuating = true;
-            st.evacuating[class].push(span, ListId::Evacuating);
-        }
-    }
-
-    /// Ends `span`'s evacuation: back on the partial or full list (an emptied span left
-    /// the evacuating list already, in `put_block`).
+    /// blocks from it. Returns false, and leaves the span alone, if it is no longer the
+    /// movable span of the life `incarnation` that was planned (it emptied and was
+    /// retired, or was re-initialised, since the plan looked at it).
     ///
     /// # Safety
     ///
     /// Lock held (`st`); `span` belongs to this arena.
-    pub(crate) unsafe fn end_evacuation(&self, st: &mut ArenaState, span: &Span) {
+    pub(crate) unsafe fn start_evacuation(
+        &self,
+        st: &mut ArenaState,
+        span: &Span,
+        incarnation: u32,
+    ) -> bool {
+        if span.incarnation() != incarnation || span.kind() != SpanKind::Movable {
+            return false;
+        }
+        let class = span.class();
+        let k = SpanKind::Movable as usize;
+        // SAFETY: forwarded from the caller; the list checked is the one the span is on.
+        unsafe {
+            match span.state().list {
+                ListId::Partial => st.partial[k][class].remove(span),
+                ListId::Full => st.full[k][class].remove(span),
+                _ => return false,
+            }
+            st.evacuating[class].push(span, ListId::Evacuating);
+        }
+        true
+    }
+
+    /// Starts a pass's scan of source `span`: returns how many blocks it carved, or
+    /// `None` if it is no longer the evacuating span of life `incarnation` (it emptied
+    /// and was retired meanwhile, and maybe re-initialised: the pass must not touch it).
+    /// While scanning, the span is not retired if it empties (see [`SpanState`]), so its
+    /// side table stays its own until [`Arena::stop_scanning`].
+    ///
+    /// # Safety
+    ///
+    /// Lock held (`st`, which proves it); `span` belongs to this arena.
+    ///
+    /// [`SpanState`]: super::span::SpanState
+    pub(crate) unsafe fn start_scanning(
+        &self,
+        _st: &mut ArenaState,
+        span: &Span,
+        incarnation: u32,
+    ) -> Option<usize> {
+        // SAFETY: forwarded from the caller.
+        let state = unsafe { span.state() };
+        if span.incarnation() != incarnation || state.list != ListId::Evacuating {
+            return None;
+        }
+        debug_assert!(!state.scanning, "one pass scans a span at a time");
+        state.scanning = true;
+        Some(state.carved as usize)
+    }
+
+    /// Ends a scan started by [`Arena::start_scanning`]. If `finished`, the span's
+    /// evacuation ends too: it goes back on the partial or full list, or is retired if
+    /// it is empty; otherwise it stays a source (a later pass resumes it) unless it is
+    /// empty, in which case it is retired. Returns whether it was retired.
+    ///
+    /// # Safety
+    ///
+    /// Lock held (`st`); `span` belongs to this arena and is being scanned.
+    pub(crate) unsafe fn stop_scanning(
+        &self,
+        st: &mut ArenaState,
+        span: &Span,
+        finished: bool,
+    ) -> bool {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            debug_assert!(span.state().scanning && span.state().list == ListId::Evacuating);
+            span.state().scanning = false;
+            if finished || span.out() == 0 {
+                self.end_evacuation(st, span)
+            } else {
+                false
+            }
+        }
+    }
+
+    /// Ends `span`'s evacuation: back on the partial or full list, or retired (without
+    /// decommitting: the pass's purge decides) if it has no block out. Returns whether it
+    /// was retired. A span that is no longer evacuating (it emptied while nobody scanned
+    /// it, and was retired) is left alone.
+    ///
+    /// # Safety
+    ///
+    /// Lock held (`st`); `span` belongs to this arena and is not being scanned.
+    pub(crate) unsafe fn end_evacuation(&self, st: &mut ArenaState, span: &Span) -> bool {
         let class = span.class();
         let k = SpanKind::Movable as usize;
         // SAFETY: forwarded from the caller.
         unsafe {
             if span.state().list != ListId::Evacuating {
-                return;
+                return false;
             }
             st.evacuating[class].remove(span);
-            span.state().evacuating = false;
+            if span.out() == 0 {
+                self.retire_empty(st, span, false);
+                return true;
+            }
             if span.has_room() {
                 st.partial[k][class].push(span, ListId::Partial);
             } else {
                 st.full[k][class].push(span, ListId::Full);
             }
         }
+        false
     }
 
-    /// Takes one block from `span` for a compaction move, or `None` if it is full,
+    /// Takes one block from `span` for a compaction move, or `None` if it is full or no
+    /// longer the movable span of life `incarnation` that the plan chose as a target,
     /// keeping the lists right.
     ///
     /// # Safety
     ///
-    /// Lock held (`st`); `span` is a movable span of this arena on its partial list.
-    pub(crate) unsafe fn take_from(&self, st: &mut ArenaState, span: &Span) -> Option<NonNull<u8>> {
+    /// Lock held (`st`); `span` belongs to this arena.
+    pub(crate) unsafe fn take_from(
+        &self,
+        st: &mut ArenaState,
+        span: &Span,
+        incarnation: u32,
+    ) -> Option<NonNull<u8>> {
+        if span.incarnation() != incarnation || span.kind() != SpanKind::Movable {
+            return None;
+        }
         // SAFETY: forwarded from the caller.
         unsafe {
             if span.state().list != ListId::Partial {
@@ -443,9 +525,9 @@ impl Arena {
             }
             let b = span.take()?;
             if !span.has_room() {
-                let (k, c) = (span.kind() as usize, span.class());
-                st.partial[k][c].remove(span);
-                st.full[k][c].push(span, ListId::Full);
+                let c = span.class();
+                st.partial[SpanKind::Movable as usize][c].remove(span);
+                st.full[SpanKind::Movable as usize][c].push(span, ListId::Full);
             }
             Some(b)
         }

@@ -27,6 +27,14 @@
 //! A span is on exactly one arena list: `partial` (some block is home or uncarved),
 //! `full` (none is), `evacuating` (a compaction source: never refilled from, so it
 //! only drains), or an `empty` list (out == 0, not serving any class).
+//!
+//! # Lives of a region
+//!
+//! A span record describes one region for the heap's life, but the region serves a
+//! class and kind only from one `init` to its retirement on an empty list; `init` bumps
+//! the span's *incarnation*. Whoever keeps a `&Span` across an arena-lock release
+//! without holding one of its blocks (the compactor's plans) must re-check the
+//! incarnation under the lock before trusting the class, kind or side table.
 
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
@@ -133,8 +141,11 @@ pub(crate) struct SpanState {
     pub(crate) list: ListId,
     /// Whether the span's pages are committed (not `MADV_DONTNEED`ed).
     pub(crate) committed: bool,
-    /// The compactor is evacuating this span: allocation must not refill from it.
-    pub(crate) evacuating: bool,
+    /// A compaction pass is reading this span's side table without the arena lock (it
+    /// is the source being evacuated): while set, the span is not retired even if it
+    /// empties, so it cannot be re-initialised under the pass (DESIGN invariant 7).
+    /// The pass clears it, and retires an emptied span, when it stops scanning.
+    pub(crate) scanning: bool,
 }
 
 /// The arena list a span is on.
@@ -168,6 +179,11 @@ pub struct Span {
     pub(crate) capacity: AtomicU32,
     /// Movable spans: blocks with an owner (`BlockMeta::owner != 0`).
     pub(crate) live: AtomicU32,
+    /// Bumped by every `init`: which life of the region this is. A compaction plan
+    /// records it with each span it names and uses the span only while it is unchanged
+    /// (DESIGN invariant 7). Wraps after 2^32 lives, far more than a region can have in
+    /// the time a plan lives (a plan is re-validated on every pass).
+    pub(crate) incarnation: AtomicU32,
     pub(crate) state: UnsafeCell<SpanState>,
 }
 
@@ -190,6 +206,7 @@ impl Span {
             first_block: AtomicU32::new(0),
             capacity: AtomicU32::new(0),
             live: AtomicU32::new(0),
+            incarnation: AtomicU32::new(0),
             state: UnsafeCell::new(SpanState {
                 free: ptr::null_mut(),
                 free_count: 0,
@@ -198,9 +215,15 @@ impl Span {
                 next: ptr::null_mut(),
                 list: ListId::None,
                 committed: true,
-                evacuating: false,
+                scanning: false,
             }),
         }
+    }
+
+    /// The current incarnation (see the field).
+    #[inline]
+    pub(crate) fn incarnation(&self) -> u32 {
+        self.incarnation.load(Ordering::Acquire)
     }
 
     #[inline]
@@ -262,12 +285,15 @@ impl Span {
         self.first_block.store(first as u32, Ordering::Relaxed);
         self.capacity.store(cap as u32, Ordering::Relaxed);
         self.live.store(0, Ordering::Relaxed);
+        // Release: a thread that learns of a block of this life (through the arena lock
+        // or a slot pointer published after it) also sees the new incarnation.
+        self.incarnation.fetch_add(1, Ordering::Release);
         // SAFETY: forwarded: we hold the arena lock and the span is ours.
         let st = unsafe { self.state() };
         st.free = ptr::null_mut();
         st.free_count = 0;
         st.carved = 0;
-        st.evacuating = false;
+        debug_assert!(!st.scanning, "a scanned span is never re-initialised");
         if kind == SpanKind::Movable && st.committed {
             // A reused committed span may hold stale side-table entries; decommitted
             // pages read back as zero anyway.
