@@ -5,7 +5,7 @@ use core::ptr::NonNull;
 use std::sync::atomic::Ordering;
 
 use crate::Heap;
-use crate::pool::span::{Span, SpanKind};
+use crate::pool::span::{ListId, Span, SpanKind};
 use crate::size_class::NUM_CLASSES;
 
 /// The state of one block in an [`OccupancyMap`].
@@ -180,7 +180,7 @@ impl Heap {
                     class: s.class(),
                     block_size: s.block_size(),
                     kind,
-                    evacuating: state.evacuating,
+                    evacuating: state.list == ListId::Evacuating,
                     blocks,
                 });
             };
