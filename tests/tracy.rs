@@ -464,3 +464,42 @@ mod real_client {
         tidyheap::tracy::frame_mark();
     }
 }
+
+/// Frees racing the moves of the very blocks they free: a free that waited for a
+/// block's move lock runs right after the unlock, so a move reported after the unlock
+/// (instead of under it) would reach the sink after that free.
+#[test]
+fn frees_racing_moves_of_their_blocks_stay_ordered() {
+    for seed in 0..4u64 {
+        let rec = Recorder::new();
+        let heap = Arc::new(Heap::with_events(HeapConfig::DEFAULT, rec.clone()));
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let hs: Vec<_> = (0..40_000)
+            .map(|_| heap.alloc_handle(rng.gen_range(16..200), 16).unwrap())
+            .collect();
+        let mut keep = Vec::new();
+        for (i, h) in hs.into_iter().enumerate() {
+            if i % 4 == 0 {
+                keep.push(h);
+            } else {
+                heap.free_handle(h).unwrap();
+            }
+        }
+        let compactor = {
+            let heap = heap.clone();
+            std::thread::spawn(move || heap.compact_full())
+        };
+        // Free the survivors while they are being moved, both ends towards the middle.
+        while !keep.is_empty() {
+            let i = if keep.len() % 2 == 0 {
+                0
+            } else {
+                keep.len() - 1
+            };
+            heap.free_handle(keep.swap_remove(i)).unwrap();
+        }
+        compactor.join().unwrap();
+        rec.assert_clean();
+        assert_matches_stats(&heap, &rec);
+    }
+}
