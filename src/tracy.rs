@@ -53,7 +53,6 @@
 //! ```
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::ffi::{CStr, CString, c_void};
 use std::sync::{Arc, Mutex};
 
@@ -66,22 +65,18 @@ use crate::{AllocError, CompactionObserver, CompactionReport, FrameStats, Heap, 
 /// the pointers).
 type PoolNames = [&'static CStr; 3];
 
-/// Pool name sets by heap name; `true` while a live heap uses the set. Sets are reused
-/// after their heap is dropped (its pools were discarded), so names leak only once.
-static POOLS: Mutex<Option<HashMap<String, Vec<(PoolNames, bool)>>>> = Mutex::new(None);
+/// Pool name sets: `(heap name, set, in use by a live heap)`. A set is reused after its
+/// heap is dropped (its pools were discarded), so names leak only once.
+static POOLS: Mutex<Vec<(String, PoolNames, bool)>> = Mutex::new(Vec::new());
 
 /// A free pool-name set for `name`, marked in use.
 fn acquire_pools(name: &str) -> PoolNames {
-    let mut guard = POOLS.lock().unwrap_or_else(|e| e.into_inner());
-    let sets = guard
-        .get_or_insert_with(HashMap::new)
-        .entry(name.to_owned())
-        .or_default();
-    if let Some(set) = sets.iter_mut().find(|(_, used)| !used) {
-        set.1 = true;
-        return set.0;
+    let mut sets = POOLS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(set) = sets.iter_mut().find(|(n, _, used)| n == name && !used) {
+        set.2 = true;
+        return set.1;
     }
-    let suffix = match sets.len() {
+    let suffix = match sets.iter().filter(|(n, ..)| n == name).count() {
         0 => String::new(),
         n => format!(" #{}", n + 1),
     };
@@ -90,18 +85,16 @@ fn acquire_pools(name: &str) -> PoolNames {
         Box::leak(CString::new(s).expect("NULs replaced").into_boxed_c_str())
     };
     let set = [leak("handles"), leak("fixed"), leak("large")];
-    sets.push((set, true));
+    sets.push((name.to_owned(), set, true));
     set
 }
 
 /// Marks `set` free again.
 fn release_pools(set: PoolNames) {
-    let mut guard = POOLS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(map) = guard.as_mut() {
-        for (s, used) in map.values_mut().flatten() {
-            if s[0].as_ptr() == set[0].as_ptr() {
-                *used = false;
-            }
+    let mut sets = POOLS.lock().unwrap_or_else(|e| e.into_inner());
+    for (_, s, used) in sets.iter_mut() {
+        if s[0].as_ptr() == set[0].as_ptr() {
+            *used = false;
         }
     }
 }

@@ -185,11 +185,11 @@ fn worker(
                 let i = rng.gen_range(0..handles.len());
                 let (h, s, len) = handles.swap_remove(i);
                 assert_eq!(*heap.read(h).expect("live"), pattern(len, s)[..]);
-                if rng.r#gen::<bool>() {
-                    heap.free_handle(h).expect("live");
-                } else if heap.try_free_handle(h).is_err() {
-                    heap.free_handle(h).expect("live");
+                // A non-waiting free first (Busy while the compactor holds it), else wait.
+                if rng.r#gen::<bool>() && heap.try_free_handle(h).is_ok() {
+                    continue;
                 }
+                heap.free_handle(h).expect("live");
             }
             50..65 if !handles.is_empty() => {
                 let i = rng.gen_range(0..handles.len());
@@ -270,7 +270,7 @@ fn stress(
             .enumerate()
             .map(|(t, inherited)| {
                 let (heap, start) = (heap.clone(), start.clone());
-                let seed = seed ^ (round * threads + t) as u64 * 0x51_7cc1;
+                let seed = seed ^ ((round * threads + t) as u64 * 0x51_7cc1);
                 std::thread::spawn(move || {
                     start.wait();
                     worker(&heap, seed, ops, inherited)

@@ -140,7 +140,7 @@ fn text_width(text: &str, scale: usize) -> usize {
 fn size_label(bytes: usize) -> String {
     if bytes < 1024 {
         format!("{bytes} B")
-    } else if bytes % 1024 == 0 {
+    } else if bytes.is_multiple_of(1024) {
         format!("{} KIB", bytes / 1024)
     } else {
         format!("{:.1} KIB", bytes as f64 / 1024.0)
