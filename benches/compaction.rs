@@ -16,6 +16,10 @@
 //! 3. Pass durations: fresh fragmented heaps compacted by passes with a 500 µs time
 //!    budget; p50/p99/max of `CompactionReport::elapsed` against the budget.
 //!
+//! With `--features tracy` every heap here reports to Tracy (`tidyheap::tracy::heap`):
+//! run it with and without the feature, no profiler connected, for the integration's
+//! overhead (`benches/README.md`).
+//!
 //! Run with `cargo bench --bench compaction`. Without `--bench` (that is, under
 //! `cargo test --benches`) everything runs once on tiny sizes.
 
@@ -63,6 +67,14 @@ const TEST: Scale = Scale {
     passes: 10,
 };
 
+/// A fresh heap; with `--features tracy`, one that reports to Tracy.
+fn new_heap() -> Heap {
+    #[cfg(feature = "tracy")]
+    return tidyheap::tracy::heap("bench");
+    #[cfg(not(feature = "tracy"))]
+    Heap::new()
+}
+
 /// Allocates `count` blocks of `size` bytes, stamps each with its index, then frees
 /// every other one (all allocations come first, so freed blocks are not reused).
 /// Returns the kept handles with their stamps.
@@ -84,7 +96,7 @@ fn fragment(heap: &Heap, size: usize, count: usize) -> Vec<(RawHandle, u64)> {
 
 /// A fresh fragmented heap of `total` bytes of `block`-sized blocks.
 fn fragmented_heap(block: usize, total: usize) -> (Heap, Vec<(RawHandle, u64)>) {
-    let heap = Heap::new();
+    let heap = new_heap();
     let kept = fragment(&heap, block, total / block);
     (heap, kept)
 }
@@ -261,7 +273,7 @@ fn pass_durations(scale: &Scale) {
     while working.len() < scale.passes {
         rounds += 1;
         // Mixed sizes, 64 B to 16 KiB, every other block freed.
-        let heap = Heap::new();
+        let heap = new_heap();
         let mut allocated = 0;
         let mut all = Vec::new();
         while allocated < scale.pass_total {

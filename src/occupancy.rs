@@ -203,3 +203,74 @@ impl Heap {
         map
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use core::alloc::Layout;
+
+    use super::*;
+    use crate::Budget;
+
+    /// The map agrees with the counters at quiescence, through frees, pins, fixed
+    /// blocks, cached blocks and a compaction.
+    #[test]
+    fn map_matches_stats_at_quiescence() {
+        let heap = Heap::new();
+        let hs: Vec<_> = (0..6000)
+            .map(|i| {
+                heap.alloc_handle(if i % 2 == 0 { 64 } else { 200 }, 16)
+                    .unwrap()
+            })
+            .collect();
+        let l = Layout::from_size_align(48, 16).unwrap();
+        let fixed: Vec<_> = (0..500).map(|_| heap.alloc(l).unwrap()).collect();
+        for (_, h) in hs.iter().enumerate().filter(|(i, _)| i % 6 > 1) {
+            heap.free_handle(*h).unwrap();
+        }
+        let pins: Vec<_> = hs
+            .iter()
+            .step_by(300)
+            .map(|h| heap.pin(*h).unwrap())
+            .collect();
+        let check = |map: &OccupancyMap, pinned: usize| {
+            let s = heap.stats();
+            assert_eq!(map.movable_live_bytes as u64, s.movable.live_bytes());
+            assert_eq!(
+                (map.count(BlockState::Movable) + map.count(BlockState::Pinned)) as u64,
+                s.movable.live_blocks()
+            );
+            assert_eq!(map.count(BlockState::Pinned), pinned);
+            assert_eq!(map.committed_bytes(), s.committed_bytes);
+            for span in &map.spans {
+                let movable = span.kind == SpanKind::Movable;
+                assert!(span.blocks.iter().all(|b| match b {
+                    BlockState::Movable | BlockState::Pinned | BlockState::Cached => movable,
+                    BlockState::Fixed => !movable,
+                    BlockState::Free => true,
+                }));
+            }
+        };
+        // Before a trim the freed blocks sit in this thread's cache.
+        let map = heap.occupancy_map();
+        check(&map, pins.len());
+        assert!(map.count(BlockState::Cached) > 0);
+        heap.trim();
+        let map = heap.occupancy_map();
+        check(&map, pins.len());
+        assert_eq!(map.count(BlockState::Cached), 0);
+        assert_eq!(map.count(BlockState::Fixed), fixed.len());
+        let before = map.movable_fragmentation();
+        heap.compact_full();
+        let after = heap.occupancy_map();
+        check(&after, pins.len());
+        assert!(after.movable_fragmentation() < before);
+        assert!((after.movable_fragmentation() - heap.fragmentation().ratio).abs() < 1e-9);
+        drop(pins);
+        heap.compact(Budget::UNLIMITED);
+        check(&heap.occupancy_map(), 0);
+        for p in fixed {
+            // SAFETY: allocated above with `l`.
+            unsafe { heap.dealloc(p, l) };
+        }
+    }
+}
