@@ -12,8 +12,9 @@
 //! * **a message per pass** with its report;
 //! * **plots** — per pass: bytes moved, moves, pass duration, blocks skipped busy,
 //!   movable fragmentation and committed bytes; per call of [`plot_heap`]: live bytes,
-//!   committed bytes and pool fragmentation; per call of [`plot_scratch`]: scratch
-//!   (frame-arena) bytes in use.
+//!   committed bytes and pool fragmentation; per call of [`plot_scratch`] or
+//!   [`report_frame_arena`]: scratch (frame-arena) bytes in use. The latter also keeps a
+//!   memory pool per frame arena, *discarded* at every frame reset.
 //!
 //! [`frame_mark`] marks a frame for headless apps (Bevy marks frames only from its
 //! renderer).
@@ -348,6 +349,45 @@ pub fn plot_scratch(stats: &FrameStats) {
     let Some(c) = Client::running() else { return };
     configure_plots(&c);
     c.plot(SCRATCH, stats.frame_bytes as f64);
+}
+
+/// Reports a frame arena's last ended frame to the Tracy memory pool `pool`: the pool is
+/// *discarded* (the arena's reset frees the whole frame at once), then the frame's bytes
+/// appear as one block; also plots them as [`plot_scratch`] does. Call it once per frame,
+/// after [`FrameArena::begin_frame`](crate::FrameArena::begin_frame); give each arena
+/// its own pool.
+///
+/// Does nothing if the Tracy client is not running.
+///
+/// # Examples
+///
+/// ```
+/// let mut arena = tidyheap::FrameArena::new();
+/// for _ in 0..3 {
+///     let frame = arena.begin_frame();
+///     frame.alloc([0u8; 64]);
+///     drop(frame);
+///     tidyheap::tracy::report_frame_arena(&arena, c"render scratch");
+/// }
+/// ```
+pub fn report_frame_arena(arena: &crate::FrameArena, pool: &'static CStr) {
+    if !Client::is_running() {
+        return;
+    }
+    let stats = arena.stats();
+    // SAFETY: `pool` is a static NUL-terminated string; the client is running; Tracy
+    // only records the address (the arena's, so unique among arenas reporting here).
+    unsafe {
+        tracy_client::sys::___tracy_emit_memory_discard(pool.as_ptr());
+        if stats.frame_bytes > 0 {
+            tracy_client::sys::___tracy_emit_memory_alloc_named(
+                (arena as *const crate::FrameArena).cast(),
+                stats.frame_bytes,
+                pool.as_ptr(),
+            );
+        }
+    }
+    plot_scratch(&stats);
 }
 
 /// Marks the end of a frame (Tracy's main frame set), for apps without a renderer that

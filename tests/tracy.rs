@@ -461,7 +461,17 @@ mod real_client {
             assert_eq!(&bytes[1..4], b"PNG", "{name} is a PNG");
         }
         std::fs::remove_dir_all(&dir).unwrap();
-        tidyheap::tracy::frame_mark();
+        // Frame arenas: discard + one block per frame, under the real client.
+        let mut arena = tidyheap::FrameArena::new();
+        for i in 0..100u64 {
+            let frame = arena.begin_frame();
+            for j in 0..i {
+                frame.alloc(j);
+            }
+            drop(frame);
+            tidyheap::tracy::report_frame_arena(&arena, c"test scratch");
+            tidyheap::tracy::frame_mark();
+        }
     }
 }
 
