@@ -403,3 +403,35 @@ pub fn frame_mark() {
         c.frame_mark();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two live heaps never share a pool (a drop discards only its own); a dropped
+    /// heap's names are reused, not leaked again.
+    #[test]
+    fn live_heaps_get_distinct_pools_and_names_are_reused() {
+        let a = acquire_pools("registry test");
+        let b = acquire_pools("registry test");
+        assert_eq!(a[0].to_str().unwrap(), "registry test handles");
+        assert_eq!(b[2].to_str().unwrap(), "registry test #2 large");
+        assert!(a.iter().zip(&b).all(|(x, y)| x != y));
+        release_pools(a);
+        let c = acquire_pools("registry test");
+        assert_eq!(c[1].as_ptr(), a[1].as_ptr());
+        release_pools(b);
+        release_pools(c);
+    }
+
+    #[test]
+    fn a_dropped_heap_frees_its_pool_names() {
+        let first = heap("drop test");
+        drop(first);
+        let again = heap("drop test");
+        let sets = POOLS.lock().unwrap();
+        assert_eq!(sets.iter().filter(|(n, ..)| n == "drop test").count(), 1);
+        drop(sets);
+        drop(again);
+    }
+}
