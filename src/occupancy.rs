@@ -68,6 +68,26 @@ impl SpanOccupancy {
 /// A snapshot of which blocks of which spans are live; see [`Heap::occupancy_map`].
 ///
 /// Spans are sorted by kind (movable first), then class, then address.
+///
+/// # Examples
+///
+/// ```
+/// use tidyheap::{BlockState, Heap, SpanKind};
+/// let heap = Heap::new();
+/// let hs: Vec<_> = (0..4096).map(|_| heap.alloc_handle(64, 16).unwrap()).collect();
+/// for h in hs.iter().step_by(2) { heap.free_handle(*h).unwrap(); }
+/// heap.trim();
+/// let before = heap.occupancy_map();
+/// let span = &before.spans[0];
+/// assert_eq!((span.kind, span.block_size), (SpanKind::Movable, 64));
+/// assert_eq!(before.count(BlockState::Movable), 2048);
+/// heap.compact_full();
+/// let after = heap.occupancy_map();
+/// assert!(after.spans.len() < before.spans.len());
+/// assert!(after.movable_fragmentation() < before.movable_fragmentation());
+/// assert_eq!(after.committed_bytes(), heap.stats().committed_bytes);
+/// assert_eq!(after.spans.iter().map(|s| s.live()).sum::<usize>(), 2048);
+/// ```
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct OccupancyMap {
     /// The spans serving a size class.
