@@ -23,8 +23,8 @@ pub(crate) mod sync;
 pub mod tracy;
 
 pub use compact::{
-    BackgroundCompactor, Budget, ClassFragmentation, CompactionObserver, CompactionReport,
-    Fragmentation, MoveEvent,
+    BackgroundCompactor, Budget, ClassFragmentation, CompactionObserver, CompactionPolicy,
+    CompactionReport, Fragmentation, MoveEvent,
 };
 pub use error::{AllocError, HandleError};
 pub use frame::{Frame, FrameArena, FrameConfig, FrameShared, FrameStats};
