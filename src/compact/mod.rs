@@ -90,6 +90,8 @@ pub use report::{
     Fragmentation, MoveEvent,
 };
 
+#[cfg(feature = "events")]
+use crate::events::PassPhase;
 use crate::heap::Heap;
 use crate::pool::arena::Arena;
 use crate::pool::heap::HeapInner;
@@ -511,12 +513,16 @@ impl Heap {
             committed_before: c0,
             ..Default::default()
         };
+        // Event hook: pass phases (zones in a profiler).
+        emit!(self, on_pass_phase(PassPhase::Begin));
         let policy = *self.compactor().policy.lock();
         // A budgeted pass plans only when enough of the heap is holes; a full compaction
         // always does.
         if !plan.active && (full || report.fragmentation_before >= policy.min_fragmentation) {
+            emit!(self, on_pass_phase(PassPhase::Plan));
             self.build_plan(plan, full);
         }
+        emit!(self, on_pass_phase(PassPhase::Moves));
         let observers = self.compactor().observers();
         let table = self.handles();
         'sources: while plan.cursor.0 < plan.sources.len() {
@@ -588,12 +594,14 @@ impl Heap {
         // Purge what has been empty for the policy's delay beyond what recent demand
         // says to retain, within what is left of the time budget (a full compaction
         // trims everything at its end).
+        emit!(self, on_pass_phase(PassPhase::Purge));
         let deadline = budget.time.map(|t| start + t);
         report.bytes_released = inner.purge_for_pass(policy.purge_delay_passes, deadline) as u64;
         let (c1, l1) = inner.movable_usage();
         report.fragmentation_after = ratio(c1, l1);
         report.committed_after = c1;
         report.elapsed = start.elapsed();
+        emit!(self, on_pass_phase(PassPhase::End));
         if let Some(obs) = &observers {
             obs.iter().for_each(|o| o.on_pass(&report));
         }
