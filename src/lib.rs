@@ -10,6 +10,7 @@ pub mod handle;
 mod heap;
 pub mod large;
 pub mod movable;
+pub mod numa;
 pub mod os;
 pub(crate) mod pool;
 pub mod size_class;
@@ -30,5 +31,7 @@ pub use large::{HugePages, LargeAllocator, LargeConfig, LargeStats, MappedAsset}
 pub use movable::{PinGuard, ReadGuard, WriteGuard};
 pub use pool::heap::HeapConfig;
 pub use pool::span::SpanKind;
-pub use stats::{ArenaStats, CentralCounters, HeapStats, HeapWalk, PoolCounters};
+pub use stats::{
+    ArenaStats, CentralCounters, HeapStats, HeapWalk, NodeStats, NumaStats, PoolCounters,
+};
 pub use store::{Owned, Ref, RefMut, Shared, Store};
