@@ -1,7 +1,8 @@
 //! The pool's NUMA glue: which node each arena serves, which arena a thread gets, chunk
 //! binding, and the node counters. Owned by the heap's span source, so the pool calls
-//! it at exactly three places: arena selection (`HeapInner::next_arena`), chunk
-//! reservation (`SpanSource::new_span`) and a span starting to serve a class
+//! it at three places, each marked `NUMA:`: arena selection (`HeapInner::next_arena`,
+//! and `HeapInner::arena_count`, which gives every node an arena), chunk reservation
+//! (`SpanSource::new_span`) and a span starting to serve a class
 //! (`Arena::span_with_room`). All three are slow paths; with one node none of them makes
 //! a syscall.
 //!

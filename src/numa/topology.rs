@@ -112,7 +112,8 @@ impl Topology {
         t.count = 0;
         t.source = TopologySource::Sysfs;
         parse_list(&buf[..n], |id| {
-            if id < MAX_NODE_ID as usize && t.count < MAX_NODES {
+            let known = t.ids[..t.count].iter().any(|&n| usize::from(n) == id);
+            if id < MAX_NODE_ID as usize && t.count < MAX_NODES && !known {
                 t.ids[t.count] = id as u16;
                 t.count += 1;
             }
@@ -396,6 +397,9 @@ mod tests {
         assert_eq!(t.node_ids().collect::<Vec<_>>(), [0, 2, 5]);
         let cpus: Vec<u32> = (0..6).map(|c| t.node_of_cpu(c)).collect();
         assert_eq!(cpus, [0, 0, 2, 2, 0, 0]);
+        std::fs::write(dir.join("online"), "2,0,0,5\n").unwrap();
+        let again = Topology::detect_in(root).unwrap();
+        assert_eq!(again.node_ids().collect::<Vec<_>>(), [0, 2, 5]);
         std::fs::write(dir.join("online"), "zero\n").unwrap();
         assert_eq!(Topology::detect_in(root), None);
         std::fs::write(dir.join("online"), "\n").unwrap();
