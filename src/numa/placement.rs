@@ -177,3 +177,34 @@ impl NodePlacement {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// For every node count and arena count: a node's round-robin visits exactly the
+    /// arenas serving that node, each equally often, and every arena serves one node.
+    #[test]
+    fn round_robin_stays_within_the_node() {
+        for k in 1..=8usize {
+            let nodes: Vec<(u32, &[usize])> = (0..k as u32).map(|id| (id * 3, &[][..])).collect();
+            let topo: &'static Topology =
+                Box::leak(Box::new(Topology::from_nodes(&nodes).unwrap()));
+            for n in k..=crate::pool::heap::MAX_ARENAS {
+                let p = NodePlacement::new(Some(topo));
+                let mut seen = vec![0usize; n];
+                for node in 0..k {
+                    let owned = (0..n).filter(|&a| p.arena_node(a as u32) == node).count();
+                    assert!(owned >= 1, "node {node} of {k} has no arena among {n}");
+                    for _ in 0..3 * owned {
+                        let a = p.arena_in_node(node, n);
+                        assert!(a < n);
+                        assert_eq!(p.arena_node(a as u32), node, "k {k} n {n}");
+                        seen[a] += 1;
+                    }
+                }
+                assert!(seen.iter().all(|&s| s == 3), "k {k} n {n}: {seen:?}");
+            }
+        }
+    }
+}
