@@ -56,6 +56,7 @@ pub use stats::LargeStats;
 use stats::Counters;
 
 use crate::AllocError;
+use crate::numa::{self, NodePolicy, NumaError};
 use crate::os::{self, OsError, PAGE_SIZE, round_up};
 
 /// The huge page size tidyheap asks for (x86-64 and aarch64 with 4 KiB base pages).
@@ -436,6 +437,51 @@ impl LargeAllocator {
             // SAFETY: the block is intact after the failed move; forwarded from the caller.
             Err(_) => unsafe { self.copy_move(ptr, layout, layout) },
         }
+    }
+
+    /// Maps a fresh zeroed block for `layout` whose pages prefer node `node`
+    /// (`mbind(MPOL_PREFERRED)` before any page is touched): they are placed there while
+    /// the node has free memory. The policy belongs to the mapping and moves with it
+    /// through [`realloc`](Self::realloc) and [`relocate`](Self::relocate) (`mremap`
+    /// keeps it; a copy fallback does not). Free the block with
+    /// [`dealloc`](Self::dealloc) as any other.
+    ///
+    /// # Errors
+    ///
+    /// [`NumaError::Alloc`] as [`alloc`](Self::alloc); [`NumaError::NodeOutOfRange`] or
+    /// [`NumaError::NodeUnavailable`] when the kernel has no such node (the block is
+    /// then unmapped again: nothing stays allocated).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::alloc::Layout;
+    /// use tidyheap::{large::LargeAllocator, numa::NumaError};
+    /// let large = LargeAllocator::default();
+    /// let layout = Layout::from_size_align(1 << 20, 16).unwrap();
+    /// let p = large.alloc_on_node(layout, 0)?;
+    /// // SAFETY: `p` is a live block of `layout`.
+    /// unsafe { large.dealloc(p, layout) };
+    /// assert!(matches!(
+    ///     large.alloc_on_node(layout, 1000),
+    ///     Err(NumaError::NodeUnavailable { node: 1000, .. })
+    /// ));
+    /// assert_eq!((large.stats().node_placements, large.stats().live_blocks), (1, 0));
+    /// # Ok::<(), NumaError>(())
+    /// ```
+    pub fn alloc_on_node(&self, layout: Layout, node: u32) -> Result<NonNull<u8>, NumaError> {
+        if node >= numa::MAX_NODE_ID {
+            return Err(NumaError::NodeOutOfRange { node });
+        }
+        let p = self.alloc(layout)?;
+        let len = self.usable_size(layout);
+        if let Err(e) = numa::bind(p.as_ptr(), len, node, NodePolicy::Preferred, false) {
+            // SAFETY: `p` is the live block just allocated with `layout`, never shared.
+            unsafe { self.dealloc(p, layout) };
+            return Err(e);
+        }
+        Counters::bump(&self.counters.node_placements);
+        Ok(p)
     }
 
     /// A snapshot of the counters.
