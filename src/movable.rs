@@ -363,6 +363,28 @@ impl Heap {
         Ok(())
     }
 
+    /// The number of large movable blocks and the sum of their requested lengths, found
+    /// through the handle table (they lie in no span), for [`Heap::walk`]. Exact at
+    /// quiescence; a block the compactor holds right now is skipped.
+    pub(crate) fn walk_large_movable(&self) -> (usize, usize) {
+        let table = self.handles();
+        let (mut blocks, mut bytes) = (0, 0);
+        for h in table.iter() {
+            let Ok(pin) = table.try_pin(h) else {
+                continue;
+            };
+            let (block, _) = untag(pin.ptr());
+            if self.inner().span_of(block).is_none() {
+                // SAFETY: the pin keeps the block alive and in place, and a movable block
+                // outside every span is a large movable block.
+                let (len, _) = unsafe { large_header_of(block) };
+                blocks += 1;
+                bytes += len;
+            }
+        }
+        (blocks, bytes)
+    }
+
     /// The requested length of movable block `block`.
     #[inline]
     fn block_len(&self, block: NonNull<u8>) -> usize {

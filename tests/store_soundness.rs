@@ -9,19 +9,31 @@ use std::time::Duration;
 
 use tidyheap::{Handle, HandleError, Heap, Store};
 
-/// How long a step that must not block may take before the test calls it a deadlock.
-/// Not a timing assertion: a correct run finishes in microseconds, a regression never.
-const HANG: Duration = Duration::from_secs(120);
+/// How long a step that must not block may take before the test calls it a deadlock
+/// (`TIDYHEAP_HANG_SECS`, default 120). Not a timing assertion: a correct run finishes
+/// in microseconds, a regression never.
+fn hang() -> Duration {
+    let secs = std::env::var("TIDYHEAP_HANG_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120);
+    Duration::from_secs(secs)
+}
 
-/// Runs `f` on its own thread and fails the test if it does not finish within [`HANG`]
-/// (a regression deadlocks that thread, which is then abandoned).
+/// Runs `f` on its own thread and fails the test if it does not finish within [`hang`]
+/// (a regression deadlocks that thread, which is then abandoned). A panic of `f` is
+/// passed on as it is.
 fn must_finish<R: Send + 'static>(what: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let _ = tx.send(f());
+        let _ = tx.send(catch_unwind(AssertUnwindSafe(f)));
     });
-    rx.recv_timeout(HANG)
-        .unwrap_or_else(|_| panic!("{what}: deadlocked (no answer in {HANG:?})"))
+    let hang = hang();
+    match rx.recv_timeout(hang) {
+        Ok(Ok(r)) => r,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => panic!("{what}: deadlocked (no answer in {hang:?})"),
+    }
 }
 
 // ----- defect 3: handles resolve only in the store that made them -----
@@ -60,15 +72,18 @@ fn handles_of_other_stores_on_the_same_heap_are_stale() {
 
 #[test]
 fn a_handle_never_reads_a_value_of_another_type() {
-    // On main, these two stores had the same tag: the `String` store would read the
-    // bytes of the array as a `String`.
+    // Before process-unique handles, the array's handle named the `String` store's own
+    // value (same index and generation on both heaps).
     let strings: Store<String> = Store::new();
     let arrays: Store<[u8; 64]> = Store::new();
+    let own = strings.insert("own".into());
     let h = arrays.insert([0xAB; 64]);
+    assert_eq!(own.index(), h.index());
     let forged: Handle<String> = Handle::from_raw(h.raw());
     assert!(strings.get(forged).is_none());
     assert!(strings.get_mut(forged).is_none());
     assert_eq!(strings.remove(forged), None);
+    assert_eq!(*strings.get(own).unwrap(), "own");
     assert_eq!(arrays.get(h).unwrap()[63], 0xAB);
 }
 
@@ -193,73 +208,89 @@ mod reentrance {
     #[test]
     #[should_panic(expected = "holds a write guard (RefMut")]
     fn get_while_holding_a_ref_mut_panics() {
-        let s = Store::new();
-        let h = s.insert(1u8);
-        let _w = s.get_mut(h).unwrap();
-        let _ = s.get(h);
+        must_finish("get_while_holding_a_ref_mut_panics", || {
+            let s = Store::new();
+            let h = s.insert(1u8);
+            let _w = s.get_mut(h).unwrap();
+            let _ = s.get(h);
+        });
     }
 
     #[test]
     #[should_panic(expected = "holds a read guard (Ref")]
     fn get_mut_while_holding_a_ref_panics() {
-        let s = Store::new();
-        let h = s.insert(1u8);
-        let _r = s.get(h).unwrap();
-        let _ = s.get_mut(h);
+        must_finish("get_mut_while_holding_a_ref_panics", || {
+            let s = Store::new();
+            let h = s.insert(1u8);
+            let _r = s.get(h).unwrap();
+            let _ = s.get_mut(h);
+        });
     }
 
     #[test]
     #[should_panic(expected = "holds a write guard (RefMut")]
     fn get_mut_while_holding_a_ref_mut_panics() {
-        let s = Store::new();
-        let h = s.insert(1u8);
-        let _w = s.get_mut(h).unwrap();
-        let _ = s.get_mut(h);
+        must_finish("get_mut_while_holding_a_ref_mut_panics", || {
+            let s = Store::new();
+            let h = s.insert(1u8);
+            let _w = s.get_mut(h).unwrap();
+            let _ = s.get_mut(h);
+        });
     }
 
     #[test]
     #[should_panic(expected = "asked to remove it")]
     fn remove_while_holding_a_ref_panics() {
-        let s = Store::new();
-        let h = s.insert(1u8);
-        let _r = s.get(h).unwrap();
-        let _ = s.remove(h);
+        must_finish("remove_while_holding_a_ref_panics", || {
+            let s = Store::new();
+            let h = s.insert(1u8);
+            let _r = s.get(h).unwrap();
+            let _ = s.remove(h);
+        });
     }
 
     #[test]
     #[should_panic(expected = "asked to remove it")]
     fn dropping_an_owned_while_holding_a_ref_panics() {
-        let s = Store::new();
-        let o = s.insert_owned(1u8);
-        let _r = s.get(o.handle()).unwrap();
-        drop(o);
+        must_finish("dropping_an_owned_while_holding_a_ref_panics", || {
+            let s = Store::new();
+            let o = s.insert_owned(1u8);
+            let _r = s.get(o.handle()).unwrap();
+            drop(o);
+        });
     }
 
     #[test]
     #[should_panic(expected = "holds a write guard (RefMut")]
     fn iterating_over_ones_own_write_guard_panics() {
-        let s = Store::new();
-        let h = s.insert(1u8);
-        let _w = s.get_mut(h).unwrap();
-        let _ = s.iter().count();
+        must_finish("iterating_over_ones_own_write_guard_panics", || {
+            let s = Store::new();
+            let h = s.insert(1u8);
+            let _w = s.get_mut(h).unwrap();
+            let _ = s.iter().count();
+        });
     }
 
     #[test]
     #[should_panic(expected = "holds a pin (PinGuard")]
     fn freeing_a_raw_handle_while_pinned_panics() {
-        let heap = Heap::new();
-        let h = heap.alloc_handle(8, 8).unwrap();
-        let _p = heap.pin(h).unwrap();
-        let _ = heap.free_handle(h);
+        must_finish("freeing_a_raw_handle_while_pinned_panics", || {
+            let heap = Heap::new();
+            let h = heap.alloc_handle(8, 8).unwrap();
+            let _p = heap.pin(h).unwrap();
+            let _ = heap.free_handle(h);
+        });
     }
 
     #[test]
     #[should_panic(expected = "holds a read guard (Ref")]
     fn writing_a_raw_handle_while_reading_it_panics() {
-        let heap = Heap::new();
-        let h = heap.alloc_handle(8, 8).unwrap();
-        let _r = heap.read(h).unwrap();
-        let _ = heap.write(h);
+        must_finish("writing_a_raw_handle_while_reading_it_panics", || {
+            let heap = Heap::new();
+            let h = heap.alloc_handle(8, 8).unwrap();
+            let _r = heap.read(h).unwrap();
+            let _ = heap.write(h);
+        });
     }
 
     #[test]
@@ -267,9 +298,13 @@ mod reentrance {
         let s = Store::new();
         let _other = s.insert(0u8);
         let h = s.insert(1u8);
-        let w = s.get_mut(h).unwrap();
-        let msg = panic_message(|| drop(s.get(h)));
-        drop(w);
+        let s2 = s.clone();
+        let msg = must_finish("the_message_names_the_handle", move || {
+            let w = s2.get_mut(h).unwrap();
+            let msg = panic_message(|| drop(s2.get(h)));
+            drop(w);
+            msg
+        });
         assert!(
             msg.contains(&format!("handle {:?}", h.raw())),
             "message: {msg}"
@@ -352,6 +387,10 @@ fn a_panicking_drop_while_the_store_drops_leaks_nothing() {
     assert_eq!(stats.live_bytes(), 0);
     assert_eq!(stats.movable.live_blocks(), 0);
     assert_eq!((walk.movable_live_blocks, walk.movable_live_bytes), (0, 0));
+    assert_eq!(
+        (walk.large_movable_blocks, walk.large_movable_live_bytes),
+        (0, 0)
+    );
     assert_eq!(walk.out_blocks, [0, 0]);
     assert_eq!((stats.committed_bytes, walk.committed_bytes), (0, 0));
 }
@@ -427,6 +466,9 @@ fn large_accounting() {
         // No pool block is involved: the walk and the pool counters agree on zero.
         assert_eq!(stats.movable.live_bytes(), 0);
         assert_eq!(walk.movable_live_bytes, 0);
+        // The walk finds the large blocks through their handles.
+        assert_eq!(walk.large_movable_live_bytes, live);
+        assert_eq!(walk.large_movable_blocks, blocks);
     };
     check(700_000, 2);
     assert_eq!(heap.relocate_large(h), Ok(true));
