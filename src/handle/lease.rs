@@ -101,14 +101,24 @@ pub(crate) const fn window_done(vacant: u32) -> bool {
     vacant.is_multiple_of(WINDOW)
 }
 
-#[cfg(test)]
+/// Test hook: marks `used` windows of `index` as leased already.
+#[cfg(all(test, not(loom)))]
+pub(crate) fn set_windows_used(index: u32, used: u32) {
+    counter(index).unwrap().store(used, Relaxed);
+}
+
+/// Windows per index, for tests.
+#[cfg(all(test, not(loom)))]
+pub(crate) const TEST_WINDOWS: u32 = WINDOWS;
+
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 
     #[test]
     fn leases_are_disjoint_and_stop_for_good() {
         // An index far beyond anything other tests issue.
-        let index = 3_000_000_001;
+        let index = 1_000_003;
         let a = lease(index).unwrap().unwrap();
         let b = lease(index).unwrap().unwrap();
         assert_eq!((a % WINDOW, b % WINDOW), (1, 1));

@@ -829,6 +829,75 @@ mod tests {
         NonNull::new(ptr::without_provenance_mut(8 * (n + 1))).unwrap()
     }
 
+    /// A leased table whose fresh indexes start at `first` (test-only: the indexes below
+    /// count as issued but are in no list).
+    fn leased_table_from(first: u32) -> HandleTable {
+        let t = HandleTable::new().with_process_unique_handles();
+        t.counters.issued.store(first, Relaxed);
+        t
+    }
+
+    #[test]
+    fn leased_generations_move_to_a_new_window_every_128_occupancies() {
+        let first = 1_000_200;
+        let t = leased_table_from(first);
+        let mut h = t.insert(dangling(0)).unwrap();
+        assert_eq!(h.index(), first);
+        let start = h.generation().get();
+        assert_eq!(start % lease::WINDOW, 1);
+        for _ in 0..lease::WINDOW / 2 - 1 {
+            t.remove(h).unwrap();
+            h = t.insert(dangling(0)).unwrap();
+        }
+        assert_eq!(
+            h.generation().get(),
+            start + lease::WINDOW - 2,
+            "one window"
+        );
+        t.remove(h).unwrap();
+        let next = t.insert(dangling(0)).unwrap();
+        assert_eq!(next.index(), first, "same slot, new window");
+        assert_eq!(next.generation().get() % lease::WINDOW, 1);
+        assert!(next.generation().get() > h.generation().get());
+        assert!(t.read(h).is_err());
+        t.remove(next).unwrap();
+    }
+
+    #[test]
+    fn a_leased_index_out_of_windows_is_retired_never_reused() {
+        let first = 1_000_300;
+        let t = leased_table_from(first);
+        let h = t.insert(dangling(0)).unwrap();
+        assert_eq!(h.index(), first);
+        // Every other window of this index is gone: when this slot's window ends, it
+        // retires instead of wrapping or reusing a window.
+        lease::set_windows_used(first, lease::TEST_WINDOWS);
+        let mut h = h;
+        for _ in 0..lease::WINDOW / 2 - 1 {
+            t.remove(h).unwrap();
+            h = t.insert(dangling(0)).unwrap();
+            assert_eq!(h.index(), first);
+        }
+        t.remove(h).unwrap();
+        // The next fresh index is out of windows too: skipped.
+        lease::set_windows_used(first + 1, lease::TEST_WINDOWS);
+        let moved = t.insert(dangling(1)).unwrap();
+        assert_eq!(moved.index(), first + 2);
+        assert_eq!(t.retired(), 2);
+        assert_eq!(t.len(), 1);
+        assert!(
+            t.read(h).is_err(),
+            "the retired slot's last handle stays stale"
+        );
+        assert_eq!(
+            t.slot(first).unwrap().generation() % 2,
+            0,
+            "vacant for good"
+        );
+        assert!(t.free_list().is_empty());
+        t.remove(moved).unwrap();
+    }
+
     #[test]
     fn table_and_guards_are_send_and_sync() {
         fn check<T: Send + Sync>() {}
