@@ -280,10 +280,17 @@ pub struct HeapWalk {
     pub movable_live_blocks: usize,
     /// Requested bytes of those blocks.
     pub movable_live_bytes: usize,
+    /// Large movable blocks (above the pool limits), found through the handle table.
+    pub large_movable_blocks: usize,
+    /// Requested bytes of those blocks (their headers excluded). Large *fixed* blocks
+    /// are in no list a walk can see; with none live this equals
+    /// [`LargeStats::live_bytes`](crate::LargeStats::live_bytes) at quiescence.
+    pub large_movable_live_bytes: usize,
 }
 
 impl crate::Heap {
-    /// Walks every span of the heap under its arena's lock; see [`HeapWalk`].
+    /// Walks every span of the heap under its arena's lock, then the handle table for
+    /// large movable blocks (taking a pin on each, never waiting); see [`HeapWalk`].
     pub fn walk(&self) -> HeapWalk {
         use crate::pool::span::SpanKind;
         use crate::size_class::NUM_CLASSES;
@@ -328,6 +335,7 @@ impl crate::Heap {
                 }
             }
         }
+        (w.large_movable_blocks, w.large_movable_live_bytes) = self.walk_large_movable();
         w
     }
 }

@@ -252,9 +252,22 @@ impl LargeAllocator {
     /// assert!(matches!(large.alloc(huge), Err(AllocError::TooLarge { .. })));
     /// ```
     pub fn alloc(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
+        self.alloc_counted(layout, layout.size())
+    }
+
+    /// [`alloc`](Self::alloc), counting `live` requested bytes in
+    /// [`LargeStats::live_bytes`] instead of `layout.size()`: for a block that keeps a
+    /// header of its own in front of what its user asked for (DESIGN: live bytes are
+    /// requested bytes). Free it with [`dealloc_counted`](Self::dealloc_counted) and the
+    /// same `live`.
+    pub(crate) fn alloc_counted(
+        &self,
+        layout: Layout,
+        live: usize,
+    ) -> Result<NonNull<u8>, AllocError> {
         let g = Geometry::of(layout.size(), layout.align(), &self.config)?;
         let ptr = self.map_block(&g)?;
-        self.counters.on_map(layout.size(), g.total);
+        self.counters.on_map(live, g.total);
         Ok(ptr)
     }
 
@@ -273,6 +286,19 @@ impl LargeAllocator {
     /// In debug builds, when `ptr` is not aligned as `layout` and the block would be, or
     /// `layout` could never have been allocated: both mean the safety contract was broken.
     pub unsafe fn dealloc(&self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: forwarded from the caller; the block was counted with its layout's size.
+        unsafe { self.dealloc_counted(ptr, layout, layout.size()) }
+    }
+
+    /// [`dealloc`](Self::dealloc) of a block made by [`alloc_counted`](Self::alloc_counted)
+    /// with `live` requested bytes.
+    ///
+    /// # Safety
+    ///
+    /// * as [`dealloc`](Self::dealloc);
+    /// * `live` is what the block is counted with: its `alloc_counted` argument (which
+    ///   `relocate` keeps), or `layout.size()` for a block of `alloc` or `realloc`.
+    pub(crate) unsafe fn dealloc_counted(&self, ptr: NonNull<u8>, layout: Layout, live: usize) {
         let Ok(g) = Geometry::of(layout.size(), layout.align(), &self.config) else {
             if cfg!(debug_assertions) {
                 panic!("LargeAllocator::dealloc: {layout:?} could never have been allocated");
@@ -289,7 +315,7 @@ impl LargeAllocator {
         //   so `[ptr, ptr + g.total)` is exactly its page-aligned mapping;
         // - nothing uses the block afterwards.
         unsafe { os::release(ptr, g.total) };
-        self.counters.on_unmap(layout.size(), g.total);
+        self.counters.on_unmap(live, g.total);
     }
 
     /// The bytes usable in a block allocated with `layout`: its size rounded up to the
