@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::lock::{Mutex, MutexGuard};
 use super::pagemap;
+use super::poison;
 use super::span::{ListId, Span, SpanKind, SpanList};
 use crate::AllocError;
 use crate::os;
@@ -155,6 +156,8 @@ impl SpanSource {
             // caller guarantees no block of it is used again.
             unsafe {
                 let base = st.chunks.add(i).read();
+                // ASan: whatever maps these addresses next starts addressable.
+                poison::unpoison(base, CHUNK_BYTES);
                 os::release(NonNull::new_unchecked(base as *mut u8), CHUNK_BYTES);
             }
         }
@@ -442,6 +445,7 @@ impl Arena {
                 return None;
             }
             let b = span.take()?;
+            poison::live_block(b, span.block_size());
             if !span.has_room() {
                 let (k, c) = (span.kind() as usize, span.class());
                 st.partial[k][c].remove(span);
