@@ -117,16 +117,20 @@ fn model_steps() -> usize {
     std::env::var("TIDYHEAP_MODEL_STEPS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(if cfg!(debug_assertions) { 600 } else { 3000 })
+        .unwrap_or(if cfg!(debug_assertions) { 400 } else { 3000 })
 }
 
-/// Seeds per arena count, from `TIDYHEAP_MODEL_SEEDS` (default 3).
+/// Seeds per arena count, from `TIDYHEAP_MODEL_SEEDS` (default 2 in debug builds, 3 in
+/// release).
 fn model_seeds() -> u64 {
     std::env::var("TIDYHEAP_MODEL_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3)
+        .unwrap_or(if cfg!(debug_assertions) { 2 } else { 3 })
 }
+
+/// Compared against fresh handles' bytes (a `memcmp`, cheap in debug builds too).
+static ZEROS: [u8; 4096] = [0; 4096];
 
 /// Sizes that many requests share, so emptied spans get reused by other classes and kinds.
 const HOT_SIZES: [usize; 8] = [16, 32, 48, 64, 96, 128, 256, 1024];
@@ -623,7 +627,10 @@ impl<'h> Model<'h> {
         {
             let mut w = self.heap.write(h).expect("fresh handle");
             assert_eq!(w.len(), size, "fresh handle length");
-            assert!(w.iter().all(|&b| b == 0), "alloc_handle is zero-filled");
+            assert!(
+                w.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()]),
+                "alloc_handle is zero-filled"
+            );
             assert_eq!(w.as_ptr() as usize % align, 0, "alignment {align}");
             w.copy_from_slice(&bytes);
         }
