@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::lock::{Mutex, MutexGuard};
 use super::pagemap;
+use super::poison;
 use super::span::{ListId, Span, SpanKind, SpanList};
 use crate::AllocError;
 use crate::numa::placement::NodePlacement;
@@ -173,6 +174,8 @@ impl SpanSource {
             // caller guarantees no block of it is used again.
             unsafe {
                 let base = st.chunks.add(i).read();
+                // ASan: whatever maps these addresses next starts addressable.
+                poison::unpoison(base, CHUNK_BYTES);
                 os::release(NonNull::new_unchecked(base as *mut u8), CHUNK_BYTES);
             }
         }
@@ -557,6 +560,7 @@ impl Arena {
                 return None;
             }
             let b = span.take()?;
+            poison::live_block(b, span.block_size());
             if !span.has_room() {
                 let c = span.class();
                 st.partial[SpanKind::Movable as usize][c].remove(span);

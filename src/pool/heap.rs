@@ -19,6 +19,7 @@ use super::arena::{Arena, SpanSource};
 use super::central::{Batch, CentralFreeList};
 use super::lock::{Mutex, MutexGuard};
 use super::pagemap;
+use super::poison;
 use super::span::{Span, SpanKind};
 use super::thread_cache::{self, Counters, ThreadCache, bump};
 use crate::large::{LargeAllocator, LargeConfig};
@@ -437,6 +438,7 @@ impl HeapInner {
             let c = &tc.counters[kind as usize];
             bump(&c.allocs, 1);
             bump(&c.alloc_bytes, size as u64);
+            poison::live_block(b, size_class::size(class));
             return Ok(b);
         }
         self.alloc_uncached(class, size, kind)
@@ -488,7 +490,9 @@ impl HeapInner {
         c.allocs.fetch_add(1, Ordering::Relaxed);
         c.alloc_bytes.fetch_add(size as u64, Ordering::Relaxed);
         c.misses.fetch_add(1, Ordering::Relaxed);
-        Ok(out.expect("take_blocks returned one block"))
+        let b = out.expect("take_blocks returned one block");
+        poison::live_block(b, size_class::size(class));
+        Ok(b)
     }
 
     /// Frees a block of `class`/`kind` that was allocated for `size` bytes.
@@ -504,6 +508,7 @@ impl HeapInner {
         size: usize,
         kind: SpanKind,
     ) {
+        poison::free_block(block, size_class::size(class));
         if let Some(tc) = self.thread_cache() {
             if kind == SpanKind::Movable {
                 self.honor_movable_epoch(tc);
