@@ -2,6 +2,8 @@
 #![warn(missing_docs)]
 
 mod alloc_api;
+#[cfg(feature = "bevy")]
+pub mod bevy;
 pub mod compact;
 mod error;
 pub mod frame;
