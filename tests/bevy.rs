@@ -895,3 +895,283 @@ fn background_mode_compacts_off_the_schedule() {
     }
     drop(app); // stops and joins the thread
 }
+
+/// Raw blocks handed out in frame `k`, with the frame index and a pattern.
+#[derive(Resource, Default)]
+struct InFlight {
+    blocks: Vec<(u64, usize)>,
+    checked: u64,
+    failures: Vec<String>,
+}
+
+#[test]
+fn raw_scratch_blocks_live_until_frame_k_plus_n() {
+    const N: usize = 3;
+    const WORDS: usize = 512;
+    fn produce(scratch: FrameAlloc, mut f: ResMut<InFlight>) {
+        let layout = std::alloc::Layout::array::<u64>(WORDS).unwrap();
+        let p = scratch.alloc_layout(layout).unwrap().cast::<u64>();
+        let k = scratch.index();
+        for i in 0..WORDS {
+            // SAFETY: a fresh block of `WORDS` u64s, valid until frame k + N begins.
+            unsafe { p.add(i).write(k * 1_000_000 + i as u64) };
+        }
+        // Plenty of other scratch use in the same frame, from several threads.
+        let shared = scratch.shared();
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(move || shared.alloc_slice_fill_with(20_000, |i| i as u64)[19_999]);
+            }
+        });
+        f.blocks.push((k, p.as_ptr() as usize));
+    }
+    fn consume(scratch: FrameAlloc, mut f: ResMut<InFlight>) {
+        let now = scratch.index();
+        let f = &mut *f;
+        // Blocks of frames k > now - N are still valid.
+        f.blocks.retain(|&(k, _)| k + N as u64 > now);
+        for &(k, addr) in &f.blocks {
+            let p = addr as *const u64;
+            for i in 0..WORDS {
+                // SAFETY: the block came from frame k, and frame k + N has not begun
+                // (`retain` above), so it is still valid and nobody else writes it.
+                let v = unsafe { p.add(i).read() };
+                if v != k * 1_000_000 + i as u64 {
+                    f.failures
+                        .push(format!("frame {k} block read in frame {now}, word {i}"));
+                    break;
+                }
+            }
+            f.checked += 1;
+        }
+    }
+    let mut app = app_with(plugin(TidyheapConfig::new().with_frames_in_flight(N)));
+    app.init_resource::<InFlight>()
+        .add_systems(Update, (consume, produce).chain());
+    for _ in 0..30 {
+        app.update();
+    }
+    let f = app.world().resource::<InFlight>();
+    assert_eq!(f.failures, Vec::<String>::new());
+    // From the third frame on, each frame checks the blocks of the N - 1 frames before
+    // it, then its own is added.
+    assert_eq!(f.checked, (N as u64 - 1) * 30 - 3);
+}
+
+/// A value whose drop panics once.
+struct Grenade(Arc<AtomicBool>);
+
+impl Drop for Grenade {
+    fn drop(&mut self) {
+        if self.0.swap(false, Ordering::SeqCst) {
+            panic!("a user Drop panicked");
+        }
+    }
+}
+
+#[test]
+fn a_panicking_value_drop_loses_no_other_queued_value() {
+    let mut app = App::new();
+    app.add_plugins(TidyheapPlugin::default())
+        .init_heap_assets::<Grenade>();
+    // A panic unwinding through `App::update` leaves the app without its main schedule,
+    // so this test runs the plugin's schedule (`Last`) by hand, which survives it.
+    let mut last = app
+        .world_mut()
+        .resource_mut::<Schedules>()
+        .remove(Last)
+        .expect("the plugin's schedule");
+    last.set_executor(bevy_ecs::schedule::SingleThreadedExecutor::new());
+    let armed = Arc::new(AtomicBool::new(true));
+    let mut assets = app.world_mut().resource_mut::<HeapAssets<Grenade>>();
+    let handles: Vec<_> = (0..5).map(|_| assets.add(Grenade(armed.clone()))).collect();
+    let bomb = assets.add(Grenade(armed.clone()));
+    drop(handles);
+    drop(bomb); // queued last: freed first
+    let world = app.world_mut();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| last.run(world)));
+    assert!(r.is_err(), "the drop's panic reached the caller");
+    assert!(!armed.load(Ordering::SeqCst));
+    assert_eq!(
+        world.resource::<HeapAssets<Grenade>>().len(),
+        5,
+        "the panicking value is gone, the other five are still queued"
+    );
+    // (Bevy's executor may skip the systems of the first run after a panic.)
+    for _ in 0..3 {
+        last.run(world);
+    }
+    assert!(world.resource::<HeapAssets<Grenade>>().is_empty());
+    let heap = world.resource::<TidyHeap>().heap().clone();
+    assert_eq!(heap.stats().movable.live_bytes(), 0);
+}
+
+/// The model test's asset: 1 KiB, so a few hundred of them span several spans.
+type Model = Blob<128>;
+
+/// Every `HeapAssetEvent<Model>` ever read.
+#[derive(Resource, Default)]
+struct AllEvents(Vec<HeapAssetEvent<Model>>);
+
+fn read_all(mut reader: MessageReader<HeapAssetEvent<Model>>, mut seen: ResMut<AllEvents>) {
+    seen.0.extend(reader.read().copied());
+}
+
+/// What the model knows of one value.
+struct ModelValue {
+    seed: u64,
+    owners: usize,
+    /// Removed (explicitly, or by the upkeep after its last owner went).
+    gone: bool,
+}
+
+/// Random sequences of add, clone, despawn, explicit remove, write and frame (with a
+/// compaction pass every frame) against a simple model, for several seeds: contents,
+/// liveness and the exact multiset of messages must match.
+#[test]
+fn differential_model_of_assets_owners_and_messages() {
+    use std::collections::HashMap;
+    use tidyheap::Handle;
+    for seed in 1..=4u64 {
+        let mut app = app_with(plugin(
+            TidyheapConfig::new()
+                .with_budget(Budget::blocks(16))
+                .with_fragmentation_threshold(0.0),
+        ));
+        app.init_heap_assets::<Model>()
+            .init_resource::<AllEvents>()
+            .add_systems(Update, read_all);
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut model: HashMap<Handle<Model>, ModelValue> = HashMap::new();
+        let mut entities: Vec<(Entity, Handle<Model>)> = Vec::new();
+        let mut expected: Vec<(u8, Handle<Model>)> = Vec::new(); // (kind, id)
+        let mut next = 0u64;
+        for step in 0..3000 {
+            let world = app.world_mut();
+            match rng.gen_range(0..100) {
+                0..25 => {
+                    next += 1;
+                    let mut assets = world.resource_mut::<HeapAssets<Model>>();
+                    let (id, e) = if rng.gen_bool(0.5) {
+                        let h = assets.add(Blob::new(next));
+                        (h.id(), world.spawn(h).id())
+                    } else {
+                        let b = assets.add_blob(Blob::new(next));
+                        (b.id(), world.spawn(b).id())
+                    };
+                    model.insert(
+                        id,
+                        ModelValue {
+                            seed: next,
+                            owners: 1,
+                            gone: false,
+                        },
+                    );
+                    entities.push((e, id));
+                    expected.push((0, id));
+                }
+                25..35 if !entities.is_empty() => {
+                    let (e, id) = entities[rng.gen_range(0..entities.len())];
+                    if let Some(h) = world.entity(e).get::<HeapHandle<Model>>() {
+                        let h = h.clone();
+                        entities.push((world.spawn(h).id(), id));
+                        model.get_mut(&id).unwrap().owners += 1;
+                    }
+                }
+                35..60 if !entities.is_empty() => {
+                    let (e, id) = entities.swap_remove(rng.gen_range(0..entities.len()));
+                    world.despawn(e);
+                    model.get_mut(&id).unwrap().owners -= 1;
+                }
+                60..67 if !entities.is_empty() => {
+                    let (_, id) = entities[rng.gen_range(0..entities.len())];
+                    let removed = world.resource_mut::<HeapAssets<Model>>().remove(id);
+                    let m = model.get_mut(&id).unwrap();
+                    assert_eq!(removed.is_some(), !m.gone, "step {step}");
+                    if !m.gone {
+                        assert!(removed.unwrap().intact(m.seed));
+                        m.gone = true;
+                        expected.push((2, id));
+                    }
+                }
+                67..80 if !entities.is_empty() => {
+                    let (_, id) = entities[rng.gen_range(0..entities.len())];
+                    next += 1;
+                    let mut assets = world.resource_mut::<HeapAssets<Model>>();
+                    let m = model.get_mut(&id).unwrap();
+                    match assets.get_mut(id) {
+                        Some(mut v) => {
+                            assert!(!m.gone && v.intact(m.seed), "step {step}");
+                            *v = Blob::new(next);
+                            m.seed = next;
+                            expected.push((1, id));
+                        }
+                        None => assert!(m.gone, "step {step}"),
+                    }
+                }
+                _ => {
+                    app.update();
+                    for (id, m) in model.iter_mut() {
+                        if m.owners == 0 && !m.gone {
+                            m.gone = true;
+                            expected.push((2, *id));
+                        }
+                    }
+                }
+            }
+            // Every id resolves exactly while the model says it is there.
+            if step % 50 == 0 {
+                let assets = app.world().resource::<HeapAssets<Model>>();
+                for (id, m) in &model {
+                    let pending = m.owners == 0 && !m.gone; // freed at the next upkeep
+                    match assets.get(*id) {
+                        Some(v) => assert!((!m.gone || pending) && v.intact(m.seed), "step {step}"),
+                        None => assert!(m.gone, "step {step}"),
+                    }
+                }
+                let live = model.values().filter(|m| !m.gone).count();
+                assert_eq!(assets.len(), live, "step {step}");
+            }
+        }
+        // Drop everything, then two frames: the upkeep frees, the next frame's readers
+        // see the last messages.
+        for (e, id) in entities.drain(..) {
+            app.world_mut().despawn(e);
+            model.get_mut(&id).unwrap().owners -= 1;
+        }
+        app.update();
+        app.update();
+        for (id, m) in model.iter_mut() {
+            assert_eq!(m.owners, 0);
+            if !m.gone {
+                m.gone = true;
+                expected.push((2, *id));
+            }
+        }
+        assert!(app.world().resource::<HeapAssets<Model>>().is_empty());
+        let kind = |e: &HeapAssetEvent<Model>| match e {
+            HeapAssetEvent::Added { .. } => 0u8,
+            HeapAssetEvent::Modified { .. } => 1,
+            HeapAssetEvent::Removed { .. } => 2,
+        };
+        let mut actual: Vec<(u8, u64)> = app
+            .world()
+            .resource::<AllEvents>()
+            .0
+            .iter()
+            .map(|e| (kind(e), e.id().raw().to_bits()))
+            .collect();
+        let mut expected: Vec<(u8, u64)> = expected
+            .iter()
+            .map(|(k, id)| (*k, id.raw().to_bits()))
+            .collect();
+        actual.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(actual, expected, "seed {seed}");
+        let stats = app.world().resource::<TidyheapStats>();
+        assert!(
+            stats.total_moves > 0,
+            "seed {seed}: the compactor moved values"
+        );
+    }
+}
