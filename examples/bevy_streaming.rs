@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo run --release --example bevy_streaming --features bevy            # 3000 frames
 //! cargo run --release --example bevy_streaming --features bevy -- --frames 300
+//! cargo run --release --example bevy_streaming --features bevy -- --no-compact
 //! ```
 //!
 //! Thousands of entities own meshes of four sizes (72 B to 32 KiB, in four
@@ -268,6 +269,12 @@ fn finish(world: &mut World) {
         full.ratio
     );
     println!(
+        "| of which holes / class rounding / metadata and tails | {:.2} / {:.2} / {:.2} MiB |",
+        mib(full.external_bytes as f64),
+        mib(full.internal_bytes as f64),
+        mib((full.metadata_bytes + full.tail_bytes) as f64)
+    );
+    println!(
         "| fragmentation at the end (pool counters) | {:.3} |",
         stats.fragmentation
     );
@@ -319,9 +326,12 @@ fn finish(world: &mut World) {
 
 fn main() {
     let mut frames = 3000u64;
+    let mut threshold = 0.05;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
+            // The same run without compaction, for comparison.
+            "--no-compact" => threshold = 1.0,
             "--frames" => {
                 frames = args
                     .next()
@@ -329,13 +339,13 @@ fn main() {
                     .filter(|n| *n > 0)
                     .unwrap_or_else(|| panic!("--frames takes a positive number"));
             }
-            other => panic!("unknown argument {other:?} (try --frames N)"),
+            other => panic!("unknown argument {other:?} (try --frames N, --no-compact)"),
         }
     }
     let plugin = TidyheapPlugin::try_new(
         TidyheapConfig::new()
             .with_budget(Budget::time(Duration::from_micros(500)).with_bytes(2 << 20))
-            .with_fragmentation_threshold(0.05),
+            .with_fragmentation_threshold(threshold),
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let mut app = App::new();

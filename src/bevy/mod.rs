@@ -26,7 +26,8 @@
 //! use bevy_app::{App, Update};
 //! use bevy_ecs::prelude::*;
 //! use tidyheap::bevy::{
-//!     FrameAlloc, HeapAssets, HeapAssetsAppExt, HeapHandle, TidyheapConfig, TidyheapPlugin,
+//!     FrameAlloc, HeapAssets, HeapAssetsAppExt, HeapHandle, TidyheapConfig,
+//!     TidyheapDiagnosticsPlugin, TidyheapPlugin,
 //! };
 //! use tidyheap::Budget;
 //!
@@ -46,7 +47,7 @@
 //!     TidyheapConfig::new().with_budget(Budget::blocks(256).with_bytes(1 << 20)),
 //! )?;
 //! let mut app = App::new();
-//! app.add_plugins(plugin)
+//! app.add_plugins((plugin, TidyheapDiagnosticsPlugin))
 //!     .init_heap_assets::<Mesh>()
 //!     .add_systems(Update, bounds);
 //! for i in 0..2 {
