@@ -10,15 +10,18 @@
 //!   `HeapQuery::for_each` over `HeapBlob<T>` components. Target (DESIGN):
 //!   `tidyheap_reader` ≤ 1.2× `bevy_assets`.
 //! * `bevy_scratch/{peer}`: one frame (`First` + `Update`) of a system that builds 256
-//!   lists of 64 `u32` and sums them. `tidyheap` uses `FrameAlloc` (the frame turns over
-//!   in `First`); `local_vec` reuses a `Local<Vec<Vec<u32>>>` (cleared, capacity kept);
+//!   lists of 64 `u32` and sums them. `tidyheap` uses `FrameAlloc` with
+//!   `allocator_api2::vec::Vec`s (the frame turns over in `First`); `tidyheap_slices`
+//!   fills slices with `FrameAlloc::alloc_slice_fill_with` instead; `local_vec` reuses a `Local<Vec<Vec<u32>>>` (cleared, capacity kept);
 //!   `bumpalo` resets a `Local<Bump>` and builds `bumpalo::collections::Vec`s.
 //!
-//! All systems run on the single-threaded executor, so the numbers are the systems' own
+//! Each group is followed by an interleaved run of the same cases (every peer once per
+//! round; medians and ratios printed): on a loaded machine those ratios are the ones to
+//! trust. All systems run on the single-threaded executor, so the numbers are the systems' own
 //! cost. `cargo test --benches` runs every case once with small sizes.
 
 use std::hint::black_box;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use allocator_api2::vec::Vec as ScratchVec;
 use bevy_app::{App, First, Update};
@@ -119,65 +122,100 @@ fn run_update(app: &mut App) -> u64 {
     app.world().resource::<Sum>().0
 }
 
-fn asset_read(c: &mut Criterion, n: u32) {
-    let expected = 2 * (0..n as u64).sum::<u64>();
-    let mut group = c.benchmark_group("bevy_asset_read");
-
-    let mut bevy = App::new();
-    bevy.init_resource::<Assets<Mesh>>().init_resource::<Sum>();
-    let handles: Vec<_> = {
-        let mut assets = bevy.world_mut().resource_mut::<Assets<Mesh>>();
-        (0..n).map(|i| assets.add(Mesh::new(i))).collect()
-    };
-    spawn_shuffled(&mut bevy, n, |i| BevyMesh(handles[i as usize].clone()));
-    drop(handles);
-    bevy.add_systems(Update, read_bevy);
-    single_threaded(&mut bevy);
-    assert_eq!(run_update(&mut bevy), expected);
-    group.bench_function(BenchmarkId::new("bevy_assets", n), |b| {
-        b.iter(|| black_box(run_update(&mut bevy)))
-    });
-    drop(bevy);
-
-    for (peer, blobs) in [
-        ("tidyheap_reader", false),
-        ("tidyheap_get", false),
-        ("tidyheap_query", true),
-    ] {
-        let mut app = App::new();
-        app.add_plugins(TidyheapPlugin::default())
-            .init_heap_assets::<Mesh>()
-            .init_resource::<Sum>();
-        if blobs {
-            let blobs: Vec<HeapBlob<Mesh>> = {
-                let mut assets = app.world_mut().resource_mut::<HeapAssets<Mesh>>();
-                (0..n).map(|i| assets.add_blob(Mesh::new(i))).collect()
+/// The app of one `bevy_asset_read` peer, with `n` entities and its read system.
+fn asset_read_app(peer: &str, n: u32) -> App {
+    let mut app = App::new();
+    app.init_resource::<Sum>();
+    match peer {
+        "bevy_assets" => {
+            app.init_resource::<Assets<Mesh>>();
+            let handles: Vec<_> = {
+                let mut assets = app.world_mut().resource_mut::<Assets<Mesh>>();
+                (0..n).map(|i| assets.add(Mesh::new(i))).collect()
             };
-            let mut blobs: Vec<Option<HeapBlob<Mesh>>> = blobs.into_iter().map(Some).collect();
+            spawn_shuffled(&mut app, n, |i| BevyMesh(handles[i as usize].clone()));
+            app.add_systems(Update, read_bevy);
+        }
+        "tidyheap_query" => {
+            app.add_plugins(TidyheapPlugin::default())
+                .init_heap_assets::<Mesh>();
+            let mut blobs: Vec<Option<HeapBlob<Mesh>>> = {
+                let mut assets = app.world_mut().resource_mut::<HeapAssets<Mesh>>();
+                (0..n)
+                    .map(|i| Some(assets.add_blob(Mesh::new(i))))
+                    .collect()
+            };
             spawn_shuffled(&mut app, n, |i| {
                 blobs[i as usize].take().expect("each once")
             });
             app.add_systems(Update, query_tidyheap);
-        } else {
+        }
+        _ => {
+            app.add_plugins(TidyheapPlugin::default())
+                .init_heap_assets::<Mesh>();
             let handles: Vec<HeapHandle<Mesh>> = {
                 let mut assets = app.world_mut().resource_mut::<HeapAssets<Mesh>>();
                 (0..n).map(|i| assets.add(Mesh::new(i))).collect()
             };
             spawn_shuffled(&mut app, n, |i| handles[i as usize].clone());
-            drop(handles);
             if peer == "tidyheap_reader" {
                 app.add_systems(Update, read_tidyheap);
             } else {
                 app.add_systems(Update, get_tidyheap);
             }
         }
-        single_threaded(&mut app);
-        assert_eq!(run_update(&mut app), expected);
-        group.bench_function(BenchmarkId::new(peer, n), |b| {
-            b.iter(|| black_box(run_update(&mut app)))
+    }
+    single_threaded(&mut app);
+    assert_eq!(run_update(&mut app), 2 * (0..n as u64).sum::<u64>());
+    app
+}
+
+const READ_PEERS: [&str; 4] = [
+    "bevy_assets",
+    "tidyheap_reader",
+    "tidyheap_get",
+    "tidyheap_query",
+];
+
+fn asset_read(c: &mut Criterion, apps: &mut [(&str, App)], n: u32) {
+    let mut group = c.benchmark_group("bevy_asset_read");
+    for (peer, app) in apps.iter_mut() {
+        group.bench_function(BenchmarkId::new(*peer, n), |b| {
+            b.iter(|| black_box(run_update(app)))
         });
     }
     group.finish();
+}
+
+/// The cases of a group again, interleaved: each round runs every peer once (`run`), so
+/// a change in the machine's load hits all of them alike. Prints each peer's median and
+/// its ratio to the first peer.
+fn interleaved(group: &str, apps: &mut [(&str, App)], rounds: usize, run: fn(&mut App) -> u64) {
+    let mut times: Vec<Vec<Duration>> = vec![Vec::with_capacity(rounds); apps.len()];
+    for _ in 0..rounds {
+        for (i, (_, app)) in apps.iter_mut().enumerate() {
+            let start = Instant::now();
+            black_box(run(app));
+            times[i].push(start.elapsed());
+        }
+    }
+    let medians: Vec<Duration> = times
+        .iter_mut()
+        .map(|t| {
+            t.sort();
+            t[t.len() / 2]
+        })
+        .collect();
+    println!(
+        "\n{group} interleaved, {rounds} rounds (median per run, ratio to {}):",
+        apps[0].0
+    );
+    for ((peer, _), m) in apps.iter().zip(&medians) {
+        println!(
+            "  {peer:<16} {m:>12.3?}  {:.2}x",
+            m.as_secs_f64() / medians[0].as_secs_f64()
+        );
+    }
 }
 
 const LISTS: usize = 256;
@@ -191,6 +229,13 @@ fn scratch_tidyheap(scratch: FrameAlloc, mut sum: ResMut<Sum>) {
         lists.push(v);
     }
     sum.0 = lists.iter().flatten().map(|&x| x as u64).sum();
+}
+
+fn scratch_tidyheap_slices(scratch: FrameAlloc, mut sum: ResMut<Sum>) {
+    let lists = scratch.alloc_slice_fill_with(LISTS, |l| {
+        &*scratch.alloc_slice_fill_with(LEN as usize, |i| i as u32 ^ l as u32)
+    });
+    sum.0 = lists.iter().copied().flatten().map(|&x| x as u64).sum();
 }
 
 fn scratch_local_vec(mut lists: Local<Vec<Vec<u32>>>, mut sum: ResMut<Sum>) {
@@ -220,30 +265,40 @@ fn run_frame(app: &mut App) -> u64 {
     app.world().resource::<Sum>().0
 }
 
-fn scratch(c: &mut Criterion) {
+const SCRATCH_PEERS: [&str; 4] = ["local_vec", "tidyheap", "tidyheap_slices", "bumpalo"];
+
+fn scratch_app(peer: &str) -> App {
     let expected: u64 = (0..LISTS as u32)
         .flat_map(|l| (0..LEN).map(move |i| (i ^ l) as u64))
         .sum();
-    let mut group = c.benchmark_group("bevy_scratch");
-    for peer in ["tidyheap", "local_vec", "bumpalo"] {
-        let mut app = App::new();
-        app.init_resource::<Sum>();
-        match peer {
-            "tidyheap" => {
-                app.add_plugins(TidyheapPlugin::default())
-                    .add_systems(Update, scratch_tidyheap);
-            }
-            "local_vec" => {
-                app.add_systems(Update, scratch_local_vec);
-            }
-            _ => {
-                app.add_systems(Update, scratch_bumpalo);
-            }
+    let mut app = App::new();
+    app.init_resource::<Sum>();
+    match peer {
+        "tidyheap" => {
+            app.add_plugins(TidyheapPlugin::default())
+                .add_systems(Update, scratch_tidyheap);
         }
-        single_threaded(&mut app);
-        assert_eq!(run_frame(&mut app), expected);
-        group.bench_function(BenchmarkId::from_parameter(peer), |b| {
-            b.iter(|| black_box(run_frame(&mut app)))
+        "tidyheap_slices" => {
+            app.add_plugins(TidyheapPlugin::default())
+                .add_systems(Update, scratch_tidyheap_slices);
+        }
+        "local_vec" => {
+            app.add_systems(Update, scratch_local_vec);
+        }
+        _ => {
+            app.add_systems(Update, scratch_bumpalo);
+        }
+    }
+    single_threaded(&mut app);
+    assert_eq!(run_frame(&mut app), expected);
+    app
+}
+
+fn scratch(c: &mut Criterion, apps: &mut [(&str, App)]) {
+    let mut group = c.benchmark_group("bevy_scratch");
+    for (peer, app) in apps.iter_mut() {
+        group.bench_function(BenchmarkId::from_parameter(*peer), |b| {
+            b.iter(|| black_box(run_frame(app)))
         });
     }
     group.finish();
@@ -256,7 +311,29 @@ fn main() {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3))
         .configure_from_args();
-    asset_read(&mut c, if bench { 100_000 } else { 1_000 });
-    scratch(&mut c);
+    let n = if bench { 100_000 } else { 1_000 };
+    let mut apps: Vec<(&str, App)> = READ_PEERS
+        .iter()
+        .map(|peer| (*peer, asset_read_app(peer, n)))
+        .collect();
+    asset_read(&mut c, &mut apps, n);
+    interleaved(
+        "bevy_asset_read",
+        &mut apps,
+        if bench { 200 } else { 2 },
+        run_update,
+    );
+    drop(apps);
+    let mut apps: Vec<(&str, App)> = SCRATCH_PEERS
+        .iter()
+        .map(|peer| (*peer, scratch_app(peer)))
+        .collect();
+    scratch(&mut c, &mut apps);
+    interleaved(
+        "bevy_scratch",
+        &mut apps,
+        if bench { 5000 } else { 2 },
+        run_frame,
+    );
     c.final_summary();
 }
