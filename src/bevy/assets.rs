@@ -1,19 +1,5 @@
 //! Heap-backed asset and component storage: [`HeapAssets<T>`], its owning handles
 //! ([`HeapHandle<T>`], shared; [`HeapBlob<T>`], unique) and its change messages.
-//!
-//! # Ownership
-//!
-//! An owning handle does not free its value itself: its last drop (a despawn, a
-//! component replaced, a clone dropped anywhere, on any thread) queues the value's id,
-//! and the [`TidyheapSystems::Upkeep`](super::TidyheapSystems::Upkeep) system removes
-//! the queued values from the store, drops them, and sends
-//! [`HeapAssetEvent::Removed`]. This is how Bevy's own `Assets<T>` frees an asset whose
-//! last strong handle went away, and it keeps every `Drop` of user values on the
-//! upkeep system, never inside a despawn.
-//!
-//! A value removed explicitly with [`HeapAssets::remove`] while owning handles exist is
-//! gone at once; their later drop queues an id that no longer resolves (generations
-//! never repeat), which the upkeep skips.
 
 use std::sync::Arc;
 
@@ -88,6 +74,20 @@ impl<T: Send + Sync + 'static> HeapHandle<T> {
     }
 
     /// How many clones of this handle exist.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use bevy_app::App;
+    /// # use tidyheap::bevy::{HeapAssets, HeapAssetsAppExt, TidyheapPlugin};
+    /// # let mut app = App::new();
+    /// # app.add_plugins(TidyheapPlugin::default()).init_heap_assets::<u8>();
+    /// let h = app.world_mut().resource_mut::<HeapAssets<u8>>().add(1);
+    /// let h2 = h.clone();
+    /// assert_eq!(h.strong_count(), 2);
+    /// drop(h2);
+    /// assert_eq!(h.strong_count(), 1);
+    /// ```
     pub fn strong_count(&self) -> usize {
         Arc::strong_count(&self.owner)
     }
@@ -181,6 +181,18 @@ pub enum HeapAssetEvent<T: Send + Sync + 'static> {
 
 impl<T: Send + Sync + 'static> HeapAssetEvent<T> {
     /// The id the message is about.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use bevy_app::App;
+    /// # use tidyheap::bevy::{HeapAssetEvent, HeapAssets, HeapAssetsAppExt, TidyheapPlugin};
+    /// # let mut app = App::new();
+    /// # app.add_plugins(TidyheapPlugin::default()).init_heap_assets::<u8>();
+    /// let h = app.world_mut().resource_mut::<HeapAssets<u8>>().add(1);
+    /// let event = HeapAssetEvent::Added { id: h.id() };
+    /// assert_eq!(event.id(), h.id());
+    /// ```
     pub fn id(&self) -> Handle<T> {
         match *self {
             Self::Added { id } | Self::Modified { id } | Self::Removed { id } => id,
@@ -219,6 +231,20 @@ impl<T: Send + Sync + 'static> core::fmt::Debug for HeapAssetEvent<T> {
 /// defragmentable. Read through `Res<HeapAssets<T>>` ([`get`](Self::get), or
 /// [`read`](Self::read) once per system for many gets); add, write and remove through
 /// `ResMut`. Register it with [`HeapAssetsAppExt::init_heap_assets`].
+///
+/// # Ownership
+///
+/// An owning handle does not free its value itself: its last drop (a despawn, a
+/// component replaced, a clone dropped anywhere, on any thread) queues the value's id,
+/// and the [`TidyheapSystems::Upkeep`](super::TidyheapSystems::Upkeep) system removes
+/// the queued values from the store, drops them, and sends
+/// [`HeapAssetEvent::Removed`]. This is how Bevy's own `Assets<T>` frees an asset whose
+/// last strong handle went away, and it keeps every `Drop` of user values on the
+/// upkeep system, never inside a despawn.
+///
+/// A value removed explicitly with [`HeapAssets::remove`] while owning handles exist is
+/// gone at once; their later drop queues an id that no longer resolves (generations
+/// never repeat), which the upkeep skips.
 ///
 /// # Examples
 ///
@@ -266,6 +292,19 @@ impl<T: Send + Sync + 'static> HeapAssets<T> {
     /// # Panics
     ///
     /// If memory runs out; see [`try_add`](Self::try_add).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use bevy_app::App;
+    /// # use tidyheap::bevy::{HeapAssets, HeapAssetsAppExt, TidyheapPlugin};
+    /// # let mut app = App::new();
+    /// # app.add_plugins(TidyheapPlugin::default()).init_heap_assets::<u64>();
+    /// let mut assets = app.world_mut().resource_mut::<HeapAssets<u64>>();
+    /// let h = assets.add(1);
+    /// let again = h.clone(); // a second owner of the same value
+    /// assert_eq!(*assets.get(&again).unwrap(), 1);
+    /// ```
     pub fn add(&mut self, value: T) -> HeapHandle<T> {
         self.try_add(value)
             .unwrap_or_else(|(_, e)| panic!("tidyheap: HeapAssets::add failed: {e}"))
@@ -302,6 +341,18 @@ impl<T: Send + Sync + 'static> HeapAssets<T> {
     /// # Panics
     ///
     /// If memory runs out; see [`try_add_blob`](Self::try_add_blob).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use bevy_app::App;
+    /// # use tidyheap::bevy::{HeapAssets, HeapAssetsAppExt, TidyheapPlugin};
+    /// # let mut app = App::new();
+    /// # app.add_plugins(TidyheapPlugin::default()).init_heap_assets::<u64>();
+    /// let mut assets = app.world_mut().resource_mut::<HeapAssets<u64>>();
+    /// let blob = assets.add_blob(2);
+    /// assert_eq!(*assets.get(&blob).unwrap(), 2);
+    /// ```
     pub fn add_blob(&mut self, value: T) -> HeapBlob<T> {
         self.try_add_blob(value)
             .unwrap_or_else(|(_, e)| panic!("tidyheap: HeapAssets::add_blob failed: {e}"))
@@ -340,6 +391,21 @@ impl<T: Send + Sync + 'static> HeapAssets<T> {
 
     /// The value of `id` (a [`Handle`], `&HeapHandle` or `&HeapBlob`), or `None` if it
     /// was removed. For many gets in one system, take [`read`](Self::read) once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use bevy_app::App;
+    /// # use tidyheap::bevy::{HeapAssets, HeapAssetsAppExt, TidyheapPlugin};
+    /// # let mut app = App::new();
+    /// # app.add_plugins(TidyheapPlugin::default()).init_heap_assets::<u64>();
+    /// let mut assets = app.world_mut().resource_mut::<HeapAssets<u64>>();
+    /// let h = assets.add(3);
+    /// let id = h.id(); // a plain, `Copy` id
+    /// assert_eq!(*assets.get(id).unwrap(), 3);
+    /// assets.remove(id);
+    /// assert!(assets.get(id).is_none());
+    /// ```
     pub fn get(&self, id: impl Into<Handle<T>>) -> Option<AssetRef<'_, T>> {
         read::get_one(&self.store, id.into())
     }
@@ -393,11 +459,38 @@ impl<T: Send + Sync + 'static> HeapAssets<T> {
     }
 
     /// Whether `id` names a value of this store.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use bevy_app::App;
+    /// # use tidyheap::bevy::{HeapAssets, HeapAssetsAppExt, TidyheapPlugin};
+    /// # let mut app = App::new();
+    /// # app.add_plugins(TidyheapPlugin::default()).init_heap_assets::<u64>();
+    /// let mut assets = app.world_mut().resource_mut::<HeapAssets<u64>>();
+    /// let h = assets.add(4);
+    /// assert!(assets.contains(&h));
+    /// assets.remove(&h);
+    /// assert!(!assets.contains(&h));
+    /// ```
     pub fn contains(&self, id: impl Into<Handle<T>>) -> bool {
         self.store.contains(id.into())
     }
 
     /// Number of values.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use bevy_app::App;
+    /// # use tidyheap::bevy::{HeapAssets, HeapAssetsAppExt, TidyheapPlugin};
+    /// # let mut app = App::new();
+    /// # app.add_plugins(TidyheapPlugin::default()).init_heap_assets::<u64>();
+    /// let mut assets = app.world_mut().resource_mut::<HeapAssets<u64>>();
+    /// let _a = assets.add(5);
+    /// let _b = assets.add_blob(6);
+    /// assert_eq!(assets.len(), 2);
+    /// ```
     pub fn len(&self) -> usize {
         self.store.len()
     }

@@ -1,76 +1,5 @@
 //! Per-frame scratch memory for systems: the [`FrameMemory`] resource and the
 //! [`FrameAlloc`] system parameter over a [`FrameArena`].
-//!
-//! # How the frame maps onto Bevy's frame
-//!
-//! The plugin begins scratch frame 1 in `build()` (so startup systems have scratch
-//! too), and every `First` the [`TidyheapSystems::BeginFrame`](super::TidyheapSystems)
-//! system ends the current scratch frame and begins the next. A system gets the memory
-//! through [`FrameAlloc`], which reads [`FrameMemory`] as a shared resource; the
-//! begin-frame system takes it exclusively. Bevy's scheduler never runs a system that
-//! borrows a resource shared at the same time as one that borrows it exclusively, so
-//! the frame cannot turn over while any system is allocating from it.
-//!
-//! # Why memory cannot escape the frame
-//!
-//! Every safe allocation borrows the `FrameAlloc` parameter (`alloc(&self, ..) ->
-//! &mut T`), and the parameter lives for one run of the system. Storing a reference in a
-//! `Local`, a resource, a component or a message needs `'static`, which a borrow of the
-//! parameter is not:
-//!
-//! ```compile_fail,E0597
-//! use bevy_ecs::prelude::*;
-//! use tidyheap::bevy::FrameAlloc;
-//!
-//! fn keep(scratch: FrameAlloc, mut kept: Local<Option<&'static mut u32>>) {
-//!     *kept = Some(scratch.alloc(7));
-//! }
-//! ```
-//!
-//! Collections are bound the same way:
-//!
-//! ```compile_fail,E0597
-//! use allocator_api2::vec::Vec;
-//! use bevy_ecs::prelude::*;
-//! use tidyheap::bevy::FrameAlloc;
-//!
-//! #[derive(Resource)]
-//! struct Kept(Vec<u32, &'static FrameAlloc<'static>>);
-//!
-//! fn keep(scratch: FrameAlloc, mut commands: Commands) {
-//!     let mut list = Vec::new_in(&scratch);
-//!     list.push(1);
-//!     commands.insert_resource(Kept(list));
-//! }
-//! ```
-//!
-//! # Threads and `par_iter`
-//!
-//! All allocation goes through the arena's per-thread lanes ([`FrameShared`]): the first
-//! allocation of a thread in a frame claims a lane with one `fetch_add`, every later one
-//! is a thread-local check and a pointer bump. So two systems running in parallel, and
-//! the bodies of a `par_iter`, allocate without contending; hand the closures
-//! [`FrameAlloc::shared`], which is `Copy + Send + Sync`.
-//!
-//! # Frames in flight
-//!
-//! With `N` frames in flight ([`TidyheapConfig::with_frames_in_flight`]), the raw API
-//! ([`FrameAlloc::alloc_layout`]) returns blocks that stay valid until scratch frame
-//! `index + N` begins: data handed to a render or upload thread can live `N − 1` frames
-//! past the one that made it. Safe references live for one system run only.
-//!
-//! # Not Bevy's proposed `Scratch<T>`
-//!
-//! Bevy issue #23775 proposes a `Scratch<T>` parameter: a `Local` collection of one
-//! system, cleared on each run, that keeps its capacity on the global heap. `FrameAlloc`
-//! is different: one bump arena shared by every system and thread, holding any number of
-//! values and collections of any types, reclaimed all at once per frame with no
-//! per-value drop (values placed in it are never dropped, like bumpalo's) and no
-//! per-system high-water capacity kept alive. Use `Scratch<T>` for one reused
-//! collection whose elements need dropping; use `FrameAlloc` for many short-lived
-//! buffers.
-//!
-//! [`TidyheapConfig::with_frames_in_flight`]: super::TidyheapConfig::with_frames_in_flight
 
 use core::alloc::Layout;
 use core::ptr::NonNull;
@@ -216,14 +145,83 @@ pub(super) fn begin_scratch_frame(mut memory: ResMut<FrameMemory>) {
     memory.next_frame();
 }
 
-/// A system parameter handing out bump memory from the current scratch frame. See the
-/// [module docs](self) for the lifetime rules and how it differs from Bevy's proposed
-/// `Scratch<T>`.
+/// A system parameter handing out bump memory from the current scratch frame.
 ///
 /// Allocation methods come in pairs: the plain one panics if the OS refuses memory, the
 /// `try_` twin returns the error. `&FrameAlloc` is an allocator-api2
 /// [`Allocator`], so `allocator_api2::vec::Vec::new_in(&scratch)` works, as does
 /// `Vec::new_in(scratch.shared())` inside `par_iter` bodies.
+///
+/// # How the frame maps onto Bevy's frame
+///
+/// The plugin begins scratch frame 1 in `build()` (so startup systems have scratch
+/// too), and every `First` the [`TidyheapSystems::BeginFrame`](super::TidyheapSystems)
+/// system ends the current scratch frame and begins the next. A system gets the memory
+/// through [`FrameAlloc`], which reads [`FrameMemory`] as a shared resource; the
+/// begin-frame system takes it exclusively. Bevy's scheduler never runs a system that
+/// borrows a resource shared at the same time as one that borrows it exclusively, so
+/// the frame cannot turn over while any system is allocating from it.
+///
+/// # Why memory cannot escape the frame
+///
+/// Every safe allocation borrows the `FrameAlloc` parameter (`alloc(&self, ..) ->
+/// &mut T`), and the parameter lives for one run of the system. Storing a reference in a
+/// `Local`, a resource, a component or a message needs `'static`, which a borrow of the
+/// parameter is not:
+///
+/// ```compile_fail,E0597
+/// use bevy_ecs::prelude::*;
+/// use tidyheap::bevy::FrameAlloc;
+///
+/// fn keep(scratch: FrameAlloc, mut kept: Local<Option<&'static mut u32>>) {
+///     *kept = Some(scratch.alloc(7));
+/// }
+/// ```
+///
+/// Collections are bound the same way:
+///
+/// ```compile_fail,E0597
+/// use allocator_api2::vec::Vec;
+/// use bevy_ecs::prelude::*;
+/// use tidyheap::bevy::FrameAlloc;
+///
+/// #[derive(Resource)]
+/// struct Kept(Vec<u32, &'static FrameAlloc<'static>>);
+///
+/// fn keep(scratch: FrameAlloc, mut commands: Commands) {
+///     let mut list = Vec::new_in(&scratch);
+///     list.push(1);
+///     commands.insert_resource(Kept(list));
+/// }
+/// ```
+///
+/// # Threads and `par_iter`
+///
+/// All allocation goes through the arena's per-thread lanes ([`FrameShared`]): the first
+/// allocation of a thread in a frame claims a lane with one `fetch_add`, every later one
+/// is a thread-local check and a pointer bump. So two systems running in parallel, and
+/// the bodies of a `par_iter`, allocate without contending; hand the closures
+/// [`FrameAlloc::shared`], which is `Copy + Send + Sync`.
+///
+/// # Frames in flight
+///
+/// With `N` frames in flight ([`TidyheapConfig::with_frames_in_flight`]), the raw API
+/// ([`FrameAlloc::alloc_layout`]) returns blocks that stay valid until scratch frame
+/// `index + N` begins: data handed to a render or upload thread can live `N − 1` frames
+/// past the one that made it. Safe references live for one system run only.
+///
+/// # Not Bevy's proposed `Scratch<T>`
+///
+/// Bevy issue #23775 proposes a `Scratch<T>` parameter: a `Local` collection of one
+/// system, cleared on each run, that keeps its capacity on the global heap. `FrameAlloc`
+/// is different: one bump arena shared by every system and thread, holding any number of
+/// values and collections of any types, reclaimed all at once per frame with no
+/// per-value drop (values placed in it are never dropped, like bumpalo's) and no
+/// per-system high-water capacity kept alive. Use `Scratch<T>` for one reused
+/// collection whose elements need dropping; use `FrameAlloc` for many short-lived
+/// buffers.
+///
+/// [`TidyheapConfig::with_frames_in_flight`]: super::TidyheapConfig::with_frames_in_flight
 ///
 /// # Examples
 ///
@@ -237,10 +235,10 @@ pub(super) fn begin_scratch_frame(mut memory: ResMut<FrameMemory>) {
 /// struct Position(f32);
 ///
 /// fn visible(scratch: FrameAlloc, q: Query<(Entity, &Position)>) {
-///     let mut near = Vec::new_in(&scratch);
-///     near.extend(q.iter().filter(|(_, p)| p.0 < 10.0).map(|(e, _)| e));
-///     let label = scratch.alloc_str("near");
-///     assert_eq!((near.len(), &*label), (1, "near"));
+///    let mut near = Vec::new_in(&scratch);
+///    near.extend(q.iter().filter(|(_, p)| p.0 < 10.0).map(|(e, _)| e));
+///    let label = scratch.alloc_str("near");
+///    assert_eq!((near.len(), &*label), (1, "near"));
 /// }
 ///
 /// let mut app = App::new();
