@@ -1,24 +1,24 @@
 //! The Bevy plugin, driven headless with `app.update()`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use allocator_api2::vec::Vec as ScratchVec;
-use bevy_app::{App, First, Last, PostUpdate, TaskPoolOptions, TaskPoolPlugin, Update};
-use bevy_diagnostic::{DiagnosticsStore, LogDiagnosticsPlugin};
+use bevy_app::{App, First, Last, PostUpdate, Update};
 use bevy_ecs::prelude::*;
 use bevy_ecs::schedule::ScheduleLabel;
-use bevy_time::TimePlugin;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tidyheap::Budget;
 use tidyheap::bevy::{
-    BudgetLimit, CompactionMode, ConfigError, FrameAlloc, FrameMemory, HeapAssetEvent, HeapAssets,
-    HeapAssetsAppExt, HeapBlob, HeapHandle, HeapQuery, TidyHeap, TidyheapConfig,
-    TidyheapDiagnosticsPlugin, TidyheapError, TidyheapPlugin, TidyheapStats, TidyheapSystems,
+    BudgetLimit, CompactionMode, ConfigError, FrameMemory, HeapAssetEvent, HeapAssets,
+    HeapAssetsAppExt, HeapBlob, HeapHandle, HeapQuery, TidyHeap, TidyheapConfig, TidyheapError,
+    TidyheapPlugin, TidyheapStats, TidyheapSystems,
 };
 use tidyheap::frame::FrameConfigError;
+
+mod bevy_common;
+use bevy_common::{app_with, plugin};
 
 /// An asset of `N` words whose contents follow from a seed (its checksum).
 struct Blob<const N: usize>([u64; N]);
@@ -41,21 +41,6 @@ impl<const N: usize> Blob<N> {
 
 #[derive(Component, Clone, Copy)]
 struct Seed(u64);
-
-/// Every app of this file runs its systems on 4 compute threads (the pool is global to
-/// the process; whichever test starts first sets it, always to the same size).
-fn app_with(plugin: TidyheapPlugin) -> App {
-    let mut app = App::new();
-    app.add_plugins(TaskPoolPlugin {
-        task_pool_options: TaskPoolOptions::with_num_threads(4),
-    })
-    .add_plugins(plugin);
-    app
-}
-
-fn plugin(config: TidyheapConfig) -> TidyheapPlugin {
-    TidyheapPlugin::try_new(config).expect("a valid configuration")
-}
 
 /// Corruptions seen by checking systems.
 #[derive(Resource, Default, Clone)]
@@ -326,202 +311,6 @@ fn no_pass_runs_below_the_threshold() {
     assert!(low.passes_started > 0);
     assert!(low.total_moves > 0);
     assert!(low.below_threshold < 10);
-}
-
-#[test]
-fn diagnostics_have_values_after_update_in_either_plugin_order() {
-    for diagnostics_first in [false, true] {
-        let mut app = App::new();
-        if diagnostics_first {
-            app.add_plugins((TidyheapDiagnosticsPlugin, TidyheapPlugin::default()));
-        } else {
-            app.add_plugins((TidyheapPlugin::default(), TidyheapDiagnosticsPlugin));
-        }
-        app.init_heap_assets::<Blob<32>>();
-        spawn_blobs::<32>(&mut app, 10, 1);
-        app.update();
-        let store = app.world().resource::<DiagnosticsStore>();
-        for (path, _) in TidyheapDiagnosticsPlugin::PATHS {
-            let d = store
-                .get(&path)
-                .unwrap_or_else(|| panic!("{path} registered"));
-            assert!(d.value().is_some(), "{path} has a value");
-        }
-        let live = store
-            .get(&TidyheapDiagnosticsPlugin::LIVE_BYTES)
-            .and_then(|d| d.value())
-            .unwrap();
-        assert_eq!(live, (10 * 256) as f64);
-    }
-}
-
-/// Lines logged by `LogDiagnosticsPlugin`.
-static LOGGED: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-struct Capture;
-
-impl log::Log for Capture {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-    fn log(&self, record: &log::Record<'_>) {
-        if record.target() == "bevy_diagnostic" {
-            LOGGED.lock().unwrap().push(record.args().to_string());
-        }
-    }
-    fn flush(&self) {}
-}
-
-#[test]
-fn log_diagnostics_plugin_prints_the_tidyheap_paths() {
-    log::set_logger(&Capture).expect("the only logger of this test binary");
-    log::set_max_level(log::LevelFilter::Info);
-    let mut app = App::new();
-    app.add_plugins((
-        TimePlugin,
-        TidyheapPlugin::default(),
-        TidyheapDiagnosticsPlugin,
-        LogDiagnosticsPlugin {
-            wait_duration: Duration::from_nanos(1),
-            ..Default::default()
-        },
-    ));
-    for _ in 0..5 {
-        std::thread::sleep(Duration::from_millis(1));
-        app.update();
-    }
-    let logged = LOGGED.lock().unwrap();
-    for (path, _) in TidyheapDiagnosticsPlugin::PATHS {
-        assert!(
-            logged.iter().any(|l| l.starts_with(path.as_str())),
-            "{path} logged; got {logged:?}"
-        );
-    }
-}
-
-#[test]
-fn scratch_resets_every_frame() {
-    fn fill(scratch: FrameAlloc) {
-        let words = scratch.alloc_slice_fill_with(1000, |i| i as u64);
-        assert_eq!(words[999], 999);
-        let mut list = ScratchVec::new_in(&scratch);
-        list.extend(0..10u32);
-        assert_eq!(list.iter().sum::<u32>(), 45);
-    }
-    let mut app = app_with(TidyheapPlugin::default());
-    app.add_systems(Update, fill);
-    let mut maps_at_10 = 0;
-    for frame in 1..=40u64 {
-        app.update();
-        let memory = app.world().resource::<FrameMemory>();
-        assert_eq!(memory.index(), frame + 1);
-        let s = memory.stats();
-        // Counted when the frame that used them ended, in the next `First`: exactly one
-        // frame's bytes, never an accumulation of frames.
-        // (The list was the lane's last block when it dropped, so its 40 bytes came back.)
-        let expected = if frame == 1 { 0 } else { 8000 };
-        assert_eq!(s.frame_bytes, expected, "frame {frame}");
-        assert_eq!(s.high_water_bytes, expected);
-        if frame == 10 {
-            maps_at_10 = s.chunk_maps;
-        }
-        if frame > 10 {
-            assert_eq!(s.chunk_maps, maps_at_10, "no new chunk after warm-up");
-        }
-    }
-    assert_eq!(
-        app.world().resource::<TidyheapStats>().scratch.frame_bytes,
-        8000
-    );
-}
-
-/// Two systems meet here; each reports whether the other arrived within 10 s.
-#[derive(Resource, Clone, Default)]
-struct Rendezvous {
-    arrived: Arc<(Mutex<u32>, Condvar)>,
-    met: Arc<[AtomicBool; 2]>,
-    threads: Arc<Mutex<Vec<std::thread::ThreadId>>>,
-    corrupt: Arc<AtomicBool>,
-}
-
-impl Rendezvous {
-    fn meet(&self, who: usize) {
-        let (lock, cond) = &*self.arrived;
-        let mut n = lock.lock().unwrap();
-        *n += 1;
-        cond.notify_all();
-        let (n, timeout) = cond
-            .wait_timeout_while(n, Duration::from_secs(10), |n| *n < 2)
-            .unwrap();
-        drop(n);
-        self.met[who].store(!timeout.timed_out(), Ordering::SeqCst);
-        self.threads
-            .lock()
-            .unwrap()
-            .push(std::thread::current().id());
-    }
-}
-
-fn scratch_system<const WHO: usize>(scratch: FrameAlloc, r: Res<Rendezvous>) {
-    let mine = scratch.alloc_slice_fill_with(4096, |i| (WHO * 1_000_000 + i) as u32);
-    let mut list = ScratchVec::new_in(&scratch);
-    // Both systems allocate while the other is inside its own system too.
-    r.meet(WHO);
-    list.extend((0..4096).map(|i| (WHO * 1_000_000 + i) as u32));
-    let more = scratch.alloc_slice_copy(&[WHO as u8; 512]);
-    let intact = mine
-        .iter()
-        .enumerate()
-        .all(|(i, v)| *v == (WHO * 1_000_000 + i) as u32)
-        && list
-            .iter()
-            .enumerate()
-            .all(|(i, v)| *v == (WHO * 1_000_000 + i) as u32)
-        && more.iter().all(|b| *b == WHO as u8);
-    if !intact {
-        r.corrupt.store(true, Ordering::SeqCst);
-    }
-}
-
-#[test]
-fn two_scratch_systems_run_in_parallel() {
-    let mut app = app_with(TidyheapPlugin::default());
-    let r = Rendezvous::default();
-    app.insert_resource(r.clone())
-        .add_systems(Update, (scratch_system::<0>, scratch_system::<1>));
-    app.update();
-    assert!(
-        r.met[0].load(Ordering::SeqCst) && r.met[1].load(Ordering::SeqCst),
-        "both scratch systems were running at the same time"
-    );
-    let threads = r.threads.lock().unwrap().clone();
-    assert_ne!(threads[0], threads[1]);
-    assert!(!r.corrupt.load(Ordering::SeqCst));
-}
-
-#[test]
-fn par_iter_bodies_allocate_from_their_own_lanes() {
-    #[derive(Component)]
-    struct Id(u32);
-    #[derive(Resource, Default)]
-    struct Sum(AtomicU64);
-    fn body(scratch: FrameAlloc, q: Query<&Id>, sum: Res<Sum>) {
-        let shared = scratch.shared();
-        q.par_iter().for_each(|id| {
-            let mut v = ScratchVec::new_in(shared);
-            v.extend((0..64).map(|i| id.0 as u64 + i));
-            sum.0.fetch_add(v.iter().sum::<u64>(), Ordering::Relaxed);
-        });
-    }
-    let mut app = app_with(TidyheapPlugin::default());
-    app.init_resource::<Sum>().add_systems(Update, body);
-    app.world_mut().spawn_batch((0..2000).map(Id));
-    app.update();
-    let expected: u64 = (0..2000u64).map(|id| 64 * id + (0..64).sum::<u64>()).sum();
-    assert_eq!(
-        app.world().resource::<Sum>().0.load(Ordering::Relaxed),
-        expected
-    );
 }
 
 /// Messages of `HeapAssetEvent<Blob<32>>` read by a system, in order.
@@ -896,68 +685,6 @@ fn background_mode_compacts_off_the_schedule() {
     drop(app); // stops and joins the thread
 }
 
-/// Raw blocks handed out in frame `k`, with the frame index and a pattern.
-#[derive(Resource, Default)]
-struct InFlight {
-    blocks: Vec<(u64, usize)>,
-    checked: u64,
-    failures: Vec<String>,
-}
-
-#[test]
-fn raw_scratch_blocks_live_until_frame_k_plus_n() {
-    const N: usize = 3;
-    const WORDS: usize = 512;
-    fn produce(scratch: FrameAlloc, mut f: ResMut<InFlight>) {
-        let layout = std::alloc::Layout::array::<u64>(WORDS).unwrap();
-        let p = scratch.alloc_layout(layout).unwrap().cast::<u64>();
-        let k = scratch.index();
-        for i in 0..WORDS {
-            // SAFETY: a fresh block of `WORDS` u64s, valid until frame k + N begins.
-            unsafe { p.add(i).write(k * 1_000_000 + i as u64) };
-        }
-        // Plenty of other scratch use in the same frame, from several threads.
-        let shared = scratch.shared();
-        std::thread::scope(|s| {
-            for _ in 0..3 {
-                s.spawn(move || shared.alloc_slice_fill_with(20_000, |i| i as u64)[19_999]);
-            }
-        });
-        f.blocks.push((k, p.as_ptr() as usize));
-    }
-    fn consume(scratch: FrameAlloc, mut f: ResMut<InFlight>) {
-        let now = scratch.index();
-        let f = &mut *f;
-        // Blocks of frames k > now - N are still valid.
-        f.blocks.retain(|&(k, _)| k + N as u64 > now);
-        for &(k, addr) in &f.blocks {
-            let p = addr as *const u64;
-            for i in 0..WORDS {
-                // SAFETY: the block came from frame k, and frame k + N has not begun
-                // (`retain` above), so it is still valid and nobody else writes it.
-                let v = unsafe { p.add(i).read() };
-                if v != k * 1_000_000 + i as u64 {
-                    f.failures
-                        .push(format!("frame {k} block read in frame {now}, word {i}"));
-                    break;
-                }
-            }
-            f.checked += 1;
-        }
-    }
-    let mut app = app_with(plugin(TidyheapConfig::new().with_frames_in_flight(N)));
-    app.init_resource::<InFlight>()
-        .add_systems(Update, (consume, produce).chain());
-    for _ in 0..30 {
-        app.update();
-    }
-    let f = app.world().resource::<InFlight>();
-    assert_eq!(f.failures, Vec::<String>::new());
-    // From the third frame on, each frame checks the blocks of the N - 1 frames before
-    // it, then its own is added.
-    assert_eq!(f.checked, (N as u64 - 1) * 30 - 3);
-}
-
 /// A value whose drop panics once.
 struct Grenade(Arc<AtomicBool>);
 
@@ -1004,174 +731,4 @@ fn a_panicking_value_drop_loses_no_other_queued_value() {
     assert!(world.resource::<HeapAssets<Grenade>>().is_empty());
     let heap = world.resource::<TidyHeap>().heap().clone();
     assert_eq!(heap.stats().movable.live_bytes(), 0);
-}
-
-/// The model test's asset: 1 KiB, so a few hundred of them span several spans.
-type Model = Blob<128>;
-
-/// Every `HeapAssetEvent<Model>` ever read.
-#[derive(Resource, Default)]
-struct AllEvents(Vec<HeapAssetEvent<Model>>);
-
-fn read_all(mut reader: MessageReader<HeapAssetEvent<Model>>, mut seen: ResMut<AllEvents>) {
-    seen.0.extend(reader.read().copied());
-}
-
-/// What the model knows of one value.
-struct ModelValue {
-    seed: u64,
-    owners: usize,
-    /// Removed (explicitly, or by the upkeep after its last owner went).
-    gone: bool,
-}
-
-/// Random sequences of add, clone, despawn, explicit remove, write and frame (with a
-/// compaction pass every frame) against a simple model, for several seeds: contents,
-/// liveness and the exact multiset of messages must match.
-#[test]
-fn differential_model_of_assets_owners_and_messages() {
-    use std::collections::HashMap;
-    use tidyheap::Handle;
-    for seed in 1..=4u64 {
-        let mut app = app_with(plugin(
-            TidyheapConfig::new()
-                .with_budget(Budget::blocks(16))
-                .with_fragmentation_threshold(0.0),
-        ));
-        app.init_heap_assets::<Model>()
-            .init_resource::<AllEvents>()
-            .add_systems(Update, read_all);
-        let mut rng = SmallRng::seed_from_u64(seed);
-        let mut model: HashMap<Handle<Model>, ModelValue> = HashMap::new();
-        let mut entities: Vec<(Entity, Handle<Model>)> = Vec::new();
-        let mut expected: Vec<(u8, Handle<Model>)> = Vec::new(); // (kind, id)
-        let mut next = 0u64;
-        for step in 0..3000 {
-            let world = app.world_mut();
-            match rng.gen_range(0..100) {
-                0..25 => {
-                    next += 1;
-                    let mut assets = world.resource_mut::<HeapAssets<Model>>();
-                    let (id, e) = if rng.gen_bool(0.5) {
-                        let h = assets.add(Blob::new(next));
-                        (h.id(), world.spawn(h).id())
-                    } else {
-                        let b = assets.add_blob(Blob::new(next));
-                        (b.id(), world.spawn(b).id())
-                    };
-                    model.insert(
-                        id,
-                        ModelValue {
-                            seed: next,
-                            owners: 1,
-                            gone: false,
-                        },
-                    );
-                    entities.push((e, id));
-                    expected.push((0, id));
-                }
-                25..35 if !entities.is_empty() => {
-                    let (e, id) = entities[rng.gen_range(0..entities.len())];
-                    if let Some(h) = world.entity(e).get::<HeapHandle<Model>>() {
-                        let h = h.clone();
-                        entities.push((world.spawn(h).id(), id));
-                        model.get_mut(&id).unwrap().owners += 1;
-                    }
-                }
-                35..60 if !entities.is_empty() => {
-                    let (e, id) = entities.swap_remove(rng.gen_range(0..entities.len()));
-                    world.despawn(e);
-                    model.get_mut(&id).unwrap().owners -= 1;
-                }
-                60..67 if !entities.is_empty() => {
-                    let (_, id) = entities[rng.gen_range(0..entities.len())];
-                    let removed = world.resource_mut::<HeapAssets<Model>>().remove(id);
-                    let m = model.get_mut(&id).unwrap();
-                    assert_eq!(removed.is_some(), !m.gone, "step {step}");
-                    if !m.gone {
-                        assert!(removed.unwrap().intact(m.seed));
-                        m.gone = true;
-                        expected.push((2, id));
-                    }
-                }
-                67..80 if !entities.is_empty() => {
-                    let (_, id) = entities[rng.gen_range(0..entities.len())];
-                    next += 1;
-                    let mut assets = world.resource_mut::<HeapAssets<Model>>();
-                    let m = model.get_mut(&id).unwrap();
-                    match assets.get_mut(id) {
-                        Some(mut v) => {
-                            assert!(!m.gone && v.intact(m.seed), "step {step}");
-                            *v = Blob::new(next);
-                            m.seed = next;
-                            expected.push((1, id));
-                        }
-                        None => assert!(m.gone, "step {step}"),
-                    }
-                }
-                _ => {
-                    app.update();
-                    for (id, m) in model.iter_mut() {
-                        if m.owners == 0 && !m.gone {
-                            m.gone = true;
-                            expected.push((2, *id));
-                        }
-                    }
-                }
-            }
-            // Every id resolves exactly while the model says it is there.
-            if step % 50 == 0 {
-                let assets = app.world().resource::<HeapAssets<Model>>();
-                for (id, m) in &model {
-                    let pending = m.owners == 0 && !m.gone; // freed at the next upkeep
-                    match assets.get(*id) {
-                        Some(v) => assert!((!m.gone || pending) && v.intact(m.seed), "step {step}"),
-                        None => assert!(m.gone, "step {step}"),
-                    }
-                }
-                let live = model.values().filter(|m| !m.gone).count();
-                assert_eq!(assets.len(), live, "step {step}");
-            }
-        }
-        // Drop everything, then two frames: the upkeep frees, the next frame's readers
-        // see the last messages.
-        for (e, id) in entities.drain(..) {
-            app.world_mut().despawn(e);
-            model.get_mut(&id).unwrap().owners -= 1;
-        }
-        app.update();
-        app.update();
-        for (id, m) in model.iter_mut() {
-            assert_eq!(m.owners, 0);
-            if !m.gone {
-                m.gone = true;
-                expected.push((2, *id));
-            }
-        }
-        assert!(app.world().resource::<HeapAssets<Model>>().is_empty());
-        let kind = |e: &HeapAssetEvent<Model>| match e {
-            HeapAssetEvent::Added { .. } => 0u8,
-            HeapAssetEvent::Modified { .. } => 1,
-            HeapAssetEvent::Removed { .. } => 2,
-        };
-        let mut actual: Vec<(u8, u64)> = app
-            .world()
-            .resource::<AllEvents>()
-            .0
-            .iter()
-            .map(|e| (kind(e), e.id().raw().to_bits()))
-            .collect();
-        let mut expected: Vec<(u8, u64)> = expected
-            .iter()
-            .map(|(k, id)| (*k, id.raw().to_bits()))
-            .collect();
-        actual.sort_unstable();
-        expected.sort_unstable();
-        assert_eq!(actual, expected, "seed {seed}");
-        let stats = app.world().resource::<TidyheapStats>();
-        assert!(
-            stats.total_moves > 0,
-            "seed {seed}: the compactor moved values"
-        );
-    }
 }
