@@ -150,7 +150,10 @@ pub(super) fn begin_scratch_frame(mut memory: ResMut<FrameMemory>) {
 /// Allocation methods come in pairs: the plain one panics if the OS refuses memory, the
 /// `try_` twin returns the error. `&FrameAlloc` is an allocator-api2
 /// [`Allocator`], so `allocator_api2::vec::Vec::new_in(&scratch)` works, as does
-/// `Vec::new_in(scratch.shared())` inside `par_iter` bodies.
+/// `Vec::new_in(scratch.shared())` inside `par_iter` bodies. (On stable Rust,
+/// allocator-api2's `Vec::extend` pushes element by element; for bulk fills
+/// [`alloc_slice_fill_with`](Self::alloc_slice_fill_with) or `extend_from_slice` are
+/// several times faster.)
 ///
 /// # How the frame maps onto Bevy's frame
 ///
