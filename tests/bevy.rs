@@ -732,3 +732,34 @@ fn a_panicking_value_drop_loses_no_other_queued_value() {
     let heap = world.resource::<TidyHeap>().heap().clone();
     assert_eq!(heap.stats().movable.live_bytes(), 0);
 }
+
+#[test]
+fn an_owning_handle_never_resolves_in_another_apps_store() {
+    let app = || {
+        let mut app = app_with(TidyheapPlugin::default());
+        app.init_heap_assets::<Blob<32>>();
+        app
+    };
+    let (mut a, mut b) = (app(), app());
+    let from_a = a
+        .world_mut()
+        .resource_mut::<HeapAssets<Blob<32>>>()
+        .add_blob(Blob::new(1));
+    let from_b = b
+        .world_mut()
+        .resource_mut::<HeapAssets<Blob<32>>>()
+        .add(Blob::new(2));
+    let mut in_b = b.world_mut().resource_mut::<HeapAssets<Blob<32>>>();
+    // Both stores are the first of their heaps, so the slot and generation of `from_a`
+    // name `from_b`'s value in `b` (a plain id carries no store identity, and today's
+    // store tags are per heap): only the owner's store identity tells them apart.
+    assert!(in_b.get(&from_a).is_none());
+    assert!(in_b.read().get(&from_a).is_none());
+    assert!(!in_b.contains(&from_a));
+    assert!(in_b.get_mut(&from_a).is_none());
+    assert!(in_b.remove(&from_a).is_none());
+    assert!(in_b.get(&from_b).unwrap().intact(2));
+    let in_a = a.world().resource::<HeapAssets<Blob<32>>>();
+    assert!(in_a.get(&from_a).unwrap().intact(1));
+    assert!(in_a.get(&from_b).is_none());
+}

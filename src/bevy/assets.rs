@@ -26,6 +26,14 @@ impl<T> DropQueue<T> {
     }
 }
 
+impl<T> DropQueue<T> {
+    /// The store's identity: the queue's address, which no other queue can have while
+    /// any owning handle (each holds the queue's `Arc`) or the store is alive.
+    fn key(&self) -> usize {
+        core::ptr::from_ref(self).addr()
+    }
+}
+
 /// The owner of one value: queues its id for removal when dropped.
 struct Owner<T> {
     id: Handle<T>,
@@ -152,6 +160,61 @@ impl<T: Send + Sync + 'static> core::fmt::Debug for HeapBlob<T> {
 impl<T: Send + Sync + 'static> From<&HeapBlob<T>> for Handle<T> {
     fn from(h: &HeapBlob<T>) -> Self {
         h.id()
+    }
+}
+
+/// What names a value of a [`HeapAssets<T>`]: a plain [`Handle<T>`], or a reference to
+/// an owning handle ([`HeapHandle<T>`], [`HeapBlob<T>`]).
+///
+/// An owning handle also knows the store that made it, so it never resolves in another
+/// `HeapAssets<T>` (another app's, say). A plain `Handle<T>` carries no store identity:
+/// it is checked against the store's slots and generations only.
+///
+/// # Examples
+///
+/// ```
+/// use bevy_app::App;
+/// use tidyheap::bevy::{HeapAssets, HeapAssetsAppExt, TidyheapPlugin};
+///
+/// let app = || {
+///     let mut app = App::new();
+///     app.add_plugins(TidyheapPlugin::default()).init_heap_assets::<u64>();
+///     app
+/// };
+/// let (mut a, mut b) = (app(), app());
+/// let from_a = a.world_mut().resource_mut::<HeapAssets<u64>>().add(1);
+/// let _from_b = b.world_mut().resource_mut::<HeapAssets<u64>>().add(2);
+/// assert_eq!(*a.world().resource::<HeapAssets<u64>>().get(&from_a).unwrap(), 1);
+/// assert!(b.world().resource::<HeapAssets<u64>>().get(&from_a).is_none());
+/// ```
+pub trait AssetId<T>: sealed::Parts<T> {}
+
+impl<T, I: sealed::Parts<T>> AssetId<T> for I {}
+
+pub(super) mod sealed {
+    use crate::Handle;
+
+    /// The id, and the address of the owning store's drop queue if known.
+    pub trait Parts<T> {
+        fn parts(&self) -> (Handle<T>, Option<usize>);
+    }
+}
+
+impl<T> sealed::Parts<T> for Handle<T> {
+    fn parts(&self) -> (Handle<T>, Option<usize>) {
+        (*self, None)
+    }
+}
+
+impl<T: Send + Sync + 'static> sealed::Parts<T> for &HeapHandle<T> {
+    fn parts(&self) -> (Handle<T>, Option<usize>) {
+        (self.id, Some(self.owner.drops.key()))
+    }
+}
+
+impl<T: Send + Sync + 'static> sealed::Parts<T> for &HeapBlob<T> {
+    fn parts(&self) -> (Handle<T>, Option<usize>) {
+        (self.0.id, Some(self.0.drops.key()))
     }
 }
 
@@ -389,8 +452,8 @@ impl<T: Send + Sync + 'static> HeapAssets<T> {
         })
     }
 
-    /// The value of `id` (a [`Handle`], `&HeapHandle` or `&HeapBlob`), or `None` if it
-    /// was removed. For many gets in one system, take [`read`](Self::read) once.
+    /// The value of `id` (a [`Handle`], `&HeapHandle` or `&HeapBlob`; see [`AssetId`]),
+    /// or `None` if it was removed. For many gets in one system, take [`read`](Self::read) once.
     ///
     /// # Examples
     ///
@@ -406,13 +469,18 @@ impl<T: Send + Sync + 'static> HeapAssets<T> {
     /// assets.remove(id);
     /// assert!(assets.get(id).is_none());
     /// ```
-    pub fn get(&self, id: impl Into<Handle<T>>) -> Option<AssetRef<'_, T>> {
-        read::get_one(&self.store, id.into())
+    pub fn get(&self, id: impl AssetId<T>) -> Option<AssetRef<'_, T>> {
+        read::get_one(&self.store, self.drops.key(), id.parts())
     }
 
     /// A read view for many gets (see [`HeapReader`]).
     pub fn read(&self) -> HeapReader<'_, T> {
-        HeapReader::new(&self.store)
+        HeapReader::new(&self.store, self.drops.key())
+    }
+
+    /// The plain id of `id` if it may belong to this store.
+    fn mine(&self, id: impl AssetId<T>) -> Option<Handle<T>> {
+        read::mine(self.drops.key(), id.parts())
     }
 
     /// The value of `id`, exclusively; sends [`HeapAssetEvent::Modified`].
@@ -429,8 +497,8 @@ impl<T: Send + Sync + 'static> HeapAssets<T> {
     /// assets.get_mut(&h).unwrap().push_str("_01");
     /// assert_eq!(*assets.get(&h).unwrap(), "grass_01");
     /// ```
-    pub fn get_mut(&mut self, id: impl Into<Handle<T>>) -> Option<RefMut<'_, T>> {
-        let id = id.into();
+    pub fn get_mut(&mut self, id: impl AssetId<T>) -> Option<RefMut<'_, T>> {
+        let id = self.mine(id)?;
         let value = self.store.get_mut(id)?;
         self.pending.push(HeapAssetEvent::Modified { id });
         Some(value)
@@ -451,8 +519,8 @@ impl<T: Send + Sync + 'static> HeapAssets<T> {
     /// assert_eq!(assets.remove(&h), Some(1));
     /// assert_eq!(assets.remove(&h), None);
     /// ```
-    pub fn remove(&mut self, id: impl Into<Handle<T>>) -> Option<T> {
-        let id = id.into();
+    pub fn remove(&mut self, id: impl AssetId<T>) -> Option<T> {
+        let id = self.mine(id)?;
         let value = self.store.remove(id)?;
         self.pending.push(HeapAssetEvent::Removed { id });
         Some(value)
@@ -473,8 +541,8 @@ impl<T: Send + Sync + 'static> HeapAssets<T> {
     /// assets.remove(&h);
     /// assert!(!assets.contains(&h));
     /// ```
-    pub fn contains(&self, id: impl Into<Handle<T>>) -> bool {
-        self.store.contains(id.into())
+    pub fn contains(&self, id: impl AssetId<T>) -> bool {
+        self.mine(id).is_some_and(|id| self.store.contains(id))
     }
 
     /// Number of values.

@@ -83,7 +83,7 @@ mod scratch;
 
 use core::fmt;
 
-pub use assets::{HeapAssetEvent, HeapAssets, HeapAssetsAppExt, HeapBlob, HeapHandle};
+pub use assets::{AssetId, HeapAssetEvent, HeapAssets, HeapAssetsAppExt, HeapBlob, HeapHandle};
 pub use config::{BudgetLimit, CompactionMode, ConfigError, TidyheapConfig, TidyheapPlugin};
 pub use diagnostics::TidyheapDiagnosticsPlugin;
 pub use plugin::{FrameCompaction, TidyHeap, TidyheapStats, TidyheapSystems};

@@ -11,6 +11,7 @@
 
 use core::ops::Deref;
 
+use super::assets::AssetId;
 use crate::{Handle, Ref, Store};
 
 /// A read view of a [`HeapAssets`](super::HeapAssets) store. `Sync`: share it with
@@ -45,11 +46,13 @@ use crate::{Handle, Ref, Store};
 /// ```
 pub struct HeapReader<'a, T> {
     store: &'a Store<T>,
+    /// The store's identity, checked against owning handles.
+    key: usize,
 }
 
 impl<'a, T: Send + Sync> HeapReader<'a, T> {
-    pub(super) fn new(store: &'a Store<T>) -> Self {
-        Self { store }
+    pub(super) fn new(store: &'a Store<T>, key: usize) -> Self {
+        Self { store, key }
     }
 
     /// The value of `id`, or `None` if it was removed (or belongs to another store).
@@ -68,8 +71,8 @@ impl<'a, T: Send + Sync> HeapReader<'a, T> {
     /// assets.remove(id);
     /// assert!(assets.read().get(id).is_none());
     /// ```
-    pub fn get(&self, id: impl Into<Handle<T>>) -> Option<AssetRef<'_, T>> {
-        get_one(self.store, id.into())
+    pub fn get(&self, id: impl AssetId<T>) -> Option<AssetRef<'_, T>> {
+        get_one(self.store, self.key, id.parts())
     }
 
     /// Every value with its id. Values added or removed meanwhile may or may not be
@@ -93,8 +96,20 @@ impl<'a, T: Send + Sync> HeapReader<'a, T> {
 }
 
 /// One read outside a [`HeapReader`] (what `HeapAssets::get` does).
-pub(super) fn get_one<T: Send + Sync>(store: &Store<T>, id: Handle<T>) -> Option<AssetRef<'_, T>> {
-    store.get(id).map(AssetRef)
+pub(super) fn get_one<T: Send + Sync>(
+    store: &Store<T>,
+    key: usize,
+    parts: (Handle<T>, Option<usize>),
+) -> Option<AssetRef<'_, T>> {
+    store.get(mine(key, parts)?).map(AssetRef)
+}
+
+/// The plain id, unless it comes from an owning handle of another store (`key`).
+pub(super) fn mine<T>(key: usize, (id, owner): (Handle<T>, Option<usize>)) -> Option<Handle<T>> {
+    match owner {
+        Some(k) if k != key => None,
+        _ => Some(id),
+    }
 }
 
 /// A value read from a [`HeapAssets`](super::HeapAssets) store; dereferences to `&T`.
