@@ -4,6 +4,8 @@
 #[macro_use]
 pub mod events;
 mod alloc_api;
+#[cfg(feature = "bevy")]
+pub mod bevy;
 pub mod compact;
 mod error;
 pub mod frame;
