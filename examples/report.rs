@@ -23,11 +23,12 @@
 #[path = "../benches/common/mod.rs"]
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::Layout;
 use std::hint::black_box;
 use std::time::{Duration, Instant, SystemTime};
 
 use bumpalo::Bump;
+use common::churn::{BURST_BLOCKS, Churn, burst_4k};
 use common::peers::{self, Mi, Peer, Sys};
 use common::{Mode, Outcome, Workload, mbench, measure, median};
 use rand::rngs::SmallRng;
@@ -35,7 +36,6 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use slotmap::{DefaultKey, SlotMap};
 use tidyheap::frame::{FrameArena, FrameConfig};
-use tidyheap::large::{LargeAllocator, LargeConfig};
 use tidyheap::{Budget, Handle, Heap, RawHandle, Store};
 
 const MIB: usize = 1 << 20;
@@ -56,6 +56,8 @@ enum Unit {
     Ns,
     /// Microseconds.
     Us,
+    /// Milliseconds.
+    Ms,
     /// Mebibytes.
     Mib,
     /// GiB per second.
@@ -92,6 +94,7 @@ fn fmt_value(v: f64, unit: Unit) -> String {
         }
         Unit::Ns => format!("{v:.2} ns"),
         Unit::Us => format!("{v:.1} µs"),
+        Unit::Ms => format!("{v:.2} ms"),
         Unit::Mib => format!("{v:.1} MiB"),
         Unit::GibPerSec => format!("{v:.2} GiB/s"),
         Unit::Ratio => format!("{v:.3}"),
@@ -573,53 +576,106 @@ fn compaction_rows(t: &mut Table) {
     );
 }
 
-static LARGE: LargeAllocator = LargeAllocator::new(LargeConfig::DEFAULT);
+/// Alloc + touch every page + free of `size` bytes on `peer`, µs.
+fn large_cycle<P: Peer>(peer: &P, size: usize) -> f64 {
+    let l = Layout::from_size_align(size, 16).expect("layout");
+    let start = Instant::now();
+    // SAFETY: a nonzero size; the block is touched inside its bounds and freed once with
+    // its layout.
+    unsafe {
+        let p = peers::alloc_or_die(peer, l);
+        for off in (0..size).step_by(4096) {
+            black_box(p).add(off).write_volatile(1);
+        }
+        peer.dealloc(p, l);
+    }
+    start.elapsed().as_secs_f64() * 1e6
+}
 
 fn large_rows(t: &mut Table) {
-    /// Alloc + touch every page + free, µs.
-    fn cycle(size: usize, tidy: bool) -> f64 {
-        let l = Layout::from_size_align(size, 16).expect("layout");
-        let start = Instant::now();
-        let p = if tidy {
-            LARGE.alloc(l).expect("large alloc").as_ptr()
-        } else {
-            // SAFETY: a nonzero size.
-            let p = unsafe { System.alloc(l) };
-            assert!(!p.is_null(), "out of memory");
-            p
-        };
-        for off in (0..size).step_by(4096) {
-            // SAFETY: `off < size`, inside the block.
-            unsafe { black_box(p).add(off).write_volatile(1) };
-        }
-        if tidy {
-            // SAFETY: allocated above by `LARGE` with `l`, freed once.
-            unsafe { LARGE.dealloc(std::ptr::NonNull::new(p).expect("non-null"), l) };
-        } else {
-            // SAFETY: allocated above by `System` with `l`, freed once.
-            unsafe { System.dealloc(p, l) };
-        }
-        start.elapsed().as_secs_f64() * 1e6
-    }
-    for (mib, runs) in [(1usize, 15), (64, 5)] {
-        let [tidy, sys] = interleaved(
+    let heap = Heap::new();
+    for (mib, runs) in [(1usize, 31), (4, 15), (16, 9), (64, 5)] {
+        let size = mib * MIB;
+        let [tidy, sys, mi] = interleaved(
             runs,
-            &mut [&mut || cycle(mib * MIB, true), &mut || {
-                cycle(mib * MIB, false)
-            }],
+            &mut [
+                &mut || large_cycle(&heap, size),
+                &mut || large_cycle(&Sys, size),
+                &mut || large_cycle(&Mi, size),
+            ],
         )[..] else {
-            unreachable!("two closures")
+            unreachable!("three closures")
         };
+        let w = format!("large alloc+touch+free {mib} MiB");
+        t.add("system", &w, "time", Better::Lower, Unit::Us, tidy, sys);
+        t.add("mimalloc", &w, "time", Better::Lower, Unit::Us, tidy, mi);
+    }
+    // The realloc churn: µs per 1000 reallocations, after one untimed warm-up batch.
+    for max in [200_000usize, 300_000] {
+        const OPS: usize = 1000;
+        let mut churns = [
+            Churn::new(&heap, max, 0xC4A2),
+            Churn::new(&Sys, max, 0xC4A2),
+            Churn::new(&Mi, max, 0xC4A2),
+        ];
+        let [c_tidy, c_sys, c_mi] = &mut churns;
+        c_tidy.run(&heap, OPS);
+        c_sys.run(&Sys, OPS);
+        c_mi.run(&Mi, OPS);
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        let [tidy, sys, mi] = interleaved(
+            9,
+            &mut [
+                &mut || us(c_tidy.run(&heap, OPS)),
+                &mut || us(c_sys.run(&Sys, OPS)),
+                &mut || us(c_mi.run(&Mi, OPS)),
+            ],
+        )[..] else {
+            unreachable!("three closures")
+        };
+        let [c_tidy, c_sys, c_mi] = churns;
+        c_tidy.free(&heap);
+        c_sys.free(&Sys);
+        c_mi.free(&Mi);
+        let w = format!("realloc churn 600 blocks ≤ {} KB", max / 1000);
         t.add(
             "system",
-            &format!("large alloc+touch+free {mib} MiB"),
-            "time",
+            &w,
+            "time per 1000",
             Better::Lower,
             Unit::Us,
             tidy,
             sys,
         );
+        t.add(
+            "mimalloc",
+            &w,
+            "time per 1000",
+            Better::Lower,
+            Unit::Us,
+            tidy,
+            mi,
+        );
     }
+    // The 4 KiB burst: five rounds on a fresh heap; round 1 apart, then the median of
+    // rounds 2–5 (the other peers' process heaps are warm from earlier rows).
+    let fresh = Heap::new();
+    let mut ptrs = vec![std::ptr::null_mut(); BURST_BLOCKS];
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let mut rounds: [Vec<f64>; 3] = Default::default();
+    for _ in 0..5 {
+        rounds[0].push(ms(burst_4k(&fresh, &mut ptrs)));
+        rounds[1].push(ms(burst_4k(&Sys, &mut ptrs)));
+        rounds[2].push(ms(burst_4k(&Mi, &mut ptrs)));
+    }
+    let [tidy, sys, mi] = [0, 1, 2].map(|i| rounds[i][0]);
+    let w = "4 KiB burst 16 384 blocks, round 1";
+    t.add("system", w, "time", Better::Lower, Unit::Ms, tidy, sys);
+    t.add("mimalloc", w, "time", Better::Lower, Unit::Ms, tidy, mi);
+    let [tidy, sys, mi] = rounds.map(|mut r| median(&mut r[1..]));
+    let w = "4 KiB burst 16 384 blocks, rounds 2–5";
+    t.add("system", w, "time", Better::Lower, Unit::Ms, tidy, sys);
+    t.add("mimalloc", w, "time", Better::Lower, Unit::Ms, tidy, mi);
 }
 
 // ------------------------------------------------------------------- workloads --

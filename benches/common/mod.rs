@@ -9,11 +9,13 @@
 //! * [`measure`]: RSS, thread CPU time and Mesh's pattern (also used by
 //!   `benches/compaction.rs` and `examples/defrag.rs`);
 //! * [`mbench`]: ports of mimalloc-bench patterns (larson, xmalloc, cache-scratch,
-//!   mstress), run with 1 or 2 threads.
+//!   mstress), run with 1 or 2 threads;
+//! * [`churn`]: issue 11's realloc churn and 4 KiB burst (used by `benches/alloc.rs`).
 //!
 //! Every kernel is driven by seeded RNGs, so every peer sees the same sequence of
 //! requests, and every run the same structure.
 
+pub mod churn;
 pub mod database;
 pub mod game;
 pub mod mbench;
