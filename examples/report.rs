@@ -136,6 +136,8 @@ fn verdict(r: &Row) -> String {
 #[derive(Default)]
 struct Table {
     rows: Vec<Row>,
+    /// Lines printed after the table (figures without a peer to divide by).
+    notes: Vec<String>,
 }
 
 impl Table {
@@ -178,6 +180,9 @@ impl Table {
                 fmt_value(r.other, r.unit),
                 verdict(r)
             );
+        }
+        for n in &self.notes {
+            println!("{n}");
         }
     }
 }
@@ -685,16 +690,51 @@ fn large_rows(t: &mut Table) {
 fn measure(w: &dyn Workload, runs: usize) -> Vec<(&'static str, Outcome)> {
     let mut out: Vec<(&'static str, Outcome)> =
         w.peers().iter().map(|&p| (p, w.run(p, true))).collect();
-    let mut times = vec![Vec::with_capacity(runs); out.len()];
+    let mut timed = vec![Vec::with_capacity(runs); out.len()];
     for _ in 0..runs {
         for (i, &p) in w.peers().iter().enumerate() {
-            times[i].push(w.run(p, false).elapsed);
+            timed[i].push(w.run(p, false));
         }
     }
-    for ((_, o), t) in out.iter_mut().zip(&mut times) {
-        o.elapsed = median(t);
+    // The median run by time gives the time and the compaction figures.
+    for ((_, o), t) in out.iter_mut().zip(&mut timed) {
+        t.sort_by_key(|r| r.elapsed);
+        let mid = t[t.len() / 2];
+        o.elapsed = mid.elapsed;
+        o.compaction = mid.compaction;
     }
     out
+}
+
+/// Issue 11's honest game metric, printed under the table: frames/s beside what
+/// compaction cost per frame and per MiB it reclaimed, for the peers that report it.
+fn compaction_notes(t: &mut Table, label: &str, res: &[(&'static str, Outcome)]) {
+    t.notes.push(String::new());
+    t.notes.push(format!(
+        "Compaction cost, {label} (median timed run; mimalloc_bumpalo reclaims nothing):"
+    ));
+    t.notes.push(String::new());
+    t.notes.push(
+        "| peer | frames/s | compaction µs/frame | compaction CPU µs/frame | reclaimed | \
+         CPU per MiB reclaimed |"
+            .to_string(),
+    );
+    t.notes.push("|---|---|---|---|---|---|".to_string());
+    for (peer, o) in res {
+        let Some(c) = o.compaction else { continue };
+        if !["tidyheap", "tidyheap_nocompact", "mimalloc_bumpalo"].contains(peer) {
+            continue;
+        }
+        t.notes.push(format!(
+            "| {peer} | {} | {:.1} µs | {:.1} µs | {:.1} MiB | {} |",
+            fmt_value(o.ops_per_sec(), Unit::PerSec),
+            c.us_per_op(o.ops),
+            c.cpu.as_secs_f64() * 1e6 / o.ops.max(1) as f64,
+            c.reclaimed as f64 / MIB as f64,
+            c.cpu_ms_per_mib()
+                .map_or_else(|| "—".to_string(), |ms| format!("{ms:.2} ms")),
+        ));
+    }
 }
 
 fn workload_rows(t: &mut Table) {
@@ -722,7 +762,16 @@ fn workload_rows(t: &mut Table) {
                 ("tidyheap", " (malloc-style)", &["mimalloc", "system"]),
             ],
             "game_engine" => &[
-                ("tidyheap", "", &["mimalloc_bumpalo", "mimalloc", "system"]),
+                (
+                    "tidyheap",
+                    "",
+                    &[
+                        "tidyheap_nocompact",
+                        "mimalloc_bumpalo",
+                        "mimalloc",
+                        "system",
+                    ],
+                ),
                 (
                     "tidyheap_nocompact",
                     " (no compaction)",
@@ -732,6 +781,7 @@ fn workload_rows(t: &mut Table) {
             _ => &[("tidyheap", "", &["mimalloc", "system"])],
         };
         let unit = if w.name() == "game_engine" {
+            compaction_notes(t, &format!("{} {}", w.name(), w.size()), &res);
             "frames/s"
         } else {
             "ops/s"
