@@ -145,6 +145,16 @@ impl Cache {
         e
     }
 
+    /// Whether `e`'s range overlaps a cached entry's: the block is already free (a double
+    /// free, or a free with a wrong size after one).
+    pub(super) fn overlaps(&self, e: &Entry) -> bool {
+        let (start, end) = (e.ptr.addr().get(), e.ptr.addr().get() + e.total);
+        self.entries[..self.len].iter().any(|c| {
+            let c_start = c.ptr.addr().get();
+            c_start < end && start < c_start + c.total
+        })
+    }
+
     /// Moves every entry freed at or before `cutoff` (a [`now_ns`] value) to `out`.
     pub(super) fn expire(&mut self, cutoff: u64, out: &mut Evicted) {
         let mut i = 0;
@@ -285,10 +295,17 @@ impl LargeAllocator {
     /// Parks a freed block's mapping in the cache, evicting older entries to make room,
     /// or unmaps it when it is too large for the cache.
     ///
+    /// A block whose range the cache already holds was freed twice: it is left alone
+    /// (so two later allocations can never share it), and debug builds panic.
+    ///
     /// # Safety
     ///
     /// `[ptr, ptr + g.total)` is a whole block mapping of geometry `g` that nothing uses
     /// any more.
+    ///
+    /// # Panics
+    ///
+    /// In debug builds, on the double free described above.
     pub(super) unsafe fn park(&self, ptr: NonNull<u8>, size: usize, g: &Geometry) {
         let cap = self.config.cache_bytes;
         if g.total > cap {
@@ -306,17 +323,25 @@ impl LargeAllocator {
             // Only huge blocks ever get MAP_HUGETLB pages, and only once the flag is set.
             hugetlb: g.huge && self.hugetlb_mapped.load(Ordering::Relaxed),
         };
-        // Counted cached before it is visible to takers, so no counter dips below zero.
-        self.counters.on_park(size, g.total);
         let mut evicted = Evicted::new();
-        {
+        let double_free = {
             let mut cache = self.cache.lock();
-            if let Some(cutoff) = self.cutoff(now, self.config.cache_age) {
-                cache.expire(cutoff, &mut evicted);
+            let double_free = cache.overlaps(&entry);
+            if !double_free {
+                // Counted cached before takers can see it, so no counter dips below zero.
+                self.counters.on_park(size, g.total);
+                if let Some(cutoff) = self.cutoff(now, self.config.cache_age) {
+                    cache.expire(cutoff, &mut evicted);
+                }
+                cache.insert(entry, cap, &mut evicted);
             }
-            cache.insert(entry, cap, &mut evicted);
-        }
+            double_free
+        };
         self.release(&evicted);
+        debug_assert!(
+            !double_free,
+            "LargeAllocator::dealloc: {ptr:p} is already free (double free)"
+        );
     }
 
     /// Unmaps the cached mappings freed at least `older_than` ago (all of them with
