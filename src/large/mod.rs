@@ -361,8 +361,10 @@ impl LargeAllocator {
     ///
     /// # Panics
     ///
-    /// In debug builds, when `ptr` is not aligned as `layout` and the block would be, or
-    /// `layout` could never have been allocated: both mean the safety contract was broken.
+    /// In debug builds, when `ptr` is not aligned as `layout` and the block would be,
+    /// `layout` could never have been allocated, or the block's mapping is already in the
+    /// cache (a double free; release builds then leave it alone, so it is never handed
+    /// out twice): all mean the safety contract was broken.
     pub unsafe fn dealloc(&self, ptr: NonNull<u8>, layout: Layout) {
         let Ok(g) = Geometry::of(layout.size(), layout.align(), &self.config) else {
             if cfg!(debug_assertions) {
