@@ -377,6 +377,28 @@ impl LargeAllocator {
         self.release(&evicted)
     }
 
+    /// Unmaps the cached mappings older than [`LargeConfig::cache_age`] and returns their
+    /// bytes: what every large `alloc` and `dealloc` does on the way, for a purge policy
+    /// to call when the program makes no large calls (a compaction pass, a frame end).
+    ///
+    /// [`LargeConfig::cache_age`]: super::LargeConfig::cache_age
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::alloc::Layout;
+    /// use tidyheap::large::LargeAllocator;
+    /// let large = LargeAllocator::default();
+    /// let l = Layout::from_size_align(1 << 20, 8).unwrap();
+    /// // SAFETY: the block is live between alloc and dealloc.
+    /// unsafe { large.dealloc(large.alloc(l)?, l) };
+    /// assert_eq!(large.purge_expired(), 0, "freed less than a second ago");
+    /// # Ok::<(), tidyheap::AllocError>(())
+    /// ```
+    pub fn purge_expired(&self) -> usize {
+        self.purge(self.config.cache_age)
+    }
+
     /// Unmaps evicted entries and counts them; returns their bytes.
     fn release(&self, evicted: &Evicted) -> usize {
         let mut bytes = 0;
