@@ -125,14 +125,15 @@ impl CompactionCost {
             .then(|| self.cpu.as_secs_f64() * 1e3 / (self.reclaimed as f64 / f64::from(1 << 20)))
     }
 
-    /// `compaction 12.3 µs/frame, CPU 4.5 ms per MiB reclaimed (6.7 MiB)`, or `nothing
-    /// reclaimed` in place of the CPU figure.
+    /// `compaction 12.3 µs/frame, CPU 4.5 ms per MiB released (6.7 MiB)`, or `nothing
+    /// released` in place of the CPU figure. Released is gross: memory handed back,
+    /// reused and handed back again counts each time.
     pub fn describe(&self, ops: u64) -> String {
         let per_mib = self.cpu_ms_per_mib().map_or_else(
-            || "nothing reclaimed".to_string(),
+            || "nothing released".to_string(),
             |ms| {
                 format!(
-                    "CPU {ms:.2} ms per MiB reclaimed ({:.1} MiB)",
+                    "CPU {ms:.2} ms per MiB released ({:.1} MiB)",
                     self.reclaimed as f64 / f64::from(1 << 20)
                 )
             },
