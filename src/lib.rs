@@ -18,8 +18,8 @@ pub mod store;
 pub(crate) mod sync;
 
 pub use compact::{
-    BackgroundCompactor, Budget, ClassFragmentation, CompactionObserver, CompactionReport,
-    Fragmentation, MoveEvent,
+    BackgroundCompactor, Budget, ClassFragmentation, CompactionObserver, CompactionPolicy,
+    CompactionReport, Fragmentation, MoveEvent,
 };
 pub use error::{AllocError, HandleError};
 pub use frame::{Frame, FrameArena, FrameConfig, FrameShared, FrameStats};

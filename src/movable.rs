@@ -129,9 +129,21 @@ impl HeapInner {
         let want = self.movable_epoch.load(Ordering::Relaxed);
         if tc.movable_epoch.load(Ordering::Relaxed) != want {
             tc.movable_epoch.store(want, Ordering::Relaxed);
-            // SAFETY: the calling thread owns its record.
-            unsafe { self.flush_cache(tc, Some(SpanKind::Movable)) };
+            self.flush_evacuated_classes(tc);
         }
+    }
+
+    /// The slow path of `honor_movable_epoch`. The class mask is only a hint (a thread
+    /// that races with a new plan may flush the previous plan's classes): flushing
+    /// helps sources empty sooner, it is never needed for soundness.
+    #[cold]
+    #[inline(never)]
+    fn flush_evacuated_classes(&self, tc: &crate::pool::thread_cache::ThreadCache) {
+        let [lo, hi] = &self.movable_flush_classes;
+        let mask =
+            u128::from(lo.load(Ordering::Relaxed)) | u128::from(hi.load(Ordering::Relaxed)) << 64;
+        // SAFETY: the calling thread owns its record.
+        unsafe { self.flush_classes(tc, Some(SpanKind::Movable), mask) };
     }
 
     /// The span and index of movable block `block`.
