@@ -527,6 +527,26 @@ mod tests {
     }
 
     #[test]
+    fn overlaps_finds_any_shared_byte() {
+        let mut c = Cache::new();
+        let mut out = Evicted::new();
+        c.insert(entry(10 * MIB, MIB, 0), usize::MAX, &mut out);
+        for (addr, total, hit) in [
+            (10 * MIB, MIB, true),
+            (10 * MIB + 4096, 4096, true),
+            (9 * MIB, MIB + 4096, true),
+            (9 * MIB, MIB, false),
+            (11 * MIB, MIB, false),
+        ] {
+            assert_eq!(
+                c.overlaps(&entry(addr, total, 0)),
+                hit,
+                "{addr:#x}+{total:#x}"
+            );
+        }
+    }
+
+    #[test]
     fn expire_and_drain_take_what_they_should() {
         let mut c = Cache::new();
         let mut out = Evicted::new();
