@@ -210,7 +210,9 @@ impl Heap {
         let header = large_header(layout.align());
         let map = large_layout(layout.size(), header)?;
         let large = &self.inner().large;
-        let base = large.alloc(map)?;
+        // Not zeroed: every caller's `init` writes the whole block (`alloc_handle` zeroes
+        // it itself), and the header is written below.
+        let base = large.alloc_uninit(map)?;
         // SAFETY: the mapping is `header + size` bytes; the block starts after the header.
         let block = unsafe { base.add(header) };
         // SAFETY: the header's last bytes are inside the mapping, 8-aligned, and ours.

@@ -464,3 +464,30 @@ fn double_free_never_hands_one_mapping_out_twice() {
     }
     check_accounting(&large.stats(), &[]);
 }
+
+/// Large movable blocks come from the cache too: `alloc_handle` still hands out zeroes
+/// where a freed handle's bytes were, and `insert_bytes` exactly its bytes.
+#[test]
+fn large_handles_reuse_cached_mappings() {
+    let _serial = serial();
+    let heap = Heap::new();
+    let dirty = vec![0xABu8; MIB];
+    let h = heap.insert_bytes(&dirty).unwrap();
+    heap.free_handle(h).unwrap();
+    let z = heap.alloc_handle(MIB, 16).unwrap();
+    assert!(heap.read(z).unwrap().iter().all(|&b| b == 0));
+    heap.free_handle(z).unwrap();
+    let clean = vec![0x5Cu8; MIB - 100];
+    let c = heap.insert_bytes(&clean).unwrap();
+    assert!(*heap.read(c).unwrap() == clean[..]);
+    heap.free_handle(c).unwrap();
+    let s = heap.stats().large;
+    assert!(s.cache_hits >= 2, "{s:?}");
+    heap.trim();
+    let s = heap.stats().large;
+    assert_eq!(
+        (s.maps, s.cached_bytes, s.live_blocks),
+        (s.unmaps, 0, 0),
+        "{s:?}"
+    );
+}
