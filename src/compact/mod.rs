@@ -90,6 +90,8 @@ pub use report::{
     Fragmentation, MoveEvent,
 };
 
+#[cfg(feature = "events")]
+use crate::events::PassPhase;
 use crate::heap::Heap;
 use crate::pool::arena::Arena;
 use crate::pool::heap::HeapInner;
@@ -389,6 +391,41 @@ impl Heap {
         c.has_observers.store(true, Ordering::Release);
     }
 
+    /// Removes every subscription of `observer` (compared by address); returns whether
+    /// there was one. May be called from an observer: a pass in progress keeps calling
+    /// the observers it started with.
+    ///
+    /// An observer that holds an `Arc` of the heap it observes keeps that heap alive
+    /// until it is unsubscribed (hold a `Weak` to avoid the cycle).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tidyheap::{CompactionObserver, Heap};
+    ///
+    /// struct Quiet;
+    /// impl CompactionObserver for Quiet {}
+    /// let heap = Heap::new();
+    /// let o: Arc<dyn CompactionObserver> = Arc::new(Quiet);
+    /// heap.subscribe(o.clone());
+    /// assert!(heap.unsubscribe(&o));
+    /// assert!(!heap.unsubscribe(&o));
+    /// ```
+    pub fn unsubscribe(&self, observer: &Arc<dyn CompactionObserver>) -> bool {
+        let c = self.compactor();
+        let mut list = c.observers.write();
+        let kept: Observers = list
+            .iter()
+            .filter(|o| !Arc::ptr_eq(o, observer))
+            .cloned()
+            .collect();
+        let removed = kept.len() != list.len();
+        c.has_observers.store(!kept.is_empty(), Ordering::Release);
+        *list = kept;
+        removed
+    }
+
     /// Sets when budgeted passes plan new work and when they give memory back; see
     /// [`CompactionPolicy`]. Takes effect from the next pass.
     ///
@@ -476,12 +513,16 @@ impl Heap {
             committed_before: c0,
             ..Default::default()
         };
+        // Event hook: pass phases (zones in a profiler).
+        emit!(self, on_pass_phase(PassPhase::Begin));
         let policy = *self.compactor().policy.lock();
         // A budgeted pass plans only when enough of the heap is holes; a full compaction
         // always does.
         if !plan.active && (full || report.fragmentation_before >= policy.min_fragmentation) {
+            emit!(self, on_pass_phase(PassPhase::Plan));
             self.build_plan(plan, full);
         }
+        emit!(self, on_pass_phase(PassPhase::Moves));
         let observers = self.compactor().observers();
         let table = self.handles();
         'sources: while plan.cursor.0 < plan.sources.len() {
@@ -553,12 +594,14 @@ impl Heap {
         // Purge what has been empty for the policy's delay beyond what recent demand
         // says to retain, within what is left of the time budget (a full compaction
         // trims everything at its end).
+        emit!(self, on_pass_phase(PassPhase::Purge));
         let deadline = budget.time.map(|t| start + t);
         report.bytes_released = inner.purge_for_pass(policy.purge_delay_passes, deadline) as u64;
         let (c1, l1) = inner.movable_usage();
         report.fragmentation_after = ratio(c1, l1);
         report.committed_after = c1;
         report.elapsed = start.elapsed();
+        emit!(self, on_pass_phase(PassPhase::End));
         if let Some(obs) = &observers {
             obs.iter().for_each(|o| o.on_pass(&report));
         }

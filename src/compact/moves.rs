@@ -21,6 +21,8 @@ use core::ptr::NonNull;
 use std::sync::atomic::Ordering;
 
 use super::{MoveEvent, Planned};
+#[cfg(feature = "events")]
+use crate::events::Pool;
 use crate::handle::{HandleTable, MoveSkip};
 use crate::heap::Heap;
 use crate::movable::{tag_ptr, untag};
@@ -222,6 +224,12 @@ impl Heap {
         new_meta.owner.store(index + 1, Ordering::Release);
         // SAFETY: we hold the move lock, and `new` holds a complete copy.
         unsafe { mv.set_ptr(tag_ptr(new, tag)) };
+        // Event hook (move lock held): free(old), alloc(new) before either address can
+        // be reused or freed by anyone else.
+        emit!(
+            self,
+            on_move(Pool::Movable, old.as_ptr().addr(), new.as_ptr().addr(), len)
+        );
         meta.owner.store(0, Ordering::Release);
         Ok(MoveEvent {
             handle: mv.handle(),

@@ -283,6 +283,23 @@ impl LargeAllocator {
         if g.huge && !e.huge {
             self.advise_huge(p, g);
         }
+        if self.node_bound.load(Ordering::Relaxed) {
+            // The mapping may carry an `alloc_on_node` policy: back to the default (a
+            // placement hint; failure changes only where new pages go).
+            // SAFETY: `mbind(MPOL_DEFAULT)` with no node mask only changes the memory
+            // policy of `[p, p + g.len)`, a page-aligned range of our own block.
+            let _hint_only = unsafe {
+                libc::syscall(
+                    libc::SYS_mbind,
+                    p.as_ptr(),
+                    g.len,
+                    libc::MPOL_DEFAULT,
+                    core::ptr::null::<libc::c_ulong>(),
+                    0usize,
+                    0u32,
+                )
+            };
+        }
         if zero {
             // SAFETY: the block is ours and read-write up to `g.len`; the bytes past
             // `og.len` are fresh zero pages from the growth, the rest may be dirty.

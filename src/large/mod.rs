@@ -76,6 +76,7 @@ pub use stats::LargeStats;
 use stats::Counters;
 
 use crate::AllocError;
+use crate::numa::{self, NodePolicy, NumaError};
 use crate::os::{self, OsError, PAGE_SIZE, round_up};
 use crate::pool::lock::Mutex;
 
@@ -253,6 +254,12 @@ pub struct LargeAllocator {
     /// thread that later reallocates the block received the pointer through some
     /// synchronisation, which carries the store with it.
     hugetlb_mapped: AtomicBool,
+    /// Set (for good) once [`alloc_on_node`](Self::alloc_on_node) gave a block a node
+    /// policy. From then on a mapping reused from the cache has its policy reset, since
+    /// it may come from such a block. Relaxed suffices, as for `hugetlb_mapped`: the
+    /// store precedes that block's pointer, and the block reaches the cache (and its
+    /// taker, under the cache lock) only through synchronisation that carries it.
+    node_bound: AtomicBool,
     /// Freed mappings kept for reuse (the `cache` module).
     cache: Mutex<cache::Cache>,
 }
@@ -276,6 +283,7 @@ impl LargeAllocator {
             config,
             counters: Counters::new(),
             hugetlb_mapped: AtomicBool::new(false),
+            node_bound: AtomicBool::new(false),
             cache: Mutex::new(cache::Cache::new()),
         }
     }
@@ -307,7 +315,7 @@ impl LargeAllocator {
     /// assert!(matches!(large.alloc(huge), Err(AllocError::TooLarge { .. })));
     /// ```
     pub fn alloc(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
-        self.alloc_inner(layout, true)
+        self.alloc_inner(layout, layout.size(), true)
     }
 
     /// As [`alloc`](Self::alloc), but a block reused from the cache keeps whatever bytes
@@ -335,16 +343,36 @@ impl LargeAllocator {
     /// # Ok::<(), tidyheap::AllocError>(())
     /// ```
     pub fn alloc_uninit(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
-        self.alloc_inner(layout, false)
+        self.alloc_inner(layout, layout.size(), false)
     }
 
-    fn alloc_inner(&self, layout: Layout, zero: bool) -> Result<NonNull<u8>, AllocError> {
+    /// [`alloc_uninit`](Self::alloc_uninit), counting `live` requested bytes in
+    /// [`LargeStats::live_bytes`] instead of `layout.size()`: for a block that keeps a
+    /// header of its own in front of what its user asked for (DESIGN: live bytes are
+    /// requested bytes). Free it with [`dealloc_counted`](Self::dealloc_counted) and the
+    /// same `live`.
+    pub(crate) fn alloc_counted_uninit(
+        &self,
+        layout: Layout,
+        live: usize,
+    ) -> Result<NonNull<u8>, AllocError> {
+        self.alloc_inner(layout, live, false)
+    }
+
+    /// A block for `layout` counted as `live` requested bytes: a cached mapping (zeroed
+    /// if `zero`) or a fresh one.
+    fn alloc_inner(
+        &self,
+        layout: Layout,
+        live: usize,
+        zero: bool,
+    ) -> Result<NonNull<u8>, AllocError> {
         let g = Geometry::of(layout.size(), layout.align(), &self.config)?;
-        if let Some(p) = self.take_cached(layout.size(), &g, zero) {
+        if let Some(p) = self.take_cached(live, &g, zero) {
             return Ok(p);
         }
         let ptr = self.map_block(&g)?;
-        self.counters.on_map(layout.size(), g.total);
+        self.counters.on_map(live, g.total);
         Ok(ptr)
     }
 
@@ -366,6 +394,19 @@ impl LargeAllocator {
     /// cache (a double free; release builds then leave it alone, so it is never handed
     /// out twice): all mean the safety contract was broken.
     pub unsafe fn dealloc(&self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: forwarded from the caller; the block was counted with its layout's size.
+        unsafe { self.dealloc_counted(ptr, layout, layout.size()) }
+    }
+
+    /// [`dealloc`](Self::dealloc) of a block made by [`alloc_counted_uninit`](Self::alloc_counted_uninit)
+    /// with `live` requested bytes.
+    ///
+    /// # Safety
+    ///
+    /// * as [`dealloc`](Self::dealloc);
+    /// * `live` is what the block is counted with: its `alloc_counted_uninit` argument (which
+    ///   `relocate` keeps), or `layout.size()` for a block of `alloc` or `realloc`.
+    pub(crate) unsafe fn dealloc_counted(&self, ptr: NonNull<u8>, layout: Layout, live: usize) {
         let Ok(g) = Geometry::of(layout.size(), layout.align(), &self.config) else {
             if cfg!(debug_assertions) {
                 panic!("LargeAllocator::dealloc: {layout:?} could never have been allocated");
@@ -381,7 +422,7 @@ impl LargeAllocator {
         // - the caller guarantees `ptr` is a live block whose layout gives geometry `g`,
         //   so `[ptr, ptr + g.total)` is exactly its page-aligned mapping;
         // - nothing uses the block afterwards.
-        unsafe { self.park(ptr, layout.size(), &g) };
+        unsafe { self.park(ptr, live, &g) };
     }
 
     /// The bytes usable in a block allocated with `layout`: its size rounded up to the
@@ -512,6 +553,56 @@ impl LargeAllocator {
             // SAFETY: the block is intact after the failed move; forwarded from the caller.
             Err(_) => unsafe { self.copy_move(ptr, layout, layout) },
         }
+    }
+
+    /// Maps a fresh zeroed block for `layout` whose pages prefer node `node`
+    /// (`mbind(MPOL_PREFERRED)` before any page is touched): they are placed there while
+    /// the node has free memory. The policy belongs to the mapping and moves with it
+    /// through [`realloc`](Self::realloc) and [`relocate`](Self::relocate) (`mremap`
+    /// keeps it; a copy fallback does not). Free the block with
+    /// [`dealloc`](Self::dealloc) as any other.
+    ///
+    /// # Errors
+    ///
+    /// [`NumaError::Alloc`] as [`alloc`](Self::alloc); [`NumaError::NodeOutOfRange`] or
+    /// [`NumaError::NodeUnavailable`] when the kernel has no such node (the block is
+    /// then unmapped again: nothing stays allocated).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::alloc::Layout;
+    /// use tidyheap::{large::LargeAllocator, numa::NumaError};
+    /// let large = LargeAllocator::default();
+    /// let layout = Layout::from_size_align(1 << 20, 16).unwrap();
+    /// let p = large.alloc_on_node(layout, 0)?;
+    /// // SAFETY: `p` is a live block of `layout`.
+    /// unsafe { large.dealloc(p, layout) };
+    /// assert!(matches!(
+    ///     large.alloc_on_node(layout, 1000),
+    ///     Err(NumaError::NodeUnavailable { node: 1000, .. })
+    /// ));
+    /// assert_eq!((large.stats().node_placements, large.stats().live_blocks), (1, 0));
+    /// # Ok::<(), NumaError>(())
+    /// ```
+    pub fn alloc_on_node(&self, layout: Layout, node: u32) -> Result<NonNull<u8>, NumaError> {
+        if node >= numa::MAX_NODE_ID {
+            return Err(NumaError::NodeOutOfRange { node });
+        }
+        // A fresh mapping, never a cached one: a policy set without moving pages only
+        // places pages not yet touched, and a cached mapping's pages are resident.
+        let g = Geometry::of(layout.size(), layout.align(), &self.config)?;
+        let p = self.map_block(&g).map_err(AllocError::from)?;
+        self.counters.on_map(layout.size(), g.total);
+        self.node_bound.store(true, Ordering::Relaxed);
+        let len = self.usable_size(layout);
+        if let Err(e) = numa::bind(p.as_ptr(), len, node, NodePolicy::Preferred, false) {
+            // SAFETY: `p` is the live block just allocated with `layout`, never shared.
+            unsafe { self.dealloc(p, layout) };
+            return Err(e);
+        }
+        Counters::bump(&self.counters.node_placements);
+        Ok(p)
     }
 
     /// A snapshot of the counters.

@@ -34,6 +34,7 @@ pub(super) struct Counters {
     pub(super) cached_bytes: AtomicUsize,
     pub(super) cache_hits: AtomicU64,
     pub(super) cache_misses: AtomicU64,
+    pub(super) node_placements: AtomicU64,
 }
 
 impl Counters {
@@ -55,6 +56,7 @@ impl Counters {
             cached_bytes: AtomicUsize::new(0),
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
+            node_placements: AtomicU64::new(0),
         }
     }
 
@@ -135,6 +137,7 @@ impl Counters {
             cached_bytes: self.cached_bytes.load(Ordering::Relaxed),
             cache_hits: get(&self.cache_hits),
             cache_misses: get(&self.cache_misses),
+            node_placements: get(&self.node_placements),
         }
     }
 }
@@ -184,6 +187,8 @@ pub struct LargeStats {
     pub cache_hits: u64,
     /// Allocations that found no fitting cached mapping (with the cache on).
     pub cache_misses: u64,
+    /// Blocks placed on a chosen node by [`LargeAllocator::alloc_on_node`].
+    pub node_placements: u64,
 }
 
 impl LargeStats {
