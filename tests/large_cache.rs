@@ -491,3 +491,50 @@ fn large_handles_reuse_cached_mappings() {
         "{s:?}"
     );
 }
+
+/// `get_mempolicy`'s flag for the policy of an address (linux/mempolicy.h; not in libc).
+const MPOL_F_ADDR: libc::c_ulong = 1 << 1;
+
+/// The memory policy of the mapping at `p` (`get_mempolicy` with `MPOL_F_ADDR`).
+fn policy_at(p: NonNull<u8>) -> i32 {
+    let mut mode: libc::c_int = -1;
+    // SAFETY: get_mempolicy writes only `mode` (no node mask asked for) and reads the
+    // policy of the mapping containing `p`, one of ours.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_get_mempolicy,
+            &raw mut mode,
+            std::ptr::null_mut::<libc::c_ulong>(),
+            0usize,
+            p.as_ptr(),
+            MPOL_F_ADDR,
+        )
+    };
+    assert_eq!(rc, 0, "get_mempolicy");
+    mode
+}
+
+/// `alloc_on_node` maps afresh (its policy must place pages not yet touched), and a
+/// mapping it leaves in the cache loses the node policy when reused by a plain `alloc`.
+#[test]
+fn node_bound_mappings_are_reset_when_reused() {
+    let _serial = serial();
+    let large = LargeAllocator::default();
+    let l = layout(MIB, 16);
+    let warm = large.alloc(l).unwrap();
+    // SAFETY: a live block of `l`, freed once: it waits in the cache.
+    unsafe { large.dealloc(warm, l) };
+    let p = large.alloc_on_node(l, 0).unwrap();
+    let s = large.stats();
+    assert_eq!((s.cache_hits, s.cached_blocks), (0, 1), "{s:?}");
+    assert_eq!(policy_at(p), libc::MPOL_PREFERRED);
+    // SAFETY: a live block of `l`; it joins the cache beside the other one.
+    unsafe { large.dealloc(p, l) };
+    for _ in 0..2 {
+        let q = large.alloc(l).unwrap();
+        assert_eq!(policy_at(q), libc::MPOL_DEFAULT);
+        // SAFETY: a live block of `l`, freed once.
+        unsafe { large.dealloc(q, l) };
+    }
+    assert!(large.stats().cache_hits >= 2);
+}
