@@ -4,13 +4,23 @@
 //!   comes straight back from the thread cache / free list every time).
 //! * `random_free_10k/<peer>/64`: 10 000 allocations of 64 B, then frees in a
 //!   pre-shuffled random order (the order is fixed per run, outside the timing).
+//! * `realloc_churn/<peer>/<max>`: 600 live blocks, each operation reallocates a random
+//!   one to a random size up to 200 or 300 KB and writes a byte in every page it grew
+//!   by (`common::churn::Churn`); throughput in reallocations.
+//! * `burst_4k/<peer>`: 16 384 blocks of 4 KiB allocated, one byte written in each, then
+//!   all freed (`common::churn::burst_4k`); one iteration is one round, so every round
+//!   measured is a warm one (the warm-up runs the first).
 //!
-//! Peers: `tidyheap` (a `Heap` value, through `Heap::alloc`/`dealloc`),
+//! Peers: `tidyheap` (a `Heap` value, through `Heap::alloc`/`dealloc`/`realloc`),
 //! `tidyheap_global` (a static `tidyheap::Global` through its `GlobalAlloc` impl: the
 //! adapter path a `#[global_allocator]` user gets), `system` (`std::alloc::System`,
 //! glibc malloc) and `mimalloc` (`mimalloc::MiMalloc` through its `GlobalAlloc` impl).
 //! The benchmark binary itself runs on the system allocator; only the measured calls
 //! go to each peer. See `benches/README.md` for measured ratios.
+
+#[allow(dead_code)] // each binary including the shared module uses part of it
+#[path = "common/mod.rs"]
+mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -146,8 +156,58 @@ fn random_free_10k(c: &mut Criterion) {
     group.finish();
 }
 
+fn churn_one<P: common::peers::Peer>(group: &mut Group<'_>, name: &str, peer: &P, max: usize) {
+    const OPS: usize = 1000;
+    let mut churn = common::churn::Churn::new(peer, max, 0xC4A2);
+    group.throughput(Throughput::Elements(OPS as u64));
+    group.bench_function(BenchmarkId::new(name, max), |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| churn.run(peer, OPS)).sum())
+    });
+    churn.free(peer);
+}
+
+fn realloc_churn(c: &mut Criterion) {
+    let heap = Heap::new();
+    let mut group = c.benchmark_group("realloc_churn");
+    short(&mut group);
+    for max in [200_000, 300_000] {
+        churn_one(&mut group, "tidyheap", &heap, max);
+        churn_one(&mut group, "system", &common::peers::Sys, max);
+        churn_one(&mut group, "mimalloc", &common::peers::Mi, max);
+    }
+    group.finish();
+}
+
+fn burst_one<P: common::peers::Peer>(group: &mut Group<'_>, name: &str, peer: &P) {
+    let mut ptrs = vec![ptr::null_mut(); common::churn::BURST_BLOCKS];
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| common::churn::burst_4k(peer, &mut ptrs))
+                .sum()
+        })
+    });
+}
+
+fn burst_4k(c: &mut Criterion) {
+    let heap = Heap::new();
+    let mut group = c.benchmark_group("burst_4k");
+    short(&mut group);
+    group.throughput(Throughput::Elements(common::churn::BURST_BLOCKS as u64));
+    burst_one(&mut group, "tidyheap", &heap);
+    burst_one(&mut group, "system", &common::peers::Sys);
+    burst_one(&mut group, "mimalloc", &common::peers::Mi);
+    group.finish();
+}
+
 mod group {
-    use super::{alloc_free_pair, random_free_10k};
-    criterion::criterion_group!(benches, alloc_free_pair, random_free_10k);
+    use super::{alloc_free_pair, burst_4k, random_free_10k, realloc_churn};
+    criterion::criterion_group!(
+        benches,
+        alloc_free_pair,
+        random_free_10k,
+        realloc_churn,
+        burst_4k
+    );
 }
 criterion_main!(group::benches);

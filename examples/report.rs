@@ -23,11 +23,12 @@
 #[path = "../benches/common/mod.rs"]
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::Layout;
 use std::hint::black_box;
 use std::time::{Duration, Instant, SystemTime};
 
 use bumpalo::Bump;
+use common::churn::{BURST_BLOCKS, Churn, burst_4k};
 use common::peers::{self, Mi, Peer, Sys};
 use common::{Mode, Outcome, Workload, mbench, measure, median};
 use rand::rngs::SmallRng;
@@ -35,7 +36,6 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use slotmap::{DefaultKey, SlotMap};
 use tidyheap::frame::{FrameArena, FrameConfig};
-use tidyheap::large::{LargeAllocator, LargeConfig};
 use tidyheap::{Budget, Handle, Heap, RawHandle, Store};
 
 const MIB: usize = 1 << 20;
@@ -56,6 +56,8 @@ enum Unit {
     Ns,
     /// Microseconds.
     Us,
+    /// Milliseconds.
+    Ms,
     /// Mebibytes.
     Mib,
     /// GiB per second.
@@ -92,6 +94,7 @@ fn fmt_value(v: f64, unit: Unit) -> String {
         }
         Unit::Ns => format!("{v:.2} ns"),
         Unit::Us => format!("{v:.1} µs"),
+        Unit::Ms => format!("{v:.2} ms"),
         Unit::Mib => format!("{v:.1} MiB"),
         Unit::GibPerSec => format!("{v:.2} GiB/s"),
         Unit::Ratio => format!("{v:.3}"),
@@ -133,6 +136,8 @@ fn verdict(r: &Row) -> String {
 #[derive(Default)]
 struct Table {
     rows: Vec<Row>,
+    /// Lines printed after the table (figures without a peer to divide by).
+    notes: Vec<String>,
 }
 
 impl Table {
@@ -175,6 +180,9 @@ impl Table {
                 fmt_value(r.other, r.unit),
                 verdict(r)
             );
+        }
+        for n in &self.notes {
+            println!("{n}");
         }
     }
 }
@@ -573,53 +581,106 @@ fn compaction_rows(t: &mut Table) {
     );
 }
 
-static LARGE: LargeAllocator = LargeAllocator::new(LargeConfig::DEFAULT);
+/// Alloc + touch every page + free of `size` bytes on `peer`, µs.
+fn large_cycle<P: Peer>(peer: &P, size: usize) -> f64 {
+    let l = Layout::from_size_align(size, 16).expect("layout");
+    let start = Instant::now();
+    // SAFETY: a nonzero size; the block is touched inside its bounds and freed once with
+    // its layout.
+    unsafe {
+        let p = peers::alloc_or_die(peer, l);
+        for off in (0..size).step_by(4096) {
+            black_box(p).add(off).write_volatile(1);
+        }
+        peer.dealloc(p, l);
+    }
+    start.elapsed().as_secs_f64() * 1e6
+}
 
 fn large_rows(t: &mut Table) {
-    /// Alloc + touch every page + free, µs.
-    fn cycle(size: usize, tidy: bool) -> f64 {
-        let l = Layout::from_size_align(size, 16).expect("layout");
-        let start = Instant::now();
-        let p = if tidy {
-            LARGE.alloc(l).expect("large alloc").as_ptr()
-        } else {
-            // SAFETY: a nonzero size.
-            let p = unsafe { System.alloc(l) };
-            assert!(!p.is_null(), "out of memory");
-            p
-        };
-        for off in (0..size).step_by(4096) {
-            // SAFETY: `off < size`, inside the block.
-            unsafe { black_box(p).add(off).write_volatile(1) };
-        }
-        if tidy {
-            // SAFETY: allocated above by `LARGE` with `l`, freed once.
-            unsafe { LARGE.dealloc(std::ptr::NonNull::new(p).expect("non-null"), l) };
-        } else {
-            // SAFETY: allocated above by `System` with `l`, freed once.
-            unsafe { System.dealloc(p, l) };
-        }
-        start.elapsed().as_secs_f64() * 1e6
-    }
-    for (mib, runs) in [(1usize, 15), (64, 5)] {
-        let [tidy, sys] = interleaved(
+    let heap = Heap::new();
+    for (mib, runs) in [(1usize, 31), (4, 15), (16, 9), (64, 5)] {
+        let size = mib * MIB;
+        let [tidy, sys, mi] = interleaved(
             runs,
-            &mut [&mut || cycle(mib * MIB, true), &mut || {
-                cycle(mib * MIB, false)
-            }],
+            &mut [
+                &mut || large_cycle(&heap, size),
+                &mut || large_cycle(&Sys, size),
+                &mut || large_cycle(&Mi, size),
+            ],
         )[..] else {
-            unreachable!("two closures")
+            unreachable!("three closures")
         };
+        let w = format!("large alloc+touch+free {mib} MiB");
+        t.add("system", &w, "time", Better::Lower, Unit::Us, tidy, sys);
+        t.add("mimalloc", &w, "time", Better::Lower, Unit::Us, tidy, mi);
+    }
+    // The realloc churn: µs per 1000 reallocations, after one untimed warm-up batch.
+    for max in [200_000usize, 300_000] {
+        const OPS: usize = 1000;
+        let mut churns = [
+            Churn::new(&heap, max, 0xC4A2),
+            Churn::new(&Sys, max, 0xC4A2),
+            Churn::new(&Mi, max, 0xC4A2),
+        ];
+        let [c_tidy, c_sys, c_mi] = &mut churns;
+        c_tidy.run(&heap, OPS);
+        c_sys.run(&Sys, OPS);
+        c_mi.run(&Mi, OPS);
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        let [tidy, sys, mi] = interleaved(
+            9,
+            &mut [
+                &mut || us(c_tidy.run(&heap, OPS)),
+                &mut || us(c_sys.run(&Sys, OPS)),
+                &mut || us(c_mi.run(&Mi, OPS)),
+            ],
+        )[..] else {
+            unreachable!("three closures")
+        };
+        let [c_tidy, c_sys, c_mi] = churns;
+        c_tidy.free(&heap);
+        c_sys.free(&Sys);
+        c_mi.free(&Mi);
+        let w = format!("realloc churn 600 blocks ≤ {} KB", max / 1000);
         t.add(
             "system",
-            &format!("large alloc+touch+free {mib} MiB"),
-            "time",
+            &w,
+            "time per 1000",
             Better::Lower,
             Unit::Us,
             tidy,
             sys,
         );
+        t.add(
+            "mimalloc",
+            &w,
+            "time per 1000",
+            Better::Lower,
+            Unit::Us,
+            tidy,
+            mi,
+        );
     }
+    // The 4 KiB burst: five rounds on a fresh heap; round 1 apart, then the median of
+    // rounds 2–5 (the other peers' process heaps are warm from earlier rows).
+    let fresh = Heap::new();
+    let mut ptrs = vec![std::ptr::null_mut(); BURST_BLOCKS];
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let mut rounds: [Vec<f64>; 3] = Default::default();
+    for _ in 0..5 {
+        rounds[0].push(ms(burst_4k(&fresh, &mut ptrs)));
+        rounds[1].push(ms(burst_4k(&Sys, &mut ptrs)));
+        rounds[2].push(ms(burst_4k(&Mi, &mut ptrs)));
+    }
+    let [tidy, sys, mi] = [0, 1, 2].map(|i| rounds[i][0]);
+    let w = "4 KiB burst 16 384 blocks, round 1";
+    t.add("system", w, "time", Better::Lower, Unit::Ms, tidy, sys);
+    t.add("mimalloc", w, "time", Better::Lower, Unit::Ms, tidy, mi);
+    let [tidy, sys, mi] = rounds.map(|mut r| median(&mut r[1..]));
+    let w = "4 KiB burst 16 384 blocks, rounds 2–5";
+    t.add("system", w, "time", Better::Lower, Unit::Ms, tidy, sys);
+    t.add("mimalloc", w, "time", Better::Lower, Unit::Ms, tidy, mi);
 }
 
 // ------------------------------------------------------------------- workloads --
@@ -629,16 +690,68 @@ fn large_rows(t: &mut Table) {
 fn measure(w: &dyn Workload, runs: usize) -> Vec<(&'static str, Outcome)> {
     let mut out: Vec<(&'static str, Outcome)> =
         w.peers().iter().map(|&p| (p, w.run(p, true))).collect();
-    let mut times = vec![Vec::with_capacity(runs); out.len()];
+    let mut timed = vec![Vec::with_capacity(runs); out.len()];
     for _ in 0..runs {
         for (i, &p) in w.peers().iter().enumerate() {
-            times[i].push(w.run(p, false).elapsed);
+            timed[i].push(w.run(p, false));
         }
     }
-    for ((_, o), t) in out.iter_mut().zip(&mut times) {
-        o.elapsed = median(t);
+    // The median run by time gives the time and the compaction figures.
+    for ((_, o), t) in out.iter_mut().zip(&mut timed) {
+        t.sort_by_key(|r| r.elapsed);
+        let mid = t[t.len() / 2];
+        o.elapsed = mid.elapsed;
+        o.compaction = mid.compaction;
     }
     out
+}
+
+/// Issue 11's honest game metric, printed under the table: frames/s beside what
+/// compaction cost per frame and per MiB it reclaimed, for the peers that report it.
+fn compaction_notes(t: &mut Table, label: &str, res: &[(&'static str, Outcome)]) {
+    // Gross: bytes the passes released, counting memory released, reused and released
+    // again each time. Net: what the run ends up holding less than the same heap without
+    // compaction (end RSS rise of the probed runs), the memory compaction actually saves.
+    let end_rss = |name: &str| res.iter().find(|(p, _)| *p == name).map(|(_, o)| o.end_rss);
+    let baseline = end_rss("tidyheap_nocompact");
+    t.notes.push(String::new());
+    t.notes.push(format!(
+        "Compaction cost, {label} (median timed run; released = gross bytes the passes \
+         handed back, saved = end RSS rise below the no-compaction run's; \
+         mimalloc_bumpalo reclaims nothing):"
+    ));
+    t.notes.push(String::new());
+    t.notes.push(
+        "| peer | frames/s | compaction µs/frame | compaction CPU µs/frame | released | \
+         CPU per MiB released | saved at the end | CPU per MiB saved |"
+            .to_string(),
+    );
+    t.notes
+        .push("|---|---|---|---|---|---|---|---|".to_string());
+    let dash = || "—".to_string();
+    for (peer, o) in res {
+        let Some(c) = o.compaction else { continue };
+        if !["tidyheap", "tidyheap_nocompact", "mimalloc_bumpalo"].contains(peer) {
+            continue;
+        }
+        let saved = baseline
+            .filter(|_| !c.cpu.is_zero())
+            .map(|b| b.saturating_sub(o.end_rss));
+        t.notes.push(format!(
+            "| {peer} | {} | {:.1} µs | {:.1} µs | {:.1} MiB | {} | {} | {} |",
+            fmt_value(o.ops_per_sec(), Unit::PerSec),
+            c.us_per_op(o.ops),
+            c.cpu.as_secs_f64() * 1e6 / o.ops.max(1) as f64,
+            c.reclaimed as f64 / MIB as f64,
+            c.cpu_ms_per_mib()
+                .map_or_else(dash, |ms| format!("{ms:.2} ms")),
+            saved.map_or_else(dash, |b| format!("{:.1} MiB", b as f64 / MIB as f64)),
+            saved.filter(|&b| b > 0).map_or_else(dash, |b| format!(
+                "{:.2} ms",
+                c.cpu.as_secs_f64() * 1e3 / (b as f64 / MIB as f64)
+            )),
+        ));
+    }
 }
 
 fn workload_rows(t: &mut Table) {
@@ -666,7 +779,16 @@ fn workload_rows(t: &mut Table) {
                 ("tidyheap", " (malloc-style)", &["mimalloc", "system"]),
             ],
             "game_engine" => &[
-                ("tidyheap", "", &["mimalloc_bumpalo", "mimalloc", "system"]),
+                (
+                    "tidyheap",
+                    "",
+                    &[
+                        "tidyheap_nocompact",
+                        "mimalloc_bumpalo",
+                        "mimalloc",
+                        "system",
+                    ],
+                ),
                 (
                     "tidyheap_nocompact",
                     " (no compaction)",
@@ -676,6 +798,7 @@ fn workload_rows(t: &mut Table) {
             _ => &[("tidyheap", "", &["mimalloc", "system"])],
         };
         let unit = if w.name() == "game_engine" {
+            compaction_notes(t, &format!("{} {}", w.name(), w.size()), &res);
             "frames/s"
         } else {
             "ops/s"

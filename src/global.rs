@@ -142,9 +142,9 @@ impl Global {
     }
 
     /// Returns the calling thread's cached free blocks and the central lists' batches
-    /// to their spans, then hands every empty span's pages back to the OS. Returns the
-    /// bytes decommitted. Other threads' caches are untouched (they go home when those
-    /// threads exit).
+    /// to their spans, then hands every empty span's pages and every cached large
+    /// mapping back to the OS. Returns the bytes decommitted or unmapped. Other threads'
+    /// caches are untouched (they go home when those threads exit).
     ///
     /// # Examples
     ///
@@ -161,7 +161,7 @@ impl Global {
     /// assert_eq!(A.stats().committed_bytes, 0);
     /// ```
     pub fn trim(&self) -> usize {
-        self.inner.flush_and_trim()
+        self.inner.flush_and_trim() + self.inner.large.purge(core::time::Duration::ZERO)
     }
 
     /// The bytes usable in any block allocated with `layout`: its size class, or the

@@ -12,6 +12,7 @@
 
 use core::alloc::Layout;
 use core::ptr::NonNull;
+use core::time::Duration;
 
 use crate::AllocError;
 use crate::compact::Compactor;
@@ -310,8 +311,8 @@ impl Heap {
     }
 
     /// Returns the calling thread's cached free blocks and the central lists' batches
-    /// to their spans, then hands every empty span's pages back to the OS. Returns the
-    /// bytes decommitted.
+    /// to their spans, then hands every empty span's pages and every cached large
+    /// mapping back to the OS. Returns the bytes decommitted or unmapped.
     ///
     /// # Examples
     ///
@@ -323,9 +324,36 @@ impl Heap {
     /// unsafe { heap.dealloc(p, l) };
     /// heap.trim();
     /// assert_eq!(heap.stats().committed_bytes, 0);
+    /// let big = std::alloc::Layout::from_size_align(1 << 20, 8).unwrap();
+    /// let p = heap.alloc(big).unwrap();
+    /// // SAFETY: `p` came from `heap` with `big`.
+    /// unsafe { heap.dealloc(p, big) };
+    /// assert_eq!(heap.stats().large.cached_bytes, 1 << 20);
+    /// assert_eq!(heap.trim(), 1 << 20);
+    /// assert_eq!(heap.stats().large.cached_bytes, 0);
     /// ```
     pub fn trim(&self) -> usize {
-        self.inner().flush_and_trim()
+        self.inner().flush_and_trim() + self.inner().large.purge(Duration::ZERO)
+    }
+
+    /// Unmaps the large mappings freed at least `older_than` ago that the large-block
+    /// cache still holds (all with [`Duration::ZERO`]); returns their bytes. The hook for
+    /// a purge policy: see [`LargeAllocator::purge`](crate::LargeAllocator::purge).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let heap = tidyheap::Heap::new();
+    /// let big = std::alloc::Layout::from_size_align(300_000, 8).unwrap();
+    /// let p = heap.alloc(big).unwrap();
+    /// // SAFETY: `p` came from `heap` with `big`.
+    /// unsafe { heap.dealloc(p, big) };
+    /// assert_eq!(heap.purge_large_cache(Duration::from_secs(60)), 0);
+    /// assert_eq!(heap.purge_large_cache(Duration::ZERO), 303_104);
+    /// ```
+    pub fn purge_large_cache(&self, older_than: Duration) -> usize {
+        self.inner().large.purge(older_than)
     }
 
     /// Number of arenas.

@@ -307,8 +307,10 @@ impl Heap {
         let header = large_header(layout.align());
         let map = large_layout(layout.size(), header)?;
         let large = &self.inner().large;
-        // Counted as the requested bytes: the header is ours, not the caller's.
-        let base = large.alloc_counted(map, layout.size())?;
+        // Counted as the requested bytes: the header is ours, not the caller's. Not
+        // zeroed: every caller's `init` writes the whole block (`alloc_handle` zeroes it
+        // itself), and the header is written below.
+        let base = large.alloc_counted_uninit(map, layout.size())?;
         // SAFETY: the mapping is `header + size` bytes; the block starts after the header.
         let block = unsafe { base.add(header) };
         // SAFETY: the header's last bytes are inside the mapping, 8-aligned, and ours.

@@ -134,7 +134,8 @@ pub struct HeapStats {
     pub fixed: PoolCounters,
     /// Handle-addressed (movable) pool blocks.
     pub movable: PoolCounters,
-    /// Directly mapped large blocks.
+    /// Directly mapped large blocks: live ones, and freed mappings cached for reuse
+    /// (counted apart, see [`LargeStats`]).
     pub large: LargeStats,
     /// Bytes of spans held from the OS (pool memory only; large blocks are in `large`).
     pub committed_bytes: usize,

@@ -5,6 +5,7 @@ use std::alloc::Layout;
 use std::path::PathBuf;
 use std::process::Command;
 use std::ptr::NonNull;
+use std::time::Duration;
 
 use tidyheap::AllocError;
 use tidyheap::large::{
@@ -87,6 +88,7 @@ fn alloc_is_zeroed_writable_and_freed() {
             large.dealloc(p, l);
         }
     }
+    // No size is within a factor of two of another: three fresh maps, all cached now.
     let s = large.stats();
     assert_eq!(
         (
@@ -94,10 +96,15 @@ fn alloc_is_zeroed_writable_and_freed() {
             s.unmaps,
             s.live_blocks,
             s.live_bytes,
-            s.mapped_bytes
+            s.mapped_bytes,
+            s.cached_blocks,
+            s.cached_bytes,
         ),
-        (3, 3, 0, 0, 0)
+        (3, 0, 0, 0, 0, 3, 300 * KIB + MIB + 4 * KIB + 4 * MIB)
     );
+    assert_eq!(large.purge(Duration::ZERO), s.cached_bytes);
+    let s = large.stats();
+    assert_eq!((s.unmaps, s.cached_blocks, s.cached_bytes), (3, 0, 0));
 }
 
 /// Grow and shrink through every path (within usable, in place, moved, across the
@@ -276,8 +283,14 @@ fn impossible_sizes_are_errors() {
     }
     let s = large.stats();
     assert_eq!(
-        (s.maps, s.unmaps, s.live_bytes, s.mapped_bytes),
-        (1, 1, 0, 0)
+        (
+            s.maps,
+            s.unmaps,
+            s.live_bytes,
+            s.mapped_bytes,
+            s.cached_blocks
+        ),
+        (1, 0, 0, 0, 1)
     );
 }
 
@@ -381,6 +394,18 @@ fn overrun_guarded_block(case: &str) -> ! {
             "grown" => (large.realloc(p, l, 3 * MIB).unwrap(), 3 * MIB),
             "shrunk" => (large.realloc(p, l, 100 * KIB).unwrap(), 100 * KIB),
             "relocated" => (large.relocate(p, l).unwrap(), l.size()),
+            // The freed mapping is cached, then reused (shrunk or grown) for the next block.
+            "reused_smaller" | "reused_larger" => {
+                large.dealloc(p, l);
+                let size = if case == "reused_smaller" {
+                    200 * KIB
+                } else {
+                    500 * KIB
+                };
+                let q = large.alloc(layout(size, 16)).unwrap();
+                assert_eq!(large.stats().cache_hits, 1);
+                (q, size)
+            }
             other => panic!("unknown guard case {other}"),
         }
     };
@@ -402,7 +427,14 @@ fn guard_page_faults() {
     if let Ok(case) = std::env::var(GUARD_CHILD) {
         overrun_guarded_block(&case);
     }
-    for case in ["alloc", "grown", "shrunk", "relocated"] {
+    for case in [
+        "alloc",
+        "grown",
+        "shrunk",
+        "relocated",
+        "reused_smaller",
+        "reused_larger",
+    ] {
         let out = Command::new(std::env::current_exe().unwrap())
             .args([
                 "guard_page_faults",
@@ -447,6 +479,7 @@ fn stats_are_exact_after_a_sequence() {
             mapped_bytes: 300 * KIB + 4 * MIB + MIB,
             maps: 3,
             huge_fallbacks: 1,
+            cache_misses: 3,
             ..LargeStats::default()
         }
     );
@@ -464,11 +497,13 @@ fn stats_are_exact_after_a_sequence() {
                 live_bytes: 200 * KIB + 3 * MIB,
                 mapped_bytes: 200 * KIB + 4 * MIB,
                 maps: 3,
-                unmaps: 1,
                 huge_fallbacks: 1,
                 grow_in_place: 1,
                 shrink_in_place: 1,
                 relocations: 1,
+                cached_blocks: 1,
+                cached_bytes: MIB,
+                cache_misses: 3,
                 ..LargeStats::default()
             }
         );
@@ -478,8 +513,15 @@ fn stats_are_exact_after_a_sequence() {
     let s = large.stats();
     assert_eq!(
         (s.live_blocks, s.live_bytes, s.mapped_bytes, s.unmaps),
-        (0, 0, 0, 3)
+        (0, 0, 0, 0)
     );
+    assert_eq!(
+        (s.cached_blocks, s.cached_bytes),
+        (3, MIB + 200 * KIB + 4 * MIB)
+    );
+    assert_eq!(large.purge(Duration::ZERO), s.cached_bytes);
+    let s = large.stats();
+    assert_eq!((s.unmaps, s.cached_blocks, s.cached_bytes), (3, 0, 0));
 }
 
 /// Several threads allocate, grow, relocate and free at once; accounting is exact after.
@@ -508,14 +550,18 @@ fn threads_share_one_allocator() {
     let s = LARGE.stats();
     assert_eq!(
         (
-            s.maps,
-            s.unmaps,
+            s.maps - s.unmaps,
             s.live_blocks,
             s.live_bytes,
             s.mapped_bytes
         ),
-        (80, 80, 0, 0, 0)
+        (s.cached_blocks as u64, 0, 0, 0)
     );
+    assert_eq!(s.cache_hits + s.cache_misses, 80);
+    assert_eq!(s.maps, s.cache_misses, "every miss maps, every hit reuses");
+    LARGE.purge(Duration::ZERO);
+    let s = LARGE.stats();
+    assert_eq!((s.maps, s.cached_blocks, s.cached_bytes), (s.unmaps, 0, 0));
     assert_eq!(
         (
             s.grow_in_place + s.grow_moved,

@@ -197,6 +197,8 @@ fn migration_of_untouched_and_freed_ranges() {
     assert!(m.complete());
     // SAFETY: `p` came from `heap` with `l`; only its (now dangling) address is used below.
     unsafe { heap.dealloc(p, l) };
+    // The freed mapping waits in the large-block cache; trim unmaps it.
+    heap.trim();
     let m = heap.migrate_to_node(p.as_ptr(), 1 << 20, 0).unwrap();
     assert_eq!((m.pages, m.on_node, m.failed), (256, 0, 256));
     assert!(!m.complete());

@@ -177,5 +177,6 @@ fn kernel<P: Peer>(peer: &P, scale: &Scale, script: &Script, probe: bool) -> Out
         end_rss,
         end_live: live,
         own_frag,
+        compaction: None,
     }
 }

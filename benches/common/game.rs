@@ -16,6 +16,11 @@
 //! 5. the temporaries are read back and released;
 //! 6. `tidyheap` only: one `Heap::compact` pass with a budget of 200 µs and 256 KiB.
 //!
+//! Every peer's [`Outcome::compaction`] reports what compaction cost (wall and thread
+//! CPU time inside `Heap::compact`) and what it reclaimed (`bytes_released`): beside
+//! frames/s, the honest price of the memory it gives back. The peers that never compact
+//! report zero time and nothing reclaimed.
+//!
 //! Peers:
 //!
 //! * `tidyheap`: asset bytes in movable blocks (`Heap::insert_bytes`, `RawHandle`),
@@ -42,8 +47,9 @@ use slotmap::{DefaultKey, SlotMap};
 use tidyheap::frame::{FrameArena, FrameConfig};
 use tidyheap::{Budget, Handle, Heap, RawHandle, Store};
 
+use super::measure::thread_cpu_time;
 use super::peers::{self, Mi, Peer, Sys, layout};
-use super::{Mode, Outcome, Probe, Workload};
+use super::{CompactionCost, Mode, Outcome, Probe, Workload};
 
 /// Every peer of this workload, in table order.
 pub const NAMES: [&str; 5] = [
@@ -124,6 +130,7 @@ impl Workload for Game {
                     meta: Store::new_in(heap.clone()),
                     heap,
                     compact,
+                    cost: CompactionCost::default(),
                 };
                 let arena = FrameArena::with_config(FrameConfig::new().with_frames_in_flight(1))
                     .expect("valid frame config");
@@ -175,6 +182,10 @@ trait Assets {
     fn own_frag(&self) -> Option<f64> {
         None
     }
+    /// What compaction cost and reclaimed so far (nothing, for allocators without it).
+    fn compaction(&self) -> CompactionCost {
+        CompactionCost::default()
+    }
 }
 
 /// Sums the first 8 bytes (as a `u64`) and the last byte of an asset.
@@ -194,6 +205,8 @@ struct TidyAssets {
     meta: Store<Meta>,
     /// Whether each frame ends with a compaction pass.
     compact: bool,
+    /// Time and thread CPU spent in those passes, and the bytes they released.
+    cost: CompactionCost,
 }
 
 impl Assets for TidyAssets {
@@ -216,12 +229,20 @@ impl Assets for TidyAssets {
 
     fn end_frame(&mut self) {
         if self.compact {
-            black_box(self.heap.compact(BUDGET));
+            let (start, cpu) = (Instant::now(), thread_cpu_time());
+            let r = black_box(self.heap.compact(BUDGET));
+            self.cost.cpu += thread_cpu_time() - cpu;
+            self.cost.time += start.elapsed();
+            self.cost.reclaimed += r.bytes_released;
         }
     }
 
     fn own_frag(&self) -> Option<f64> {
         Some(self.heap.fragmentation().ratio)
+    }
+
+    fn compaction(&self) -> CompactionCost {
+        self.cost
     }
 }
 
@@ -470,6 +491,7 @@ fn kernel<A: Assets, S: Scratch>(
     black_box(sink);
     let end_rss = probe.sample();
     let own_frag = probe.is_on().then(|| assets.own_frag()).flatten();
+    let compaction = Some(assets.compaction());
     for a in live {
         assets.unload(a.key);
     }
@@ -480,5 +502,6 @@ fn kernel<A: Assets, S: Scratch>(
         end_rss,
         end_live: live_bytes,
         own_frag,
+        compaction,
     }
 }

@@ -129,5 +129,6 @@ fn kernel<P: Peer>(peer: &P, w: &Ml, probe: bool) -> Outcome {
         end_rss,
         end_live,
         own_frag: None,
+        compaction: None,
     }
 }

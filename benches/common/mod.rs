@@ -9,11 +9,13 @@
 //! * [`measure`]: RSS, thread CPU time and Mesh's pattern (also used by
 //!   `benches/compaction.rs` and `examples/defrag.rs`);
 //! * [`mbench`]: ports of mimalloc-bench patterns (larson, xmalloc, cache-scratch,
-//!   mstress), run with 1 or 2 threads.
+//!   mstress), run with 1 or 2 threads;
+//! * [`churn`]: issue 11's realloc churn and 4 KiB burst (used by `benches/alloc.rs`).
 //!
 //! Every kernel is driven by seeded RNGs, so every peer sees the same sequence of
 //! requests, and every run the same structure.
 
+pub mod churn;
 pub mod database;
 pub mod game;
 pub mod mbench;
@@ -93,6 +95,51 @@ pub struct Outcome {
     /// (tidyheap: `1 - live / committed` of its pools, from `Heap::stats` or
     /// `Heap::fragmentation`).
     pub own_frag: Option<f64>,
+    /// What compaction cost and gave back, for workloads where some peers compact
+    /// (`game_engine`: zero for the peers that do not); `None` elsewhere.
+    pub compaction: Option<CompactionCost>,
+}
+
+/// Compaction's share of a run (issue 11's honest game metric): its time beside the
+/// frame rate, and what it reclaimed for that time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CompactionCost {
+    /// Wall time inside compaction calls, summed over the run.
+    pub time: Duration,
+    /// Thread CPU time inside compaction calls, summed over the run.
+    pub cpu: Duration,
+    /// Bytes compaction handed back to the OS (`CompactReport::bytes_released`).
+    pub reclaimed: u64,
+}
+
+impl CompactionCost {
+    /// Mean wall time of compaction per operation (frame), in µs.
+    pub fn us_per_op(&self, ops: u64) -> f64 {
+        self.time.as_secs_f64() * 1e6 / ops.max(1) as f64
+    }
+
+    /// Thread CPU time of compaction per MiB reclaimed, in ms; `None` when nothing was
+    /// reclaimed (an allocator that never compacts reclaims nothing).
+    pub fn cpu_ms_per_mib(&self) -> Option<f64> {
+        (self.reclaimed > 0)
+            .then(|| self.cpu.as_secs_f64() * 1e3 / (self.reclaimed as f64 / f64::from(1 << 20)))
+    }
+
+    /// `compaction 12.3 µs/frame, CPU 4.5 ms per MiB released (6.7 MiB)`, or `nothing
+    /// released` in place of the CPU figure. Released is gross: memory handed back,
+    /// reused and handed back again counts each time.
+    pub fn describe(&self, ops: u64) -> String {
+        let per_mib = self.cpu_ms_per_mib().map_or_else(
+            || "nothing released".to_string(),
+            |ms| {
+                format!(
+                    "CPU {ms:.2} ms per MiB released ({:.1} MiB)",
+                    self.reclaimed as f64 / f64::from(1 << 20)
+                )
+            },
+        );
+        format!("compaction {:.1} µs/frame, {per_mib}", self.us_per_op(ops))
+    }
 }
 
 impl Outcome {
@@ -121,7 +168,9 @@ impl Outcome {
             mib(self.end_live),
             frag(self.rss_frag()),
             frag(self.own_frag),
-        )
+        ) + &self
+            .compaction
+            .map_or_else(String::new, |c| format!("  {}", c.describe(self.ops)))
     }
 }
 

@@ -162,6 +162,7 @@ fn finish(start: Instant, script: &Script, mut probe: Probe) -> Outcome {
         end_rss,
         end_live: 0,
         own_frag: None,
+        compaction: None,
     }
 }
 

@@ -3,12 +3,22 @@
 //! # Large blocks
 //!
 //! Requests too big for the size-class pools (above 256 KiB, or aligned above 4 KiB) get
-//! a mapping of their own from [`LargeAllocator`], and freeing one unmaps it: the memory
-//! goes straight back to the OS. The allocator holds no list of its blocks: a block's
-//! whole mapping is a pure function of its [`Layout`] and the [`LargeConfig`] (see
-//! `Geometry`), so `dealloc` needs nothing but the layout. That keeps it lock-free,
-//! metadata-free and free of Rust-heap allocation, fit to run inside a
-//! `#[global_allocator]`.
+//! a mapping of their own from [`LargeAllocator`]. The allocator holds no list of its
+//! live blocks: a block's whole mapping is a pure function of its [`Layout`] and the
+//! [`LargeConfig`] (see `Geometry`), so `dealloc` needs nothing but the layout. Freed
+//! mappings are parked in a small, bounded cache and reused, resized with `mremap`, by
+//! later requests (the `cache` module): streaming 1–64 MiB buffers then faults no page
+//! twice. The cache lives in the allocator under a spin-then-yield lock that never
+//! allocates, so it stays fit to run inside a `#[global_allocator]`.
+//!
+//! # Accounting
+//!
+//! [`LargeStats`] counts live blocks (`live_blocks`, `live_bytes` requested,
+//! `mapped_bytes` of their mappings) apart from cached ones (`cached_blocks`,
+//! `cached_bytes`): a cached mapping is held from the OS but holds no live block. At
+//! quiescence `maps - unmaps == live_blocks + cached_blocks`, and the bytes held from
+//! the OS for large blocks are `mapped_bytes + cached_bytes`. [`LargeAllocator::purge`]
+//! (called by `Heap::trim` with a zero age) unmaps cached mappings.
 //!
 //! ```text
 //!  ptr (aligned to max(align, 4 KiB), to 2 MiB when huge)
@@ -34,6 +44,14 @@
 //!   bytes do not. Shrinking unmaps the tail in place. Only if the kernel refuses both
 //!   (hugetlb mappings on old kernels, the VMA limit) does it fall back to
 //!   allocate-copy-free, counted in [`LargeStats::copy_fallbacks`].
+//! * **Reuse.** A freed mapping is cached unless it alone exceeds
+//!   [`LargeConfig::cache_bytes`]; older entries are evicted to make room, and entries
+//!   older than [`LargeConfig::cache_age`] at the next large call or [`purge`]. `alloc`
+//!   takes the best-fitting entry (a factor of two either way) and resizes it in place or
+//!   by moving its pages, as `realloc` does; [`LargeAllocator::alloc`] zeroes what it
+//!   reuses, [`LargeAllocator::alloc_uninit`] does not.
+//!
+//!   [`purge`]: LargeAllocator::purge
 //! * **Relocation.** [`LargeAllocator::relocate`] moves a block's pages to a new address
 //!   the same way, for the compactor's handle-addressed large blocks.
 //!
@@ -43,11 +61,13 @@
 //! and unmaps it on drop.
 
 mod asset;
+mod cache;
 mod placement;
 mod stats;
 
 use core::alloc::Layout;
 use core::ptr::{self, NonNull};
+use core::time::Duration;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use asset::MappedAsset;
@@ -58,6 +78,7 @@ use stats::Counters;
 use crate::AllocError;
 use crate::numa::{self, NodePolicy, NumaError};
 use crate::os::{self, OsError, PAGE_SIZE, round_up};
+use crate::pool::lock::Mutex;
 
 /// The huge page size tidyheap asks for (x86-64 and aarch64 with 4 KiB base pages).
 pub const HUGE_PAGE_SIZE: usize = 2 << 20;
@@ -104,14 +125,37 @@ pub struct LargeConfig {
     /// `realloc` can grow them in place. Default `true`; `false` lets the kernel place
     /// them, which makes most growths move.
     pub growth_room: bool,
+    /// Bytes of freed mappings kept for reuse, at most (see the module docs). A freed
+    /// mapping larger than this is unmapped at once; `0` turns the cache off. Default
+    /// 64 MiB.
+    pub cache_bytes: usize,
+    /// A cached mapping freed longer than this ago is unmapped at the next large
+    /// allocation or free, or by [`LargeAllocator::purge`]. Default 1 s.
+    pub cache_age: Duration,
 }
 
 impl LargeConfig {
-    /// The defaults: huge pages tried, no guard page, growth room on.
+    /// The defaults: huge pages tried, no guard page, growth room on, a cache of up to
+    /// 64 MiB of mappings freed less than a second ago.
     pub const DEFAULT: Self = Self {
         huge_pages: HugePages::Try,
         guard_page: false,
         growth_room: true,
+        cache_bytes: 64 << 20,
+        cache_age: Duration::from_secs(1),
+    };
+
+    /// [`LargeConfig::DEFAULT`] without the cache: every free unmaps at once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tidyheap::large::LargeConfig;
+    /// assert_eq!(LargeConfig::UNCACHED.cache_bytes, 0);
+    /// ```
+    pub const UNCACHED: Self = Self {
+        cache_bytes: 0,
+        ..Self::DEFAULT
     };
 }
 
@@ -170,10 +214,12 @@ impl Geometry {
     }
 }
 
-/// Maps large blocks directly from the OS; see the [module docs](self).
+/// Maps large blocks directly from the OS and caches freed mappings; see the
+/// [module docs](self).
 ///
-/// Lock-free and allocation-free: a config and relaxed counters. It can live in a
-/// `static` and serve a `#[global_allocator]`.
+/// Allocation-free: a config, relaxed counters and a fixed-size cache under a lock that
+/// never parks. It can live in a `static` and serve a `#[global_allocator]`. Dropping it
+/// unmaps its cached mappings (live blocks stay the caller's).
 ///
 /// # Examples
 ///
@@ -193,7 +239,8 @@ impl Geometry {
 ///     assert_eq!(p.as_ptr().add((1 << 20) - 1).read(), 7);
 ///     large.dealloc(p, Layout::from_size_align(4 << 20, 64).unwrap());
 /// }
-/// assert_eq!(large.stats().live_blocks, 0);
+/// assert_eq!((large.stats().live_blocks, large.stats().cached_blocks), (0, 1));
+/// assert_eq!(large.purge(std::time::Duration::ZERO), 4 << 20);
 /// # Ok::<(), tidyheap::AllocError>(())
 /// ```
 #[derive(Debug)]
@@ -207,6 +254,20 @@ pub struct LargeAllocator {
     /// thread that later reallocates the block received the pointer through some
     /// synchronisation, which carries the store with it.
     hugetlb_mapped: AtomicBool,
+    /// Set (for good) once [`alloc_on_node`](Self::alloc_on_node) gave a block a node
+    /// policy. From then on a mapping reused from the cache has its policy reset, since
+    /// it may come from such a block. Relaxed suffices, as for `hugetlb_mapped`: the
+    /// store precedes that block's pointer, and the block reaches the cache (and its
+    /// taker, under the cache lock) only through synchronisation that carries it.
+    node_bound: AtomicBool,
+    /// Freed mappings kept for reuse (the `cache` module).
+    cache: Mutex<cache::Cache>,
+}
+
+impl Drop for LargeAllocator {
+    fn drop(&mut self) {
+        self.purge(Duration::ZERO);
+    }
 }
 
 impl Default for LargeAllocator {
@@ -222,6 +283,8 @@ impl LargeAllocator {
             config,
             counters: Counters::new(),
             hugetlb_mapped: AtomicBool::new(false),
+            node_bound: AtomicBool::new(false),
+            cache: Mutex::new(cache::Cache::new()),
         }
     }
 
@@ -230,7 +293,7 @@ impl LargeAllocator {
         &self.config
     }
 
-    /// Maps a fresh zeroed block for `layout`.
+    /// Allocates a zeroed block for `layout`: a cached mapping (zeroed here) or a fresh one.
     ///
     /// The block is aligned to `max(layout.align(), 4 KiB)` (2 MiB for huge blocks) and
     /// [`usable_size`](Self::usable_size) bytes are usable. A zero-sized layout gets one
@@ -252,26 +315,69 @@ impl LargeAllocator {
     /// assert!(matches!(large.alloc(huge), Err(AllocError::TooLarge { .. })));
     /// ```
     pub fn alloc(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
-        self.alloc_counted(layout, layout.size())
+        self.alloc_inner(layout, layout.size(), true)
     }
 
-    /// [`alloc`](Self::alloc), counting `live` requested bytes in
+    /// As [`alloc`](Self::alloc), but a block reused from the cache keeps whatever bytes
+    /// its last owner left (fresh mappings are still zero): what `GlobalAlloc::alloc`
+    /// needs, without the cost of zeroing.
+    ///
+    /// # Errors
+    ///
+    /// As [`alloc`](Self::alloc).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::alloc::Layout;
+    /// use tidyheap::large::LargeAllocator;
+    /// let large = LargeAllocator::default();
+    /// let l = Layout::from_size_align(1 << 20, 8).unwrap();
+    /// let p = large.alloc_uninit(l)?;
+    /// // SAFETY: `p` is a live block of `l`; it is freed, then its mapping reused.
+    /// unsafe { large.dealloc(p, l) };
+    /// let q = large.alloc_uninit(l)?;
+    /// assert_eq!(large.stats().cache_hits, 1);
+    /// // SAFETY: `q` is a live block of `l`.
+    /// unsafe { large.dealloc(q, l) };
+    /// # Ok::<(), tidyheap::AllocError>(())
+    /// ```
+    pub fn alloc_uninit(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
+        self.alloc_inner(layout, layout.size(), false)
+    }
+
+    /// [`alloc_uninit`](Self::alloc_uninit), counting `live` requested bytes in
     /// [`LargeStats::live_bytes`] instead of `layout.size()`: for a block that keeps a
     /// header of its own in front of what its user asked for (DESIGN: live bytes are
     /// requested bytes). Free it with [`dealloc_counted`](Self::dealloc_counted) and the
     /// same `live`.
-    pub(crate) fn alloc_counted(
+    pub(crate) fn alloc_counted_uninit(
         &self,
         layout: Layout,
         live: usize,
     ) -> Result<NonNull<u8>, AllocError> {
+        self.alloc_inner(layout, live, false)
+    }
+
+    /// A block for `layout` counted as `live` requested bytes: a cached mapping (zeroed
+    /// if `zero`) or a fresh one.
+    fn alloc_inner(
+        &self,
+        layout: Layout,
+        live: usize,
+        zero: bool,
+    ) -> Result<NonNull<u8>, AllocError> {
         let g = Geometry::of(layout.size(), layout.align(), &self.config)?;
+        if let Some(p) = self.take_cached(live, &g, zero) {
+            return Ok(p);
+        }
         let ptr = self.map_block(&g)?;
         self.counters.on_map(live, g.total);
         Ok(ptr)
     }
 
-    /// Unmaps a block.
+    /// Frees a block: its mapping goes to the cache, or back to the OS when it does not
+    /// fit there (see [`LargeConfig::cache_bytes`]).
     ///
     /// # Safety
     ///
@@ -283,20 +389,22 @@ impl LargeAllocator {
     ///
     /// # Panics
     ///
-    /// In debug builds, when `ptr` is not aligned as `layout` and the block would be, or
-    /// `layout` could never have been allocated: both mean the safety contract was broken.
+    /// In debug builds, when `ptr` is not aligned as `layout` and the block would be,
+    /// `layout` could never have been allocated, or the block's mapping is already in the
+    /// cache (a double free; release builds then leave it alone, so it is never handed
+    /// out twice): all mean the safety contract was broken.
     pub unsafe fn dealloc(&self, ptr: NonNull<u8>, layout: Layout) {
         // SAFETY: forwarded from the caller; the block was counted with its layout's size.
         unsafe { self.dealloc_counted(ptr, layout, layout.size()) }
     }
 
-    /// [`dealloc`](Self::dealloc) of a block made by [`alloc_counted`](Self::alloc_counted)
+    /// [`dealloc`](Self::dealloc) of a block made by [`alloc_counted_uninit`](Self::alloc_counted_uninit)
     /// with `live` requested bytes.
     ///
     /// # Safety
     ///
     /// * as [`dealloc`](Self::dealloc);
-    /// * `live` is what the block is counted with: its `alloc_counted` argument (which
+    /// * `live` is what the block is counted with: its `alloc_counted_uninit` argument (which
     ///   `relocate` keeps), or `layout.size()` for a block of `alloc` or `realloc`.
     pub(crate) unsafe fn dealloc_counted(&self, ptr: NonNull<u8>, layout: Layout, live: usize) {
         let Ok(g) = Geometry::of(layout.size(), layout.align(), &self.config) else {
@@ -314,8 +422,7 @@ impl LargeAllocator {
         // - the caller guarantees `ptr` is a live block whose layout gives geometry `g`,
         //   so `[ptr, ptr + g.total)` is exactly its page-aligned mapping;
         // - nothing uses the block afterwards.
-        unsafe { os::release(ptr, g.total) };
-        self.counters.on_unmap(live, g.total);
+        unsafe { self.park(ptr, live, &g) };
     }
 
     /// The bytes usable in a block allocated with `layout`: its size rounded up to the
@@ -375,26 +482,9 @@ impl LargeAllocator {
             // SAFETY: forwarded from the caller: `ptr` is a live block of `old`.
             return unsafe { self.copy_move(ptr, old, new) };
         }
-        let result = if ng.len == og.len {
-            Ok(ptr)
-        } else if ng.len < og.len {
-            // SAFETY: the caller guarantees `ptr` is a live block of geometry `og`.
-            unsafe { self.shrink_in_place(ptr, &og, &ng) }.map(|()| ptr)
-        } else if self.config.guard_page {
-            // SAFETY: as above; the block is only accessed through the result afterwards.
-            unsafe { self.move_pages(ptr, &og, &ng) }
-        } else {
-            // SAFETY: as above. Without a guard page the mapping is the single VMA
-            // `[ptr, ptr + og.total)` that `remap` requires.
-            match unsafe { os::remap(ptr, og.total, ng.total, 0, ptr::null_mut()) } {
-                Ok(p) => {
-                    self.advise_huge(p, &ng);
-                    Ok(p)
-                }
-                // SAFETY: as above; the failed remap left the block unchanged.
-                Err(_) => unsafe { self.move_pages(ptr, &og, &ng) },
-            }
-        };
+        // SAFETY: the caller guarantees `ptr` is a live block of geometry `og`, accessed
+        // only through the result afterwards.
+        let result = unsafe { self.resize_mapping(ptr, &og, &ng) };
         match result {
             Ok(p) => {
                 c.resize(old.size(), og.total, new_size, ng.total);
@@ -499,7 +589,12 @@ impl LargeAllocator {
         if node >= numa::MAX_NODE_ID {
             return Err(NumaError::NodeOutOfRange { node });
         }
-        let p = self.alloc(layout)?;
+        // A fresh mapping, never a cached one: a policy set without moving pages only
+        // places pages not yet touched, and a cached mapping's pages are resident.
+        let g = Geometry::of(layout.size(), layout.align(), &self.config)?;
+        let p = self.map_block(&g).map_err(AllocError::from)?;
+        self.counters.on_map(layout.size(), g.total);
+        self.node_bound.store(true, Ordering::Relaxed);
         let len = self.usable_size(layout);
         if let Err(e) = numa::bind(p.as_ptr(), len, node, NodePolicy::Preferred, false) {
             // SAFETY: `p` is the live block just allocated with `layout`, never shared.
@@ -604,6 +699,47 @@ impl LargeAllocator {
             // SAFETY: `[p, p + g.len)` is a block's page-aligned usable range and
             // MADV_HUGEPAGE discards nothing.
             let _hint_only = unsafe { os::advise(p, g.len, libc::MADV_HUGEPAGE) };
+        }
+    }
+
+    /// Resizes the mapping of geometry `og` at `ptr` to geometry `ng` without copying:
+    /// nothing when the lengths match, the tail unmapped when shrinking, and when growing
+    /// an in-place `mremap`, else its pages moved to a fresh aligned reservation.
+    ///
+    /// # Safety
+    ///
+    /// `[ptr, ptr + og.total)` is a whole block mapping of geometry `og` (read-write up
+    /// to `og.len`, guard page after it when configured); on success it lives at the
+    /// result only, and the bytes beyond `ng.len` are dead.
+    ///
+    /// # Errors
+    ///
+    /// The kernel's, when it can do neither; the mapping is then unchanged.
+    unsafe fn resize_mapping(
+        &self,
+        ptr: NonNull<u8>,
+        og: &Geometry,
+        ng: &Geometry,
+    ) -> Result<NonNull<u8>, OsError> {
+        if ng.len == og.len {
+            Ok(ptr)
+        } else if ng.len < og.len {
+            // SAFETY: forwarded from the caller: a live mapping of geometry `og`.
+            unsafe { self.shrink_in_place(ptr, og, ng) }.map(|()| ptr)
+        } else if self.config.guard_page {
+            // SAFETY: as above; the block is only accessed through the result afterwards.
+            unsafe { self.move_pages(ptr, og, ng) }
+        } else {
+            // SAFETY: as above. Without a guard page the mapping is the single VMA
+            // `[ptr, ptr + og.total)` that `remap` requires.
+            match unsafe { os::remap(ptr, og.total, ng.total, 0, ptr::null_mut()) } {
+                Ok(p) => {
+                    self.advise_huge(p, ng);
+                    Ok(p)
+                }
+                // SAFETY: as above; the failed remap left the block unchanged.
+                Err(_) => unsafe { self.move_pages(ptr, og, ng) },
+            }
         }
     }
 
@@ -757,6 +893,7 @@ mod tests {
                 huge_pages: HugePages::Never,
                 guard_page: true,
                 growth_room: false,
+                ..LargeConfig::UNCACHED
             },
         ] {
             for size in [0, 1, 4095, 4097, 300_000, 2 * MIB - 1, 2 * MIB, 5 * MIB + 3] {

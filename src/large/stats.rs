@@ -7,9 +7,12 @@ use super::LargeAllocator;
 
 /// Relaxed event counters; exact whenever no call is in flight.
 ///
-/// Invariants at quiescence: `live_blocks == maps - unmaps`; `live_bytes` is the sum of
-/// the requested sizes of live blocks and `mapped_bytes` the sum of their `total`s.
-/// Every update adds before it subtracts, so no counter dips below its true value.
+/// Invariants at quiescence: `live_blocks + cached_blocks == maps - unmaps`; `live_bytes`
+/// is the sum of the requested sizes of live blocks and `mapped_bytes` the sum of their
+/// `total`s; `cached_bytes` is the sum of the cached entries' `total`s; `cache_hits +
+/// cache_misses` counts the allocations made while the cache was on. Every update adds
+/// before it subtracts, and a block is counted in its new state before it can leave it,
+/// so no counter dips below zero.
 ///
 /// These are `std` atomics, not `crate::sync`'s: they are statistics, not a protocol
 /// loom could check, and [`LargeAllocator::new`] must stay `const` (loom's are not).
@@ -27,6 +30,10 @@ pub(super) struct Counters {
     pub(super) shrink_in_place: AtomicU64,
     pub(super) relocations: AtomicU64,
     pub(super) copy_fallbacks: AtomicU64,
+    pub(super) cached_blocks: AtomicUsize,
+    pub(super) cached_bytes: AtomicUsize,
+    pub(super) cache_hits: AtomicU64,
+    pub(super) cache_misses: AtomicU64,
     pub(super) node_placements: AtomicU64,
 }
 
@@ -45,6 +52,10 @@ impl Counters {
             shrink_in_place: AtomicU64::new(0),
             relocations: AtomicU64::new(0),
             copy_fallbacks: AtomicU64::new(0),
+            cached_blocks: AtomicUsize::new(0),
+            cached_bytes: AtomicUsize::new(0),
+            cache_hits: AtomicU64::new(0),
+            cache_misses: AtomicU64::new(0),
             node_placements: AtomicU64::new(0),
         }
     }
@@ -64,6 +75,31 @@ impl Counters {
     pub(super) fn on_unmap(&self, size: usize, total: usize) {
         self.live_blocks.fetch_sub(1, Ordering::Relaxed);
         self.resize(size, total, 0, 0);
+        Self::bump(&self.unmaps);
+    }
+
+    /// Records a freed block of `(size, total)` entering the cache (before it is visible).
+    pub(super) fn on_park(&self, size: usize, total: usize) {
+        self.cached_blocks.fetch_add(1, Ordering::Relaxed);
+        self.cached_bytes.fetch_add(total, Ordering::Relaxed);
+        self.live_blocks.fetch_sub(1, Ordering::Relaxed);
+        self.resize(size, total, 0, 0);
+    }
+
+    /// Records a cached mapping of `cached_total` bytes leaving the cache as a live block
+    /// of `size` requested bytes in `total` (after resizing).
+    pub(super) fn on_reuse(&self, size: usize, total: usize, cached_total: usize) {
+        self.live_blocks.fetch_add(1, Ordering::Relaxed);
+        self.resize(0, 0, size, total);
+        self.cached_blocks.fetch_sub(1, Ordering::Relaxed);
+        self.cached_bytes.fetch_sub(cached_total, Ordering::Relaxed);
+        Self::bump(&self.cache_hits);
+    }
+
+    /// Records a cached mapping of `total` bytes being unmapped.
+    pub(super) fn on_evict(&self, total: usize) {
+        self.cached_blocks.fetch_sub(1, Ordering::Relaxed);
+        self.cached_bytes.fetch_sub(total, Ordering::Relaxed);
         Self::bump(&self.unmaps);
     }
 
@@ -97,6 +133,10 @@ impl Counters {
             shrink_in_place: get(&self.shrink_in_place),
             relocations: get(&self.relocations),
             copy_fallbacks: get(&self.copy_fallbacks),
+            cached_blocks: self.cached_blocks.load(Ordering::Relaxed),
+            cached_bytes: self.cached_bytes.load(Ordering::Relaxed),
+            cache_hits: get(&self.cache_hits),
+            cache_misses: get(&self.cache_misses),
             node_placements: get(&self.node_placements),
         }
     }
@@ -105,17 +145,24 @@ impl Counters {
 /// A snapshot of a [`LargeAllocator`]'s counters, from [`LargeAllocator::stats`].
 ///
 /// Exact when no call is in flight; while calls run, each field is a recent value.
+///
+/// Live and cached mappings are counted apart: `live_*` and `mapped_bytes` cover blocks
+/// the program holds, `cached_*` the freed mappings kept for reuse. Both are held from
+/// the OS; at quiescence `maps - unmaps == live_blocks + cached_blocks`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct LargeStats {
     /// Blocks allocated and not yet freed.
     pub live_blocks: usize,
     /// Sum of the requested sizes of live blocks.
     pub live_bytes: usize,
-    /// Sum of the mapping sizes of live blocks (rounding and guard pages included).
+    /// Sum of the mapping sizes of live blocks (rounding and guard pages included; cached
+    /// mappings excluded, see `cached_bytes`).
     pub mapped_bytes: usize,
-    /// Blocks mapped by `alloc` (including the fresh block of a copy fallback).
+    /// Fresh mappings made by `alloc` (including the fresh block of a copy fallback);
+    /// allocations served from the cache are `cache_hits`, not maps.
     pub maps: u64,
-    /// Blocks unmapped by `dealloc` (including the old block of a copy fallback).
+    /// Whole block mappings unmapped: by `dealloc` when the cache does not take them, by
+    /// cache eviction and by [`LargeAllocator::purge`].
     pub unmaps: u64,
     /// Blocks that got reserved huge pages (`MAP_HUGETLB`).
     pub huge_tlb: u64,
@@ -132,6 +179,14 @@ pub struct LargeStats {
     /// Reallocations and relocations the kernel could not do by remapping, done by
     /// allocate-copy-free instead.
     pub copy_fallbacks: u64,
+    /// Freed mappings held in the cache for reuse.
+    pub cached_blocks: usize,
+    /// Their bytes (whole mappings): held from the OS, not live.
+    pub cached_bytes: usize,
+    /// Allocations served by a cached mapping.
+    pub cache_hits: u64,
+    /// Allocations that found no fitting cached mapping (with the cache on).
+    pub cache_misses: u64,
     /// Blocks placed on a chosen node by [`LargeAllocator::alloc_on_node`].
     pub node_placements: u64,
 }

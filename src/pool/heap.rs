@@ -649,17 +649,19 @@ impl HeapInner {
     #[cold]
     #[inline(never)]
     fn alloc_large(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
-        self.large.alloc(layout)
+        // Contents unspecified: a mapping reused from the large cache is not re-zeroed.
+        self.large.alloc_uninit(layout)
     }
 
     /// Allocates a zero-filled fixed block per `layout`; see `Heap::alloc_zeroed`.
     pub(crate) fn alloc_zeroed(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
-        let p = self.alloc(layout)?;
-        if size_class::class_for(layout.size(), layout.align()).is_some() {
-            // SAFETY: the block holds at least `layout.size()` writable bytes. (Large
-            // blocks are fresh mappings and already zero.)
-            unsafe { p.as_ptr().write_bytes(0, layout.size()) };
+        if size_class::class_for(layout.size(), layout.align()).is_none() {
+            // Zeroes what it reuses from the cache; fresh mappings are zero already.
+            return self.large.alloc(layout);
         }
+        let p = self.alloc(layout)?;
+        // SAFETY: the block holds at least `layout.size()` writable bytes.
+        unsafe { p.as_ptr().write_bytes(0, layout.size()) };
         Ok(p)
     }
 
