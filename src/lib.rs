@@ -12,6 +12,7 @@ pub mod large;
 pub mod movable;
 pub mod os;
 pub(crate) mod pool;
+pub mod shm;
 pub mod size_class;
 pub mod stats;
 pub mod store;
@@ -30,5 +31,6 @@ pub use large::{HugePages, LargeAllocator, LargeConfig, LargeStats, MappedAsset}
 pub use movable::{PinGuard, ReadGuard, WriteGuard};
 pub use pool::heap::HeapConfig;
 pub use pool::span::SpanKind;
+pub use shm::{ShmArena, ShmError, ShmHandle, ShmPod, ShmStats};
 pub use stats::{ArenaStats, CentralCounters, HeapStats, HeapWalk, PoolCounters};
 pub use store::{Owned, Ref, RefMut, Shared, Store};
