@@ -182,7 +182,8 @@ impl Drop for Locked<'_> {
 }
 
 fn check_size(size: usize) -> Result<usize, ShmError> {
-    Layout::for_size(size.next_multiple_of(4096)).map(|l| l.size)
+    let rounded = size.checked_next_multiple_of(4096).unwrap_or(usize::MAX);
+    Layout::for_size(rounded).map(|l| l.size)
 }
 
 impl ShmArena {
@@ -859,14 +860,14 @@ impl ShmArena {
         self.map.header().lock.holder()
     }
 
-    /// Test hook for crash tests, not for use: takes the lock, optionally leaves a split
-    /// half-written (as a crash inside `alloc` would), and parks forever holding it. The
-    /// caller is meant to be killed; a peer then recovers the segment.
+    /// Test hook for crash tests, not for use: takes the lock, optionally leaves an
+    /// allocation cut off mid-way (as a crash inside `alloc` would), and parks forever holding
+    /// the lock. The caller is meant to be killed; a peer then recovers the segment.
     #[doc(hidden)]
-    pub fn __park_while_locked(&self, half_split: bool) -> ! {
+    pub fn __park_while_locked(&self, mid_alloc: bool) -> ! {
         let guard = self.lock();
-        if half_split && let Ok(_g) = &guard {
-            let _ = self.heap().half_split(64);
+        if mid_alloc && guard.is_ok() {
+            let _ = self.heap().half_alloc(64);
         }
         std::mem::forget(guard);
         loop {

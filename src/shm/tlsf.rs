@@ -713,9 +713,10 @@ impl<'a> Heap<'a> {
         Ok(())
     }
 
-    /// Test hook: a split written halfway (remainder header written, block not yet shrunk),
-    /// as a crash inside `alloc` would leave it. Lock held. Returns false if no block fits.
-    pub(super) fn half_split(&self, size: u32) -> Result<bool, ShmError> {
+    /// Test hook: an allocation cut off after its last store to the chain (remainder header
+    /// written, block shrunk and marked used) but before the free lists, counters and journal
+    /// were updated, as a crash there would leave it. Lock held. Returns false if no block fits.
+    pub(super) fn half_alloc(&self, size: u32) -> Result<bool, ShmError> {
         let need = (size.saturating_add(HEADER + 15) & !15).max(MIN_BLOCK);
         let c = self.c();
         let fl_map = c.fl_bitmap.load(R);
@@ -731,7 +732,8 @@ impl<'a> Heap<'a> {
             return Ok(false);
         }
         let off = c.heads[fl][(31 - sl_map.leading_zeros()) as usize].load(R);
-        let bsize = self.size_at(off, self.blk(off)?.meta.load(R))?;
+        let b = self.blk(off)?;
+        let bsize = self.size_at(off, b.meta.load(R))?;
         if bsize < need + MIN_BLOCK {
             return Ok(false);
         }
@@ -740,6 +742,8 @@ impl<'a> Heap<'a> {
         j.off.store(off, R);
         j.op.store(OP_ALLOC, R);
         self.write_free_header(off + need, bsize - need, off)?;
+        b.meta
+            .store(u64::from(need) | USED | (u64::from(size) << 32), R);
         Ok(true)
     }
 }
