@@ -89,8 +89,7 @@ fn send(arena: &ShmArena, side: u64, out: &mut impl Write) -> Result<(), String>
 
 /// Receives headers until `end`, checking and freeing each message. Returns the count.
 fn receive(arena: &ShmArena, from: u64, input: impl BufRead) -> Result<u64, String> {
-    let mut n = 0;
-    for line in input.lines() {
+    for (n, line) in (0u64..).zip(input.lines()) {
         let line = line.map_err(|e| e.to_string())?;
         if line == "end" {
             return Ok(n);
@@ -115,7 +114,6 @@ fn receive(arena: &ShmArena, from: u64, input: impl BufRead) -> Result<u64, Stri
         arena
             .free_pod(head)
             .map_err(|e| format!("free header: {e}"))?;
-        n += 1;
     }
     Err("pipe closed before `end`".into())
 }

@@ -297,6 +297,47 @@ fn killed_at_random_points_of_alloc_and_free_never_corrupts() {
     eprintln!("recoveries after 12 kills: {recoveries_seen}");
 }
 
+#[test]
+fn forked_child_takes_the_lock_under_its_own_pid() {
+    if let Some((_, name)) = role() {
+        let arena = ShmArena::open(&name).unwrap();
+        // Caches this process's pid in the lock code.
+        let h = arena.alloc(8, 8).unwrap();
+        arena.free(h).unwrap();
+        // SAFETY: the forked child only takes the lock (atomics, getpid) and parks until killed;
+        // it allocates nothing, so no lock held by another thread at the fork matters.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            arena.__park_while_locked(false);
+        }
+        // With the parent's cached pid the child would hold the lock as *us*: never recovered.
+        wait_for(
+            || arena.lock_holder() == pid as u32,
+            "the forked child to hold the lock",
+        );
+        // SAFETY: signals and reaps our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        let h = arena.alloc(8, 8).unwrap();
+        arena.free(h).unwrap();
+        assert_eq!(arena.check().unwrap().recoveries, 1);
+        println!("SHM ok");
+        return;
+    }
+    let name = unique("fork");
+    let _u = Unlink(name.clone());
+    let _arena = ShmArena::create(&name, 1 << 16).unwrap();
+    let kid = spawn_role(
+        "forked_child_takes_the_lock_under_its_own_pid",
+        "fork",
+        &name,
+    );
+    assert_eq!(child_lines(kid), ["ok"]);
+}
+
 fn dev_shm(name: &str) -> String {
     format!("/dev/shm{name}")
 }

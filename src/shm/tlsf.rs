@@ -90,6 +90,28 @@ struct Block {
     prev_free: AtomicU32,
 }
 
+// Every word below is written only under the heap lock, so read-modify-writes need no
+// `lock`-prefixed instruction: a relaxed load and store (two plain moves) suffice. Lock-free
+// readers only ever load.
+fn add(a: &AtomicU64, v: u64) {
+    a.store(a.load(R).wrapping_add(v), R);
+}
+
+fn sub(a: &AtomicU64, v: u64) {
+    a.store(a.load(R).wrapping_sub(v), R);
+}
+
+fn or32(a: &AtomicU32, bits: u32) {
+    a.store(a.load(R) | bits, R);
+}
+
+/// Clears `bits` and returns what is left.
+fn andn32(a: &AtomicU32, bits: u32) -> u32 {
+    let left = a.load(R) & !bits;
+    a.store(left, R);
+    left
+}
+
 fn size_of_meta(meta: u64) -> u32 {
     (meta as u32) & !15
 }
@@ -208,12 +230,14 @@ impl<'a> Heap<'a> {
 
     fn set_start(&self, off: u32) {
         let (w, m) = self.bit(off);
-        self.bitmap[w].fetch_or(m, R);
+        let word = &self.bitmap[w];
+        word.store(word.load(R) | m, Ordering::Release);
     }
 
     fn clear_start(&self, off: u32) {
         let (w, m) = self.bit(off);
-        self.bitmap[w].fetch_and(!m, R);
+        let word = &self.bitmap[w];
+        word.store(word.load(R) & !m, Ordering::Release);
     }
 
     fn is_start(&self, off: u32) -> bool {
@@ -248,8 +272,8 @@ impl<'a> Heap<'a> {
             self.blk(head)?.prev_free.store(off, R);
         }
         c.heads[fl][sl].store(off, R);
-        c.sl_bitmap[fl].fetch_or(1 << sl, R);
-        c.fl_bitmap.fetch_or(1 << fl, R);
+        or32(&c.sl_bitmap[fl], 1 << sl);
+        or32(&c.fl_bitmap, 1 << fl);
         Ok(())
     }
 
@@ -266,11 +290,8 @@ impl<'a> Heap<'a> {
                 return Err(corrupt("free block not at its list head", off));
             }
             c.heads[fl][sl].store(next, R);
-            if next == 0 {
-                let left = c.sl_bitmap[fl].fetch_and(!(1 << sl), R) & !(1 << sl);
-                if left == 0 {
-                    c.fl_bitmap.fetch_and(!(1 << fl), R);
-                }
+            if next == 0 && andn32(&c.sl_bitmap[fl], 1 << sl) == 0 {
+                andn32(&c.fl_bitmap, 1 << fl);
             }
         }
         if next != 0 {
@@ -351,8 +372,8 @@ impl<'a> Heap<'a> {
         j.off.store(off, R);
         j.op.store(OP_ALLOC, R);
         let n = self.n();
-        n.free_blocks.fetch_sub(1, R);
-        n.free_bytes.fetch_sub(u64::from(bsize), R);
+        sub(&n.free_blocks, 1);
+        sub(&n.free_bytes, u64::from(bsize));
 
         let mut off = off;
         if align > 16 {
@@ -369,8 +390,8 @@ impl<'a> Heap<'a> {
                 self.blk(off)?.meta.store(u64::from(gap), R);
                 j.off.store(new, R);
                 self.insert_free(off, gap)?;
-                n.free_blocks.fetch_add(1, R);
-                n.free_bytes.fetch_add(u64::from(gap), R);
+                add(&n.free_blocks, 1);
+                add(&n.free_bytes, u64::from(gap));
                 off = new;
                 bsize -= gap;
             }
@@ -384,17 +405,17 @@ impl<'a> Heap<'a> {
             b.meta
                 .store(u64::from(need) | USED | (u64::from(size) << 32), R);
             self.insert_free(rem, bsize - need)?;
-            n.free_blocks.fetch_add(1, R);
-            n.free_bytes.fetch_add(u64::from(bsize - need), R);
+            add(&n.free_blocks, 1);
+            add(&n.free_bytes, u64::from(bsize - need));
             bsize = need;
         } else {
             b.meta
                 .store(u64::from(bsize) | USED | (u64::from(size) << 32), R);
         }
-        n.live_blocks.fetch_add(1, R);
-        n.live_bytes.fetch_add(u64::from(size), R);
-        n.used_bytes.fetch_add(u64::from(bsize), R);
-        n.allocs.fetch_add(1, R);
+        add(&n.live_blocks, 1);
+        add(&n.live_bytes, u64::from(size));
+        add(&n.used_bytes, u64::from(bsize));
+        add(&n.allocs, 1);
         j.op.store(OP_NONE, R);
         Ok(Some((off + HEADER, b.gen_.load(R))))
     }
@@ -446,10 +467,10 @@ impl<'a> Heap<'a> {
         fence(Ordering::Release);
         b.meta.store(u64::from(size), R);
         let n = self.n();
-        n.live_blocks.fetch_sub(1, R);
-        n.live_bytes.fetch_sub(req, R);
-        n.used_bytes.fetch_sub(u64::from(size), R);
-        n.frees.fetch_add(1, R);
+        sub(&n.live_blocks, 1);
+        sub(&n.live_bytes, req);
+        sub(&n.used_bytes, u64::from(size));
+        add(&n.frees, 1);
         self.coalesce_and_insert(off, size)?;
         j.op.store(OP_NONE, R);
         Ok(())
@@ -471,8 +492,8 @@ impl<'a> Heap<'a> {
                 b.meta.store(u64::from(size + nsize), R);
                 self.clear_start(next);
                 total += nsize;
-                n.free_blocks.fetch_sub(1, R);
-                n.free_bytes.fetch_sub(u64::from(nsize), R);
+                sub(&n.free_blocks, 1);
+                sub(&n.free_bytes, u64::from(nsize));
             }
         }
         let prev = b.prev.load(R);
@@ -489,14 +510,14 @@ impl<'a> Heap<'a> {
                 self.clear_start(off);
                 start = prev;
                 total += psize;
-                n.free_blocks.fetch_sub(1, R);
-                n.free_bytes.fetch_sub(u64::from(psize), R);
+                sub(&n.free_blocks, 1);
+                sub(&n.free_bytes, u64::from(psize));
             }
         }
         self.set_prev_of_next(start, total, start)?;
         self.insert_free(start, total)?;
-        n.free_blocks.fetch_add(1, R);
-        n.free_bytes.fetch_add(u64::from(total), R);
+        add(&n.free_blocks, 1);
+        add(&n.free_bytes, u64::from(total));
         Ok(())
     }
 
