@@ -60,6 +60,16 @@ fn role() -> Option<(String, String)> {
     Some((std::env::var(ROLE).ok()?, std::env::var(NAME).ok()?))
 }
 
+/// Kills a parked child if the test fails before doing so itself.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill only sends a signal to our own child process (already dead is harmless).
+        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+    }
+}
+
 fn kill(child: &Child) {
     // SAFETY: kill only sends a signal to our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
@@ -184,6 +194,7 @@ fn crash_holder(test: &str, reap_first: bool) {
     let arena = ShmArena::create(&name, 1 << 20).unwrap();
     let mine = arena.alloc_bytes(b"parent data").unwrap();
     let mut kid = spawn_role(test, "park", &name);
+    let _guard = KillOnDrop(kid.id());
     let mut out = BufReader::new(kid.stdout.take().unwrap());
     let mut handles = Vec::new();
     while handles.len() < 3 {
@@ -280,6 +291,7 @@ fn killed_at_random_points_of_alloc_and_free_never_corrupts() {
             "loop",
             &name,
         );
+        let _guard = KillOnDrop(kid.id());
         let mut out = BufReader::new(kid.stdout.take().unwrap());
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
@@ -309,6 +321,8 @@ fn forked_child_takes_the_lock_under_its_own_pid() {
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork failed");
         if pid == 0 {
+            // SAFETY: prctl with integer arguments; dies with its parent if the test fails.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
             arena.__park_while_locked(false);
         }
         // With the parent's cached pid the child would hold the lock as *us*: never recovered.
