@@ -60,13 +60,29 @@ fn role() -> Option<(String, String)> {
     Some((std::env::var(ROLE).ok()?, std::env::var(NAME).ok()?))
 }
 
-/// Kills a parked child if the test fails before doing so itself.
-struct KillOnDrop(u32);
+/// A child that is killed and reaped if the test fails before doing so itself (never signals
+/// a pid after the child was reaped: `Child::kill` checks for a collected status).
+struct Kid(Child);
 
-impl Drop for KillOnDrop {
+impl std::ops::Deref for Kid {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Kid {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Kid {
     fn drop(&mut self) {
-        // SAFETY: kill only sends a signal to our own child process (already dead is harmless).
-        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
 
@@ -193,8 +209,7 @@ fn crash_holder(test: &str, reap_first: bool) {
     let _u = Unlink(name.clone());
     let arena = ShmArena::create(&name, 1 << 20).unwrap();
     let mine = arena.alloc_bytes(b"parent data").unwrap();
-    let mut kid = spawn_role(test, "park", &name);
-    let _guard = KillOnDrop(kid.id());
+    let mut kid = Kid(spawn_role(test, "park", &name));
     let mut out = BufReader::new(kid.stdout.take().unwrap());
     let mut handles = Vec::new();
     while handles.len() < 3 {
@@ -286,12 +301,11 @@ fn killed_at_random_points_of_alloc_and_free_never_corrupts() {
     let mut rng = SmallRng::seed_from_u64(7);
     let mut recoveries_seen = 0;
     for _ in 0..12 {
-        let mut kid = spawn_role(
+        let mut kid = Kid(spawn_role(
             "killed_at_random_points_of_alloc_and_free_never_corrupts",
             "loop",
             &name,
-        );
-        let _guard = KillOnDrop(kid.id());
+        ));
         let mut out = BufReader::new(kid.stdout.take().unwrap());
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
