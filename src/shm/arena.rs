@@ -2,139 +2,15 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
 
 use super::ShmError;
+use super::copy::{copy_in, copy_out};
 use super::handle::{ShmHandle, ShmPod};
 use super::lock::Acquired;
+use super::options::{ShmOptions, ShmStats};
 use super::segment::{self, Layout, Mapping};
 use super::tlsf::{HEADER, Heap};
-
-/// Options for creating or attaching to a segment.
-///
-/// # Examples
-///
-/// ```
-/// use std::time::Duration;
-/// use tidyheap::shm::{ShmArena, ShmOptions};
-///
-/// let opts = ShmOptions::new().attach_timeout(Duration::from_millis(100));
-/// let arena = ShmArena::create_anonymous(1 << 16).unwrap();
-/// let again = ShmArena::from_fd_with(arena.inheritable_fd().unwrap(), &opts).unwrap();
-/// assert_eq!(again.size(), arena.size());
-/// ```
-#[derive(Debug, Clone, Copy)]
-pub struct ShmOptions {
-    attach_timeout: Duration,
-    format_delay: Duration,
-}
-
-impl Default for ShmOptions {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl ShmOptions {
-    /// Default options: attach waits up to 5 s for the formatter, no format delay.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let _ = tidyheap::shm::ShmOptions::new();
-    /// ```
-    pub fn new() -> Self {
-        ShmOptions {
-            attach_timeout: Duration::from_secs(5),
-            format_delay: Duration::ZERO,
-        }
-    }
-
-    /// How long an attacher waits for the segment to become ready before reporting
-    /// [`ShmError::StuckFormatter`].
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let _ = tidyheap::shm::ShmOptions::new().attach_timeout(std::time::Duration::from_secs(1));
-    /// ```
-    pub fn attach_timeout(mut self, timeout: Duration) -> Self {
-        self.attach_timeout = timeout;
-        self
-    }
-
-    /// Makes a creator sleep this long while the segment is `FORMATTING` (to test bootstrap
-    /// races: attachers must wait, not use a half-formatted header).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let _ = tidyheap::shm::ShmOptions::new().format_delay(std::time::Duration::from_millis(1));
-    /// ```
-    pub fn format_delay(mut self, delay: Duration) -> Self {
-        self.format_delay = delay;
-        self
-    }
-}
-
-/// Heap statistics of a segment, a snapshot taken under the lock.
-///
-/// `used_bytes + free_bytes == heap_bytes` always.
-///
-/// # Examples
-///
-/// ```
-/// let arena = tidyheap::shm::ShmArena::create_anonymous(1 << 16).unwrap();
-/// let s = arena.stats().unwrap();
-/// assert_eq!(s.free_blocks, 1);
-/// assert_eq!(s.largest_free, s.free_bytes);
-/// assert_eq!(s.fragmentation(), 0.0);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ShmStats {
-    /// Bytes the TLSF heap manages (segment minus header and bitmap).
-    pub heap_bytes: u64,
-    /// Live (allocated) blocks.
-    pub live_blocks: u64,
-    /// Sum of the requested sizes of live blocks.
-    pub live_bytes: u64,
-    /// Bytes of live blocks including headers, rounding and alignment slack.
-    pub used_bytes: u64,
-    /// Free blocks.
-    pub free_blocks: u64,
-    /// Bytes in free blocks.
-    pub free_bytes: u64,
-    /// Size of the largest free block (including its 16-byte header).
-    pub largest_free: u64,
-    /// Allocations ever made in the segment.
-    pub allocs: u64,
-    /// Frees ever made in the segment.
-    pub frees: u64,
-    /// Times the lock was taken over from a dead holder (and the heap recovered).
-    pub recoveries: u32,
-}
-
-impl ShmStats {
-    /// External fragmentation, `1 - largest_free / free_bytes` (0 when all free memory is one
-    /// block, near 1 when it is scattered in small pieces).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let arena = tidyheap::shm::ShmArena::create_anonymous(1 << 16).unwrap();
-    /// let hs: Vec<_> = (0..8).map(|_| arena.alloc(512, 16).unwrap()).collect();
-    /// arena.free(hs[2]).unwrap();
-    /// assert!(arena.stats().unwrap().fragmentation() > 0.0);
-    /// ```
-    pub fn fragmentation(&self) -> f64 {
-        if self.free_bytes == 0 {
-            0.0
-        } else {
-            1.0 - self.largest_free as f64 / self.free_bytes as f64
-        }
-    }
-}
 
 /// A segment of shared memory with a TLSF heap that several processes allocate from at once.
 ///
@@ -873,61 +749,5 @@ impl ShmArena {
         loop {
             std::thread::park();
         }
-    }
-}
-
-/// Copies `dst.len()` bytes from shared memory at `src` with relaxed atomic loads.
-///
-/// # Safety
-///
-/// `src .. src + dst.len()` must be inside a live mapping.
-unsafe fn copy_out(src: *const u8, dst: &mut [u8]) {
-    let mut i = 0;
-    let len = dst.len();
-    while i < len && !(src as usize + i).is_multiple_of(8) {
-        // SAFETY: `src + i` is in range (caller), any address is aligned for AtomicU8, and
-        // atomics may alias memory other processes write.
-        dst[i] = unsafe { (*(src.add(i) as *const AtomicU8)).load(Ordering::Relaxed) };
-        i += 1;
-    }
-    while i + 8 <= len {
-        // SAFETY: `src + i` is 8-aligned (loop above) and `src + i + 8 <= src + len` is in range.
-        let w = unsafe { (*(src.add(i) as *const AtomicU64)).load(Ordering::Relaxed) };
-        dst[i..i + 8].copy_from_slice(&w.to_ne_bytes());
-        i += 8;
-    }
-    while i < len {
-        // SAFETY: as in the first loop.
-        dst[i] = unsafe { (*(src.add(i) as *const AtomicU8)).load(Ordering::Relaxed) };
-        i += 1;
-    }
-}
-
-/// Copies `src` into shared memory at `dst` with relaxed atomic stores.
-///
-/// # Safety
-///
-/// `dst .. dst + src.len()` must be inside a live mapping.
-unsafe fn copy_in(src: &[u8], dst: *mut u8) {
-    let mut i = 0;
-    let len = src.len();
-    while i < len && !(dst as usize + i).is_multiple_of(8) {
-        // SAFETY: `dst + i` is in range (caller); atomics may alias other processes' accesses.
-        unsafe { (*(dst.add(i) as *const AtomicU8)).store(src[i], Ordering::Relaxed) };
-        i += 1;
-    }
-    while i + 8 <= len {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&src[i..i + 8]);
-        // SAFETY: `dst + i` is 8-aligned and `dst + i + 8` is in range.
-        unsafe {
-            (*(dst.add(i) as *const AtomicU64)).store(u64::from_ne_bytes(w), Ordering::Relaxed)
-        };
-        i += 8;
-    }
-    while i < len {
-        // SAFETY: as in the first loop.
-        unsafe { (*(dst.add(i) as *const AtomicU8)).store(src[i], Ordering::Relaxed) };
-        i += 1;
     }
 }

@@ -84,12 +84,15 @@
 //! fresh generations from a segment-wide counter.
 
 mod arena;
+mod copy;
 mod error;
 mod handle;
 mod lock;
+mod options;
 mod segment;
 mod tlsf;
 
-pub use arena::{ShmArena, ShmOptions, ShmStats};
+pub use arena::ShmArena;
 pub use error::ShmError;
 pub use handle::{ShmHandle, ShmPod};
+pub use options::{ShmOptions, ShmStats};
