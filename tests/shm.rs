@@ -544,6 +544,87 @@ fn user_data_posing_as_a_header_never_resolves() {
 }
 
 #[test]
+fn a_header_recreated_where_one_was_reused_in_place_gets_a_fresh_generation() {
+    let arena = ShmArena::create_anonymous(1 << 16).unwrap();
+    let a = arena.alloc(64, 16).unwrap();
+    let mut b = arena.alloc(64, 16).unwrap();
+    let c = arena.alloc(64, 16).unwrap();
+    // Reuse b's block in place (exact fit, no split, so no new header) many times: each
+    // free bumps its generation, and each old handle must stay stale.
+    let mut stale = Vec::new();
+    for _ in 0..8 {
+        arena.free(b).unwrap();
+        stale.push(b);
+        let again = arena.alloc(64, 16).unwrap();
+        assert_eq!(again.offset(), b.offset());
+        b = again;
+    }
+    // Destroy b's header by merging it into a's block, then recreate it by a split.
+    arena.free(b).unwrap();
+    stale.push(b);
+    arena.free(a).unwrap();
+    let a2 = arena.alloc(64, 16).unwrap();
+    let b2 = arena.alloc(64, 16).unwrap();
+    assert_eq!(b2.offset(), b.offset());
+    for old in stale {
+        assert_eq!(
+            arena.usable_size(old),
+            Err(ShmError::Stale),
+            "{old:?} resolves as {b2:?}"
+        );
+    }
+    for h in [a2, b2, c] {
+        arena.free(h).unwrap();
+    }
+    arena.check().unwrap();
+}
+
+#[test]
+fn a_read_racing_a_free_and_reuse_is_whole_or_stale() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const ROUNDS: u64 = 5000;
+    let arena = ShmArena::create_anonymous(1 << 16).unwrap();
+    let published = AtomicU64::new(0);
+    let seen = AtomicU64::new(0);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for k in 0..ROUNDS {
+                let h = arena.alloc_bytes(&[k as u8; 256]).unwrap();
+                published.store(h.to_bits(), Ordering::Release);
+                // Free only after a read that began after publishing has completed, so every
+                // round has at least one whole read; later reads race the free and the reuse.
+                let start = seen.load(Ordering::Acquire);
+                while seen.load(Ordering::Acquire) < start + 2 {
+                    std::thread::yield_now();
+                }
+                arena.free(h).unwrap();
+            }
+            done.store(true, Ordering::Release);
+        });
+        let (mut whole, mut stale) = (0u64, 0u64);
+        let mut buf = [0u8; 256];
+        while !done.load(Ordering::Acquire) {
+            let h = ShmHandle::from_bits(published.load(Ordering::Acquire));
+            match arena.read(h, 0, &mut buf) {
+                Ok(()) => {
+                    assert!(
+                        buf.iter().all(|&x| x == buf[0]),
+                        "torn or reused bytes: {buf:?}"
+                    );
+                    whole += 1;
+                }
+                Err(ShmError::Stale) => stale += 1,
+                Err(e) => panic!("{e}"),
+            }
+            seen.fetch_add(1, Ordering::Release);
+        }
+        assert!(whole >= ROUNDS, "{whole} whole reads, {stale} stale");
+    });
+    arena.check().unwrap();
+}
+
+#[test]
 fn everything_freed_coalesces_back_to_one_block() {
     for seed in 0..4 {
         let arena = ShmArena::create_anonymous(1 << 20).unwrap();

@@ -8,8 +8,8 @@ use std::marker::PhantomData;
 /// A handle means the same block in every process, whatever address each maps the segment
 /// at, so it can be sent over a pipe or stored inside the segment. When the block is freed its
 /// generation is bumped, so the old handle never resolves again (it reports
-/// [`ShmError::Stale`](super::ShmError::Stale)). Generations are 32-bit: a stale handle could
-/// only match again after 2^32 generation steps at the same offset.
+/// [`ShmError::Stale`](super::ShmError::Stale)). Generations are 32-bit and segment-wide
+/// unique per offset: a stale handle could only match again after 2^32 generations.
 ///
 /// # Examples
 ///

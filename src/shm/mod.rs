@@ -80,8 +80,10 @@
 //! [`ShmHandle`] is 8 bytes: payload offset + generation. It resolves only if a block header
 //! starts at that offset (the block-start bitmap says so, so user data can never pose as a
 //! header), the block is in use, and the generation matches. Freeing bumps the generation
-//! in the block header, so stale handles never resolve; new headers (created by splits) take
-//! fresh generations from a segment-wide counter.
+//! in the block header, so stale handles never resolve; a header created by a split takes a
+//! generation above every one issued so far in the segment (a high-water mark that each bump
+//! raises), so a header recreated where an older one lived cannot repeat that one's
+//! generations. Generations are 32-bit: the guarantee holds until 2^32 of them were issued.
 
 mod arena;
 mod copy;

@@ -51,7 +51,9 @@ pub(super) struct Control {
     fl_bitmap: AtomicU32,
     sl_bitmap: [AtomicU32; FL_COUNT],
     heads: [[AtomicU32; SL_COUNT]; FL_COUNT],
-    /// Source of generations for newly created block headers (never 0).
+    /// The highest generation ever given to any header (never 0). New headers take the next
+    /// one, and every bump on free raises it, so a header recreated at an offset never gets a
+    /// generation an older header there had (until the 32-bit space wraps).
     next_gen: AtomicU32,
 }
 
@@ -246,9 +248,19 @@ impl<'a> Heap<'a> {
     }
 
     fn new_gen(&self) -> u32 {
-        let g = self.c().next_gen.load(R);
-        self.c().next_gen.store(bump(g), R);
-        bump(g)
+        let g = bump(self.c().next_gen.load(R));
+        self.c().next_gen.store(g, R);
+        g
+    }
+
+    /// Stores generation `bump(from)` in `b` and raises the high-water mark to it.
+    fn bump_gen(&self, b: &Block, from: u32, order: Ordering) {
+        let g = bump(from);
+        b.gen_.store(g, order);
+        let c = self.c();
+        if g > c.next_gen.load(R) {
+            c.next_gen.store(g, R);
+        }
     }
 
     /// Writes a fresh free header at `off` (not yet part of the chain until someone's size says so).
@@ -463,7 +475,7 @@ impl<'a> Heap<'a> {
         j.op.store(OP_FREE, R);
         // Generation first: a lock-free reader that re-checks after its copy sees the change
         // before it could see any reuse of the bytes.
-        b.gen_.store(bump(gen_), Ordering::Release);
+        self.bump_gen(b, gen_, Ordering::Release);
         fence(Ordering::Release);
         b.meta.store(u64::from(size), R);
         let n = self.n();
@@ -581,11 +593,11 @@ impl<'a> Heap<'a> {
             if used(meta) && off == jo {
                 let g = b.gen_.load(R);
                 if op == OP_ALLOC {
-                    b.gen_.store(bump(g), R);
+                    self.bump_gen(b, g, R);
                     b.meta.store(u64::from(size), R);
                     repair.rolled_back_alloc = true;
                 } else if op == OP_FREE && (g == jg || g == bump(jg)) {
-                    b.gen_.store(bump(jg), R);
+                    self.bump_gen(b, jg, R);
                     b.meta.store(u64::from(size), R);
                     repair.completed_free = true;
                 }
