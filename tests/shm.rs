@@ -204,7 +204,7 @@ fn park_child(name: &str, mid_alloc: bool) -> ! {
     arena.__park_while_locked(mid_alloc)
 }
 
-fn crash_holder(test: &str, reap_first: bool) {
+fn crash_holder(test: &str, mid_alloc: bool) {
     let name = unique("crash");
     let _u = Unlink(name.clone());
     let arena = ShmArena::create(&name, 1 << 20).unwrap();
@@ -222,7 +222,8 @@ fn crash_holder(test: &str, reap_first: bool) {
     let pid = kid.id();
     wait_for(|| arena.lock_holder() == pid, "the child to hold the lock");
     kill(&kid);
-    if reap_first {
+    // The mid-alloc child is reaped at once; the other is left a zombie until after recovery.
+    if mid_alloc {
         kid.wait().unwrap();
     } else {
         // Leave it a zombie until after recovery: kill(pid, 0) still succeeds on zombies.
@@ -238,6 +239,8 @@ fn crash_holder(test: &str, reap_first: bool) {
     let h = arena.alloc(100, 16).unwrap();
     let s = arena.check().unwrap();
     assert_eq!(s.recoveries, 1);
+    assert_eq!(s.rolled_back_allocs, u64::from(mid_alloc));
+    assert_eq!(s.completed_frees, 0);
     assert_eq!(
         s.live_blocks, 5,
         "3 child blocks + 2 parent blocks; the cut-off alloc rolled back"

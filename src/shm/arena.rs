@@ -678,6 +678,8 @@ impl ShmArena {
             allocs: n.allocs.load(Ordering::Relaxed),
             frees: n.frees.load(Ordering::Relaxed),
             recoveries: h.lock.recoveries.load(Ordering::Relaxed),
+            rolled_back_allocs: n.rolled_back_allocs.load(Ordering::Relaxed),
+            completed_frees: n.completed_frees.load(Ordering::Relaxed),
         })
     }
 

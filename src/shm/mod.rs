@@ -61,7 +61,9 @@
 //! free lists, bitmaps, links and counters from a walk and uses a small journal to roll back an
 //! unfinished alloc or finish an unfinished free. A walk that fails (someone wrote garbage into
 //! the metadata) is detected and reported: the segment is poisoned and every operation returns
-//! [`ShmError::Corrupt`]. Recoveries are counted in [`ShmStats::recoveries`]. Blocks a dead
+//! [`ShmError::Corrupt`]. Recoveries are counted in [`ShmStats::recoveries`], their repairs in
+//! [`ShmStats::rolled_back_allocs`] and [`ShmStats::completed_frees`]. A crash in the middle
+//! of [`ShmArena::write`] leaves that block's bytes partly written. Blocks a dead
 //! process had allocated stay allocated (another process may hold their handles).
 //!
 //! # Sharing data safely

@@ -104,6 +104,11 @@ pub struct ShmStats {
     pub frees: u64,
     /// Times the lock was taken over from a dead holder (and the heap recovered).
     pub recoveries: u32,
+    /// Allocations a crashed holder left half-done, rolled back by recovery (their handles
+    /// never left the lock).
+    pub rolled_back_allocs: u64,
+    /// Frees a crashed holder left half-done, completed by recovery.
+    pub completed_frees: u64,
 }
 
 impl ShmStats {

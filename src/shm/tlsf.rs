@@ -69,6 +69,10 @@ pub(super) struct Counters {
     pub(super) free_bytes: AtomicU64,
     pub(super) allocs: AtomicU64,
     pub(super) frees: AtomicU64,
+    /// Allocations a dead process left half-done, rolled back by recovery.
+    pub(super) rolled_back_allocs: AtomicU64,
+    /// Frees a dead process left half-done, completed by recovery.
+    pub(super) completed_frees: AtomicU64,
 }
 
 /// The intent of the operation in progress under the lock (op 0 = none).
@@ -146,13 +150,6 @@ fn mapping_search(size: u32) -> Option<(usize, usize)> {
         size
     };
     Some(mapping_insert(size))
-}
-
-/// What recovery did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(super) struct Repair {
-    pub(super) rolled_back_alloc: bool,
-    pub(super) completed_free: bool,
 }
 
 /// A view of one segment's heap (valid while the mapping lives).
@@ -565,10 +562,9 @@ impl<'a> Heap<'a> {
 
     /// Rebuilds every derived structure from a walk of the physical chain, finishing the
     /// journalled operation. Lock held (taken over from a dead holder).
-    pub(super) fn recover(&self) -> Result<Repair, ShmError> {
+    pub(super) fn recover(&self) -> Result<(), ShmError> {
         let j = &self.h.journal;
         let (op, jo, jg) = (j.op.load(R), j.off.load(R), j.gen_.load(R));
-        let mut repair = Repair::default();
         let c = self.c();
         c.fl_bitmap.store(0, R);
         for fl in 0..FL_COUNT {
@@ -595,11 +591,11 @@ impl<'a> Heap<'a> {
                 if op == OP_ALLOC {
                     self.bump_gen(b, g, R);
                     b.meta.store(u64::from(size), R);
-                    repair.rolled_back_alloc = true;
+                    add(&self.n().rolled_back_allocs, 1);
                 } else if op == OP_FREE && (g == jg || g == bump(jg)) {
                     self.bump_gen(b, jg, R);
                     b.meta.store(u64::from(size), R);
-                    repair.completed_free = true;
+                    add(&self.n().completed_frees, 1);
                 }
                 meta = b.meta.load(R);
             }
@@ -646,7 +642,7 @@ impl<'a> Heap<'a> {
         n.free_blocks.store(free_blocks, R);
         n.free_bytes.store(free_bytes, R);
         j.op.store(OP_NONE, R);
-        Ok(repair)
+        Ok(())
     }
 
     /// Checks every invariant in the module docs against a full walk. Lock held.
