@@ -192,19 +192,32 @@ fn processes_allocate_concurrently_with_checked_data() {
     assert_eq!(s.recoveries, 0);
 }
 
-/// Child: allocates three blocks, reports them, then parks holding the lock (optionally with an
-/// allocation cut off mid-way) until the parent kills it.
-fn park_child(name: &str, mid_alloc: bool) -> ! {
+/// How the parked child leaves the heap when it is killed.
+#[derive(Clone, Copy, PartialEq)]
+enum Cut {
+    /// Between operations (only the lock is held).
+    Nothing,
+    /// Inside an allocation, after its last store to the block chain.
+    MidAlloc,
+    /// Inside the free of its second block, after the generation bump.
+    MidFree,
+}
+
+/// Child: allocates three blocks, reports them, then parks holding the lock (with an
+/// operation cut off as `cut` says) until the parent kills it.
+fn park_child(name: &str, cut: Cut) -> ! {
     let arena = ShmArena::open(name).unwrap();
+    let mut hs = Vec::new();
     for i in 0..3u64 {
         let p = arena.alloc_pod(&(i * 1000 + 7)).unwrap();
         println!("SHM {}", p.raw().to_bits());
+        hs.push(p.raw());
     }
     std::io::stdout().flush().unwrap();
-    arena.__park_while_locked(mid_alloc)
+    arena.__park_while_locked(cut == Cut::MidAlloc, (cut == Cut::MidFree).then_some(hs[1]))
 }
 
-fn crash_holder(test: &str, mid_alloc: bool) {
+fn crash_holder(test: &str, cut: Cut) {
     let name = unique("crash");
     let _u = Unlink(name.clone());
     let arena = ShmArena::create(&name, 1 << 20).unwrap();
@@ -222,8 +235,8 @@ fn crash_holder(test: &str, mid_alloc: bool) {
     let pid = kid.id();
     wait_for(|| arena.lock_holder() == pid, "the child to hold the lock");
     kill(&kid);
-    // The mid-alloc child is reaped at once; the other is left a zombie until after recovery.
-    if mid_alloc {
+    // The cut children are reaped at once; the other is left a zombie until after recovery.
+    if cut != Cut::Nothing {
         kid.wait().unwrap();
     } else {
         // Leave it a zombie until after recovery: kill(pid, 0) still succeeds on zombies.
@@ -239,13 +252,19 @@ fn crash_holder(test: &str, mid_alloc: bool) {
     let h = arena.alloc(100, 16).unwrap();
     let s = arena.check().unwrap();
     assert_eq!(s.recoveries, 1);
-    assert_eq!(s.rolled_back_allocs, u64::from(mid_alloc));
-    assert_eq!(s.completed_frees, 0);
+    assert_eq!(s.rolled_back_allocs, u64::from(cut == Cut::MidAlloc));
+    assert_eq!(s.completed_frees, u64::from(cut == Cut::MidFree));
+    let freed = u64::from(cut == Cut::MidFree);
     assert_eq!(
-        s.live_blocks, 5,
-        "3 child blocks + 2 parent blocks; the cut-off alloc rolled back"
+        s.live_blocks,
+        5 - freed,
+        "the cut alloc rolled back, the cut free done"
     );
     for (i, &h) in handles.iter().enumerate() {
+        if cut == Cut::MidFree && i == 1 {
+            assert_eq!(arena.usable_size(h), Err(ShmError::Stale));
+            continue;
+        }
         assert_eq!(
             arena.get(ShmPod::<u64>::from_raw(h)).unwrap(),
             i as u64 * 1000 + 7
@@ -266,17 +285,34 @@ fn crash_holder(test: &str, mid_alloc: bool) {
 #[test]
 fn killed_lock_holder_mid_alloc_leaves_segment_usable() {
     if let Some((_, name)) = role() {
-        park_child(&name, true);
+        park_child(&name, Cut::MidAlloc);
     }
-    crash_holder("killed_lock_holder_mid_alloc_leaves_segment_usable", true);
+    crash_holder(
+        "killed_lock_holder_mid_alloc_leaves_segment_usable",
+        Cut::MidAlloc,
+    );
 }
 
 #[test]
 fn killed_lock_holder_left_as_zombie_is_recovered() {
     if let Some((_, name)) = role() {
-        park_child(&name, false);
+        park_child(&name, Cut::Nothing);
     }
-    crash_holder("killed_lock_holder_left_as_zombie_is_recovered", false);
+    crash_holder(
+        "killed_lock_holder_left_as_zombie_is_recovered",
+        Cut::Nothing,
+    );
+}
+
+#[test]
+fn killed_lock_holder_mid_free_has_its_free_completed() {
+    if let Some((_, name)) = role() {
+        park_child(&name, Cut::MidFree);
+    }
+    crash_holder(
+        "killed_lock_holder_mid_free_has_its_free_completed",
+        Cut::MidFree,
+    );
 }
 
 #[test]
@@ -340,7 +376,7 @@ fn forked_child_takes_the_lock_under_its_own_pid() {
         if pid == 0 {
             // SAFETY: prctl with integer arguments; dies with its parent if the test fails.
             unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-            arena.__park_while_locked(false);
+            arena.__park_while_locked(false, None);
         }
         // With the parent's cached pid the child would hold the lock as *us*: never recovered.
         wait_for(

@@ -739,13 +739,19 @@ impl ShmArena {
     }
 
     /// Test hook for crash tests, not for use: takes the lock, optionally leaves an
-    /// allocation cut off mid-way (as a crash inside `alloc` would), and parks forever holding
-    /// the lock. The caller is meant to be killed; a peer then recovers the segment.
+    /// allocation (`mid_alloc`) or the free of `mid_free` cut off mid-way, as a crash inside
+    /// them would, and parks forever holding the lock. The caller is meant to be killed; a
+    /// peer then recovers the segment.
     #[doc(hidden)]
-    pub fn __park_while_locked(&self, mid_alloc: bool) -> ! {
+    pub fn __park_while_locked(&self, mid_alloc: bool, mid_free: Option<ShmHandle>) -> ! {
         let guard = self.lock();
-        if mid_alloc && guard.is_ok() {
-            let _ = self.heap().half_alloc(64);
+        if guard.is_ok() {
+            if mid_alloc {
+                let _ = self.heap().half_alloc(64);
+            }
+            if let Some(h) = mid_free {
+                let _ = self.heap().half_free(h.offset, h.generation);
+            }
         }
         std::mem::forget(guard);
         loop {

@@ -777,6 +777,20 @@ impl<'a> Heap<'a> {
     }
 }
 
+impl Heap<'_> {
+    /// Test hook: a free cut off after its first store (generation bumped, block still marked
+    /// used), as a crash there would leave it. Lock held.
+    pub(super) fn half_free(&self, payload: u32, gen_: u32) -> Result<(), ShmError> {
+        let (off, _) = self.resolve(payload, gen_)?;
+        let j = &self.h.journal;
+        j.off.store(off, R);
+        j.gen_.store(gen_, R);
+        j.op.store(OP_FREE, R);
+        self.bump_gen(self.blk(off)?, gen_, Ordering::Release);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
