@@ -49,6 +49,9 @@ pub struct Heap {
     compactor: Compactor,
     /// Next store tag; tags are never reused (see `movable`).
     next_tag: AtomicU32,
+    /// The event sink (`src/events.rs`), set only while the heap is built.
+    #[cfg(feature = "events")]
+    pub(crate) events: Option<std::sync::Arc<dyn crate::events::HeapEvents>>,
 }
 
 // SAFETY: `HeapInner` is designed for shared use across threads (atomics, locks and
@@ -117,6 +120,8 @@ impl Heap {
             handles: HandleTable::new(),
             compactor: Compactor::new(),
             next_tag: AtomicU32::new(u32::from(crate::movable::RAW_TAG) + 1),
+            #[cfg(feature = "events")]
+            events: None,
         })
     }
 
@@ -163,7 +168,13 @@ impl Heap {
     /// ```
     #[inline]
     pub fn alloc(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
-        self.inner().alloc(layout)
+        let p = self.inner().alloc(layout)?;
+        // Event hook: alloc before the pointer is returned.
+        emit!(
+            self,
+            on_alloc(self.raw_pool(p), p.as_ptr().addr(), layout.size())
+        );
+        Ok(p)
     }
 
     /// Allocates `size` bytes aligned to `align`, validating both.
@@ -203,7 +214,13 @@ impl Heap {
     /// unsafe { heap.dealloc(p, layout) };
     /// ```
     pub fn alloc_zeroed(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
-        self.inner().alloc_zeroed(layout)
+        let p = self.inner().alloc_zeroed(layout)?;
+        // Event hook: alloc before the pointer is returned.
+        emit!(
+            self,
+            on_alloc(self.raw_pool(p), p.as_ptr().addr(), layout.size())
+        );
+        Ok(p)
     }
 
     /// Frees a block.
@@ -220,6 +237,11 @@ impl Heap {
     /// the block's size class (a caller bug that would otherwise corrupt the heap).
     #[inline]
     pub unsafe fn dealloc(&self, ptr: NonNull<u8>, layout: Layout) {
+        // Event hook: free before the block can be reused.
+        emit!(
+            self,
+            on_free(self.raw_pool(ptr), ptr.as_ptr().addr(), layout.size())
+        );
         // SAFETY: forwarded from the caller.
         unsafe { self.inner().dealloc(ptr, layout) }
     }
@@ -244,8 +266,20 @@ impl Heap {
         layout: Layout,
         new_size: usize,
     ) -> Result<NonNull<u8>, AllocError> {
+        // Event hook: free(old) before the old block can be reused; on failure it is
+        // still the caller's, so alloc(old) again.
+        emit!(
+            self,
+            on_free(self.raw_pool(ptr), ptr.as_ptr().addr(), layout.size())
+        );
         // SAFETY: forwarded from the caller.
-        unsafe { self.inner().realloc(ptr, layout, new_size) }
+        let r = unsafe { self.inner().realloc(ptr, layout, new_size) };
+        #[cfg(feature = "events")]
+        {
+            let (p, size) = r.map_or((ptr, layout.size()), |p| (p, new_size));
+            emit!(self, on_alloc(self.raw_pool(p), p.as_ptr().addr(), size));
+        }
+        r
     }
 
     /// The bytes usable in any block allocated with `layout`: its size class, or the
@@ -311,6 +345,8 @@ impl Heap {
 
 impl Drop for Heap {
     fn drop(&mut self) {
+        // Event hook: the heap's blocks die with it.
+        emit!(self, on_heap_drop());
         // SAFETY: we own the heap; nobody can use it after drop (no outstanding
         // borrows), and its blocks die with it per the type's contract.
         unsafe {

@@ -38,6 +38,8 @@ use core::ops::{Deref, DerefMut};
 use core::ptr::NonNull;
 use std::sync::atomic::Ordering;
 
+#[cfg(feature = "events")]
+use crate::events::Pool;
 use crate::handle::{RawHandle, SlotPin, SlotRead, SlotWrite};
 use crate::heap::{Heap, layout_for};
 use crate::pool::heap::HeapInner;
@@ -129,9 +131,21 @@ impl HeapInner {
         let want = self.movable_epoch.load(Ordering::Relaxed);
         if tc.movable_epoch.load(Ordering::Relaxed) != want {
             tc.movable_epoch.store(want, Ordering::Relaxed);
-            // SAFETY: the calling thread owns its record.
-            unsafe { self.flush_cache(tc, Some(SpanKind::Movable)) };
+            self.flush_evacuated_classes(tc);
         }
+    }
+
+    /// The slow path of `honor_movable_epoch`. The class mask is only a hint (a thread
+    /// that races with a new plan may flush the previous plan's classes): flushing
+    /// helps sources empty sooner, it is never needed for soundness.
+    #[cold]
+    #[inline(never)]
+    fn flush_evacuated_classes(&self, tc: &crate::pool::thread_cache::ThreadCache) {
+        let [lo, hi] = &self.movable_flush_classes;
+        let mask =
+            u128::from(lo.load(Ordering::Relaxed)) | u128::from(hi.load(Ordering::Relaxed)) << 64;
+        // SAFETY: the calling thread owns its record.
+        unsafe { self.flush_classes(tc, Some(SpanKind::Movable), mask) };
     }
 
     /// The span and index of movable block `block`.
@@ -164,6 +178,11 @@ impl Heap {
         };
         let inner = self.inner();
         let block = inner.alloc_block(class, layout.size(), SpanKind::Movable)?;
+        // Event hook: alloc before the owner is published to the compactor.
+        emit!(
+            self,
+            on_alloc(Pool::Movable, block.as_ptr().addr(), layout.size())
+        );
         init(block);
         let (span, i) = inner.movable_block(block);
         // SAFETY: `span` is movable and `i` is one of its blocks.
@@ -175,6 +194,11 @@ impl Heap {
             Ok(h) => h,
             Err(e) => {
                 undo(block);
+                // Event hook: free before the block goes back to a free list.
+                emit!(
+                    self,
+                    on_free(Pool::Movable, block.as_ptr().addr(), layout.size())
+                );
                 // SAFETY: the block was allocated above and never published.
                 unsafe { inner.free_block(block, class, layout.size(), SpanKind::Movable) };
                 return Err(e);
@@ -213,11 +237,21 @@ impl Heap {
                     header,
                 });
         }
+        // Event hook: alloc before the handle exists.
+        emit!(
+            self,
+            on_alloc(Pool::Large, block.as_ptr().addr(), layout.size())
+        );
         init(block);
         match self.handles().insert(tag_ptr(block, tag)) {
             Ok(h) => Ok(h),
             Err(e) => {
                 undo(block);
+                // Event hook: free before the mapping is unmapped.
+                emit!(
+                    self,
+                    on_free(Pool::Large, block.as_ptr().addr(), layout.size())
+                );
                 // SAFETY: the mapping was made above with `map` and never published.
                 unsafe { large.dealloc(base, map) };
                 Err(e)
@@ -253,6 +287,8 @@ impl Heap {
         if inner.span_of(block).is_none() {
             // SAFETY: a movable block outside every span is a large movable block.
             let (len, header) = unsafe { large_header_of(block) };
+            // Event hook: the slot is vacant (no move can race); free before unmapping.
+            emit!(self, on_free(Pool::Large, block.as_ptr().addr(), len));
             before_free(block);
             // SAFETY: the slot is vacant, so the mapping is ours; it was made with this
             // layout (`large_layout` of the same length and header) at `block - header`.
@@ -266,6 +302,9 @@ impl Heap {
         // SAFETY: movable span, valid index.
         let meta = unsafe { span.meta(i) };
         let len = meta.len();
+        // Event hook: the slot is vacant (no move can race); free before the block
+        // goes back to a free list.
+        emit!(self, on_free(Pool::Movable, block.as_ptr().addr(), len));
         meta.owner.store(0, Ordering::Release);
         span.live.fetch_sub(1, Ordering::Relaxed);
         before_free(block);
@@ -368,11 +407,22 @@ impl Heap {
         // SAFETY: we hold the move lock on a live large movable block.
         let (len, header) = unsafe { large_header_of(block) };
         let map = large_layout(len, header)?;
+        // Event hook (move lock held): free(old) before the remap unmaps it; on failure
+        // the block stays, so alloc(old) again.
+        emit!(self, on_free(Pool::Large, block.as_ptr().addr(), len));
         // SAFETY: the mapping at `block - header` was made with `map`; the move lock
         // keeps every other thread away from it until the slot points at the new place.
-        let base = unsafe { inner.large.relocate(block.sub(header), map)? };
+        let base = match unsafe { inner.large.relocate(block.sub(header), map) } {
+            Ok(base) => base,
+            Err(e) => {
+                emit!(self, on_alloc(Pool::Large, block.as_ptr().addr(), len));
+                return Err(e.into());
+            }
+        };
         // SAFETY: the block's bytes (header included) moved with the pages.
         let moved = unsafe { base.add(header) };
+        // Event hook (move lock held): alloc(new) before anyone else can reach it.
+        emit!(self, on_alloc(Pool::Large, moved.as_ptr().addr(), len));
         // SAFETY: we hold the move lock; `moved` holds the same bytes.
         unsafe { mv.set_ptr(tag_ptr(moved, tag)) };
         drop(mv);

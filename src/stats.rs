@@ -1,6 +1,6 @@
 //! Statistics: relaxed counters cheap enough to leave on, summed on demand.
 //!
-//! Definitions (DESIGN.md): *live bytes* are the requested sizes of live blocks;
+//! Definitions (`docs/design.md`): *live bytes* are the requested sizes of live blocks;
 //! *committed bytes* are the bytes of spans currently held from the OS (decommitted
 //! spans do not count). Every figure is exact at quiescence (no allocation or free in
 //! flight on any thread); while threads run, each counter is individually up to date
@@ -95,6 +95,8 @@ pub struct ArenaStats {
     pub returns: u64,
     /// Emptied spans whose pages went back to the OS.
     pub decommits: u64,
+    /// Purged spans committed again for reuse (each one page-faults back in).
+    pub recommits: u64,
     /// Times the arena lock was taken.
     pub lock_acquisitions: u64,
     /// Thread caches assigned to this arena so far.
@@ -231,9 +233,8 @@ impl crate::Heap {
                 }
                 for list in &st.empty {
                     for s in list.iter() {
-                        if s.state().committed {
-                            w.committed_bytes += s.bytes;
-                        }
+                        debug_assert!(s.state().committed);
+                        w.committed_bytes += s.bytes;
                     }
                 }
             }

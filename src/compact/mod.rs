@@ -15,6 +15,37 @@
 //! its budgets need; a full compaction runs passes, and plans, until a plan finds
 //! nothing to gain.
 //!
+//! # A plan never outlives its spans (DESIGN invariant 7)
+//!
+//! Between two passes of one plan the program keeps running: it frees blocks, so a
+//! planned span can empty, be retired, be trimmed, and be re-initialised by the arena
+//! for another class or for fixed blocks. So a plan names each span together with its
+//! *incarnation* (`Span::incarnation`, bumped by every re-initialisation), and every use
+//! of a planned span is re-validated under the span's arena lock:
+//!
+//! * a source becomes evacuating only if its incarnation is still the planned one
+//!   (`Arena::start_evacuation`);
+//! * a pass starts reading a source's side table only if it is still the evacuating span
+//!   of the planned incarnation (`Arena::start_scanning`); while it reads without the
+//!   lock, the span is marked *scanning* and is not retired even if it empties, so it
+//!   cannot be re-initialised under the pass; the pass retires it when it stops
+//!   scanning (`Arena::stop_scanning`, also on unwind);
+//! * a block is taken from a target only if the target is still the movable span of
+//!   the planned incarnation, on its partial list (`Arena::take_from`).
+//!
+//! So *a planned move never touches a span whose incarnation changed since it was
+//! planned*; a span that changed simply drops out of the plan.
+//!
+//! # Observers
+//!
+//! Observers are called on the compacting thread after the moved block's old copy went
+//! home, so a panicking observer loses no block (the panic then unwinds out of the
+//! pass, which leaves the heap consistent). The observer list is copied on write and
+//! each pass works on the list it started with: an observer may [`Heap::subscribe`]
+//! (the new observer hears from the next pass on), read or free handles, and call
+//! [`Heap::compact`] or [`Heap::compact_full`] (which return at once with
+//! `ran == false`: a pass is already running on this heap).
+//!
 //! # Moving one block (DESIGN invariant 2)
 //!
 //! ```text
@@ -43,6 +74,7 @@
 mod background;
 #[cfg(all(test, loom))]
 mod loom_move;
+mod moves;
 mod report;
 
 use core::ptr::NonNull;
@@ -54,39 +86,68 @@ use parking_lot::{Mutex, RwLock};
 
 pub use background::BackgroundCompactor;
 pub use report::{
-    Budget, ClassFragmentation, CompactionObserver, CompactionReport, Fragmentation, MoveEvent,
+    Budget, ClassFragmentation, CompactionObserver, CompactionPolicy, CompactionReport,
+    Fragmentation, MoveEvent,
 };
 
-use crate::handle::{HandleTable, MoveSkip};
+#[cfg(feature = "events")]
+use crate::events::PassPhase;
 use crate::heap::Heap;
-use crate::movable::{tag_ptr, untag};
-use crate::pool::arena::RETAIN_EMPTY_BYTES;
+use crate::pool::arena::Arena;
 use crate::pool::heap::HeapInner;
-use crate::pool::span::{ListId, Span, SpanKind, geometry};
-use crate::size_class::{self, NUM_CLASSES};
+use crate::pool::span::{Span, SpanKind, geometry};
+use crate::size_class::NUM_CLASSES;
+
+/// A span as a plan saw it: valid for the plan only while the span's incarnation is
+/// still `incarnation` (see the module docs).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Planned {
+    span: NonNull<Span>,
+    incarnation: u32,
+}
+
+impl Planned {
+    fn of(span: &Span) -> Self {
+        Self {
+            span: NonNull::from(span),
+            incarnation: span.incarnation(),
+        }
+    }
+
+    fn span(&self) -> &Span {
+        // SAFETY: span records live in the heap's span table, at stable addresses, for
+        // the heap's life, and a plan lives inside its heap. What the record describes
+        // may have changed: callers re-validate `incarnation` under the arena lock.
+        unsafe { self.span.as_ref() }
+    }
+}
 
 /// A compaction plan in progress.
 #[derive(Default)]
 struct Plan {
     active: bool,
     /// Sources, in evacuation order.
-    sources: Vec<NonNull<Span>>,
+    sources: Vec<Planned>,
     /// Targets per class; the last one is filled first.
-    targets: Vec<Vec<NonNull<Span>>>,
+    targets: Vec<Vec<Planned>>,
     /// Next source and next block index in it.
     cursor: (usize, usize),
     /// Spans that served as targets during the current full compaction.
-    were_targets: Vec<NonNull<Span>>,
+    were_targets: Vec<Planned>,
 }
 
 // SAFETY: the span pointers refer to records of the heap that owns this plan and
 // outlives it; they are only followed by the thread holding the plan's mutex.
 unsafe impl Send for Plan {}
 
+type Observers = Arc<[Arc<dyn CompactionObserver>]>;
+
 /// The compactor's per-heap state.
 pub(crate) struct Compactor {
     plan: Mutex<Plan>,
-    observers: RwLock<Vec<Arc<dyn CompactionObserver>>>,
+    policy: Mutex<CompactionPolicy>,
+    /// Copied on write, so a pass calls observers without holding this lock.
+    observers: RwLock<Observers>,
     has_observers: AtomicBool,
 }
 
@@ -94,9 +155,81 @@ impl Compactor {
     pub(crate) fn new() -> Self {
         Self {
             plan: Mutex::new(Plan::default()),
-            observers: RwLock::new(Vec::new()),
+            policy: Mutex::new(CompactionPolicy::DEFAULT),
+            observers: RwLock::new(Arc::new([])),
             has_observers: AtomicBool::new(false),
         }
+    }
+
+    /// The current observers, or `None` (one load) when there are none.
+    fn observers(&self) -> Option<Observers> {
+        self.has_observers
+            .load(Ordering::Acquire)
+            .then(|| self.observers.read().clone())
+    }
+}
+
+/// A source span a pass is scanning (see `Arena::start_scanning`). Dropping it ends the
+/// scan without ending the evacuation, also when an observer's panic unwinds the pass.
+struct Scan<'a> {
+    arena: &'a Arena,
+    span: &'a Span,
+}
+
+impl<'a> Scan<'a> {
+    /// Starts scanning `p` if it is still the planned evacuating span; returns the scan
+    /// and how many blocks the span carved.
+    fn start(inner: &'a HeapInner, p: &'a Planned) -> Option<(Self, usize)> {
+        let span = p.span();
+        let arena = &inner.arenas[span.arena as usize];
+        let mut st = arena.lock();
+        // SAFETY: the arena lock is held; `span` belongs to this arena (fixed for the
+        // record's life).
+        let carved = unsafe { arena.start_scanning(&mut st, span, p.incarnation) }?;
+        Some((Self { arena, span }, carved))
+    }
+
+    /// Ends the scan; if `finished`, the evacuation too. Returns whether the span was
+    /// retired (it had no block out).
+    fn stop(self, finished: bool) -> bool {
+        let this = core::mem::ManuallyDrop::new(self);
+        let mut st = this.arena.lock();
+        // SAFETY: lock held; the span belongs to this arena and we scan it.
+        unsafe { this.arena.stop_scanning(&mut st, this.span, finished) }
+    }
+}
+
+impl Drop for Scan<'_> {
+    fn drop(&mut self) {
+        let mut st = self.arena.lock();
+        // SAFETY: lock held; the span belongs to this arena and we scan it.
+        unsafe { self.arena.stop_scanning(&mut st, self.span, false) };
+    }
+}
+
+thread_local! {
+    /// The compactor whose pass this thread is running, if any (observers run inside
+    /// passes and may call back into the heap).
+    static IN_PASS: core::cell::Cell<*const Compactor> =
+        const { core::cell::Cell::new(core::ptr::null()) };
+}
+
+/// Marks this thread as running a pass of `c` until dropped (also on unwind).
+struct PassMark(*const Compactor);
+
+impl PassMark {
+    fn enter(c: &Compactor) -> Self {
+        Self(IN_PASS.replace(c))
+    }
+
+    fn inside(c: &Compactor) -> bool {
+        core::ptr::eq(IN_PASS.get(), c)
+    }
+}
+
+impl Drop for PassMark {
+    fn drop(&mut self) {
+        IN_PASS.set(self.0);
     }
 }
 
@@ -104,13 +237,6 @@ impl core::fmt::Debug for Compactor {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Compactor").finish_non_exhaustive()
     }
-}
-
-/// Why a block was not moved.
-enum Outcome {
-    Moved(usize),
-    Skipped(MoveSkip),
-    NoRoom,
 }
 
 impl HeapInner {
@@ -135,10 +261,13 @@ impl HeapInner {
         }
     }
 
-    /// Committed bytes of movable spans, and the live bytes of movable pool blocks.
+    /// Committed bytes of movable spans serving a class, and the live bytes of movable
+    /// pool blocks, from the counters (exact at quiescence; no span walk).
     fn movable_usage(&self) -> (usize, usize) {
-        let mut committed = 0;
-        self.for_each_movable_span(|s| committed += s.bytes);
+        let committed = self.arenas[..self.arena_count()]
+            .iter()
+            .map(|a| a.counters.movable.load(Ordering::Relaxed))
+            .sum();
         (
             committed,
             self.counters(SpanKind::Movable).live_bytes() as usize,
@@ -184,11 +313,14 @@ impl Heap {
         let Some(mut plan) = compactor.plan.try_lock() else {
             return CompactionReport::default();
         };
+        let _mark = PassMark::enter(compactor);
         self.pass(&mut plan, budget, false)
     }
 
     /// Runs passes until nothing more can be gained (one *full* compaction) and returns
-    /// the summed report.
+    /// the summed report. Waits for a pass running on another thread to end first;
+    /// called from an observer of this heap (inside a pass), returns at once with
+    /// `ran == false`.
     ///
     /// # Examples
     ///
@@ -203,7 +335,11 @@ impl Heap {
     /// ```
     pub fn compact_full(&self) -> CompactionReport {
         let compactor = self.compactor();
+        if PassMark::inside(compactor) {
+            return CompactionReport::default();
+        }
         let mut plan = compactor.plan.lock();
+        let _mark = PassMark::enter(compactor);
         plan.were_targets.clear();
         let mut total = CompactionReport::default();
         let mut first = true;
@@ -226,7 +362,8 @@ impl Heap {
     }
 
     /// Subscribes `observer` to move and pass events. Observers cost nothing while none
-    /// is subscribed.
+    /// is subscribed. May be called from an observer: the new one hears from the next
+    /// pass on.
     ///
     /// # Examples
     ///
@@ -249,8 +386,67 @@ impl Heap {
     /// ```
     pub fn subscribe(&self, observer: Arc<dyn CompactionObserver>) {
         let c = self.compactor();
-        c.observers.write().push(observer);
+        let mut list = c.observers.write();
+        *list = list.iter().cloned().chain([observer]).collect();
         c.has_observers.store(true, Ordering::Release);
+    }
+
+    /// Removes every subscription of `observer` (compared by address); returns whether
+    /// there was one. May be called from an observer: a pass in progress keeps calling
+    /// the observers it started with.
+    ///
+    /// An observer that holds an `Arc` of the heap it observes keeps that heap alive
+    /// until it is unsubscribed (hold a `Weak` to avoid the cycle).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tidyheap::{CompactionObserver, Heap};
+    ///
+    /// struct Quiet;
+    /// impl CompactionObserver for Quiet {}
+    /// let heap = Heap::new();
+    /// let o: Arc<dyn CompactionObserver> = Arc::new(Quiet);
+    /// heap.subscribe(o.clone());
+    /// assert!(heap.unsubscribe(&o));
+    /// assert!(!heap.unsubscribe(&o));
+    /// ```
+    pub fn unsubscribe(&self, observer: &Arc<dyn CompactionObserver>) -> bool {
+        let c = self.compactor();
+        let mut list = c.observers.write();
+        let kept: Observers = list
+            .iter()
+            .filter(|o| !Arc::ptr_eq(o, observer))
+            .cloned()
+            .collect();
+        let removed = kept.len() != list.len();
+        c.has_observers.store(!kept.is_empty(), Ordering::Release);
+        *list = kept;
+        removed
+    }
+
+    /// Sets when budgeted passes plan new work and when they give memory back; see
+    /// [`CompactionPolicy`]. Takes effect from the next pass.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tidyheap::{CompactionPolicy, Heap};
+    /// let heap = Heap::new();
+    /// heap.set_compaction_policy(CompactionPolicy {
+    ///     min_fragmentation: 0.2,
+    ///     ..CompactionPolicy::DEFAULT
+    /// });
+    /// assert_eq!(heap.compaction_policy().min_fragmentation, 0.2);
+    /// ```
+    pub fn set_compaction_policy(&self, policy: CompactionPolicy) {
+        *self.compactor().policy.lock() = policy;
+    }
+
+    /// The policy budgeted passes follow.
+    pub fn compaction_policy(&self) -> CompactionPolicy {
+        *self.compactor().policy.lock()
     }
 
     /// Fragmentation of the movable heap, with its parts and per-class holes. Walks
@@ -317,58 +513,77 @@ impl Heap {
             committed_before: c0,
             ..Default::default()
         };
-        if !plan.active {
+        // Event hook: pass phases (zones in a profiler).
+        emit!(self, on_pass_phase(PassPhase::Begin));
+        let policy = *self.compactor().policy.lock();
+        // A budgeted pass plans only when enough of the heap is holes; a full compaction
+        // always does.
+        if !plan.active && (full || report.fragmentation_before >= policy.min_fragmentation) {
+            emit!(self, on_pass_phase(PassPhase::Plan));
             self.build_plan(plan, full);
         }
+        emit!(self, on_pass_phase(PassPhase::Moves));
+        let observers = self.compactor().observers();
         let table = self.handles();
         'sources: while plan.cursor.0 < plan.sources.len() {
-            // SAFETY: plan spans are records of this heap, alive as long as it is.
-            let span = unsafe { plan.sources[plan.cursor.0].as_ref() };
-            let class = span.class();
-            let carved = {
-                let _st = inner.arenas[span.arena as usize].lock();
-                // SAFETY: the span's arena lock is held.
-                unsafe { span.state().carved as usize }
+            let planned = plan.sources[plan.cursor.0];
+            let Some((scan, carved)) = Scan::start(inner, &planned) else {
+                // Emptied (and maybe reused) since it was planned: not ours any more.
+                plan.cursor = (plan.cursor.0 + 1, 0);
+                continue;
             };
+            let span = planned.span();
+            let class = span.class();
             while plan.cursor.1 < carved {
-                let i = plan.cursor.1;
-                // SAFETY: movable span, `i < carved <= capacity`.
-                let meta = unsafe { span.meta(i) };
-                let owner = meta.owner.load(Ordering::Acquire);
-                if owner != 0 {
-                    let len = meta.len();
-                    if budget
-                        .blocks
-                        .is_some_and(|b| report.blocks_moved >= b as u64)
-                        || budget
-                            .bytes
-                            .is_some_and(|b| report.bytes_moved + len as u64 > b as u64)
-                        || budget.time.is_some_and(|t| start.elapsed() >= t)
-                    {
-                        break 'sources;
-                    }
-                    match self.move_block(table, span, i, owner - 1, &mut plan.targets[class]) {
-                        Outcome::Moved(n) => {
-                            report.blocks_moved += 1;
-                            report.bytes_moved += n as u64;
-                        }
-                        Outcome::Skipped(MoveSkip::Busy) => report.skipped_busy += 1,
-                        Outcome::Skipped(MoveSkip::Pinned) => report.skipped_pinned += 1,
-                        Outcome::Skipped(_) => {}
-                        Outcome::NoRoom => {
-                            plan.cursor.1 = carved;
+                // Gather the next batch of live blocks within the budget (time is checked
+                // once per batch: a batch copies at most `MAX_BATCH_BYTES`).
+                let mut batch = moves::Batch::new();
+                let mut out_of_budget = budget.time.is_some_and(|t| start.elapsed() >= t);
+                while !out_of_budget && plan.cursor.1 < carved && !batch.is_full() {
+                    let i = plan.cursor.1;
+                    // SAFETY: a movable span of the planned geometry (we scan it, so it is
+                    // not re-initialised), and `i < carved <= capacity`.
+                    let meta = unsafe { span.meta(i) };
+                    let owner = meta.owner.load(Ordering::Acquire);
+                    if owner != 0 {
+                        let len = meta.len();
+                        let (blocks, bytes) = batch.would_move(len);
+                        if budget
+                            .blocks
+                            .is_some_and(|b| report.blocks_moved + blocks > b as u64)
+                            || budget
+                                .bytes
+                                .is_some_and(|b| report.bytes_moved + bytes > b as u64)
+                        {
+                            out_of_budget = true;
                             break;
                         }
+                        batch.push(i, owner - 1, len);
+                    }
+                    plan.cursor.1 += 1;
+                }
+                let done = self.move_batch(table, span, &batch, &mut plan.targets[class]);
+                report.blocks_moved += done.moved() as u64;
+                report.bytes_moved += done.events().map(|e| e.size as u64).sum::<u64>();
+                report.skipped_busy += done.busy;
+                report.skipped_pinned += done.pinned;
+                if let Some(obs) = &observers {
+                    for ev in done.events() {
+                        obs.iter().for_each(|o| o.on_move(ev));
                     }
                 }
-                plan.cursor.1 += 1;
-            }
-            // SAFETY: as above.
-            unsafe {
-                let _st = inner.arenas[span.arena as usize].lock();
-                if span.state().list == ListId::Empty {
-                    report.spans_emptied += 1;
+                if done.no_room {
+                    plan.cursor.1 = carved;
                 }
+                if out_of_budget {
+                    if scan.stop(false) {
+                        report.spans_emptied += 1;
+                    }
+                    break 'sources;
+                }
+            }
+            if scan.stop(true) {
+                report.spans_emptied += 1;
             }
             plan.cursor = (plan.cursor.0 + 1, 0);
         }
@@ -376,49 +591,42 @@ impl Heap {
             self.finish_plan(plan);
             report.complete = true;
         }
-        // Emptied spans were kept committed during the moves; hand back what exceeds
-        // the arenas' retention, within what is left of the time budget (a full
-        // compaction trims everything at its end).
+        // Purge what has been empty for the policy's delay beyond what recent demand
+        // says to retain, within what is left of the time budget (a full compaction
+        // trims everything at its end).
+        emit!(self, on_pass_phase(PassPhase::Purge));
         let deadline = budget.time.map(|t| start + t);
-        report.bytes_released = inner.trim_to(RETAIN_EMPTY_BYTES, deadline) as u64;
+        report.bytes_released = inner.purge_for_pass(policy.purge_delay_passes, deadline) as u64;
         let (c1, l1) = inner.movable_usage();
         report.fragmentation_after = ratio(c1, l1);
         report.committed_after = c1;
         report.elapsed = start.elapsed();
-        let c = self.compactor();
-        if c.has_observers.load(Ordering::Acquire) {
-            for o in c.observers.read().iter() {
-                o.on_pass(&report);
-            }
+        emit!(self, on_pass_phase(PassPhase::End));
+        if let Some(obs) = &observers {
+            obs.iter().for_each(|o| o.on_pass(&report));
         }
         report
     }
 
-    /// Tells every observer about a move (one relaxed load when nobody listens).
+    /// Tells every observer about a move made outside a pass (one load when nobody
+    /// listens).
     pub(crate) fn notify_move(&self, ev: MoveEvent) {
-        let c = self.compactor();
-        if c.has_observers.load(Ordering::Acquire) {
-            for o in c.observers.read().iter() {
-                o.on_move(&ev);
-            }
+        if let Some(obs) = self.compactor().observers() {
+            obs.iter().for_each(|o| o.on_move(&ev));
         }
     }
 
     fn build_plan(&self, plan: &mut Plan, full: bool) {
         let inner = self.inner();
-        inner.movable_epoch.fetch_add(1, Ordering::Relaxed);
-        if let Some(tc) = inner.thread_cache() {
-            // SAFETY: the calling thread owns its record.
-            unsafe { inner.flush_cache(tc, Some(SpanKind::Movable)) };
-        }
-        inner.drain_central(Some(SpanKind::Movable));
         plan.sources.clear();
         plan.targets = vec![Vec::new(); NUM_CLASSES];
         plan.cursor = (0, 0);
-        let mut by_class: Vec<Vec<(NonNull<Span>, u32)>> = vec![Vec::new(); NUM_CLASSES];
+        let mut by_class: Vec<Vec<(Planned, u32)>> = vec![Vec::new(); NUM_CLASSES];
         inner.for_each_movable_span(|s| {
-            by_class[s.class()].push((NonNull::from(s), s.live.load(Ordering::Relaxed)));
+            by_class[s.class()].push((Planned::of(s), s.live.load(Ordering::Relaxed)));
         });
+        const { assert!(NUM_CLASSES <= 128, "class masks are u128") };
+        let mut evacuated: u128 = 0;
         for (class, mut spans) in by_class.into_iter().enumerate() {
             let cap = geometry(class, SpanKind::Movable).1 as u64;
             let live: u64 = spans.iter().map(|&(_, l)| u64::from(l)).sum();
@@ -428,121 +636,63 @@ impl Heap {
             }
             spans.sort_by_key(|&(_, l)| core::cmp::Reverse(l));
             let (targets, rest) = spans.split_at(needed);
-            let sources: Vec<_> = rest
+            // The spans were seen under their arena locks, released since: each source
+            // is re-validated as it starts evacuating.
+            let sources: Vec<Planned> = rest
                 .iter()
                 .rev()
-                .map(|&(s, _)| s)
-                .filter(|s| !(full && plan.were_targets.contains(s)))
+                .map(|&(p, _)| p)
+                .filter(|p| !(full && plan.were_targets.contains(p)))
+                .filter(|p| {
+                    let arena = &inner.arenas[p.span().arena as usize];
+                    let mut st = arena.lock();
+                    // SAFETY: lock held; the span belongs to this arena.
+                    unsafe { arena.start_evacuation(&mut st, p.span(), p.incarnation) }
+                })
                 .collect();
             if sources.is_empty() {
                 continue;
             }
-            for &s in &sources {
-                // SAFETY: a record of this heap.
-                let span = unsafe { s.as_ref() };
-                let arena = &inner.arenas[span.arena as usize];
-                let mut st = arena.lock();
-                // SAFETY: lock held; a movable span of this arena.
-                unsafe { arena.start_evacuation(&mut st, span) };
-            }
+            evacuated |= 1 << class;
             plan.sources.extend(sources);
-            plan.targets[class] = targets.iter().rev().map(|&(s, _)| s).collect();
+            plan.targets[class] = targets.iter().rev().map(|&(p, _)| p).collect();
             if full {
-                plan.were_targets.extend(targets.iter().map(|&(s, _)| s));
+                plan.were_targets.extend(targets.iter().map(|&(p, _)| p));
             }
         }
         plan.active = true;
+        if evacuated != 0 {
+            // Free blocks cached by threads keep sources from emptying: ask every
+            // thread to flush the evacuated classes (honoured on its next movable
+            // operation), flush ours, and send the central lists' batches home.
+            let [lo, hi] = &inner.movable_flush_classes;
+            lo.store(evacuated as u64, Ordering::Relaxed);
+            hi.store((evacuated >> 64) as u64, Ordering::Relaxed);
+            inner.movable_epoch.fetch_add(1, Ordering::Relaxed);
+            if let Some(tc) = inner.thread_cache() {
+                // SAFETY: the calling thread owns its record.
+                unsafe { inner.flush_classes(tc, Some(SpanKind::Movable), evacuated) };
+            }
+            inner.drain_central(Some(SpanKind::Movable));
+        }
     }
 
     fn finish_plan(&self, plan: &mut Plan) {
         let inner = self.inner();
-        for s in plan.sources.drain(..) {
-            // SAFETY: a record of this heap.
-            let span = unsafe { s.as_ref() };
+        for p in plan.sources.drain(plan.cursor.0.min(plan.sources.len())..) {
+            let span = p.span();
             let arena = &inner.arenas[span.arena as usize];
             let mut st = arena.lock();
-            // SAFETY: lock held; the span belongs to this arena.
-            unsafe { arena.end_evacuation(&mut st, span) };
+            if span.incarnation() == p.incarnation {
+                // SAFETY: lock held; the span belongs to this arena and nobody scans it
+                // (scans end before their pass does).
+                unsafe { arena.end_evacuation(&mut st, span) };
+            }
         }
+        plan.sources.clear();
         plan.targets.clear();
         plan.cursor = (0, 0);
         plan.active = false;
-    }
-
-    /// Moves block `i` of `source`, owned by slot `index`, into one of `targets`.
-    fn move_block(
-        &self,
-        table: &HandleTable,
-        source: &Span,
-        i: usize,
-        index: u32,
-        targets: &mut Vec<NonNull<Span>>,
-    ) -> Outcome {
-        let inner = self.inner();
-        let old = source.block(i);
-        let Some(slot) = table.slot(index) else {
-            return Outcome::Skipped(MoveSkip::Gone);
-        };
-        let Some(tagged) = NonNull::new(slot.ptr()) else {
-            return Outcome::Skipped(MoveSkip::Gone);
-        };
-        let (addr, tag) = untag(tagged);
-        if addr != old {
-            return Outcome::Skipped(MoveSkip::Gone);
-        }
-        let mut mv = match table.try_lock_move(index, tagged) {
-            Ok(mv) => mv,
-            Err(skip) => return Outcome::Skipped(skip),
-        };
-        // SAFETY: movable span, valid index.
-        let meta = unsafe { source.meta(i) };
-        // An allocation publishes its owner last: until then the block is not ours to move.
-        if meta.owner.load(Ordering::Acquire) != index + 1 {
-            return Outcome::Skipped(MoveSkip::Gone);
-        }
-        let len = meta.len();
-        let new = loop {
-            let Some(&t) = targets.last() else {
-                return Outcome::NoRoom;
-            };
-            // SAFETY: a record of this heap.
-            let target = unsafe { t.as_ref() };
-            let arena = &inner.arenas[target.arena as usize];
-            let mut st = arena.lock();
-            // SAFETY: lock held; a movable span of this arena.
-            if let Some(b) = unsafe { arena.take_from(&mut st, target) } {
-                break b;
-            }
-            targets.pop();
-        };
-        // SAFETY: `old` is a live block of `len` bytes that nobody can access (we hold
-        // the move lock); `new` is a fresh block of the same class in another span.
-        unsafe { core::ptr::copy_nonoverlapping(old.as_ptr(), new.as_ptr(), len) };
-        let (target, ni) = inner.movable_block(new);
-        // SAFETY: movable span, valid index.
-        let new_meta = unsafe { target.meta(ni) };
-        new_meta.set_len(len);
-        target.live.fetch_add(1, Ordering::Relaxed);
-        new_meta.owner.store(index + 1, Ordering::Release);
-        // SAFETY: we hold the move lock, and `new` holds a complete copy.
-        unsafe { mv.set_ptr(tag_ptr(new, tag)) };
-        meta.owner.store(0, Ordering::Release);
-        source.live.fetch_sub(1, Ordering::Relaxed);
-        let handle = mv.handle();
-        drop(mv);
-        self.notify_move(MoveEvent {
-            handle,
-            from: old.as_ptr().addr(),
-            to: new.as_ptr().addr(),
-            size: len,
-            class_size: size_class::size(source.class()),
-        });
-        let arena = &inner.arenas[source.arena as usize];
-        let mut st = arena.lock();
-        // SAFETY: lock held; `old` is an out block of `source` that nobody references
-        // any more (the slot points at `new`).
-        unsafe { arena.put_block(&mut st, source, old, false) };
-        Outcome::Moved(len)
     }
 }
 

@@ -22,7 +22,7 @@
 //! matched" and "I hold a guard", because freeing is itself a compare-exchange on the same
 //! word that requires the lock word to be empty, and bumps the generation. So a guard is
 //! only ever granted on the block the handle named, and while any guard lives the block
-//! can be neither freed nor moved (DESIGN.md invariants 2 and 3).
+//! can be neither freed nor moved (invariants 2 and 3 of `docs/design.md`).
 //!
 //! # The kinds of access (see [`Slot`] for the bit layout)
 //!

@@ -32,9 +32,13 @@ const CHUNK_BYTES: usize = 64 << 20;
 const MAX_CHUNKS: usize = 1 << 16;
 /// Most span records a heap can hold.
 const MAX_SPANS: usize = 1 << 22;
-/// Bytes of emptied spans an arena keeps committed for quick reuse before it starts
-/// handing emptied spans' pages back to the OS.
-pub(crate) const RETAIN_EMPTY_BYTES: usize = 1 << 20;
+/// Bytes of empty spans an arena always keeps committed for quick reuse, whatever its
+/// recent demand.
+pub(crate) const MIN_RETAIN_BYTES: usize = 1 << 20;
+/// The retention high-water mark closes `1 / HIGH_WATER_DECAY` of its gap to the
+/// current demand at every purge (every compaction pass): about 64 passes (a second at
+/// 60 frames a second) for two thirds of the gap.
+const HIGH_WATER_DECAY: usize = 64;
 
 /// Where span regions and records come from. One per heap, behind its own lock.
 #[derive(Debug)]
@@ -194,6 +198,8 @@ pub(crate) struct ArenaCounters {
     pub(crate) returns: AtomicU64,
     /// Emptied spans whose pages went back to the OS.
     pub(crate) decommits: AtomicU64,
+    /// Purged spans whose pages were committed again for reuse.
+    pub(crate) recommits: AtomicU64,
     /// Lock acquisitions (a proxy for contention).
     pub(crate) locks: AtomicU64,
 }
@@ -204,10 +210,17 @@ pub(crate) struct ArenaState {
     pub(crate) full: [[SpanList; NUM_CLASSES]; 2],
     /// Compaction sources per class (movable spans only).
     pub(crate) evacuating: [SpanList; NUM_CLASSES],
-    /// Empty spans by length in units (index = units − 1).
+    /// Empty committed spans by length in units (index = units − 1); the newest at the
+    /// head, so the tail is the span empty for longest (the purge clock only grows).
     pub(crate) empty: [SpanList; SPAN_LENGTHS],
-    /// Bytes of committed spans on the empty lists.
+    /// Empty spans whose pages were purged, by length.
+    pub(crate) purged: [SpanList; SPAN_LENGTHS],
+    /// Bytes of the spans on the `empty` lists.
     pub(crate) empty_committed: usize,
+    /// Decaying high-water mark of the bytes of committed spans serving a class: the
+    /// demand the arena saw lately, which sizes how much empty memory it retains. Raised
+    /// whenever a span starts serving; decayed by each pass's purge.
+    pub(crate) high_water: usize,
 }
 
 // SAFETY: the span pointers in the lists refer to records owned by the heap; the state
@@ -220,6 +233,9 @@ pub(crate) struct Arena {
     pub(crate) index: u32,
     pub(crate) lock: Mutex<ArenaState>,
     pub(crate) counters: ArenaCounters,
+    /// The purge clock: advanced by every compaction pass. A span retired at tick `t`
+    /// may be purged from tick `t + delay` on.
+    pub(crate) tick: AtomicU64,
 }
 
 impl Arena {
@@ -231,8 +247,11 @@ impl Arena {
                 full: [const { [const { SpanList::new() }; NUM_CLASSES] }; 2],
                 evacuating: [const { SpanList::new() }; NUM_CLASSES],
                 empty: [const { SpanList::new() }; SPAN_LENGTHS],
+                purged: [const { SpanList::new() }; SPAN_LENGTHS],
                 empty_committed: 0,
+                high_water: 0,
             }),
+            tick: AtomicU64::new(0),
             counters: ArenaCounters {
                 spans: AtomicUsize::new(0),
                 committed: AtomicUsize::new(0),
@@ -241,6 +260,7 @@ impl Arena {
                 refills: AtomicU64::new(0),
                 returns: AtomicU64::new(0),
                 decommits: AtomicU64::new(0),
+                recommits: AtomicU64::new(0),
                 locks: AtomicU64::new(0),
             },
         }
@@ -269,30 +289,32 @@ impl Arena {
         }
         let bytes = size_class::span_bytes(class);
         let units = bytes / SPAN_UNIT;
-        let span: &'a Span = match NonNull::new(st.empty[units - 1].head) {
-            Some(s) => {
-                // SAFETY: as above.
-                let span = unsafe { &*s.as_ptr() };
-                // SAFETY: the arena lock is held (we have `st`); the span is on this list.
-                unsafe { st.empty[units - 1].remove(span) };
-                // SAFETY: lock held.
-                let committed = unsafe { span.state().committed };
-                if committed {
-                    st.empty_committed -= bytes;
-                } else {
-                    // Touching decommitted pages commits them again.
-                    // SAFETY: lock held.
-                    unsafe { span.state().committed = true };
-                    self.counters.committed.fetch_add(bytes, Ordering::Relaxed);
-                }
-                span
+        // Committed empty spans first (no page faults), then purged ones, then new.
+        let span: &'a Span = if let Some(s) = NonNull::new(st.empty[units - 1].head) {
+            // SAFETY: list members are live spans of this heap, which `source` outlives.
+            let span = unsafe { &*s.as_ptr() };
+            // SAFETY: the arena lock is held (we have `st`); the span is on this list.
+            unsafe { st.empty[units - 1].remove(span) };
+            st.empty_committed -= bytes;
+            span
+        } else if let Some(s) = NonNull::new(st.purged[units - 1].head) {
+            // SAFETY: as above.
+            let span = unsafe { &*s.as_ptr() };
+            // SAFETY: as above; touching purged pages commits them again.
+            unsafe {
+                st.purged[units - 1].remove(span);
+                let state = span.state();
+                state.committed = true;
+                state.lazily_purged = false;
             }
-            None => {
-                let span = source.new_span(bytes, self.index)?;
-                self.counters.regions.fetch_add(1, Ordering::Relaxed);
-                self.counters.committed.fetch_add(bytes, Ordering::Relaxed);
-                span
-            }
+            self.counters.committed.fetch_add(bytes, Ordering::Relaxed);
+            self.counters.recommits.fetch_add(1, Ordering::Relaxed);
+            span
+        } else {
+            let span = source.new_span(bytes, self.index)?;
+            self.counters.regions.fetch_add(1, Ordering::Relaxed);
+            self.counters.committed.fetch_add(bytes, Ordering::Relaxed);
+            span
         };
         // SAFETY: lock held; the span is empty (fresh, or taken from an empty list).
         unsafe {
@@ -300,6 +322,8 @@ impl Arena {
             st.partial[k][class].push(span, ListId::Partial);
         }
         self.counters.spans.fetch_add(1, Ordering::Relaxed);
+        let in_use = self.counters.committed.load(Ordering::Relaxed) - st.empty_committed;
+        st.high_water = st.high_water.max(in_use);
         if kind == SpanKind::Movable {
             self.counters
                 .movable
@@ -348,21 +372,16 @@ impl Arena {
     }
 
     /// Brings `block` home to `span`, moving the span between lists as it fills up or
-    /// empties. An emptied span's pages go back to the OS past the retention limit if
-    /// `decommit`; otherwise it stays committed until a `trim_to` (the compactor defers
-    /// the `madvise` calls to the end of its pass, where its time budget governs them).
+    /// empties. An emptied span stays committed on the empty list: freeing never calls
+    /// the OS; a later purge (`purge`, `trim`) decides when its pages go back.
+    /// An emptied compaction source that a pass is scanning stays on the evacuating list:
+    /// the pass retires it when it stops scanning (`stop_scanning`).
     ///
     /// # Safety
     ///
     /// * `st` is this arena's locked state and `span` belongs to this arena;
     /// * `block` is an out block of `span` that nobody uses any more.
-    pub(crate) unsafe fn put_block(
-        &self,
-        st: &mut ArenaState,
-        span: &Span,
-        block: NonNull<u8>,
-        decommit: bool,
-    ) {
+    pub(crate) unsafe fn put_block(&self, st: &mut ArenaState, span: &Span, block: NonNull<u8>) {
         self.counters.returns.fetch_add(1, Ordering::Relaxed);
         let (k, class) = (span.kind() as usize, span.class());
         // SAFETY: forwarded from the caller.
@@ -376,66 +395,146 @@ impl Arena {
             if span.out() == 0 {
                 match span.state().list {
                     ListId::Partial => st.partial[k][class].remove(span),
-                    ListId::Evacuating => st.evacuating[class].remove(span),
+                    ListId::Evacuating if !span.state().scanning => {
+                        st.evacuating[class].remove(span)
+                    }
                     _ => return,
                 }
-                self.retire_empty(st, span, decommit);
+                self.retire_empty(st, span);
             }
         }
     }
 
     /// Makes `span` a compaction source: off the partial/full lists, so no refill takes
-    /// blocks from it.
-    ///
-    /// # Safety
-    ///
-    /// Lock held (`st`); `span` is a movable span of this arena serving a class.
-    pub(crate) unsafe fn start_evacuation(&self, st: &mut ArenaState, span: &Span) {
-        let class = span.class();
-        let k = SpanKind::Movable as usize;
-        // SAFETY: forwarded from the caller.
-        unsafe {
-            match span.state().list {
-                ListId::Partial => st.partial[k][class].remove(span),
-                ListId::Full => st.full[k][class].remove(span),
-                _ => return,
-            }
-            span.state().evacuating = true;
-            st.evacuating[class].push(span, ListId::Evacuating);
-        }
-    }
-
-    /// Ends `span`'s evacuation: back on the partial or full list (an emptied span left
-    /// the evacuating list already, in `put_block`).
+    /// blocks from it. Returns false, and leaves the span alone, if it is no longer the
+    /// movable span of the life `incarnation` that was planned (it emptied and was
+    /// retired, or was re-initialised, since the plan looked at it).
     ///
     /// # Safety
     ///
     /// Lock held (`st`); `span` belongs to this arena.
-    pub(crate) unsafe fn end_evacuation(&self, st: &mut ArenaState, span: &Span) {
+    pub(crate) unsafe fn start_evacuation(
+        &self,
+        st: &mut ArenaState,
+        span: &Span,
+        incarnation: u32,
+    ) -> bool {
+        if span.incarnation() != incarnation || span.kind() != SpanKind::Movable {
+            return false;
+        }
+        let class = span.class();
+        let k = SpanKind::Movable as usize;
+        // SAFETY: forwarded from the caller; the list checked is the one the span is on.
+        unsafe {
+            match span.state().list {
+                ListId::Partial => st.partial[k][class].remove(span),
+                ListId::Full => st.full[k][class].remove(span),
+                _ => return false,
+            }
+            st.evacuating[class].push(span, ListId::Evacuating);
+        }
+        true
+    }
+
+    /// Starts a pass's scan of source `span`: returns how many blocks it carved, or
+    /// `None` if it is no longer the evacuating span of life `incarnation` (it emptied
+    /// and was retired meanwhile, and maybe re-initialised: the pass must not touch it).
+    /// While scanning, the span is not retired if it empties (see [`SpanState`]), so its
+    /// side table stays its own until [`Arena::stop_scanning`].
+    ///
+    /// # Safety
+    ///
+    /// Lock held (`st`, which proves it); `span` belongs to this arena.
+    ///
+    /// [`SpanState`]: super::span::SpanState
+    pub(crate) unsafe fn start_scanning(
+        &self,
+        _st: &mut ArenaState,
+        span: &Span,
+        incarnation: u32,
+    ) -> Option<usize> {
+        // SAFETY: forwarded from the caller.
+        let state = unsafe { span.state() };
+        if span.incarnation() != incarnation || state.list != ListId::Evacuating {
+            return None;
+        }
+        debug_assert!(!state.scanning, "one pass scans a span at a time");
+        state.scanning = true;
+        Some(state.carved as usize)
+    }
+
+    /// Ends a scan started by [`Arena::start_scanning`]. If `finished`, the span's
+    /// evacuation ends too: it goes back on the partial or full list, or is retired if
+    /// it is empty; otherwise it stays a source (a later pass resumes it) unless it is
+    /// empty, in which case it is retired. Returns whether it was retired.
+    ///
+    /// # Safety
+    ///
+    /// Lock held (`st`); `span` belongs to this arena and is being scanned.
+    pub(crate) unsafe fn stop_scanning(
+        &self,
+        st: &mut ArenaState,
+        span: &Span,
+        finished: bool,
+    ) -> bool {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            debug_assert!(span.state().scanning && span.state().list == ListId::Evacuating);
+            span.state().scanning = false;
+            if finished || span.out() == 0 {
+                self.end_evacuation(st, span)
+            } else {
+                false
+            }
+        }
+    }
+
+    /// Ends `span`'s evacuation: back on the partial or full list, or retired if it has
+    /// no block out. Returns whether it
+    /// was retired. A span that is no longer evacuating (it emptied while nobody scanned
+    /// it, and was retired) is left alone.
+    ///
+    /// # Safety
+    ///
+    /// Lock held (`st`); `span` belongs to this arena and is not being scanned.
+    pub(crate) unsafe fn end_evacuation(&self, st: &mut ArenaState, span: &Span) -> bool {
         let class = span.class();
         let k = SpanKind::Movable as usize;
         // SAFETY: forwarded from the caller.
         unsafe {
             if span.state().list != ListId::Evacuating {
-                return;
+                return false;
             }
             st.evacuating[class].remove(span);
-            span.state().evacuating = false;
+            if span.out() == 0 {
+                self.retire_empty(st, span);
+                return true;
+            }
             if span.has_room() {
                 st.partial[k][class].push(span, ListId::Partial);
             } else {
                 st.full[k][class].push(span, ListId::Full);
             }
         }
+        false
     }
 
-    /// Takes one block from `span` for a compaction move, or `None` if it is full,
+    /// Takes one block from `span` for a compaction move, or `None` if it is full or no
+    /// longer the movable span of life `incarnation` that the plan chose as a target,
     /// keeping the lists right.
     ///
     /// # Safety
     ///
-    /// Lock held (`st`); `span` is a movable span of this arena on its partial list.
-    pub(crate) unsafe fn take_from(&self, st: &mut ArenaState, span: &Span) -> Option<NonNull<u8>> {
+    /// Lock held (`st`); `span` belongs to this arena.
+    pub(crate) unsafe fn take_from(
+        &self,
+        st: &mut ArenaState,
+        span: &Span,
+        incarnation: u32,
+    ) -> Option<NonNull<u8>> {
+        if span.incarnation() != incarnation || span.kind() != SpanKind::Movable {
+            return None;
+        }
         // SAFETY: forwarded from the caller.
         unsafe {
             if span.state().list != ListId::Partial {
@@ -443,21 +542,22 @@ impl Arena {
             }
             let b = span.take()?;
             if !span.has_room() {
-                let (k, c) = (span.kind() as usize, span.class());
-                st.partial[k][c].remove(span);
-                st.full[k][c].push(span, ListId::Full);
+                let c = span.class();
+                st.partial[SpanKind::Movable as usize][c].remove(span);
+                st.full[SpanKind::Movable as usize][c].push(span, ListId::Full);
             }
             Some(b)
         }
     }
 
-    /// Moves an emptied span to the empty list, decommitting it past the retention
-    /// limit.
+    /// Moves an emptied span to the head of the empty list, stamped with the purge
+    /// clock. Its pages stay committed until a purge.
     ///
     /// # Safety
     ///
-    /// Lock held (`st`), `span` belongs to this arena, is on no list and has no block out.
-    pub(crate) unsafe fn retire_empty(&self, st: &mut ArenaState, span: &Span, decommit: bool) {
+    /// Lock held (`st`), `span` belongs to this arena, is on no list, is committed and
+    /// has no block out.
+    pub(crate) unsafe fn retire_empty(&self, st: &mut ArenaState, span: &Span) {
         let units = span.bytes / SPAN_UNIT;
         self.counters.spans.fetch_sub(1, Ordering::Relaxed);
         if span.kind() == SpanKind::Movable {
@@ -467,62 +567,137 @@ impl Arena {
         }
         // SAFETY: forwarded from the caller.
         unsafe {
-            if decommit && st.empty_committed + span.bytes > RETAIN_EMPTY_BYTES {
-                self.decommit_span(span);
-            } else {
-                st.empty_committed += span.bytes;
-            }
+            debug_assert!(span.state().committed);
+            span.state().emptied_at = self.tick.load(Ordering::Relaxed);
+            st.empty_committed += span.bytes;
             st.empty[units - 1].push(span, ListId::Empty);
         }
     }
 
-    /// Hands `span`'s pages back to the OS.
+    /// Purges (`MADV_FREE`) empty spans, oldest first, while more than the retention
+    /// stays committed, and only spans empty for at least `min_age` ticks, until
+    /// `deadline` (checked before each `madvise`). The retention is sized by recent
+    /// demand: the decaying
+    /// high-water mark of committed serving spans, less what serves now (at least
+    /// [`MIN_RETAIN_BYTES`]). Called once per compaction pass, which also advances the
+    /// clock the age counts in.
+    pub(crate) fn purge_for_pass(
+        &self,
+        min_age: u64,
+        deadline: Option<std::time::Instant>,
+    ) -> usize {
+        self.tick.fetch_add(1, Ordering::Relaxed);
+        let mut st = self.lock();
+        let in_use = self.counters.committed.load(Ordering::Relaxed) - st.empty_committed;
+        let gap = st.high_water.saturating_sub(in_use);
+        st.high_water = in_use.max(st.high_water - gap / HIGH_WATER_DECAY);
+        let retain = (st.high_water - in_use).max(MIN_RETAIN_BYTES);
+        // SAFETY: we hold the lock.
+        unsafe { self.purge_locked(&mut st, retain, min_age, true, deadline) }
+    }
+
+    /// Purges empty spans, oldest first, while more than `retain` bytes of them stay
+    /// committed: only spans empty for at least `min_age` ticks, and only until
+    /// `deadline`. `lazy` purges with `MADV_FREE` (cheap; the kernel takes the pages
+    /// under memory pressure), otherwise with `MADV_DONTNEED` (the pages go back at
+    /// once). Returns the bytes purged.
+    ///
+    /// # Safety
+    ///
+    /// `st` is this arena's locked state.
+    unsafe fn purge_locked(
+        &self,
+        st: &mut ArenaState,
+        retain: usize,
+        min_age: u64,
+        lazy: bool,
+        deadline: Option<std::time::Instant>,
+    ) -> usize {
+        let now = self.tick.load(Ordering::Relaxed);
+        let mut freed = 0;
+        for units in 0..SPAN_LENGTHS {
+            while st.empty_committed > retain {
+                let Some(tail) = NonNull::new(st.empty[units].tail) else {
+                    break;
+                };
+                // SAFETY: list members are live spans of this arena; lock held.
+                let span = unsafe { tail.as_ref() };
+                // SAFETY: lock held.
+                let emptied_at = unsafe { span.state().emptied_at };
+                if now.wrapping_sub(emptied_at) < min_age
+                    || deadline.is_some_and(|d| std::time::Instant::now() >= d)
+                {
+                    // The tail is the oldest of its list: nothing younger qualifies.
+                    break;
+                }
+                // SAFETY: lock held; empty-list spans are committed with no block out.
+                if !unsafe { self.decommit_span(span, lazy) } {
+                    break;
+                }
+                // SAFETY: lock held; the span is on this empty list.
+                unsafe {
+                    st.empty[units].remove(span);
+                    st.purged[units].push(span, ListId::Purged);
+                }
+                st.empty_committed -= span.bytes;
+                freed += span.bytes;
+            }
+        }
+        freed
+    }
+
+    /// Hands every empty span's pages back to the OS at once (`MADV_DONTNEED`, also for
+    /// spans purged lazily before); returns the bytes that stopped counting as committed.
+    pub(crate) fn trim(&self) -> usize {
+        let mut st = self.lock();
+        // SAFETY: we hold the lock.
+        let freed = unsafe { self.purge_locked(&mut st, 0, 0, false, None) };
+        for list in &st.purged {
+            // SAFETY: lock held for the iteration; purging does not unlink.
+            for span in unsafe { list.iter() } {
+                // SAFETY: lock held; purged spans have no block out and dead contents.
+                unsafe {
+                    if span.state().lazily_purged
+                        && os::decommit(NonNull::new_unchecked(span.base as *mut u8), span.bytes)
+                            .is_ok()
+                    {
+                        span.state().lazily_purged = false;
+                    }
+                }
+            }
+        }
+        freed
+    }
+
+    /// Hands `span`'s pages back to the OS (lazily with `MADV_FREE` if `lazy`, where the
+    /// kernel supports it); returns whether it did.
     ///
     /// # Safety
     ///
     /// Lock held; `span` belongs to this arena, is committed and has no block out.
-    unsafe fn decommit_span(&self, span: &Span) {
+    unsafe fn decommit_span(&self, span: &Span, lazy: bool) -> bool {
+        let base = span.base as *mut u8;
         // SAFETY: the span's region is one of our page-aligned mappings and holds no
-        // live block (caller contract).
+        // live block (caller contract); `base` is non-null.
         let ok = unsafe {
-            os::decommit(NonNull::new_unchecked(span.base as *mut u8), span.bytes).is_ok()
+            if lazy {
+                os::purge_lazily(NonNull::new_unchecked(base), span.bytes).is_ok()
+            } else {
+                os::decommit(NonNull::new_unchecked(base), span.bytes).is_ok()
+            }
         };
         if ok {
             // SAFETY: lock held.
-            unsafe { span.state().committed = false };
+            unsafe {
+                let state = span.state();
+                state.committed = false;
+                state.lazily_purged = lazy;
+            }
             self.counters
                 .committed
                 .fetch_sub(span.bytes, Ordering::Relaxed);
             self.counters.decommits.fetch_add(1, Ordering::Relaxed);
         }
-    }
-
-    /// Hands empty spans' pages back to the OS until at most `retain` bytes of empty
-    /// spans stay committed, or `deadline` passes (checked before each `madvise`);
-    /// returns the bytes freed.
-    pub(crate) fn trim_to(&self, retain: usize, deadline: Option<std::time::Instant>) -> usize {
-        let mut st = self.lock();
-        let mut freed = 0;
-        let mut committed = st.empty_committed;
-        'lists: for list in &st.empty {
-            // SAFETY: the lock is held for the iteration; decommitting does not unlink.
-            for span in unsafe { list.iter() } {
-                if committed <= retain || deadline.is_some_and(|d| std::time::Instant::now() >= d) {
-                    break 'lists;
-                }
-                // SAFETY: lock held; empty-list spans have no block out.
-                unsafe {
-                    if span.state().committed {
-                        self.decommit_span(span);
-                        if !span.state().committed {
-                            freed += span.bytes;
-                            committed -= span.bytes;
-                        }
-                    }
-                }
-            }
-        }
-        st.empty_committed = committed;
-        freed
+        ok
     }
 }

@@ -146,6 +146,9 @@ pub(crate) struct HeapInner {
     pub(crate) shared: [Counters; 2],
     /// Bumped to ask every thread to flush its movable lists (see `flush_movable`).
     pub(crate) movable_epoch: AtomicU64,
+    /// The size classes (one bit each) whose cached movable blocks a bump of
+    /// `movable_epoch` asks threads to flush: those the compactor is evacuating.
+    pub(crate) movable_flush_classes: [AtomicU64; 2],
     pub(crate) large: LargeAllocator,
     /// Registry link, only touched under the registry mutex.
     reg_next: AtomicPtr<HeapInner>,
@@ -178,6 +181,7 @@ impl HeapInner {
                 caches_hwm: AtomicUsize::new(0),
                 shared: [const { Counters::ZERO }; 2],
                 movable_epoch: AtomicU64::new(0),
+                movable_flush_classes: [AtomicU64::new(0), AtomicU64::new(0)],
                 large: LargeAllocator::new(config.large),
                 reg_next: AtomicPtr::new(ptr::null_mut()),
                 registered: core::sync::atomic::AtomicBool::new(false),
@@ -349,6 +353,22 @@ impl HeapInner {
     ///
     /// The caller owns `cache`.
     pub(crate) unsafe fn flush_cache(&self, cache: &ThreadCache, kind: Option<SpanKind>) {
+        // SAFETY: forwarded.
+        unsafe { self.flush_classes(cache, kind, u128::MAX) }
+    }
+
+    /// Returns the cached blocks of `cache` (of `kind`, or of both kinds) whose class
+    /// bit is set in `classes` home.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns `cache`.
+    pub(crate) unsafe fn flush_classes(
+        &self,
+        cache: &ThreadCache,
+        kind: Option<SpanKind>,
+        classes: u128,
+    ) {
         // SAFETY: forwarded: we own the record.
         let lists = unsafe { cache.lists() };
         for k in SpanKind::ALL {
@@ -357,7 +377,7 @@ impl HeapInner {
             }
             for (class, list) in lists[k as usize].iter_mut().enumerate() {
                 let n = list.len();
-                if n == 0 {
+                if n == 0 || classes & (1 << class) == 0 {
                     continue;
                 }
                 cache
@@ -572,7 +592,7 @@ impl HeapInner {
             }
             let (_, st) = locked.as_mut().expect("locked above");
             // SAFETY: we hold the span's arena lock and the block is a dead out block.
-            unsafe { arena.put_block(st, span, block, true) };
+            unsafe { arena.put_block(st, span, block) };
         }
     }
 
@@ -798,6 +818,7 @@ impl HeapInner {
                     refills: c.refills.load(Ordering::Relaxed),
                     returns: c.returns.load(Ordering::Relaxed),
                     decommits: c.decommits.load(Ordering::Relaxed),
+                    recommits: c.recommits.load(Ordering::Relaxed),
                     lock_acquisitions: c.locks.load(Ordering::Relaxed),
                     threads: threads[a.index as usize],
                 }
@@ -825,17 +846,26 @@ impl HeapInner {
         }
     }
 
-    /// Decommits empty spans until each arena keeps at most `retain` bytes of them
-    /// committed, or `deadline` passes; returns the bytes handed back.
-    pub(crate) fn trim_to(&self, retain: usize, deadline: Option<std::time::Instant>) -> usize {
-        (0..self.arena_count())
-            .map(|a| self.arenas[a].trim_to(retain, deadline))
+    /// One compaction pass's purge in every arena (see `Arena::purge_for_pass`);
+    /// returns the bytes handed back.
+    pub(crate) fn purge_for_pass(
+        &self,
+        min_age: u64,
+        deadline: Option<std::time::Instant>,
+    ) -> usize {
+        self.arenas[..self.arena_count()]
+            .iter()
+            .map(|a| a.purge_for_pass(min_age, deadline))
             .sum()
     }
 
-    /// Decommits every retained empty span; returns the bytes handed back.
+    /// Hands every empty span's pages back to the OS at once; returns the bytes that
+    /// stopped counting as committed.
     pub(crate) fn trim(&self) -> usize {
-        self.trim_to(0, None)
+        self.arenas[..self.arena_count()]
+            .iter()
+            .map(|a| a.trim())
+            .sum()
     }
 
     /// Returns every batch held by the central lists home.

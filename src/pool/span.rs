@@ -27,6 +27,14 @@
 //! A span is on exactly one arena list: `partial` (some block is home or uncarved),
 //! `full` (none is), `evacuating` (a compaction source: never refilled from, so it
 //! only drains), or an `empty` list (out == 0, not serving any class).
+//!
+//! # Lives of a region
+//!
+//! A span record describes one region for the heap's life, but the region serves a
+//! class and kind only from one `init` to its retirement on an empty list; `init` bumps
+//! the span's *incarnation*. Whoever keeps a `&Span` across an arena-lock release
+//! without holding one of its blocks (the compactor's plans) must re-check the
+//! incarnation under the lock before trusting the class, kind or side table.
 
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
@@ -131,10 +139,20 @@ pub(crate) struct SpanState {
     pub(crate) next: *mut Span,
     /// Which arena list holds the span (see [`ListId`]).
     pub(crate) list: ListId,
-    /// Whether the span's pages are committed (not `MADV_DONTNEED`ed).
+    /// Whether the span's pages are committed (not purged). Empty spans on an arena's
+    /// `empty` lists are committed; those on its `purged` lists are not.
     pub(crate) committed: bool,
-    /// The compactor is evacuating this span: allocation must not refill from it.
-    pub(crate) evacuating: bool,
+    /// Purged with `MADV_FREE`: the kernel may still hold (and the span may still read
+    /// back) the old pages until memory pressure takes them; `trim` purges such spans
+    /// again with `MADV_DONTNEED`.
+    pub(crate) lazily_purged: bool,
+    /// The arena's purge clock (`Arena::tick`) when the span last emptied.
+    pub(crate) emptied_at: u64,
+    /// A compaction pass is reading this span's side table without the arena lock (it
+    /// is the source being evacuated): while set, the span is not retired even if it
+    /// empties, so it cannot be re-initialised under the pass (DESIGN invariant 7).
+    /// The pass clears it, and retires an emptied span, when it stops scanning.
+    pub(crate) scanning: bool,
 }
 
 /// The arena list a span is on.
@@ -146,6 +164,8 @@ pub(crate) enum ListId {
     Empty,
     /// A compaction source: allocation does not refill from it.
     Evacuating,
+    /// Empty, with its pages handed back to the OS.
+    Purged,
 }
 
 /// One span. Lives in its heap's span table at a stable address for the heap's life.
@@ -168,6 +188,11 @@ pub struct Span {
     pub(crate) capacity: AtomicU32,
     /// Movable spans: blocks with an owner (`BlockMeta::owner != 0`).
     pub(crate) live: AtomicU32,
+    /// Bumped by every `init`: which life of the region this is. A compaction plan
+    /// records it with each span it names and uses the span only while it is unchanged
+    /// (DESIGN invariant 7). Wraps after 2^32 lives, far more than a region can have in
+    /// the time a plan lives (a plan is re-validated on every pass).
+    pub(crate) incarnation: AtomicU32,
     pub(crate) state: UnsafeCell<SpanState>,
 }
 
@@ -190,6 +215,7 @@ impl Span {
             first_block: AtomicU32::new(0),
             capacity: AtomicU32::new(0),
             live: AtomicU32::new(0),
+            incarnation: AtomicU32::new(0),
             state: UnsafeCell::new(SpanState {
                 free: ptr::null_mut(),
                 free_count: 0,
@@ -198,9 +224,17 @@ impl Span {
                 next: ptr::null_mut(),
                 list: ListId::None,
                 committed: true,
-                evacuating: false,
+                lazily_purged: false,
+                emptied_at: 0,
+                scanning: false,
             }),
         }
+    }
+
+    /// The current incarnation (see the field).
+    #[inline]
+    pub(crate) fn incarnation(&self) -> u32 {
+        self.incarnation.load(Ordering::Acquire)
     }
 
     #[inline]
@@ -262,15 +296,18 @@ impl Span {
         self.first_block.store(first as u32, Ordering::Relaxed);
         self.capacity.store(cap as u32, Ordering::Relaxed);
         self.live.store(0, Ordering::Relaxed);
+        // Release: a thread that learns of a block of this life (through the arena lock
+        // or a slot pointer published after it) also sees the new incarnation.
+        self.incarnation.fetch_add(1, Ordering::Release);
         // SAFETY: forwarded: we hold the arena lock and the span is ours.
         let st = unsafe { self.state() };
         st.free = ptr::null_mut();
         st.free_count = 0;
         st.carved = 0;
-        st.evacuating = false;
-        if kind == SpanKind::Movable && st.committed {
-            // A reused committed span may hold stale side-table entries; decommitted
-            // pages read back as zero anyway.
+        debug_assert!(!st.scanning, "a scanned span is never re-initialised");
+        if kind == SpanKind::Movable {
+            // A reused span may hold stale side-table entries: committed spans keep
+            // them, and pages purged with `MADV_FREE` may read back either way.
             for i in 0..cap {
                 // SAFETY: `i < cap`, so the entry lies in this span's side table.
                 let m = unsafe { self.meta(i) };
@@ -393,14 +430,15 @@ impl Span {
 #[derive(Debug)]
 pub(crate) struct SpanList {
     pub(crate) head: *mut Span,
-    pub(crate) len: usize,
+    /// The last span (the one pushed longest ago), or null when empty.
+    pub(crate) tail: *mut Span,
 }
 
 impl SpanList {
     pub(crate) const fn new() -> Self {
         Self {
             head: ptr::null_mut(),
-            len: 0,
+            tail: ptr::null_mut(),
         }
     }
 
@@ -421,9 +459,10 @@ impl SpanList {
         if let Some(h) = NonNull::new(self.head) {
             // SAFETY: list members are live spans of this arena; lock held.
             unsafe { h.as_ref().state().prev = me };
+        } else {
+            self.tail = me;
         }
         self.head = me;
-        self.len += 1;
     }
 
     /// Unlinks `span`, which must be on this list.
@@ -452,8 +491,10 @@ impl SpanList {
         if let Some(n) = NonNull::new(next) {
             // SAFETY: as above.
             unsafe { n.as_ref().state().prev = prev };
+        } else {
+            debug_assert_eq!(self.tail, span as *const Span as *mut Span);
+            self.tail = prev;
         }
-        self.len -= 1;
     }
 
     /// Iterates the spans.
@@ -491,6 +532,11 @@ mod tests {
                 assert_eq!(first % class_align(c), 0);
                 if kind == SpanKind::Movable {
                     assert!(first >= cap * META_BYTES, "side table fits before block 0");
+                    assert_eq!(
+                        cap,
+                        size_class::movable_capacity(size, size_class::span_bytes(c)),
+                        "class {c}: span sizing sees the real movable capacity"
+                    );
                 }
             }
         }

@@ -43,7 +43,7 @@ impl ShmOptions {
     }
 
     /// How long an attacher waits for the segment to become ready before reporting
-    /// [`ShmError::StuckFormatter`].
+    /// [`ShmError::StuckFormatter`](super::ShmError::StuckFormatter).
     ///
     /// # Examples
     ///
