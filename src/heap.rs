@@ -12,7 +12,6 @@
 
 use core::alloc::Layout;
 use core::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::AllocError;
 use crate::compact::Compactor;
@@ -47,8 +46,6 @@ pub struct Heap {
     inner: NonNull<HeapInner>,
     handles: HandleTable,
     compactor: Compactor,
-    /// Next store tag; tags are never reused (see `movable`).
-    next_tag: AtomicU32,
     /// The event sink (`src/events.rs`), set only while the heap is built.
     #[cfg(feature = "events")]
     pub(crate) events: Option<std::sync::Arc<dyn crate::events::HeapEvents>>,
@@ -117,9 +114,9 @@ impl Heap {
         unsafe { inner.as_ptr().write(HeapInner::new(config)) };
         Ok(Self {
             inner,
-            handles: HandleTable::new(),
+            // Process-unique handles: a handle of another heap never resolves here.
+            handles: HandleTable::new().with_process_unique_handles(),
             compactor: Compactor::new(),
-            next_tag: AtomicU32::new(u32::from(crate::movable::RAW_TAG) + 1),
             #[cfg(feature = "events")]
             events: None,
         })
@@ -140,12 +137,6 @@ impl Heap {
     #[inline]
     pub(crate) fn compactor(&self) -> &Compactor {
         &self.compactor
-    }
-
-    /// A fresh store tag, or `None` once all 65 535 are taken.
-    pub(crate) fn new_tag(&self) -> Option<u16> {
-        let t = self.next_tag.fetch_add(1, Ordering::Relaxed);
-        u16::try_from(t).ok()
     }
 
     /// Allocates a block for `layout`.

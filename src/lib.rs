@@ -12,6 +12,7 @@ pub mod handle;
 mod heap;
 pub mod large;
 pub mod movable;
+pub mod numa;
 mod occupancy;
 pub mod os;
 pub(crate) mod pool;
@@ -38,5 +39,7 @@ pub use occupancy::{BlockState, OccupancyMap, SpanOccupancy};
 pub use pool::heap::HeapConfig;
 pub use pool::span::SpanKind;
 pub use shm::{ShmArena, ShmError, ShmHandle, ShmPod, ShmStats};
-pub use stats::{ArenaStats, CentralCounters, HeapStats, HeapWalk, PoolCounters};
+pub use stats::{
+    ArenaStats, CentralCounters, HeapStats, HeapWalk, NodeStats, NumaStats, PoolCounters,
+};
 pub use store::{Owned, Ref, RefMut, Shared, Store};

@@ -13,14 +13,21 @@
 //! from the OS, cut into span regions that keep their length for the heap's life (a
 //! region is reused only for classes with the same span length). Region records live
 //! in a span table reserved up front, so `&Span` is stable.
+//!
+//! NUMA (see `crate::numa::placement`): each arena serves one node; the source keeps one
+//! chunk cursor per node, so a chunk holds spans of one node only and is bound to it
+//! once. The three NUMA call sites are marked `NUMA:`.
 
 use core::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::lock::{Mutex, MutexGuard};
 use super::pagemap;
+use super::poison;
 use super::span::{ListId, Span, SpanKind, SpanList};
 use crate::AllocError;
+use crate::numa::placement::NodePlacement;
+use crate::numa::{MAX_NODES, Topology};
 use crate::os;
 use crate::size_class::{self, MAX_SPAN, NUM_CLASSES, SPAN_UNIT};
 
@@ -47,13 +54,16 @@ pub(crate) struct SpanSource {
     /// The span table's address once reserved (null before and after the heap's life),
     /// readable without the lock for ownership checks.
     table: std::sync::atomic::AtomicPtr<Span>,
+    /// Node placement of arenas and chunks, and the node counters.
+    pub(crate) numa: NodePlacement,
 }
 
 #[derive(Debug)]
 struct SourceState {
-    /// Unused tail of the newest chunk.
-    cur: usize,
-    end: usize,
+    /// Unused tail of the newest chunk of each node (by dense node index; index 0 only
+    /// with one node).
+    cur: [usize; MAX_NODES],
+    end: [usize; MAX_NODES],
     /// Chunk table (base addresses; every chunk is `CHUNK_BYTES` long), reserved lazily.
     chunks: *mut usize,
     nchunks: usize,
@@ -66,17 +76,18 @@ struct SourceState {
 unsafe impl Send for SourceState {}
 
 impl SpanSource {
-    pub(crate) const fn new() -> Self {
+    pub(crate) const fn new(topology: Option<&'static Topology>) -> Self {
         Self {
             state: Mutex::new(SourceState {
-                cur: 0,
-                end: 0,
+                cur: [0; MAX_NODES],
+                end: [0; MAX_NODES],
                 chunks: core::ptr::null_mut(),
                 nchunks: 0,
                 spans: core::ptr::null_mut(),
                 nspans: 0,
             }),
             table: std::sync::atomic::AtomicPtr::new(core::ptr::null_mut()),
+            numa: NodePlacement::new(topology),
         }
     }
 
@@ -106,7 +117,9 @@ impl SpanSource {
                 errno: libc::ENOMEM,
             });
         }
-        if st.end - st.cur < bytes {
+        // NUMA: spans of `arena` come from its node's chunk (always 0 with one node).
+        let node = self.numa.arena_node(arena);
+        if st.end[node] - st.cur[node] < bytes {
             if st.nchunks == MAX_CHUNKS {
                 return Err(AllocError::OutOfMemory {
                     size: bytes,
@@ -118,11 +131,13 @@ impl SpanSource {
             // SAFETY: the chunk table holds MAX_CHUNKS entries and `n < MAX_CHUNKS`.
             unsafe { st.chunks.add(n).write(base) };
             st.nchunks += 1;
-            st.cur = base;
-            st.end = base + CHUNK_BYTES;
+            // NUMA: bind the untouched chunk to its node (a no-op with one node).
+            self.numa.bind_chunk(base, CHUNK_BYTES, node);
+            st.cur[node] = base;
+            st.end[node] = base + CHUNK_BYTES;
         }
-        let base = st.cur;
-        st.cur += bytes;
+        let base = st.cur[node];
+        st.cur[node] += bytes;
         let idx = st.nspans;
         // SAFETY: the span table holds MAX_SPANS records and `idx < MAX_SPANS`; the slot
         // is uninitialised and becomes initialised here, before `nspans` covers it.
@@ -159,6 +174,8 @@ impl SpanSource {
             // caller guarantees no block of it is used again.
             unsafe {
                 let base = st.chunks.add(i).read();
+                // ASan: whatever maps these addresses next starts addressable.
+                poison::unpoison(base, CHUNK_BYTES);
                 os::release(NonNull::new_unchecked(base as *mut u8), CHUNK_BYTES);
             }
         }
@@ -176,8 +193,8 @@ impl SpanSource {
         st.chunks = core::ptr::null_mut();
         st.nspans = 0;
         st.nchunks = 0;
-        st.cur = 0;
-        st.end = 0;
+        st.cur = [0; MAX_NODES];
+        st.end = [0; MAX_NODES];
     }
 }
 
@@ -324,6 +341,8 @@ impl Arena {
         self.counters.spans.fetch_add(1, Ordering::Relaxed);
         let in_use = self.counters.committed.load(Ordering::Relaxed) - st.empty_committed;
         st.high_water = st.high_water.max(in_use);
+        // NUMA: local/remote accounting, per span (see `crate::numa::placement`).
+        source.numa.span_started(self.index, bytes);
         if kind == SpanKind::Movable {
             self.counters
                 .movable
@@ -541,6 +560,7 @@ impl Arena {
                 return None;
             }
             let b = span.take()?;
+            poison::live_block(b, span.block_size());
             if !span.has_room() {
                 let c = span.class();
                 st.partial[SpanKind::Movable as usize][c].remove(span);

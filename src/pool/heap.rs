@@ -19,9 +19,11 @@ use super::arena::{Arena, SpanSource};
 use super::central::{Batch, CentralFreeList};
 use super::lock::{Mutex, MutexGuard};
 use super::pagemap;
+use super::poison;
 use super::span::{Span, SpanKind};
 use super::thread_cache::{self, Counters, ThreadCache, bump};
 use crate::large::{LargeAllocator, LargeConfig};
+use crate::numa::Topology;
 use crate::size_class::{self, NUM_CLASSES};
 use crate::stats::PoolCounters;
 use crate::sync::const_fn_unless_loom;
@@ -58,6 +60,11 @@ pub struct HeapConfig {
     pub thread_cache_bytes: usize,
     /// Configuration of the direct-mapping path for large blocks.
     pub large: LargeConfig,
+    /// The NUMA topology arenas are placed by; `None` (the default) detects the
+    /// machine's ([`Topology::system`]). Inject one for tests, or pass
+    /// `Some(&SINGLE)` with a `static SINGLE: Topology = Topology::single_node();` to turn
+    /// NUMA placement off. See [`crate::numa`].
+    pub topology: Option<&'static Topology>,
 }
 
 impl HeapConfig {
@@ -67,6 +74,7 @@ impl HeapConfig {
         batch: DEFAULT_BATCH,
         thread_cache_bytes: DEFAULT_THREAD_CACHE_BYTES,
         large: LargeConfig::DEFAULT,
+        topology: None,
     };
 }
 
@@ -175,7 +183,7 @@ impl HeapInner {
                     }
                     a
                 },
-                source: SpanSource::new(),
+                source: SpanSource::new(config.topology),
                 central: central_lists(),
                 caches: AtomicPtr::new(ptr::null_mut()),
                 caches_hwm: AtomicUsize::new(0),
@@ -225,6 +233,8 @@ impl HeapInner {
         } else {
             self.config.arenas
         }
+        // NUMA: at least one arena per node.
+        .max(self.source.numa.min_arenas())
         .clamp(1, MAX_ARENAS);
         match self
             .narenas
@@ -235,8 +245,14 @@ impl HeapInner {
         }
     }
 
+    /// The arena for the calling thread: round-robin, within the thread's current node
+    /// when there are several (NUMA: see `crate::numa::placement`).
     fn next_arena(&self) -> usize {
-        self.next_arena.fetch_add(1, Ordering::Relaxed) % self.arena_count()
+        let n = self.arena_count();
+        match self.source.numa.pick_arena(n) {
+            Some(a) => a,
+            None => self.next_arena.fetch_add(1, Ordering::Relaxed) % n,
+        }
     }
 
     fn records(&self) -> Option<&[ThreadCache]> {
@@ -422,6 +438,7 @@ impl HeapInner {
             let c = &tc.counters[kind as usize];
             bump(&c.allocs, 1);
             bump(&c.alloc_bytes, size as u64);
+            poison::live_block(b, size_class::size(class));
             return Ok(b);
         }
         self.alloc_uncached(class, size, kind)
@@ -473,7 +490,9 @@ impl HeapInner {
         c.allocs.fetch_add(1, Ordering::Relaxed);
         c.alloc_bytes.fetch_add(size as u64, Ordering::Relaxed);
         c.misses.fetch_add(1, Ordering::Relaxed);
-        Ok(out.expect("take_blocks returned one block"))
+        let b = out.expect("take_blocks returned one block");
+        poison::live_block(b, size_class::size(class));
+        Ok(b)
     }
 
     /// Frees a block of `class`/`kind` that was allocated for `size` bytes.
@@ -489,6 +508,7 @@ impl HeapInner {
         size: usize,
         kind: SpanKind,
     ) {
+        poison::free_block(block, size_class::size(class));
         if let Some(tc) = self.thread_cache() {
             if kind == SpanKind::Movable {
                 self.honor_movable_epoch(tc);
@@ -842,6 +862,7 @@ impl HeapInner {
             large: self.large.stats(),
             committed_bytes: arenas.iter().map(|a| a.committed_bytes).sum(),
             spans: arenas.iter().map(|a| a.spans).sum(),
+            numa: self.source.numa.stats(&arenas),
             arenas,
         }
     }

@@ -40,6 +40,7 @@ use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 
+use super::poison;
 use crate::size_class::{self, MAX_POOL_ALIGN};
 
 /// What a span serves: raw-pointer blocks that never move, or handle-addressed blocks
@@ -305,6 +306,10 @@ impl Span {
         st.free_count = 0;
         st.carved = 0;
         debug_assert!(!st.scanning, "a scanned span is never re-initialised");
+        // ASan: the side table is ours, every block (and the tail) is off-limits until
+        // carved and handed out.
+        poison::unpoison(self.base, first);
+        poison::poison(self.base + first, self.bytes - first);
         if kind == SpanKind::Movable {
             // A reused span may hold stale side-table entries: committed spans keep
             // them, and pages purged with `MADV_FREE` may read back either way.
@@ -378,7 +383,9 @@ impl Span {
         let carved = st.carved as usize;
         if carved < self.capacity() {
             st.carved += 1;
-            return Some(self.block(carved));
+            let b = self.block(carved);
+            poison::carved_block(b, self.block_size());
+            return Some(b);
         }
         None
     }
@@ -394,6 +401,7 @@ impl Span {
         debug_assert!(self.block_index(block.as_ptr() as usize).is_some());
         // SAFETY: forwarded: arena lock held.
         let st = unsafe { self.state() };
+        poison::free_block(block, self.block_size());
         // SAFETY: the block is dead and at least 16 bytes, so word 0 is ours to write.
         unsafe { block.cast::<*mut u8>().write(st.free) };
         st.free = block.as_ptr();
