@@ -18,6 +18,7 @@ pub mod numa;
 mod occupancy;
 pub mod os;
 pub(crate) mod pool;
+pub mod shm;
 pub mod size_class;
 pub mod stats;
 pub mod store;
@@ -39,6 +40,7 @@ pub use movable::{PinGuard, ReadGuard, WriteGuard};
 pub use occupancy::{BlockState, OccupancyMap, SpanOccupancy};
 pub use pool::heap::HeapConfig;
 pub use pool::span::SpanKind;
+pub use shm::{ShmArena, ShmError, ShmHandle, ShmPod, ShmStats};
 pub use stats::{
     ArenaStats, CentralCounters, HeapStats, HeapWalk, NodeStats, NumaStats, PoolCounters,
 };
