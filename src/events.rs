@@ -32,10 +32,10 @@
 //! So every address alternates alloc, free, alloc, … in the sink's order, whatever the
 //! threads do. Blocks cached by thread caches or central lists are *free* for the sink;
 //! a thread exiting and flushing its cache emits nothing. When a heap is dropped its
-//! sink gets [`HeapEvents::on_heap_drop`] (blocks still allocated die with the heap), so
+//! sink gets `HeapEvents::on_heap_drop` (blocks still allocated die with the heap), so
 //! a sink can forget the heap's addresses before another heap maps them again.
 //!
-//! A sink must be installed when the heap is built ([`Heap::with_events`]), so it sees
+//! A sink must be installed when the heap is built (`Heap::with_events`), so it sees
 //! every block from its birth.
 //!
 //! Not reported: blocks of [`Global`](crate::Global) (wrap it in a profiling allocator

@@ -763,3 +763,23 @@ fn an_owning_handle_never_resolves_in_another_apps_store() {
     assert!(in_a.get(&from_a).unwrap().intact(1));
     assert!(in_a.get(&from_b).is_none());
 }
+
+/// With the `tracy` feature too, the plugin's own heap reports to Tracy (through its
+/// event sink) and the frame's report step plots; the real client runs, no server.
+#[cfg(feature = "tracy")]
+#[test]
+fn with_tracy_the_plugins_heap_reports_to_tracy() {
+    let mut app = App::new();
+    tidyheap::bevy::TidyheapPlugin::default()
+        .try_build(&mut app)
+        .unwrap();
+    let heap = app
+        .world()
+        .resource::<tidyheap::bevy::TidyHeap>()
+        .heap()
+        .clone();
+    assert!(heap.has_events(), "the plugin's heap has Tracy's sink");
+    for _ in 0..10 {
+        app.update();
+    }
+}

@@ -227,6 +227,26 @@ pub(super) fn report(
     stats.live_bytes = live;
     stats.committed_bytes = committed;
     stats.scratch = memory.stats();
+    // With Tracy on, the frame's heap and scratch figures go to its plots too (the
+    // per-pass plots come from the heap's own event sink).
+    #[cfg(feature = "tracy")]
+    {
+        crate::tracy::plot_heap(&heap.heap);
+        crate::tracy::plot_scratch(&stats.scratch);
+    }
+}
+
+/// The plugin's own heap: with the `tracy` feature, one that reports its pools, moves
+/// and passes to Tracy (as `bevy`); otherwise a plain one.
+fn new_heap() -> Result<Heap, crate::AllocError> {
+    #[cfg(feature = "tracy")]
+    {
+        crate::tracy::try_heap_with_config("bevy", crate::HeapConfig::DEFAULT)
+    }
+    #[cfg(not(feature = "tracy"))]
+    {
+        Heap::try_new()
+    }
 }
 
 impl TidyheapPlugin {
@@ -252,7 +272,7 @@ impl TidyheapPlugin {
         let config = self.config.clone();
         let heap = match config.heap() {
             Some(h) => h.clone(),
-            None => Arc::new(Heap::try_new().map_err(|e| TidyheapError::Heap(e.into()))?),
+            None => Arc::new(new_heap().map_err(|e| TidyheapError::Heap(e.into()))?),
         };
         let arena = FrameArena::with_config(config.frame_config())
             .map_err(|e| TidyheapError::Config(super::ConfigError::Frames(e)))?;

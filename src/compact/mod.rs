@@ -353,7 +353,8 @@ impl Heap {
             }
         }
         plan.were_targets.clear();
-        let released = self.inner().trim() as u64;
+        let released =
+            (self.inner().trim() + self.inner().large.purge(core::time::Duration::ZERO)) as u64;
         total.bytes_released += released;
         if released > 0 {
             total.committed_after = self.inner().movable_usage().0;
@@ -596,7 +597,8 @@ impl Heap {
         // trims everything at its end).
         emit!(self, on_pass_phase(PassPhase::Purge));
         let deadline = budget.time.map(|t| start + t);
-        report.bytes_released = inner.purge_for_pass(policy.purge_delay_passes, deadline) as u64;
+        report.bytes_released = (inner.purge_for_pass(policy.purge_delay_passes, deadline)
+            + inner.large.purge_expired()) as u64;
         let (c1, l1) = inner.movable_usage();
         report.fragmentation_after = ratio(c1, l1);
         report.committed_after = c1;

@@ -123,7 +123,8 @@ pub struct CompactionReport {
     pub bytes_moved: u64,
     /// Spans left empty by the pass.
     pub spans_emptied: u64,
-    /// Bytes of empty spans purged (handed back to the OS) at the end of the pass.
+    /// Bytes handed back to the OS at the end of the pass: empty spans purged, and
+    /// large mappings the large-block cache held past their age.
     pub bytes_released: u64,
     /// Blocks skipped because a guard was held on them (retried later).
     pub skipped_busy: u64,
