@@ -5,8 +5,20 @@
 //!
 //! ```text
 //! static A: Global = Global::new();      // the heap lives in the static: no indirection
-//! A.alloc(layout)  ─▶ HeapInner::alloc   ─▶ thread cache ─▶ central list ─▶ arena
+//! A.alloc(layout)  ─▶ call global_alloc (out of line, in tidyheap) ─▶ HeapInner::alloc
+//!                  ─▶ thread cache ─▶ central list ─▶ arena
 //! ```
+//!
+//! # Opaque entry points
+//!
+//! Like mimalloc's, the `GlobalAlloc` methods are calls into tidyheap
+//! (`#[inline(never)]` functions compiled in this crate), not its internals inlined
+//! into every crate that allocates. That costs one call per operation (measured in
+//! `benches/README.md`) and keeps the user's code generation independent of ours:
+//! rustc 1.95.0's LLVM crashed ("Referencing function in another module!") building a
+//! crate dense in `select!` loops with several codegen units when the whole fast path,
+//! thread-local access included, was inlined into it (`tests/global_select.rs`). A
+//! [`Heap`](crate::Heap) keeps the inlined path for the callers who want it.
 //!
 //! Everything below the adapter already avoids the Rust heap (its bookkeeping comes
 //! from OS mappings made on first use), which is what lets it serve the Rust heap
@@ -23,6 +35,7 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{self, NonNull};
 
 use crate::pool::heap::{HeapConfig, HeapInner};
+use crate::pool::thread_cache::GLOBAL_SLOT;
 use crate::stats::{HeapStats, PoolCounters};
 use crate::sync::const_fn_unless_loom;
 
@@ -91,7 +104,7 @@ impl Global {
         /// ```
         pub fn with_config(config: HeapConfig) -> Self {
             Self {
-                inner: HeapInner::new(config),
+                inner: HeapInner::new(config, GLOBAL_SLOT),
             }
         }
     }
@@ -246,44 +259,77 @@ fn no_unwind<R>(f: impl FnOnce() -> R) -> R {
 unsafe impl GlobalAlloc for Global {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        no_unwind(|| match self.inner.alloc(layout) {
-            Ok(p) => p.as_ptr(),
-            Err(_) => ptr::null_mut(),
-        })
+        global_alloc(&self.inner, layout)
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        no_unwind(|| match self.inner.alloc_zeroed(layout) {
-            Ok(p) => p.as_ptr(),
-            Err(_) => ptr::null_mut(),
-        })
+        global_alloc_zeroed(&self.inner, layout)
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let Some(p) = NonNull::new(ptr) else { return };
         // SAFETY: the caller guarantees `ptr` is a live block of this allocator
         // allocated with `layout` (the `GlobalAlloc::dealloc` contract).
-        no_unwind(|| unsafe { self.inner.dealloc(p, layout) })
+        unsafe { global_dealloc(&self.inner, ptr, layout) }
     }
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let Some(p) = NonNull::new(ptr) else {
-            return ptr::null_mut();
-        };
-        // SAFETY: by the `GlobalAlloc::realloc` contract, `ptr` is a live block of this
-        // allocator allocated with `layout`, and `new_size` rounded up to
-        // `layout.align()` does not overflow `isize`. On error the old block is intact
-        // and still the caller's, as `GlobalAlloc` requires.
-        no_unwind(
-            || match unsafe { self.inner.realloc(p, layout, new_size) } {
-                Ok(p) => p.as_ptr(),
-                Err(_) => ptr::null_mut(),
-            },
-        )
+        // SAFETY: forwarded from the caller (the `GlobalAlloc::realloc` contract).
+        unsafe { global_realloc(&self.inner, ptr, layout, new_size) }
     }
+}
+
+/// `Global::alloc`, out of line (see "Opaque entry points" in the module docs).
+#[inline(never)]
+fn global_alloc(heap: &HeapInner, layout: Layout) -> *mut u8 {
+    no_unwind(|| heap.alloc_raw(layout))
+}
+
+/// `Global::alloc_zeroed`, out of line.
+#[inline(never)]
+fn global_alloc_zeroed(heap: &HeapInner, layout: Layout) -> *mut u8 {
+    no_unwind(|| match heap.alloc_zeroed(layout) {
+        Ok(p) => p.as_ptr(),
+        Err(_) => ptr::null_mut(),
+    })
+}
+
+/// `Global::dealloc`, out of line.
+///
+/// # Safety
+///
+/// `ptr` is null or a live block of `heap` allocated with `layout`, dead from now on.
+#[inline(never)]
+unsafe fn global_dealloc(heap: &HeapInner, ptr: *mut u8, layout: Layout) {
+    let Some(p) = NonNull::new(ptr) else { return };
+    // SAFETY: forwarded from the caller.
+    no_unwind(|| unsafe { heap.dealloc_raw(p, layout) })
+}
+
+/// `Global::realloc`, out of line.
+///
+/// # Safety
+///
+/// `ptr` is a live block of `heap` allocated with `layout`, and `new_size` rounded up
+/// to `layout.align()` does not overflow `isize`.
+#[inline(never)]
+unsafe fn global_realloc(
+    heap: &HeapInner,
+    ptr: *mut u8,
+    layout: Layout,
+    new_size: usize,
+) -> *mut u8 {
+    let Some(p) = NonNull::new(ptr) else {
+        return ptr::null_mut();
+    };
+    // SAFETY: forwarded from the caller. On error the old block is intact and still
+    // the caller's, as `GlobalAlloc` requires.
+    no_unwind(|| match unsafe { heap.realloc(p, layout, new_size) } {
+        Ok(p) => p.as_ptr(),
+        Err(_) => ptr::null_mut(),
+    })
 }
 
 // Statics of `Global` need its `const` constructor, which loom builds do not have.

@@ -19,6 +19,7 @@ use crate::compact::Compactor;
 use crate::handle::HandleTable;
 use crate::os;
 use crate::pool::heap::{HeapConfig, HeapInner};
+use crate::pool::thread_cache::HEAP_SLOT;
 use crate::stats::{HeapStats, PoolCounters};
 
 /// A heap: size-class pools with per-thread caches, arenas and a large-block path.
@@ -111,7 +112,7 @@ impl Heap {
         let mem = os::reserve(size_of::<HeapInner>(), align_of::<HeapInner>())?;
         let inner = mem.cast::<HeapInner>();
         // SAFETY: `mem` is a fresh mapping large and aligned enough for a HeapInner.
-        unsafe { inner.as_ptr().write(HeapInner::new(config)) };
+        unsafe { inner.as_ptr().write(HeapInner::new(config, HEAP_SLOT)) };
         Ok(Self {
             inner,
             handles: HandleTable::new(),

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tidyheap::size_class;
-use tidyheap::{AllocError, Heap, HeapStats};
+use tidyheap::{AllocError, Heap, HeapConfig, HeapStats};
 
 #[path = "../examples/threads.rs"]
 mod demo;
@@ -580,4 +580,114 @@ fn demo_workload_hit_rate_above_90_percent() {
         w.threads,
         "statistics were read while every worker held its cache"
     );
+}
+
+/// A thread's exit parks its cache for the next thread: the next thread's first
+/// allocations of the same class are cache hits (no refill, no arena lock), nothing went
+/// back to the spans at exit, and `trim` still brings everything home.
+#[test]
+fn thread_exit_hands_its_cache_to_the_next_thread() {
+    let heap = Heap::with_config(HeapConfig {
+        arenas: 1,
+        ..HeapConfig::DEFAULT
+    });
+    let l = Layout::from_size_align(64, 16).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let blocks: Vec<_> = (0..40).map(|_| heap.alloc(l).unwrap()).collect();
+            for p in blocks {
+                // SAFETY: allocated above with `l`, freed once.
+                unsafe { heap.dealloc(p, l) };
+            }
+        })
+        .join()
+        .unwrap();
+    });
+    let returns = |h: &Heap| h.stats().arenas.iter().map(|a| a.returns).sum::<u64>();
+    assert_eq!(returns(&heap), 0, "the exit sent nothing home");
+    let s = heap.stats();
+    assert_consistent(&s);
+    assert_eq!((s.fixed.live_blocks(), s.fixed.allocations), (0, 40));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let blocks: Vec<_> = (0..20).map(|_| heap.alloc(l).unwrap()).collect();
+            let c = heap.thread_cache_stats().unwrap();
+            assert_eq!((c.allocations, c.misses), (20, 0), "served warm");
+            for p in blocks {
+                // SAFETY: allocated above with `l`, freed once.
+                unsafe { heap.dealloc(p, l) };
+            }
+        })
+        .join()
+        .unwrap();
+    });
+    let s = heap.stats();
+    assert_consistent(&s);
+    assert_eq!((s.fixed.live_blocks(), s.fixed.allocations), (0, 60));
+    assert!(
+        heap.trim() > 0,
+        "the parked blocks went home and their span back"
+    );
+    assert!(returns(&heap) >= 40, "every block came home");
+    let s = heap.stats();
+    assert_eq!((s.spans, s.committed_bytes), (0, 0));
+}
+
+/// One thread using more heaps than its table holds, in a seeded random order, with
+/// blocks kept across evictions: every heap's accounting matches a model, and each heap
+/// ends empty after `trim`.
+#[test]
+fn more_heaps_than_table_entries_on_one_thread() {
+    let heaps: Vec<Heap> = (0..12)
+        .map(|_| {
+            Heap::with_config(HeapConfig {
+                arenas: 1,
+                ..HeapConfig::DEFAULT
+            })
+        })
+        .collect();
+    for seed in 0..3u64 {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut live: Vec<Vec<(NonNull<u8>, Layout)>> = vec![Vec::new(); heaps.len()];
+        let mut model = vec![(0u64, 0u64); heaps.len()]; // (allocations, live bytes)
+        let base: Vec<_> = heaps.iter().map(|h| h.stats().fixed.allocations).collect();
+        for _ in 0..20_000 {
+            let h = rng.gen_range(0..heaps.len());
+            if live[h].is_empty() || rng.gen_bool(0.55) {
+                let l = Layout::from_size_align(rng.gen_range(1..=3000), 16).unwrap();
+                let p = heaps[h].alloc(l).unwrap();
+                // SAFETY: `p` holds `l.size()` writable bytes.
+                unsafe { p.as_ptr().write_bytes(h as u8, l.size()) };
+                live[h].push((p, l));
+                model[h].0 += 1;
+                model[h].1 += l.size() as u64;
+            } else {
+                let i = rng.gen_range(0..live[h].len());
+                let (p, l) = live[h].swap_remove(i);
+                // SAFETY: `p` is live with `l` and holds the pattern written above.
+                unsafe {
+                    assert_eq!(p.as_ptr().read(), h as u8, "block of heap {h} intact");
+                    heaps[h].dealloc(p, l);
+                }
+                model[h].1 -= l.size() as u64;
+            }
+        }
+        for (h, heap) in heaps.iter().enumerate() {
+            let s = heap.stats();
+            assert_consistent(&s);
+            assert_eq!(s.fixed.allocations - base[h], model[h].0, "heap {h}");
+            assert_eq!(s.fixed.live_bytes(), model[h].1, "heap {h}");
+            for (p, l) in live[h].drain(..) {
+                // SAFETY: live with `l`, freed once.
+                unsafe { heap.dealloc(p, l) };
+            }
+            assert_eq!(heap.stats().fixed.live_bytes(), 0);
+        }
+    }
+    for heap in &heaps {
+        heap.trim();
+        let s = heap.stats();
+        assert_eq!(s.fixed.live_blocks(), 0);
+        assert_eq!((s.spans, s.committed_bytes), (0, 0));
+    }
 }
