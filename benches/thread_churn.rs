@@ -134,10 +134,14 @@ fn main() {
         let faults = (minor_faults() - f0) as f64 / summary_threads as f64;
         let per = t.as_secs_f64() * 1e6 / summary_threads as f64;
         let (bt, bf) = *base.get_or_insert((per, faults));
+        let fault_ratio = if bf > 0.0 {
+            format!("{:.2}× system", faults / bf)
+        } else {
+            "system: 0".to_string()
+        };
         println!(
-            "  {name:<9} {per:>7.2} µs/thread ({:.2}× system)   {faults:>6.2} minor faults/thread ({:.2}× system)",
+            "  {name:<9} {per:>7.2} µs/thread ({:.2}× system)   {faults:>6.2} minor faults/thread ({fault_ratio})",
             per / bt,
-            faults / bf.max(f64::MIN_POSITIVE),
         );
     }
 }

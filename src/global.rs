@@ -35,7 +35,9 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{self, NonNull};
 
 use crate::pool::heap::{HeapConfig, HeapInner};
-use crate::pool::thread_cache::GLOBAL_SLOT;
+use crate::pool::span::SpanKind;
+use crate::pool::thread_cache::{self, GLOBAL_SLOT, ThreadCache};
+use crate::size_class;
 use crate::stats::{HeapStats, PoolCounters};
 use crate::sync::const_fn_unless_loom;
 
@@ -282,9 +284,28 @@ unsafe impl GlobalAlloc for Global {
 }
 
 /// `Global::alloc`, out of line (see "Opaque entry points" in the module docs).
+///
+/// The hit path (a list pop, for requests up to 1 KiB at alignment up to 16) cannot
+/// panic, so it needs no unwind guard, which lets the miss be a tail call; other
+/// requests take the miss call, which serves every size.
 #[inline(never)]
 fn global_alloc(heap: &HeapInner, layout: Layout) -> *mut u8 {
-    no_unwind(|| heap.alloc_raw(layout))
+    if let Some(class) = size_class::class_for_small(layout.size(), layout.align())
+        && let Some(b) = heap.alloc_hit_at(GLOBAL_SLOT, class, layout.size(), SpanKind::Fixed)
+    {
+        return b.as_ptr();
+    }
+    global_alloc_miss(heap, layout)
+}
+
+/// Every allocation `global_alloc`'s hit path does not serve.
+#[cold]
+#[inline(never)]
+fn global_alloc_miss(heap: &HeapInner, layout: Layout) -> *mut u8 {
+    no_unwind(|| match heap.alloc(layout) {
+        Ok(p) => p.as_ptr(),
+        Err(_) => ptr::null_mut(),
+    })
 }
 
 /// `Global::alloc_zeroed`, out of line.
@@ -296,16 +317,48 @@ fn global_alloc_zeroed(heap: &HeapInner, layout: Layout) -> *mut u8 {
     })
 }
 
-/// `Global::dealloc`, out of line.
+/// `Global::dealloc`, out of line. Like `global_alloc`, the hit path (a list push)
+/// cannot panic; the rest is in cold calls that guard against unwinding. Debug builds
+/// always take the checked path (`HeapInner::dealloc` checks the layout).
 ///
 /// # Safety
 ///
 /// `ptr` is null or a live block of `heap` allocated with `layout`, dead from now on.
 #[inline(never)]
 unsafe fn global_dealloc(heap: &HeapInner, ptr: *mut u8, layout: Layout) {
+    if !cfg!(debug_assertions)
+        && let Some(p) = NonNull::new(ptr)
+        && let Some(class) = size_class::class_for_small(layout.size(), layout.align())
+        && let Some(tc) = thread_cache::current_fast_at(heap, GLOBAL_SLOT)
+    {
+        // SAFETY: forwarded from the caller; `tc` is this thread's record.
+        if unsafe { heap.free_cached(tc, p, class, layout.size(), SpanKind::Fixed) } {
+            global_overflow(heap, tc, class);
+        }
+        return;
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { global_dealloc_miss(heap, ptr, layout) }
+}
+
+/// The list `global_dealloc` pushed on is full.
+#[cold]
+#[inline(never)]
+fn global_overflow(heap: &HeapInner, tc: &ThreadCache, class: usize) {
+    no_unwind(|| heap.overflow(tc, class, SpanKind::Fixed));
+}
+
+/// Every free `global_dealloc`'s hit path does not serve.
+///
+/// # Safety
+///
+/// As `global_dealloc`.
+#[cold]
+#[inline(never)]
+unsafe fn global_dealloc_miss(heap: &HeapInner, ptr: *mut u8, layout: Layout) {
     let Some(p) = NonNull::new(ptr) else { return };
     // SAFETY: forwarded from the caller.
-    no_unwind(|| unsafe { heap.dealloc_raw(p, layout) })
+    no_unwind(|| unsafe { heap.dealloc(p, layout) })
 }
 
 /// `Global::realloc`, out of line.

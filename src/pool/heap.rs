@@ -453,8 +453,20 @@ impl HeapInner {
         size: usize,
         kind: SpanKind,
     ) -> Option<NonNull<u8>> {
+        self.alloc_hit_at(self.fast_slot, class, size, kind)
+    }
+
+    /// [`HeapInner::alloc_hit`] with the heap's fast slot known to the caller.
+    #[inline(always)]
+    pub(crate) fn alloc_hit_at(
+        &self,
+        slot: usize,
+        class: usize,
+        size: usize,
+        kind: SpanKind,
+    ) -> Option<NonNull<u8>> {
         debug_assert!(class < NUM_CLASSES);
-        let tc = thread_cache::current_fast(self)?;
+        let tc = thread_cache::current_fast_at(self, slot)?;
         if kind == SpanKind::Movable {
             self.honor_movable_epoch(tc);
         }
@@ -593,22 +605,29 @@ impl HeapInner {
             return false;
         };
         // SAFETY: forwarded from the caller.
-        unsafe { self.free_cached(tc, block, class, size, kind) };
+        if unsafe { self.free_cached(tc, block, class, size, kind) } {
+            self.overflow(tc, class, kind);
+        }
         true
     }
 
+    /// Pushes the block on `tc`'s list and counts the free; `true` when the list is now
+    /// full and the caller must call [`HeapInner::overflow`] before anything else
+    /// touches it.
+    ///
     /// # Safety
     ///
     /// As [`HeapInner::free_block`]; `tc` is this thread's record.
     #[inline(always)]
-    unsafe fn free_cached(
+    #[must_use]
+    pub(crate) unsafe fn free_cached(
         &self,
         tc: &ThreadCache,
         block: NonNull<u8>,
         class: usize,
         size: usize,
         kind: SpanKind,
-    ) {
+    ) -> bool {
         if kind == SpanKind::Movable {
             self.honor_movable_epoch(tc);
         }
@@ -618,9 +637,7 @@ impl HeapInner {
         // SAFETY: this thread owns its record; `class` is a class.
         let list = unsafe { tc.list(kind as usize, class) };
         // SAFETY: the caller hands us the dead block.
-        if unsafe { list.push(block) } {
-            self.overflow(tc, class, kind);
-        }
+        unsafe { list.push(block) }
     }
 
     /// Everything `free_hit` does not serve: finding or claiming the record, or the
@@ -633,8 +650,12 @@ impl HeapInner {
     #[inline(never)]
     unsafe fn free_miss(&self, block: NonNull<u8>, class: usize, size: usize, kind: SpanKind) {
         match self.thread_cache() {
-            // SAFETY: forwarded from the caller.
-            Some(tc) => unsafe { self.free_cached(tc, block, class, size, kind) },
+            Some(tc) => {
+                // SAFETY: forwarded from the caller.
+                if unsafe { self.free_cached(tc, block, class, size, kind) } {
+                    self.overflow(tc, class, kind);
+                }
+            }
             // SAFETY: forwarded from the caller.
             None => unsafe { self.free_uncached(block, size, kind) },
         }
@@ -657,7 +678,7 @@ impl HeapInner {
     /// the central list is full), then checks the cache's byte budget.
     #[cold]
     #[inline(never)]
-    fn overflow(&self, tc: &ThreadCache, class: usize, kind: SpanKind) {
+    pub(crate) fn overflow(&self, tc: &ThreadCache, class: usize, kind: SpanKind) {
         // SAFETY: this thread owns its record.
         let local = unsafe { tc.local() };
         local.resync(kind as usize, class);
@@ -777,52 +798,6 @@ impl HeapInner {
             Some(class) => self.alloc_block(class, layout.size(), SpanKind::Fixed),
             None => self.alloc_large(layout),
         }
-    }
-
-    /// `alloc` for `Global`: the hit path inlined, everything else in one cold call;
-    /// null on failure.
-    #[inline(always)]
-    pub(crate) fn alloc_raw(&self, layout: Layout) -> *mut u8 {
-        if let Some(class) = size_class::class_for(layout.size(), layout.align())
-            && let Some(b) = self.alloc_hit(class, layout.size(), SpanKind::Fixed)
-        {
-            return b.as_ptr();
-        }
-        self.alloc_raw_miss(layout)
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn alloc_raw_miss(&self, layout: Layout) -> *mut u8 {
-        self.alloc(layout).map_or(ptr::null_mut(), NonNull::as_ptr)
-    }
-
-    /// `dealloc` for `Global`: the hit path inlined, everything else in one cold call.
-    ///
-    /// # Safety
-    ///
-    /// As [`HeapInner::dealloc`].
-    #[inline(always)]
-    pub(crate) unsafe fn dealloc_raw(&self, ptr: NonNull<u8>, layout: Layout) {
-        if !cfg!(debug_assertions)
-            && let Some(class) = size_class::class_for(layout.size(), layout.align())
-            // SAFETY: forwarded from the caller.
-            && unsafe { self.free_hit(ptr, class, layout.size(), SpanKind::Fixed) }
-        {
-            return;
-        }
-        // SAFETY: forwarded from the caller.
-        unsafe { self.dealloc_raw_miss(ptr, layout) }
-    }
-
-    /// # Safety
-    ///
-    /// As [`HeapInner::dealloc`].
-    #[cold]
-    #[inline(never)]
-    unsafe fn dealloc_raw_miss(&self, ptr: NonNull<u8>, layout: Layout) {
-        // SAFETY: forwarded from the caller.
-        unsafe { self.dealloc(ptr, layout) }
     }
 
     #[cold]

@@ -371,8 +371,15 @@ thread_local! {
 /// only thread-local access (a plain `fs:`-relative load and one compare).
 #[inline(always)]
 pub(crate) fn current_fast(heap: &HeapInner) -> Option<&ThreadCache> {
-    let slot = heap.fast_slot() & 1;
-    let e = TLS.with(|t| t.entries[slot].get());
+    current_fast_at(heap, heap.fast_slot())
+}
+
+/// [`current_fast`] for a caller that knows the heap's fast slot (`Global`'s entry
+/// points: a constant, so the hot path does not load it).
+#[inline(always)]
+pub(crate) fn current_fast_at(heap: &HeapInner, slot: usize) -> Option<&ThreadCache> {
+    debug_assert_eq!(slot, heap.fast_slot());
+    let e = TLS.with(|t| t.entries[slot & 1].get());
     if e.heap_id == heap.id() {
         // SAFETY: an entry with a heap id holds the (non-null) record this thread
         // claimed from that heap, which lives as long as the heap, which `heap` borrows.
