@@ -36,6 +36,8 @@ pub const MAX_THREAD_CACHES: usize = 1024;
 pub const DEFAULT_BATCH: usize = 32;
 /// Per-thread cache limit.
 pub const DEFAULT_THREAD_CACHE_BYTES: usize = 2 << 20;
+/// Most bytes of fresh blocks one refill carves from a span (see `refill`).
+const CARVE_BYTES: usize = 32 * 1024;
 /// Bytes of free blocks a central list may hold per class before batches go home.
 const CENTRAL_BYTES_PER_CLASS: usize = 1 << 20;
 
@@ -528,7 +530,12 @@ impl HeapInner {
             first
         } else {
             let arena = &self.arenas[tc.arena.load(Ordering::Relaxed) as usize];
-            let want = self.batch(class);
+            // Carving writes a link into every block, faulting its pages in: carve at
+            // most `CARVE_BYTES` at a time, so a thread that allocates a few large
+            // blocks does not commit a whole batch of them.
+            let want = self
+                .batch(class)
+                .min((CARVE_BYTES / size_class::size(class)).max(1));
             arena.take_blocks(&self.source, class, kind, want, |b| {
                 // SAFETY: fresh blocks are free and now ours; a batch is below the
                 // list's limit, so the list never fills here.
