@@ -285,7 +285,7 @@ unsafe impl GlobalAlloc for Global {
 
 /// `Global::alloc`, out of line (see "Opaque entry points" in the module docs).
 ///
-/// The hit path (a list pop, for requests up to 1 KiB at alignment up to 16) cannot
+/// The hit path (a list pop, for requests up to 8 KiB at alignment up to 16) cannot
 /// panic, so it needs no unwind guard, which lets the miss be a tail call; other
 /// requests take the miss call, which serves every size.
 #[inline(never)]

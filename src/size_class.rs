@@ -159,7 +159,7 @@ pub fn blocks_per_span(c: usize) -> usize {
 }
 
 /// Requests up to this size find their class in [`BY_16`].
-const TABLE_MAX: usize = 1024;
+const TABLE_MAX: usize = 8192;
 
 /// The class of every request of `16 * (i - 1) + 1 ..= 16 * i` bytes at index `i`
 /// (every class size is a multiple of 16, so the whole range shares one class).
@@ -182,7 +182,7 @@ static BY_16: [u8; TABLE_MAX / 16 + 1] = {
 #[inline(always)]
 pub fn class_of(n: usize) -> Option<usize> {
     if n <= TABLE_MAX {
-        // One load: 0..=16 → 0, 17..=32 → 1, ..., 1009..=1024 → the 1 KiB class.
+        // One load: 0..=16 → 0, 17..=32 → 1, ..., 8177..=8192 → the 8 KiB class.
         Some(usize::from(BY_16[n.div_ceil(16)]))
     } else if n <= MAX_SMALL {
         // n in (2^k, 2^(k+1)]: k = floor(log2(n - 1)).
@@ -196,7 +196,7 @@ pub fn class_of(n: usize) -> Option<usize> {
     }
 }
 
-/// [`class_for`] for the requests that need nothing but one table load (up to 1 KiB, at
+/// [`class_for`] for the requests that need nothing but one table load (up to 8 KiB, at
 /// most 16-byte alignment); `None` for every other request (which may still have a
 /// class). Lets `Global`'s hit path stay small.
 #[inline(always)]
