@@ -824,3 +824,49 @@ fn blocks_outlive_their_threads_and_are_freed_elsewhere() {
     let s = heap.stats();
     assert_eq!((s.spans, s.committed_bytes), (0, 0));
 }
+
+/// Many threads exiting at once park at most a bounded total of cached blocks (4 MiB
+/// across the heap's parked records): the rest goes to the central lists (capped) or
+/// home, so a pool shutting down does not strand its caches.
+#[test]
+fn threads_exiting_together_park_a_bounded_total() {
+    const THREADS: usize = 40;
+    // 200 KiB of 4 KiB blocks per thread: with the refills' leftovers, 56 blocks stay on
+    // the list (its limit is 64), and each thread's cache fits one park.
+    const BLOCKS: usize = 50;
+    let heap = Heap::new();
+    let l = Layout::from_size_align(4096, 16).unwrap();
+    let barrier = std::sync::Barrier::new(THREADS);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (heap, barrier) = (&heap, &barrier);
+                s.spawn(move || {
+                    let blocks: Vec<_> = (0..BLOCKS).map(|_| heap.alloc(l).unwrap()).collect();
+                    for p in blocks {
+                        // SAFETY: allocated above with `l`, freed once.
+                        unsafe { heap.dealloc(p, l) };
+                    }
+                    // Every thread holds its record until all have cached their blocks.
+                    barrier.wait();
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+    });
+    let s = heap.stats();
+    assert_eq!(s.fixed.live_blocks(), 0);
+    let out_bytes = heap.walk().out_blocks[0] * 4096;
+    // Parked total (4 MiB) + the class's central list (1 MiB, plus a batch) at most;
+    // 40 full parks would be 8.75 MiB.
+    assert!(
+        out_bytes <= (4 << 20) + (1 << 20) + 32 * 4096,
+        "{out_bytes} bytes cached after every thread exited"
+    );
+    assert!(out_bytes > 0, "some caches were parked warm");
+    heap.trim();
+    let s = heap.stats();
+    assert_eq!((s.spans, s.committed_bytes), (0, 0));
+}

@@ -20,7 +20,7 @@ use super::central::{Batch, CentralFreeList};
 use super::lock::{Mutex, MutexGuard};
 use super::pagemap;
 use super::span::{Span, SpanKind};
-use super::thread_cache::{self, Counters, PARK_BYTES, ThreadCache, bump};
+use super::thread_cache::{self, Counters, PARK_BYTES, PARKED_TOTAL_BYTES, ThreadCache, bump};
 use crate::large::{LargeAllocator, LargeConfig};
 use crate::size_class::{self, NUM_CLASSES};
 use crate::stats::PoolCounters;
@@ -147,6 +147,8 @@ pub(crate) struct HeapInner {
     caches: AtomicPtr<ThreadCache>,
     /// Records ever claimed (an upper bound on indexes in use).
     caches_hwm: AtomicUsize,
+    /// Bytes of fixed blocks held by parked records (see `release_cache`).
+    parked_bytes: AtomicUsize,
     /// Counters of the uncached path and of released records (read-modify-write).
     pub(crate) shared: [Counters; 2],
     /// Bumped to ask every thread to flush its movable lists (see `flush_movable`).
@@ -183,6 +185,7 @@ impl HeapInner {
                 central: central_lists(),
                 caches: AtomicPtr::new(ptr::null_mut()),
                 caches_hwm: AtomicUsize::new(0),
+                parked_bytes: AtomicUsize::new(0),
                 shared: [const { Counters::ZERO }; 2],
                 movable_epoch: AtomicU64::new(0),
                 large: LargeAllocator::new(config.large),
@@ -303,6 +306,7 @@ impl HeapInner {
                 self.caches_hwm.fetch_max(i + 1, Ordering::AcqRel);
                 // SAFETY: we just claimed the record.
                 let local = unsafe { rec.local() };
+                self.unpark(local);
                 for k in &mut local.lists {
                     for (class, list) in k.iter_mut().enumerate() {
                         list.set_up(self.list_limit(class));
@@ -367,8 +371,10 @@ impl HeapInner {
         }
         local.resync_all();
         let fixed = SpanKind::Fixed as usize;
+        let room = PARKED_TOTAL_BYTES.saturating_sub(self.parked_bytes.load(Ordering::Relaxed));
+        let keep = PARK_BYTES.min(room) as isize;
         for class in (0..NUM_CLASSES).rev() {
-            if local.cached_bytes <= PARK_BYTES as isize {
+            if local.cached_bytes <= keep {
                 break;
             }
             let list = &mut local.lists[fixed][class];
@@ -377,11 +383,21 @@ impl HeapInner {
             }
             local.resync(fixed, class);
         }
+        local.parked = local.cached_bytes.max(0) as usize;
+        self.parked_bytes.fetch_add(local.parked, Ordering::Relaxed);
         for k in 0..2 {
             let (from, to) = (&cache.counters[k], &self.shared[k]);
             from.drain_into(to);
         }
         cache.claimed.store(false, Ordering::Release);
+    }
+
+    /// Takes a just-claimed record's parked bytes off the heap's parked total.
+    fn unpark(&self, local: &mut thread_cache::Local) {
+        let p = core::mem::take(&mut local.parked);
+        if p != 0 {
+            self.parked_bytes.fetch_sub(p, Ordering::Relaxed);
+        }
     }
 
     /// Returns every cached block of `cache` (of `kind`, or of both kinds) home.
@@ -420,6 +436,8 @@ impl HeapInner {
                     .is_ok()
             {
                 // SAFETY: we claimed the record (a parked one has no thread).
+                self.unpark(unsafe { rec.local() });
+                // SAFETY: as above.
                 unsafe { self.flush_cache(rec, None) };
                 rec.claimed.store(false, Ordering::Release);
             }

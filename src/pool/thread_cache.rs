@@ -33,8 +33,8 @@
 //! The exit hook is a second thread-local, with a destructor, registered the first time
 //! the thread claims a record (on the slow path). When the thread exits it *parks* each
 //! record: the movable lists go to the central lists (where the compactor finds them),
-//! the fixed lists stay in the record, trimmed to [`PARK_BYTES`], and the record is
-//! unclaimed. The next thread to claim it inherits those blocks warm: no page faults, no
+//! the fixed lists stay in the record, trimmed to [`PARK_BYTES`] (and to nothing once
+//! the heap's parked records hold [`PARKED_TOTAL_BYTES`]), and the record is unclaimed. The next thread to claim it inherits those blocks warm: no page faults, no
 //! refill, and no arena lock taken at exit or at the next thread's first allocations.
 //! `Heap::trim` (and `Global::trim`) flushes parked records home. A thread that
 //! allocates after its exit hook ran (from another thread-local's destructor) uses the
@@ -58,6 +58,10 @@ use crate::stats::PoolCounters;
 
 /// Fixed-list bytes a parked record keeps for the next thread (see the module docs).
 pub(crate) const PARK_BYTES: usize = 256 * 1024;
+/// Fixed-list bytes all of a heap's parked records keep together, at most (so a pool of
+/// many threads exiting at once does not strand its caches); past it, an exiting
+/// thread's blocks go to the central lists.
+pub(crate) const PARKED_TOTAL_BYTES: usize = 16 * PARK_BYTES;
 
 /// A thread-owned intrusive list of free blocks of one class.
 ///
@@ -234,6 +238,9 @@ pub(crate) struct Local {
     /// Bytes of blocks on the lists as of each list's last sync (L3): exact for every
     /// list the cold paths visited last, off by at most `limit` blocks for the others.
     pub(crate) cached_bytes: isize,
+    /// Bytes this record added to its heap's parked total when it was parked (0 while
+    /// claimed): taken back by whoever claims it next.
+    pub(crate) parked: usize,
 }
 
 impl Local {
