@@ -57,6 +57,8 @@ pub struct HeapConfig {
     /// Blocks moved per batch between thread caches and central lists (1..=32).
     pub batch: usize,
     /// Bytes of free blocks a thread may cache before it flushes to the central lists.
+    /// Checked when one of its lists refills or overflows (never on the hot path), so a
+    /// thread may hold up to one list's worth more per class in between.
     pub thread_cache_bytes: usize,
     /// Configuration of the direct-mapping path for large blocks.
     pub large: LargeConfig,
