@@ -164,7 +164,7 @@ impl Heap {
     /// ```
     #[inline]
     pub fn alloc(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
-        self.inner().alloc(layout)
+        self.inner().alloc_at(HEAP_SLOT, layout)
     }
 
     /// Allocates `size` bytes aligned to `align`, validating both.
@@ -222,7 +222,7 @@ impl Heap {
     #[inline]
     pub unsafe fn dealloc(&self, ptr: NonNull<u8>, layout: Layout) {
         // SAFETY: forwarded from the caller.
-        unsafe { self.inner().dealloc(ptr, layout) }
+        unsafe { self.inner().dealloc_at(HEAP_SLOT, ptr, layout) }
     }
 
     /// Resizes a block to `new_size` bytes (same alignment), in place while its size

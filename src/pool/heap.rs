@@ -627,8 +627,26 @@ impl HeapInner {
         size: usize,
         kind: SpanKind,
     ) -> bool {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.free_hit_at(self.fast_slot, block, class, size, kind) }
+    }
+
+    /// [`HeapInner::free_hit`] with the heap's fast slot known to the caller.
+    ///
+    /// # Safety
+    ///
+    /// As [`HeapInner::free_block`].
+    #[inline(always)]
+    pub(crate) unsafe fn free_hit_at(
+        &self,
+        slot: usize,
+        block: NonNull<u8>,
+        class: usize,
+        size: usize,
+        kind: SpanKind,
+    ) -> bool {
         debug_assert!(class < NUM_CLASSES);
-        let Some(tc) = thread_cache::current_fast(self) else {
+        let Some(tc) = thread_cache::current_fast_at(self, slot) else {
             return false;
         };
         // SAFETY: forwarded from the caller.
@@ -821,8 +839,19 @@ impl HeapInner {
     /// Allocates a fixed block per `layout` from the pools (or the large path).
     #[inline(always)]
     pub(crate) fn alloc(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
-        match size_class::class_for(layout.size(), layout.align()) {
-            Some(class) => self.alloc_block(class, layout.size(), SpanKind::Fixed),
+        self.alloc_at(self.fast_slot, layout)
+    }
+
+    /// [`HeapInner::alloc`] with the heap's fast slot known to the caller (`Heap`'s
+    /// methods: a constant, so the hot path does not load it).
+    #[inline(always)]
+    pub(crate) fn alloc_at(&self, slot: usize, layout: Layout) -> Result<NonNull<u8>, AllocError> {
+        let size = layout.size();
+        match size_class::class_for(size, layout.align()) {
+            Some(class) => match self.alloc_hit_at(slot, class, size, SpanKind::Fixed) {
+                Some(b) => Ok(b),
+                None => self.alloc_miss(class, size, SpanKind::Fixed),
+            },
             None => self.alloc_large(layout),
         }
     }
@@ -890,12 +919,27 @@ impl HeapInner {
     /// `ptr` was allocated by this heap with `layout` and is dead from now on.
     #[inline(always)]
     pub(crate) unsafe fn dealloc(&self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.dealloc_at(self.fast_slot, ptr, layout) }
+    }
+
+    /// [`HeapInner::dealloc`] with the heap's fast slot known to the caller.
+    ///
+    /// # Safety
+    ///
+    /// As [`HeapInner::dealloc`].
+    #[inline(always)]
+    pub(crate) unsafe fn dealloc_at(&self, slot: usize, ptr: NonNull<u8>, layout: Layout) {
         match size_class::class_for(layout.size(), layout.align()) {
             Some(class) => {
                 #[cfg(debug_assertions)]
                 self.check_layout(ptr, layout, class);
+                let (size, kind) = (layout.size(), SpanKind::Fixed);
                 // SAFETY: forwarded from the caller.
-                unsafe { self.free_block(ptr, class, layout.size(), SpanKind::Fixed) }
+                if !unsafe { self.free_hit_at(slot, ptr, class, size, kind) } {
+                    // SAFETY: forwarded from the caller; the hit path left it alone.
+                    unsafe { self.free_miss(ptr, class, size, kind) }
+                }
             }
             // SAFETY: forwarded from the caller.
             None => unsafe { self.dealloc_large(ptr, layout) },
