@@ -288,10 +288,18 @@ unsafe impl GlobalAlloc for Global {
 /// The hit path (a list pop, for requests up to 8 KiB at alignment up to 16) cannot
 /// panic, so it needs no unwind guard, which lets the miss be a tail call; other
 /// requests take the miss call, which serves every size.
+///
+/// What it costs over `Heap`'s inlined path is mostly not the call: compiled in this
+/// crate (a library, so position-independent), the thread-local access is generated
+/// as a call to `__tls_get_addr`, which makes LLVM keep the arguments in callee-saved
+/// registers (pushed and popped on every call) even though the linker later relaxes
+/// the access into one `fs:` load. Inlined into an executable, as `Heap`'s path is,
+/// it is generated as that load from the start. Stable Rust cannot pick the TLS model.
 #[inline(never)]
 fn global_alloc(heap: &HeapInner, layout: Layout) -> *mut u8 {
-    if let Some(class) = size_class::class_for_small(layout.size(), layout.align())
-        && let Some(b) = heap.alloc_hit_at(GLOBAL_SLOT, class, layout.size(), SpanKind::Fixed)
+    if let Some(tc) = thread_cache::current_fast_at(heap, GLOBAL_SLOT)
+        && let Some(class) = size_class::class_for_small(layout.size(), layout.align())
+        && let Some(b) = heap.pop_cached(tc, class, layout.size())
     {
         return b.as_ptr();
     }

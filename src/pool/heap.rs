@@ -500,6 +500,22 @@ impl HeapInner {
         Some(b)
     }
 
+    /// A fixed block of `class` from `tc`'s list, counted; `None` if the list is empty.
+    #[inline(always)]
+    pub(crate) fn pop_cached(
+        &self,
+        tc: &ThreadCache,
+        class: usize,
+        size: usize,
+    ) -> Option<NonNull<u8>> {
+        // SAFETY: this thread owns its record; `class` is a class.
+        let b = unsafe { tc.list(SpanKind::Fixed as usize, class) }.pop()?;
+        let c = &tc.counters[SpanKind::Fixed as usize];
+        bump(&c.allocs, 1);
+        bump(&c.alloc_bytes, size as u64);
+        Some(b)
+    }
+
     /// Everything `alloc_hit` does not serve: finding or claiming the record, a refill,
     /// or the uncached path.
     #[cold]
