@@ -16,6 +16,11 @@
 //! 3. Pass durations: fresh fragmented heaps compacted by passes with a 500 µs time
 //!    budget; p50/p99/max of `CompactionReport::elapsed` against the budget.
 //!
+//! With `--features tracy` the copy rate gets a third peer, `tidyheap_tracy`: the same
+//! compaction on a heap that reports to Tracy (`tidyheap::tracy::heap`, no profiler
+//! connected), alternated with the plain heap in the summary, for the integration's
+//! overhead (`benches/README.md`).
+//!
 //! Run with `cargo bench --bench compaction`. Without `--bench` (that is, under
 //! `cargo test --benches`) everything runs once on tiny sizes.
 
@@ -63,6 +68,22 @@ const TEST: Scale = Scale {
     passes: 10,
 };
 
+/// A peer name and how to make its heap.
+type HeapVariant = (&'static str, fn() -> Heap);
+
+/// The heaps the copy rate compares: plain, and with `--features tracy` one that
+/// reports to Tracy.
+fn heap_variants() -> Vec<HeapVariant> {
+    #[allow(
+        unused_mut,
+        reason = "the tracy variant is pushed only with the feature"
+    )]
+    let mut v: Vec<HeapVariant> = vec![("tidyheap", Heap::new)];
+    #[cfg(feature = "tracy")]
+    v.push(("tidyheap_tracy", || tidyheap::tracy::heap("bench")));
+    v
+}
+
 /// Allocates `count` blocks of `size` bytes, stamps each with its index, then frees
 /// every other one (all allocations come first, so freed blocks are not reused).
 /// Returns the kept handles with their stamps.
@@ -83,15 +104,24 @@ fn fragment(heap: &Heap, size: usize, count: usize) -> Vec<(RawHandle, u64)> {
 }
 
 /// A fresh fragmented heap of `total` bytes of `block`-sized blocks.
-fn fragmented_heap(block: usize, total: usize) -> (Heap, Vec<(RawHandle, u64)>) {
-    let heap = Heap::new();
+fn fragmented_heap(
+    block: usize,
+    total: usize,
+    new_heap: fn() -> Heap,
+) -> (Heap, Vec<(RawHandle, u64)>) {
+    let heap = new_heap();
     let kept = fragment(&heap, block, total / block);
     (heap, kept)
 }
 
 /// Times one full compaction of a fresh fragmented heap; returns (time, bytes moved).
-fn timed_compaction(block: usize, total: usize, verify: bool) -> (Duration, u64) {
-    let (heap, kept) = fragmented_heap(block, total);
+fn timed_compaction(
+    block: usize,
+    total: usize,
+    verify: bool,
+    new_heap: fn() -> Heap,
+) -> (Duration, u64) {
+    let (heap, kept) = fragmented_heap(block, total, new_heap);
     let start = Instant::now();
     let r = heap.compact_full();
     let t = start.elapsed();
@@ -154,36 +184,42 @@ fn gib_per_s(bytes: u64, t: Duration) -> f64 {
 
 fn copy_rate(c: &mut Criterion, scale: &Scale) {
     const BLOCKS: [usize; 3] = [64, 1024, 16 * 1024];
+    let variants = heap_variants();
     let mut group = c.benchmark_group("compaction_copy");
     // Every compaction sample needs fresh heaps; flat sampling keeps their number low.
     group.sampling_mode(SamplingMode::Flat);
     let mut summary = Vec::new();
     for block in BLOCKS {
         // One verified calibration run: bytes moved are the same for every fresh heap.
-        let (_, moved) = timed_compaction(block, scale.copy_total, true);
+        let (_, moved) = timed_compaction(block, scale.copy_total, true, Heap::new);
         group.throughput(Throughput::Bytes(moved));
-        group.bench_function(BenchmarkId::new("tidyheap", block), |b| {
-            b.iter_custom(|iters| {
-                (0..iters)
-                    .map(|_| timed_compaction(block, scale.copy_total, false).0)
-                    .sum()
-            })
-        });
+        for &(name, new_heap) in &variants {
+            group.bench_function(BenchmarkId::new(name, block), |b| {
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| timed_compaction(block, scale.copy_total, false, new_heap).0)
+                        .sum()
+                })
+            });
+        }
         let mut bufs = CopyBufs::new(block, moved as usize);
         group.bench_function(BenchmarkId::new("memcpy", block), |b| {
             b.iter(|| bufs.copy())
         });
 
-        // Alternate the peers so both see the same machine load.
-        let (mut ths, mut tms) = (Vec::new(), Vec::new());
+        // Alternate the peers so all see the same machine load.
+        let mut times = vec![Vec::new(); variants.len()];
+        let mut tms = Vec::new();
         for _ in 0..scale.summary_runs {
-            ths.push(timed_compaction(block, scale.copy_total, false).0);
+            for (t, &(_, new_heap)) in times.iter_mut().zip(&variants) {
+                t.push(timed_compaction(block, scale.copy_total, false, new_heap).0);
+            }
             let s = Instant::now();
             bufs.copy();
             tms.push(s.elapsed());
         }
-        let (th, tm) = (median(ths), median(tms));
-        summary.push((block, moved, th, tm));
+        let th: Vec<Duration> = times.into_iter().map(median).collect();
+        summary.push((block, moved, th, median(tms)));
     }
     group.finish();
 
@@ -192,18 +228,22 @@ fn copy_rate(c: &mut Criterion, scale: &Scale) {
         scale.summary_runs
     );
     println!(
-        "{:>7} {:>10} {:>14} {:>14} {:>8} {:>14}",
-        "block", "moved", "tidyheap GiB/s", "memcpy GiB/s", "ratio", "blocks/s"
+        "{:>7} {:>10} {:>14} {:>14} {:>8} {:>14} {:>16}",
+        "block", "moved", "tidyheap GiB/s", "memcpy GiB/s", "ratio", "blocks/s", "tracy÷plain time"
     );
     for (block, moved, th, tm) in summary {
+        let tracy = th.get(1).map_or("-".to_string(), |t| {
+            format!("{:.3}", t.as_secs_f64() / th[0].as_secs_f64())
+        });
         println!(
-            "{:>7} {:>8.1}Mi {:>14.2} {:>14.2} {:>7.0}% {:>14.3e}",
+            "{:>7} {:>8.1}Mi {:>14.2} {:>14.2} {:>7.0}% {:>14.3e} {:>16}",
             block,
             moved as f64 / MIB as f64,
-            gib_per_s(moved, th),
+            gib_per_s(moved, th[0]),
             gib_per_s(moved, tm),
-            100.0 * tm.as_secs_f64() / th.as_secs_f64(),
-            (moved / block as u64) as f64 / th.as_secs_f64(),
+            100.0 * tm.as_secs_f64() / th[0].as_secs_f64(),
+            (moved / block as u64) as f64 / th[0].as_secs_f64(),
+            tracy,
         );
     }
 }

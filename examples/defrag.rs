@@ -15,7 +15,13 @@
 //!
 //! At the end every live asset is checksum-verified; the process exits non-zero on any
 //! corruption.
+//!
+//! Pictures: the demo writes `heap-before.png` (the heap at the end of the run without
+//! compaction) and `heap-after.png` (the same frames with compaction) next to its
+//! binary, or into `DIR` with `-- --pictures DIR`. With `--features tracy` both runs
+//! stream to a connected Tracy (memory pools, plots, zones, a frame mark per frame).
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -31,6 +37,9 @@ use tidyheap::{Budget, Heap, RawHandle};
 )]
 mod measure;
 use measure::thread_cpu_time;
+
+#[path = "common/picture.rs"]
+mod picture;
 
 const FRAMES: usize = 3000;
 const SEED: u64 = 0x7d1d_4ea9;
@@ -113,7 +122,7 @@ fn lifetime(rng: &mut impl Rng) -> usize {
 
 /// Everything one run measured.
 #[derive(Default)]
-struct Outcome {
+pub struct Outcome {
     frag_end: f64,
     frag_mean: f64,
     committed_end: usize,
@@ -125,8 +134,10 @@ struct Outcome {
     pass_cpu_times: Vec<Duration>,
     frame_times: Vec<Duration>,
     page_faults: u64,
-    verified: u64,
-    corrupt: u64,
+    /// Checksums verified.
+    pub verified: u64,
+    /// Checksums that did not match.
+    pub corrupt: u64,
     wall: Duration,
 }
 
@@ -148,16 +159,45 @@ fn verify(heap: &Heap, asset: &Asset) -> bool {
         .is_ok_and(|g| g.len() == asset.len && checksum(&g) == asset.checksum)
 }
 
-fn run(compact: bool, bar: &ProgressBar) -> Outcome {
+/// The heap of a run: reporting to Tracy when the feature is on.
+fn new_heap(name: &str) -> Heap {
+    #[cfg(feature = "tracy")]
+    return tidyheap::tracy::heap(name);
+    #[cfg(not(feature = "tracy"))]
+    {
+        let _ = name;
+        Heap::new()
+    }
+}
+
+/// Draws `heap` into `dir/file`, titled with its fragmentation.
+fn draw_heap(heap: &Heap, dir: &Path, file: &str, what: &str) {
+    let map = heap.occupancy_map();
+    let title = format!(
+        "{what}: fragmentation {:.2} ({:.1} MiB live in {:.1} MiB of movable spans)",
+        map.movable_fragmentation(),
+        map.movable_live_bytes as f64 / MIB,
+        map.movable_committed_bytes() as f64 / MIB,
+    );
+    picture::write_heap_png(&dir.join(file), &map, &title).expect("write the heap picture");
+}
+
+/// Runs `frames` frames, compacting each frame if `compact`; draws the heap at the end
+/// into `pictures` if given.
+pub fn run(compact: bool, frames: usize, bar: &ProgressBar, pictures: Option<&Path>) -> Outcome {
     let start = Instant::now();
     let faults = thread_page_faults();
-    let heap = Heap::new();
+    let heap = new_heap(if compact {
+        "compaction"
+    } else {
+        "no compaction"
+    });
     let mut rng = SmallRng::seed_from_u64(SEED);
     let mut assets: Vec<Asset> = Vec::new();
     let mut out = Outcome::default();
     let mut frag_sum = 0.0;
     let mut next_seed = 0u64;
-    for frame in 0..FRAMES {
+    for frame in 0..frames {
         let frame_start = Instant::now();
 
         // Stream in: the rate follows the wave.
@@ -237,13 +277,18 @@ fn run(compact: bool, bar: &ProgressBar) -> Outcome {
             ));
         }
         bar.inc(1);
+        #[cfg(feature = "tracy")]
+        {
+            tidyheap::tracy::plot_heap(&heap);
+            tidyheap::tracy::frame_mark();
+        }
     }
 
     let s = heap.stats();
     out.live_end = s.movable.live_bytes() as usize;
     out.committed_end = s.committed_bytes;
     out.frag_end = frag_of(out.committed_end, out.live_end);
-    out.frag_mean = frag_sum / FRAMES as f64;
+    out.frag_mean = frag_sum / frames as f64;
     out.assets_end = assets.len();
     for a in &assets {
         out.verified += 1;
@@ -253,6 +298,20 @@ fn run(compact: bool, bar: &ProgressBar) -> Outcome {
     }
     out.page_faults = thread_page_faults() - faults;
     out.wall = start.elapsed();
+    if let Some(dir) = pictures {
+        let (file, what) = if compact {
+            (
+                "heap-after.png",
+                format!("after: {frames} frames with compaction"),
+            )
+        } else {
+            (
+                "heap-before.png",
+                format!("before: {frames} frames, no compaction"),
+            )
+        };
+        draw_heap(&heap, dir, file, &what);
+    }
     bar.finish();
     out
 }
@@ -274,7 +333,21 @@ fn quantile<T: Ord + Copy + Default>(v: &mut [T], p: f64) -> T {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
+/// Where the pictures go: `--pictures DIR`, else beside the binary.
+fn pictures_dir() -> PathBuf {
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--pictures" {
+            return PathBuf::from(args.next().expect("--pictures DIR"));
+        }
+    }
+    let exe = std::env::current_exe().expect("the demo's path");
+    exe.parent().expect("a directory").to_path_buf()
+}
+
 fn main() -> ExitCode {
+    let dir = pictures_dir();
+    std::fs::create_dir_all(&dir).expect("the pictures directory");
     let style = ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos:>4}/{len} {msg}")
         .expect("valid template")
         .progress_chars("=> ");
@@ -283,7 +356,7 @@ fn main() -> ExitCode {
         let bar = ProgressBar::new(FRAMES as u64)
             .with_style(style.clone())
             .with_prefix(name);
-        results.push(run(compact, &bar));
+        results.push(run(compact, FRAMES, &bar, Some(&dir)));
     }
     let [off, on] = &mut results[..] else {
         unreachable!("two runs")
@@ -383,5 +456,8 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     println!("\nall checksums verified, no corruption");
+    for f in ["heap-before.png", "heap-after.png"] {
+        println!("heap picture: {}", dir.join(f).display());
+    }
     ExitCode::SUCCESS
 }

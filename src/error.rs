@@ -83,6 +83,11 @@ pub enum HandleError {
     Busy,
     /// Allocating the block failed.
     Alloc(AllocError),
+    /// No store can be created any more in this process: every store identity (tag) has
+    /// been handed out ([`MAX_STORES`](crate::store::MAX_STORES) of them). Tags are never
+    /// reused, so that a handle can never resolve in a store that did not make it; this
+    /// error is permanent for the life of the process.
+    StoresExhausted,
 }
 
 impl fmt::Display for HandleError {
@@ -93,6 +98,11 @@ impl fmt::Display for HandleError {
             }
             Self::Busy => f.write_str("block is busy: a conflicting guard is held"),
             Self::Alloc(e) => write!(f, "allocation failed: {e}"),
+            Self::StoresExhausted => write!(
+                f,
+                "store identities exhausted: this process has created all {} stores it can",
+                crate::store::MAX_STORES
+            ),
         }
     }
 }

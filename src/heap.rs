@@ -12,7 +12,6 @@
 
 use core::alloc::Layout;
 use core::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::AllocError;
 use crate::compact::Compactor;
@@ -48,8 +47,9 @@ pub struct Heap {
     inner: NonNull<HeapInner>,
     handles: HandleTable,
     compactor: Compactor,
-    /// Next store tag; tags are never reused (see `movable`).
-    next_tag: AtomicU32,
+    /// The event sink (`src/events.rs`), set only while the heap is built.
+    #[cfg(feature = "events")]
+    pub(crate) events: Option<std::sync::Arc<dyn crate::events::HeapEvents>>,
 }
 
 // SAFETY: `HeapInner` is designed for shared use across threads (atomics, locks and
@@ -115,9 +115,11 @@ impl Heap {
         unsafe { inner.as_ptr().write(HeapInner::new(config, HEAP_SLOT)) };
         Ok(Self {
             inner,
-            handles: HandleTable::new(),
+            // Process-unique handles: a handle of another heap never resolves here.
+            handles: HandleTable::new().with_process_unique_handles(),
             compactor: Compactor::new(),
-            next_tag: AtomicU32::new(u32::from(crate::movable::RAW_TAG) + 1),
+            #[cfg(feature = "events")]
+            events: None,
         })
     }
 
@@ -136,12 +138,6 @@ impl Heap {
     #[inline]
     pub(crate) fn compactor(&self) -> &Compactor {
         &self.compactor
-    }
-
-    /// A fresh store tag, or `None` once all 65 535 are taken.
-    pub(crate) fn new_tag(&self) -> Option<u16> {
-        let t = self.next_tag.fetch_add(1, Ordering::Relaxed);
-        u16::try_from(t).ok()
     }
 
     /// Allocates a block for `layout`.
@@ -164,7 +160,13 @@ impl Heap {
     /// ```
     #[inline]
     pub fn alloc(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
-        self.inner().alloc_at(HEAP_SLOT, layout)
+        let p = self.inner().alloc_at(HEAP_SLOT, layout)?;
+        // Event hook: alloc before the pointer is returned.
+        emit!(
+            self,
+            on_alloc(self.raw_pool(p), p.as_ptr().addr(), layout.size())
+        );
+        Ok(p)
     }
 
     /// Allocates `size` bytes aligned to `align`, validating both.
@@ -204,7 +206,13 @@ impl Heap {
     /// unsafe { heap.dealloc(p, layout) };
     /// ```
     pub fn alloc_zeroed(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
-        self.inner().alloc_zeroed(layout)
+        let p = self.inner().alloc_zeroed(layout)?;
+        // Event hook: alloc before the pointer is returned.
+        emit!(
+            self,
+            on_alloc(self.raw_pool(p), p.as_ptr().addr(), layout.size())
+        );
+        Ok(p)
     }
 
     /// Frees a block.
@@ -221,6 +229,11 @@ impl Heap {
     /// the block's size class (a caller bug that would otherwise corrupt the heap).
     #[inline]
     pub unsafe fn dealloc(&self, ptr: NonNull<u8>, layout: Layout) {
+        // Event hook: free before the block can be reused.
+        emit!(
+            self,
+            on_free(self.raw_pool(ptr), ptr.as_ptr().addr(), layout.size())
+        );
         // SAFETY: forwarded from the caller.
         unsafe { self.inner().dealloc_at(HEAP_SLOT, ptr, layout) }
     }
@@ -245,8 +258,20 @@ impl Heap {
         layout: Layout,
         new_size: usize,
     ) -> Result<NonNull<u8>, AllocError> {
+        // Event hook: free(old) before the old block can be reused; on failure it is
+        // still the caller's, so alloc(old) again.
+        emit!(
+            self,
+            on_free(self.raw_pool(ptr), ptr.as_ptr().addr(), layout.size())
+        );
         // SAFETY: forwarded from the caller.
-        unsafe { self.inner().realloc(ptr, layout, new_size) }
+        let r = unsafe { self.inner().realloc(ptr, layout, new_size) };
+        #[cfg(feature = "events")]
+        {
+            let (p, size) = r.map_or((ptr, layout.size()), |p| (p, new_size));
+            emit!(self, on_alloc(self.raw_pool(p), p.as_ptr().addr(), size));
+        }
+        r
     }
 
     /// The bytes usable in any block allocated with `layout`: its size class, or the
@@ -312,6 +337,8 @@ impl Heap {
 
 impl Drop for Heap {
     fn drop(&mut self) {
+        // Event hook: the heap's blocks die with it.
+        emit!(self, on_heap_drop());
         // SAFETY: we own the heap; nobody can use it after drop (no outstanding
         // borrows), and its blocks die with it per the type's contract.
         unsafe {

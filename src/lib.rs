@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+#[macro_use]
+pub mod events;
 mod alloc_api;
 pub mod compact;
 mod error;
@@ -10,16 +12,20 @@ pub mod handle;
 mod heap;
 pub mod large;
 pub mod movable;
+pub mod numa;
+mod occupancy;
 pub mod os;
 pub(crate) mod pool;
 pub mod size_class;
 pub mod stats;
 pub mod store;
 pub(crate) mod sync;
+#[cfg(feature = "tracy")]
+pub mod tracy;
 
 pub use compact::{
-    BackgroundCompactor, Budget, ClassFragmentation, CompactionObserver, CompactionReport,
-    Fragmentation, MoveEvent,
+    BackgroundCompactor, Budget, ClassFragmentation, CompactionObserver, CompactionPolicy,
+    CompactionReport, Fragmentation, MoveEvent,
 };
 pub use error::{AllocError, HandleError};
 pub use frame::{Frame, FrameArena, FrameConfig, FrameShared, FrameStats};
@@ -28,7 +34,10 @@ pub use handle::{Handle, HandleTable, RawHandle};
 pub use heap::Heap;
 pub use large::{HugePages, LargeAllocator, LargeConfig, LargeStats, MappedAsset};
 pub use movable::{PinGuard, ReadGuard, WriteGuard};
+pub use occupancy::{BlockState, OccupancyMap, SpanOccupancy};
 pub use pool::heap::HeapConfig;
 pub use pool::span::SpanKind;
-pub use stats::{ArenaStats, CentralCounters, HeapStats, HeapWalk, PoolCounters};
+pub use stats::{
+    ArenaStats, CentralCounters, HeapStats, HeapWalk, NodeStats, NumaStats, PoolCounters,
+};
 pub use store::{Owned, Ref, RefMut, Shared, Store};

@@ -9,11 +9,32 @@
 //!
 //! One heap's handle table can serve many typed [`Store`](crate::Store)s. So that a
 //! handle of one store can never resolve in another (which could read a `U` as a `T`),
-//! every slot's pointer carries its owner's 16-bit *tag* in the address bits above 47
-//! (user-space addresses on x86-64 and aarch64 fit in 48 bits; asserted when a block is
-//! tagged). Tags are unique per heap and never reused: raw handles from
-//! [`Heap::alloc_handle`] carry tag 0, each store gets the next one. A guard checks the
-//! tag after taking the slot, so the check costs no extra memory access.
+//! every slot's pointer carries its owner's 20-bit *tag* in bits the block address never
+//! uses: the 16 bits above 47 (user-space addresses on x86-64 and aarch64 fit in 48 bits;
+//! asserted when a block is tagged) and the 4 bits below 4 (every movable block is at
+//! least 16-byte aligned: pool blocks by their class, large ones by their page). A guard
+//! checks the tag after taking the slot, so the check costs no extra memory access.
+//!
+//! Tags are unique **process-wide** and never reused (DESIGN invariant 8): raw handles
+//! from [`Heap::alloc_handle`] carry tag 0, and every store, on whatever heap, takes the
+//! next value of one global counter. So a handle of store `A` is `Stale` in every other
+//! store, on the same heap or another (a handle carries no heap identity, and two heaps
+//! issue the same slot indexes and generations). The counter is advanced by a checked
+//! compare-exchange that refuses to pass [`MAX_STORES`](crate::store::MAX_STORES): once
+//! 2^20 − 1 = 1 048 575 stores have been created in the process, creating another fails
+//! with [`HandleError::StoresExhausted`] for good — it never wraps back to tag 0 or to a
+//! live store's tag.
+//!
+//! Why 20 bits: 65 535 stores (16 bits) can run out in a long session of a game that
+//! makes a few stores per streamed level or per match; a million cannot in practice
+//! (a store a second for 12 days), and 20 bits is all the slot's pointer word has free
+//! without growing the 16-byte slot.
+//!
+//! Reading a slot's pointer without a guard (to skip other stores' slots before
+//! waiting for a guard) is a *peek*: exact while the handle that led there is current,
+//! since a block's tag never changes while it lives (moves keep it); otherwise it may be
+//! another incarnation's pointer or a vacant slot's free-list link, which is why every
+//! peek is followed by a generation-checked guard or removal before anything is trusted.
 //!
 //! # Life of a movable block
 //!
@@ -29,7 +50,9 @@
 //!
 //! Requests above the pool limits (256 KiB, or alignment above 4 KiB) are mapped
 //! directly by the large allocator, with a *header* of `max(4 KiB, align)` bytes in
-//! front of the user bytes holding the requested length. Such a block is relocated by
+//! front of the user bytes holding the requested length; the header is not counted in
+//! the live bytes ([`LargeStats::live_bytes`](crate::LargeStats::live_bytes) counts the
+//! requested length only, as for every block). Such a block is relocated by
 //! [`Heap::relocate_large`] with `mremap`, without copying: the pages move to a new
 //! address under the slot's move lock, header included.
 
@@ -38,6 +61,8 @@ use core::ops::{Deref, DerefMut};
 use core::ptr::NonNull;
 use std::sync::atomic::Ordering;
 
+#[cfg(feature = "events")]
+use crate::events::Pool;
 use crate::handle::{RawHandle, SlotPin, SlotRead, SlotWrite};
 use crate::heap::{Heap, layout_for};
 use crate::pool::heap::HeapInner;
@@ -45,36 +70,98 @@ use crate::pool::span::{Span, SpanKind};
 use crate::size_class;
 use crate::{AllocError, HandleError};
 
-const TAG_SHIFT: u32 = 48;
-const ADDR_MASK: usize = (1 << TAG_SHIFT) - 1;
+/// Address bits above this one carry the tag's high 16 bits.
+const HIGH_SHIFT: u32 = 48;
+/// Bits below this one carry the tag's low 4 bits (movable blocks are 16-byte aligned).
+const LOW_BITS: u32 = 4;
+const LOW_MASK: usize = (1 << LOW_BITS) - 1;
+/// The bits of a slot pointer that hold the block address.
+const ADDR_MASK: usize = ((1 << HIGH_SHIFT) - 1) & !LOW_MASK;
+
+const _: () = assert!(size_class::MIN_SIZE >= 1 << LOW_BITS);
+const _: () = assert!(crate::os::PAGE_SIZE >= 1 << LOW_BITS);
+
+/// A store tag: 20 bits (see the module docs). 0 is the raw handles' tag.
+pub(crate) type Tag = u32;
+
+/// The largest tag, which is also the most stores one process can ever create.
+pub(crate) const MAX_TAG: Tag = (1 << (64 - HIGH_SHIFT + LOW_BITS)) - 1;
 
 /// The tag of raw handles made by [`Heap::alloc_handle`].
-pub(crate) const RAW_TAG: u16 = 0;
+pub(crate) const RAW_TAG: Tag = 0;
 
-/// `block` with `tag` in its top bits.
+/// The next store tag to hand out, process-wide; `MAX_TAG + 1` once all are taken.
+static NEXT_TAG: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(RAW_TAG + 1);
+
+/// Takes the next tag from `counter`, or `None` once `MAX_TAG` has been handed out.
+/// The counter never moves past `MAX_TAG + 1`, so exhaustion is permanent and no tag is
+/// ever handed out twice; a refused call changes nothing.
+fn take_tag(counter: &std::sync::atomic::AtomicU32) -> Option<Tag> {
+    counter
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+            (t <= MAX_TAG).then(|| t + 1)
+        })
+        .ok()
+}
+
+/// A fresh store tag, unique in the process.
+///
+/// # Errors
+///
+/// [`HandleError::StoresExhausted`] once [`MAX_TAG`] stores have been created.
+pub(crate) fn new_store_tag() -> Result<Tag, HandleError> {
+    take_tag(&NEXT_TAG).ok_or(HandleError::StoresExhausted)
+}
+
+/// Moves the process-wide tag counter forward to `next` (never back): the tags below
+/// are never handed out. Lets tests reach exhaustion without creating a million stores;
+/// it cannot make a tag repeat.
+pub(crate) fn skip_store_tags_to(next: u32) {
+    NEXT_TAG.fetch_max(next.min(MAX_TAG + 1), Ordering::Relaxed);
+}
+
+/// `block` carrying `tag`.
+///
+/// # Panics
+///
+/// If `block` is above 2^48 or not 16-byte aligned (no movable block is), or `tag` is
+/// above [`MAX_TAG`].
 #[inline(always)]
-pub(crate) fn tag_ptr(block: NonNull<u8>, tag: u16) -> NonNull<u8> {
+pub(crate) fn tag_ptr(block: NonNull<u8>, tag: Tag) -> NonNull<u8> {
     assert!(
-        block.as_ptr().addr() & !ADDR_MASK == 0,
-        "tidyheap: block address above 2^48 cannot carry a store tag"
+        block.as_ptr().addr() & !ADDR_MASK == 0 && tag <= MAX_TAG,
+        "tidyheap: block {block:p} cannot carry store tag {tag}"
     );
-    block.map_addr(|a| {
-        // SAFETY-free: OR-ing bits into a non-zero address keeps it non-zero.
-        a | (usize::from(tag) << TAG_SHIFT)
-    })
+    let tag = tag as usize;
+    // OR-ing bits into a non-zero address keeps it non-zero.
+    block.map_addr(|a| a | ((tag >> LOW_BITS) << HIGH_SHIFT) | (tag & LOW_MASK))
+}
+
+/// The tag bits of a slot pointer.
+#[inline(always)]
+fn tag_of(addr: usize) -> Tag {
+    (((addr >> HIGH_SHIFT) << LOW_BITS) | (addr & LOW_MASK)) as Tag
 }
 
 /// Splits a slot pointer into the block address and its tag.
+///
+/// For a pointer that [`tag_ptr`] made, this is exact. Anything else (a racy peek at a
+/// vacant slot's free-list link) gives a tag and an address that match no live block's,
+/// never a panic.
 #[inline(always)]
-pub(crate) fn untag(p: NonNull<u8>) -> (NonNull<u8>, u16) {
-    let tag = (p.as_ptr().addr() >> TAG_SHIFT) as u16;
-    // The address part of a slot pointer is a block address, never zero.
+pub(crate) fn untag(p: NonNull<u8>) -> (NonNull<u8>, Tag) {
+    let tag = tag_of(p.as_ptr().addr());
     (
-        p.map_addr(|a| {
-            core::num::NonZeroUsize::new(a.get() & ADDR_MASK).expect("slot pointers are blocks")
-        }),
+        p.map_addr(|a| core::num::NonZeroUsize::new(a.get() & ADDR_MASK).unwrap_or(a)),
         tag,
     )
+}
+
+/// The tag of slot pointer `p` read without a guard (see "Store tags" in the module
+/// docs): `None` for a null pointer.
+#[inline(always)]
+pub(crate) fn peek_tag(p: *mut u8) -> Option<Tag> {
+    (!p.is_null()).then(|| tag_of(p.addr()))
 }
 
 /// The header in front of a large movable block.
@@ -129,9 +216,21 @@ impl HeapInner {
         let want = self.movable_epoch.load(Ordering::Relaxed);
         if tc.movable_epoch.load(Ordering::Relaxed) != want {
             tc.movable_epoch.store(want, Ordering::Relaxed);
-            // SAFETY: the calling thread owns its record.
-            unsafe { self.flush_cache(tc, Some(SpanKind::Movable)) };
+            self.flush_evacuated_classes(tc);
         }
+    }
+
+    /// The slow path of `honor_movable_epoch`. The class mask is only a hint (a thread
+    /// that races with a new plan may flush the previous plan's classes): flushing
+    /// helps sources empty sooner, it is never needed for soundness.
+    #[cold]
+    #[inline(never)]
+    fn flush_evacuated_classes(&self, tc: &crate::pool::thread_cache::ThreadCache) {
+        let [lo, hi] = &self.movable_flush_classes;
+        let mask =
+            u128::from(lo.load(Ordering::Relaxed)) | u128::from(hi.load(Ordering::Relaxed)) << 64;
+        // SAFETY: the calling thread owns its record.
+        unsafe { self.flush_classes(tc, Some(SpanKind::Movable), mask) };
     }
 
     /// The span and index of movable block `block`.
@@ -155,7 +254,7 @@ impl Heap {
     pub(crate) fn alloc_movable(
         &self,
         layout: Layout,
-        tag: u16,
+        tag: Tag,
         init: impl FnOnce(NonNull<u8>),
         undo: impl FnOnce(NonNull<u8>),
     ) -> Result<RawHandle, HandleError> {
@@ -164,6 +263,11 @@ impl Heap {
         };
         let inner = self.inner();
         let block = inner.alloc_block(class, layout.size(), SpanKind::Movable)?;
+        // Event hook: alloc before the owner is published to the compactor.
+        emit!(
+            self,
+            on_alloc(Pool::Movable, block.as_ptr().addr(), layout.size())
+        );
         init(block);
         let (span, i) = inner.movable_block(block);
         // SAFETY: `span` is movable and `i` is one of its blocks.
@@ -175,6 +279,11 @@ impl Heap {
             Ok(h) => h,
             Err(e) => {
                 undo(block);
+                // Event hook: free before the block goes back to a free list.
+                emit!(
+                    self,
+                    on_free(Pool::Movable, block.as_ptr().addr(), layout.size())
+                );
                 // SAFETY: the block was allocated above and never published.
                 unsafe { inner.free_block(block, class, layout.size(), SpanKind::Movable) };
                 return Err(e);
@@ -191,14 +300,15 @@ impl Heap {
     fn alloc_large_movable(
         &self,
         layout: Layout,
-        tag: u16,
+        tag: Tag,
         init: impl FnOnce(NonNull<u8>),
         undo: impl FnOnce(NonNull<u8>),
     ) -> Result<RawHandle, HandleError> {
         let header = large_header(layout.align());
         let map = large_layout(layout.size(), header)?;
         let large = &self.inner().large;
-        let base = large.alloc(map)?;
+        // Counted as the requested bytes: the header is ours, not the caller's.
+        let base = large.alloc_counted(map, layout.size())?;
         // SAFETY: the mapping is `header + size` bytes; the block starts after the header.
         let block = unsafe { base.add(header) };
         // SAFETY: the header's last bytes are inside the mapping, 8-aligned, and ours.
@@ -213,13 +323,24 @@ impl Heap {
                     header,
                 });
         }
+        // Event hook: alloc before the handle exists.
+        emit!(
+            self,
+            on_alloc(Pool::Large, block.as_ptr().addr(), layout.size())
+        );
         init(block);
         match self.handles().insert(tag_ptr(block, tag)) {
             Ok(h) => Ok(h),
             Err(e) => {
                 undo(block);
-                // SAFETY: the mapping was made above with `map` and never published.
-                unsafe { large.dealloc(base, map) };
+                // Event hook: free before the mapping is unmapped.
+                emit!(
+                    self,
+                    on_free(Pool::Large, block.as_ptr().addr(), layout.size())
+                );
+                // SAFETY: the mapping was made above with `map`, counted with the
+                // requested size, and never published.
+                unsafe { large.dealloc_counted(base, map, layout.size()) };
                 Err(e)
             }
         }
@@ -231,16 +352,16 @@ impl Heap {
     pub(crate) fn free_movable(
         &self,
         h: RawHandle,
-        tag: u16,
+        tag: Tag,
         wait: bool,
         before_free: impl FnOnce(NonNull<u8>),
     ) -> Result<(), HandleError> {
         let table = self.handles();
         // While `h` is current its slot's tag cannot change (moves keep it), so peeking
-        // is exact for live handles; a stale handle fails `remove` below anyway.
+        // is exact for live handles; a stale handle fails `remove` below anyway. Peeking
+        // first means a handle of another store is refused without waiting for its guards.
         let slot = table.get(h).ok_or(HandleError::Stale)?;
-        let (_, t) = untag(NonNull::new(slot.ptr()).ok_or(HandleError::Stale)?);
-        if t != tag {
+        if peek_tag(slot.ptr()) != Some(tag) {
             return Err(HandleError::Stale);
         }
         let tagged = if wait {
@@ -253,12 +374,15 @@ impl Heap {
         if inner.span_of(block).is_none() {
             // SAFETY: a movable block outside every span is a large movable block.
             let (len, header) = unsafe { large_header_of(block) };
+            // Event hook: the slot is vacant (no move can race); free before unmapping.
+            emit!(self, on_free(Pool::Large, block.as_ptr().addr(), len));
             before_free(block);
             // SAFETY: the slot is vacant, so the mapping is ours; it was made with this
-            // layout (`large_layout` of the same length and header) at `block - header`.
+            // layout (`large_layout` of the same length and header) at `block - header`
+            // and counted with the requested length `len`.
             unsafe {
                 let map = large_layout(len, header).expect("validated when allocated");
-                inner.large.dealloc(block.sub(header), map);
+                inner.large.dealloc_counted(block.sub(header), map, len);
             }
             return Ok(());
         }
@@ -266,6 +390,9 @@ impl Heap {
         // SAFETY: movable span, valid index.
         let meta = unsafe { span.meta(i) };
         let len = meta.len();
+        // Event hook: the slot is vacant (no move can race); free before the block
+        // goes back to a free list.
+        emit!(self, on_free(Pool::Movable, block.as_ptr().addr(), len));
         meta.owner.store(0, Ordering::Release);
         span.live.fetch_sub(1, Ordering::Relaxed);
         before_free(block);
@@ -273,6 +400,28 @@ impl Heap {
         // movable block of `span.class()` allocated for `len` bytes.
         unsafe { inner.free_block(block, span.class(), len, SpanKind::Movable) };
         Ok(())
+    }
+
+    /// The number of large movable blocks and the sum of their requested lengths, found
+    /// through the handle table (they lie in no span), for [`Heap::walk`]. Exact at
+    /// quiescence; a block the compactor holds right now is skipped.
+    pub(crate) fn walk_large_movable(&self) -> (usize, usize) {
+        let table = self.handles();
+        let (mut blocks, mut bytes) = (0, 0);
+        for h in table.iter() {
+            let Ok(pin) = table.try_pin(h) else {
+                continue;
+            };
+            let (block, _) = untag(pin.ptr());
+            if self.inner().span_of(block).is_none() {
+                // SAFETY: the pin keeps the block alive and in place, and a movable block
+                // outside every span is a large movable block.
+                let (len, _) = unsafe { large_header_of(block) };
+                blocks += 1;
+                bytes += len;
+            }
+        }
+        (blocks, bytes)
     }
 
     /// The requested length of movable block `block`.
@@ -349,12 +498,22 @@ impl Heap {
     /// ```
     pub fn relocate_large(&self, h: RawHandle) -> Result<bool, HandleError> {
         let table = self.handles();
+        // The generation first: a stale handle's slot may hold anyone's block now.
+        if !table.contains(h) {
+            return Err(HandleError::Stale);
+        }
         let slot = table.get(h).ok_or(HandleError::Stale)?;
         let tagged = NonNull::new(slot.ptr()).ok_or(HandleError::Stale)?;
         let (block, tag) = untag(tagged);
         let inner = self.inner();
         if inner.span_of(block).is_some() {
-            return Ok(false);
+            // Checked again: the pointer read above is `h`'s only if `h` is still current
+            // (a pool block stays a pool block while its handle lives; moves keep that).
+            return if table.contains(h) {
+                Ok(false)
+            } else {
+                Err(HandleError::Stale)
+            };
         }
         let mut mv = table
             .try_lock_move(h.index(), tagged)
@@ -368,11 +527,22 @@ impl Heap {
         // SAFETY: we hold the move lock on a live large movable block.
         let (len, header) = unsafe { large_header_of(block) };
         let map = large_layout(len, header)?;
+        // Event hook (move lock held): free(old) before the remap unmaps it; on failure
+        // the block stays, so alloc(old) again.
+        emit!(self, on_free(Pool::Large, block.as_ptr().addr(), len));
         // SAFETY: the mapping at `block - header` was made with `map`; the move lock
         // keeps every other thread away from it until the slot points at the new place.
-        let base = unsafe { inner.large.relocate(block.sub(header), map)? };
+        let base = match unsafe { inner.large.relocate(block.sub(header), map) } {
+            Ok(base) => base,
+            Err(e) => {
+                emit!(self, on_alloc(Pool::Large, block.as_ptr().addr(), len));
+                return Err(e.into());
+            }
+        };
         // SAFETY: the block's bytes (header included) moved with the pages.
         let moved = unsafe { base.add(header) };
+        // Event hook (move lock held): alloc(new) before anyone else can reach it.
+        emit!(self, on_alloc(Pool::Large, moved.as_ptr().addr(), len));
         // SAFETY: we hold the move lock; `moved` holds the same bytes.
         unsafe { mv.set_ptr(tag_ptr(moved, tag)) };
         drop(mv);
@@ -416,13 +586,18 @@ impl Heap {
 
     /// Frees the block of `h`, waiting for any guard on it to be dropped.
     ///
-    /// A thread must not hold a guard on `h` itself when it calls this (it would wait
-    /// for itself); use [`Heap::try_free_handle`] where that can happen.
+    /// A thread must not hold a guard or pin on `h` itself when it calls this (it would
+    /// wait for itself); use [`Heap::try_free_handle`] where that can happen.
     ///
     /// # Errors
     ///
     /// [`HandleError::Stale`] if `h` was already freed (a double free: nothing changes)
     /// or does not belong to this heap's raw handles.
+    ///
+    /// # Panics
+    ///
+    /// In debug builds, if this thread holds a guard or pin on `h` (in release builds
+    /// it deadlocks).
     ///
     /// # Examples
     ///
@@ -450,20 +625,38 @@ impl Heap {
 
     /// Whether `h` is a live raw handle of this heap.
     pub fn contains_handle(&self, h: RawHandle) -> bool {
-        self.handles()
-            .get(h)
-            .and_then(|s| NonNull::new(s.ptr()))
-            .is_some_and(|p| untag(p).1 == RAW_TAG)
-            && self.handles().contains(h)
+        self.peek_raw(h) && self.handles().contains(h)
     }
 
     /// A shared guard on the bytes of `h`, waiting while a writer holds it.
     ///
+    /// Do not call it while this thread holds a write guard on `h` (use
+    /// [`Heap::try_read`], which answers `Busy`).
+    ///
     /// # Errors
     ///
-    /// [`HandleError::Stale`] if `h` is not live in this heap.
+    /// [`HandleError::Stale`] if `h` is not live in this heap (a store's handle is
+    /// refused without waiting for its guards).
+    ///
+    /// # Panics
+    ///
+    /// In debug builds, if this thread holds a write guard on `h` (in release builds it
+    /// deadlocks).
     pub fn read(&self, h: RawHandle) -> Result<ReadGuard<'_>, HandleError> {
-        self.make_read(self.handles().read(h)?)
+        let table = self.handles();
+        let guard = match table.try_read(h) {
+            Err(HandleError::Busy) if self.peek_raw(h) => table.read(h)?,
+            r => r?,
+        };
+        self.make_read(guard)
+    }
+
+    /// Whether `h`'s slot holds a raw-handle block, by a peek without a guard (exact
+    /// while `h` is current): so that a store's handle is refused before waiting.
+    fn peek_raw(&self, h: RawHandle) -> bool {
+        self.handles()
+            .get(h)
+            .is_some_and(|s| peek_tag(s.ptr()) == Some(RAW_TAG))
     }
 
     /// Like [`Heap::read`], but never waits.
@@ -496,14 +689,25 @@ impl Heap {
 
     /// An exclusive guard on the bytes of `h`, waiting for readers and writers to leave.
     ///
-    /// Do not call it while this thread holds a read guard on `h` (use
+    /// Do not call it while this thread holds a read or write guard on `h` (use
     /// [`Heap::try_write`], which answers `Busy`).
     ///
     /// # Errors
     ///
-    /// [`HandleError::Stale`] if `h` is not live in this heap.
+    /// [`HandleError::Stale`] if `h` is not live in this heap (a store's handle is
+    /// refused without waiting for its guards).
+    ///
+    /// # Panics
+    ///
+    /// In debug builds, if this thread holds a read or write guard on `h` (in release
+    /// builds it deadlocks).
     pub fn write(&self, h: RawHandle) -> Result<WriteGuard<'_>, HandleError> {
-        self.make_write(self.handles().write(h)?)
+        let table = self.handles();
+        let guard = match table.try_write(h) {
+            Err(HandleError::Busy) if self.peek_raw(h) => table.write(h)?,
+            r => r?,
+        };
+        self.make_write(guard)
     }
 
     /// Like [`Heap::write`], but never waits.
@@ -670,8 +874,50 @@ mod tests {
     #[test]
     fn tags_round_trip() {
         let b = NonNull::new(0x7fff_1234_5670 as *mut u8).unwrap();
-        let t = tag_ptr(b, 0xBEEF);
-        assert_eq!(untag(t), (b, 0xBEEF));
-        assert_eq!(untag(tag_ptr(b, 0)), (b, 0));
+        for tag in [0, 1, 0xF, 0x10, 0xBEEF, 0x1_2345, MAX_TAG] {
+            let t = tag_ptr(b, tag);
+            assert_eq!(untag(t), (b, tag));
+            assert_eq!(peek_tag(t.as_ptr()), Some(tag));
+        }
+        assert_eq!(MAX_TAG, 0xF_FFFF);
+        assert_eq!(peek_tag(core::ptr::null_mut()), None);
+    }
+
+    #[test]
+    fn untag_of_a_free_list_link_never_panics() {
+        // A racy peek can read a vacant slot's free-list link (a small index).
+        for link in [1usize, 5, 15, 16, 17, u32::MAX as usize] {
+            let p = NonNull::new(core::ptr::without_provenance_mut::<u8>(link)).unwrap();
+            let (addr, _) = untag(p);
+            assert_ne!(addr.as_ptr().addr(), 0);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "cannot carry store tag")]
+    fn misaligned_blocks_cannot_be_tagged() {
+        let b = NonNull::new(0x7fff_1234_5678 as *mut u8).unwrap();
+        let _ = tag_ptr(b, 1);
+    }
+
+    #[test]
+    fn tag_counter_stops_at_the_maximum_for_good() {
+        let c = std::sync::atomic::AtomicU32::new(MAX_TAG - 1);
+        assert_eq!(take_tag(&c), Some(MAX_TAG - 1));
+        assert_eq!(take_tag(&c), Some(MAX_TAG));
+        for _ in 0..3 {
+            assert_eq!(take_tag(&c), None, "exhaustion is permanent");
+        }
+        assert_eq!(
+            c.load(Ordering::Relaxed),
+            MAX_TAG + 1,
+            "refusals do not move the counter, so it never wraps"
+        );
+        let c = std::sync::atomic::AtomicU32::new(u32::MAX);
+        assert_eq!(
+            take_tag(&c),
+            None,
+            "even a counter past the end never wraps"
+        );
     }
 }

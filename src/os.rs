@@ -276,6 +276,30 @@ pub unsafe fn decommit(ptr: NonNull<u8>, size: usize) -> Result<(), OsError> {
     unsafe { advise(ptr, size, libc::MADV_DONTNEED) }
 }
 
+/// Gives the physical pages of `[ptr, ptr + size)` back to the OS lazily
+/// (`MADV_FREE`): the kernel takes them only under memory pressure, and until then a
+/// write reuses them without a page fault. Reads may return the old contents or zeros.
+/// Falls back to [`decommit`] where the kernel lacks `MADV_FREE` (before Linux 4.5).
+///
+/// # Safety
+///
+/// * the range lies inside a mapping made by [`reserve`] and is page-aligned;
+/// * its contents are no longer needed.
+///
+/// # Errors
+///
+/// The [`OsError`] of a failed `madvise`; the memory is then still committed and intact.
+pub unsafe fn purge_lazily(ptr: NonNull<u8>, size: usize) -> Result<(), OsError> {
+    // SAFETY: forwarded from the caller: the range is ours, page-aligned and dead.
+    match unsafe { advise(ptr, size, libc::MADV_FREE) } {
+        Err(e) if e.errno == libc::EINVAL => {
+            // SAFETY: as above.
+            unsafe { decommit(ptr, size) }
+        }
+        r => r,
+    }
+}
+
 /// Applies `madvise(advice)` to `[ptr, ptr + size)`.
 ///
 /// # Safety

@@ -58,12 +58,41 @@ const fn compute_size(c: usize) -> usize {
     }
 }
 
-/// Span length for class `c`: whole [`SPAN_UNIT`]s holding at least 8 blocks where
-/// possible (at least 2 for the largest classes), choosing among a few candidate
-/// lengths the one that wastes the smallest share of its tail.
+/// Blocks of `size` bytes that fit a span of `bytes` with a movable side table in
+/// front (6 bytes a block, the first block aligned as the class is): the tighter of the
+/// two span layouts (`pool::span::geometry` computes the same).
+pub(crate) const fn movable_capacity(size: usize, bytes: usize) -> usize {
+    let align = {
+        let a = 1 << size.trailing_zeros();
+        if a < MAX_POOL_ALIGN {
+            a
+        } else {
+            MAX_POOL_ALIGN
+        }
+    };
+    let mut cap = bytes / size;
+    while cap > 0 && (cap * 6).next_multiple_of(align) + cap * size > bytes {
+        cap -= 1;
+    }
+    cap
+}
+
+/// Span length for class `c`: the fewest whole [`SPAN_UNIT`]s holding at least 8 blocks
+/// (4 from 8 KiB up, 2 for the largest classes) that waste at most 1/8 of the span on
+/// the tail and on aligning the first movable block past its side table, or else, among a few candidate lengths, the one
+/// wasting the smallest share.
+///
+/// Small spans for big blocks matter to compaction: each class keeps one partly empty
+/// span however well it is packed, so the span length bounds that per-class slack.
 const fn compute_span(c: usize) -> usize {
     let size = compute_size(c);
-    let min_blocks = if size <= MAX_SPAN / 8 { 8 } else { 2 };
+    let min_blocks = if size > MAX_SPAN / 8 {
+        2
+    } else if size >= 8 * 1024 {
+        4
+    } else {
+        8
+    };
     let mut units = (size * min_blocks).div_ceil(SPAN_UNIT);
     if units == 0 {
         units = 1;
@@ -73,7 +102,12 @@ const fn compute_span(c: usize) -> usize {
     let mut u = units;
     while u <= units + 4 && u * SPAN_UNIT <= MAX_SPAN {
         let bytes = u * SPAN_UNIT;
-        let waste_ppm = (bytes % size) * 1_000_000 / bytes;
+        // The side table's 6 bytes a block are the same at any length; what the length
+        // decides is the tail and the padding that aligns the first block.
+        let waste_ppm = (bytes - movable_capacity(size, bytes) * (size + 6)) * 1_000_000 / bytes;
+        if waste_ppm <= 1_000_000 / 8 {
+            return bytes;
+        }
         if waste_ppm < best_waste_ppm {
             best_waste_ppm = waste_ppm;
             best = u;
@@ -243,6 +277,20 @@ mod tests {
                 blocks_per_span(c) >= 2,
                 "class {c} has {} blocks",
                 blocks_per_span(c)
+            );
+        }
+    }
+
+    #[test]
+    fn spans_waste_little_on_tails_and_side_tables() {
+        for c in 0..NUM_CLASSES {
+            let bytes = span_bytes(c);
+            let cap = movable_capacity(size(c), bytes);
+            let waste = bytes - cap * (size(c) + 6);
+            assert!(
+                waste * 8 <= bytes,
+                "class {c} ({} B): {cap} movable blocks waste {waste} of {bytes} B",
+                size(c)
             );
         }
     }

@@ -1,6 +1,6 @@
 //! Statistics: relaxed counters cheap enough to leave on, summed on demand.
 //!
-//! Definitions (DESIGN.md): *live bytes* are the requested sizes of live blocks;
+//! Definitions (`docs/design.md`): *live bytes* are the requested sizes of live blocks;
 //! *committed bytes* are the bytes of spans currently held from the OS (decommitted
 //! spans do not count). Every figure is exact at quiescence (no allocation or free in
 //! flight on any thread); while threads run, each counter is individually up to date
@@ -95,6 +95,8 @@ pub struct ArenaStats {
     pub returns: u64,
     /// Emptied spans whose pages went back to the OS.
     pub decommits: u64,
+    /// Purged spans committed again for reuse (each one page-faults back in).
+    pub recommits: u64,
     /// Times the arena lock was taken.
     pub lock_acquisitions: u64,
     /// Thread caches assigned to this arena so far.
@@ -142,6 +144,8 @@ pub struct HeapStats {
     pub arenas: Vec<ArenaStats>,
     /// Central-list traffic.
     pub central: CentralCounters,
+    /// Nodes, local/remote spans and migrations (see [`crate::numa`]).
+    pub numa: NumaStats,
 }
 
 impl HeapStats {
@@ -155,6 +159,93 @@ impl HeapStats {
         let mut c = self.fixed;
         c += self.movable;
         c
+    }
+}
+
+/// Pool counters of one memory node: its arenas and the spans they started.
+///
+/// See [`crate::numa`] for how arenas map to nodes and why local/remote is counted per
+/// span, not per block.
+///
+/// # Examples
+///
+/// ```
+/// let n = tidyheap::NodeStats { local_spans: 3, remote_spans: 1, ..Default::default() };
+/// assert_eq!(n.local_share(), 0.75);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// The node's kernel id.
+    pub node: u32,
+    /// Arenas serving the node.
+    pub arenas: usize,
+    /// Thread caches assigned to those arenas so far.
+    pub threads: usize,
+    /// Committed pool bytes of those arenas: the pool memory placed on this node (its
+    /// pages are where the node's binding put them; see `bind_failures`).
+    pub committed_bytes: usize,
+    /// Spans that started serving a class for a thread running on this node.
+    pub local_spans: u64,
+    /// Spans that started serving a class for a thread running on another node (the
+    /// thread was moved by the scheduler after it got its arena, or used the uncached
+    /// path).
+    pub remote_spans: u64,
+    /// Bytes of the local spans.
+    pub local_span_bytes: u64,
+    /// Bytes of the remote spans.
+    pub remote_span_bytes: u64,
+}
+
+impl NodeStats {
+    /// `local_spans / (local_spans + remote_spans)` (1.0 with no spans).
+    pub fn local_share(&self) -> f64 {
+        let all = self.local_spans + self.remote_spans;
+        if all == 0 {
+            1.0
+        } else {
+            self.local_spans as f64 / all as f64
+        }
+    }
+}
+
+/// A heap's NUMA counters: per node, and for binding and migration.
+///
+/// # Examples
+///
+/// ```
+/// let heap = tidyheap::Heap::new();
+/// let l = std::alloc::Layout::new::<[u8; 64]>();
+/// let p = heap.alloc(l).unwrap();
+/// let numa = heap.stats().numa;
+/// assert_eq!(numa.nodes.len(), tidyheap::numa::Topology::system().node_count());
+/// assert_eq!(numa.local_spans() + numa.remote_spans(), 1);
+/// // SAFETY: `p` came from `heap` with `l`.
+/// unsafe { heap.dealloc(p, l) };
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NumaStats {
+    /// One entry per node of the heap's topology, in ascending id order.
+    pub nodes: Vec<NodeStats>,
+    /// Chunks of span memory the kernel refused to bind to their node (they are used
+    /// anyway, placed by the kernel's default policy).
+    pub bind_failures: u64,
+    /// Calls of [`Heap::migrate_to_node`](crate::Heap::migrate_to_node).
+    pub migrations: u64,
+    /// Pages those calls left on their target node (moved, or there already).
+    pub migrated_pages: u64,
+    /// Pages those calls could not move.
+    pub migration_failures: u64,
+}
+
+impl NumaStats {
+    /// Local spans over all nodes.
+    pub fn local_spans(&self) -> u64 {
+        self.nodes.iter().map(|n| n.local_spans).sum()
+    }
+
+    /// Remote spans over all nodes.
+    pub fn remote_spans(&self) -> u64 {
+        self.nodes.iter().map(|n| n.remote_spans).sum()
     }
 }
 
@@ -189,10 +280,17 @@ pub struct HeapWalk {
     pub movable_live_blocks: usize,
     /// Requested bytes of those blocks.
     pub movable_live_bytes: usize,
+    /// Large movable blocks (above the pool limits), found through the handle table.
+    pub large_movable_blocks: usize,
+    /// Requested bytes of those blocks (their headers excluded). Large *fixed* blocks
+    /// are in no list a walk can see; with none live this equals
+    /// [`LargeStats::live_bytes`](crate::LargeStats::live_bytes) at quiescence.
+    pub large_movable_live_bytes: usize,
 }
 
 impl crate::Heap {
-    /// Walks every span of the heap under its arena's lock; see [`HeapWalk`].
+    /// Walks every span of the heap under its arena's lock, then the handle table for
+    /// large movable blocks (taking a pin on each, never waiting); see [`HeapWalk`].
     pub fn walk(&self) -> HeapWalk {
         use crate::pool::span::SpanKind;
         use crate::size_class::NUM_CLASSES;
@@ -231,13 +329,13 @@ impl crate::Heap {
                 }
                 for list in &st.empty {
                     for s in list.iter() {
-                        if s.state().committed {
-                            w.committed_bytes += s.bytes;
-                        }
+                        debug_assert!(s.state().committed);
+                        w.committed_bytes += s.bytes;
                     }
                 }
             }
         }
+        (w.large_movable_blocks, w.large_movable_live_bytes) = self.walk_large_movable();
         w
     }
 }

@@ -6,8 +6,21 @@
 //! neither moves nor is freed.
 //!
 //! Several stores can share one heap (and its compactor and handle table). Each store's
-//! slots carry the store's tag (see [`crate::movable`]), so a handle of one store never
-//! resolves in another: a `Handle<T>` forged for the wrong store answers `None`.
+//! slots carry the store's tag (see [`crate::movable`]), unique in the process, so a
+//! handle of one store never resolves in another — on the same heap or any other: a
+//! `Handle<T>` of the wrong store answers `None` (DESIGN invariant 8). A process can
+//! create [`MAX_STORES`] stores in all; tags are never reused, so after that
+//! [`Store::try_new_in`] answers [`HandleError::StoresExhausted`] for good.
+//!
+//! # Waiting, and waiting for oneself
+//!
+//! [`Store::get`], [`Store::get_mut`] and [`Store::remove`] wait while another guard
+//! on the same value conflicts with them (a writer for `get`; any guard for `get_mut`
+//! and `remove`). If that guard is the calling thread's own, the wait never ends: in
+//! debug builds such a call panics with a message naming the handle and the guard held;
+//! in release builds it deadlocks. The `try_` forms never wait and answer
+//! [`HandleError::Busy`] instead. The same holds for dropping an [`Owned`] (or the last
+//! [`Shared`]) while this thread holds a guard on its value.
 //!
 //! Values are moved by the compactor with a plain byte copy, which is how Rust moves
 //! every value; stores never hand out `Pin<&mut T>`.
@@ -19,14 +32,27 @@ use core::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::HandleError;
 use crate::handle::{Handle, RawHandle, SlotRead, SlotWrite};
 use crate::heap::Heap;
-use crate::movable::untag;
-use crate::{AllocError, HandleError};
+use crate::movable::{MAX_TAG, Tag, new_store_tag, peek_tag, skip_store_tags_to, untag};
+
+/// The most stores one process can ever create (2^20 − 1 = 1 048 575), counting every
+/// heap; see the [module docs](self).
+pub const MAX_STORES: u32 = MAX_TAG;
+
+/// Moves the process-wide store counter forward so that the next store created gets
+/// identity `next` (or fails with [`HandleError::StoresExhausted`] if `next` is above
+/// [`MAX_STORES`]). It never moves the counter back, so it cannot make an identity
+/// repeat. For tests of exhaustion; not part of the stable API.
+#[doc(hidden)]
+pub fn __skip_store_ids_to(next: u32) {
+    skip_store_tags_to(next);
+}
 
 struct StoreInner<T> {
     heap: Arc<Heap>,
-    tag: u16,
+    tag: Tag,
     len: AtomicUsize,
     _values: PhantomData<T>,
 }
@@ -50,27 +76,56 @@ impl<T> StoreInner<T> {
     }
 }
 
-impl<T> Drop for StoreInner<T> {
-    fn drop(&mut self) {
-        let mine: Vec<RawHandle> = self
-            .heap
+impl<T> StoreInner<T> {
+    /// Whether the slot of `h` holds a block of this store, judged by a peek at its
+    /// pointer without taking a guard (see `movable`): exact while `h` is current.
+    fn peek_mine(&self, h: RawHandle) -> bool {
+        self.heap
             .handles()
-            .iter()
-            .filter(|h| {
-                self.heap
-                    .handles()
-                    .get(*h)
-                    .and_then(|s| NonNull::new(s.ptr()))
-                    .is_some_and(|p| untag(p).1 == self.tag)
-            })
-            .collect();
-        for h in mine {
-            // Nobody else can reach this store any more, so no guard is held: this
-            // drops each remaining value exactly once.
-            if let Ok(v) = self.take(Handle::from_raw(h), true) {
+            .get(h)
+            .is_some_and(|s| peek_tag(s.ptr()) == Some(self.tag))
+    }
+}
+
+/// Removes and drops the values of `rest`, one by one. Also its own `Drop`: if one
+/// value's `Drop` panics, unwinding drops this guard, which goes on with the values
+/// after it, so none leaks and every block goes back to the heap (DESIGN invariant 10).
+/// A second panic during that unwinding aborts, as in `Vec`'s drop.
+struct DropRest<'a, T> {
+    inner: &'a StoreInner<T>,
+    rest: std::vec::IntoIter<RawHandle>,
+}
+
+impl<T> DropRest<'_, T> {
+    fn run(&mut self) {
+        for h in self.rest.by_ref() {
+            // `take` frees the block before the value is dropped, so a panicking `Drop`
+            // cannot strand the block.
+            if let Ok(v) = self.inner.take(Handle::from_raw(h), true) {
                 drop(v);
             }
         }
+    }
+}
+
+impl<T> Drop for DropRest<'_, T> {
+    fn drop(&mut self) {
+        self.run();
+    }
+}
+
+impl<T> Drop for StoreInner<T> {
+    fn drop(&mut self) {
+        let table = self.heap.handles();
+        let mine: Vec<RawHandle> = table.iter().filter(|h| self.peek_mine(*h)).collect();
+        // Nobody else can reach this store any more, so no guard on its values is held
+        // (at most the compactor's move lock, briefly): this drops each remaining value
+        // exactly once.
+        DropRest {
+            inner: self,
+            rest: mine.into_iter(),
+        }
+        .run();
     }
 }
 
@@ -134,7 +189,8 @@ impl<T: Send + Sync> Store<T> {
     ///
     /// # Panics
     ///
-    /// If the OS refuses the heap's bookkeeping; see [`Store::try_new`].
+    /// If the OS refuses the heap's bookkeeping, or the process has created
+    /// [`MAX_STORES`] stores already; see [`Store::try_new`].
     pub fn new() -> Self {
         Self::try_new().unwrap_or_else(|e| panic!("tidyheap: cannot create a store: {e}"))
     }
@@ -143,7 +199,8 @@ impl<T: Send + Sync> Store<T> {
     ///
     /// # Errors
     ///
-    /// [`HandleError::Alloc`] if the heap cannot be created.
+    /// [`HandleError::Alloc`] if the heap cannot be created;
+    /// [`HandleError::StoresExhausted`] as for [`Store::try_new_in`].
     pub fn try_new() -> Result<Self, HandleError> {
         Self::try_new_in(Arc::new(Heap::try_new()?))
     }
@@ -152,7 +209,8 @@ impl<T: Send + Sync> Store<T> {
     ///
     /// # Panics
     ///
-    /// If the heap has served 65 535 stores already; see [`Store::try_new_in`].
+    /// If the process has created [`MAX_STORES`] stores already; see
+    /// [`Store::try_new_in`].
     ///
     /// # Examples
     ///
@@ -175,13 +233,24 @@ impl<T: Send + Sync> Store<T> {
     ///
     /// # Errors
     ///
-    /// [`HandleError::Alloc`] with [`AllocError::OutOfMemory`] if the heap has no store
-    /// tag left (65 535 per heap).
+    /// [`HandleError::StoresExhausted`] if the process has created [`MAX_STORES`] stores
+    /// already (on any heaps): permanent, since store identities are never reused. A
+    /// failed call uses up no identity.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tidyheap::{Heap, Store};
+    /// let heap = Arc::new(Heap::new());
+    /// let a: Store<u32> = Store::try_new_in(heap.clone())?;
+    /// let b: Store<u32> = Store::try_new_in(heap)?;
+    /// let h = a.insert(1);
+    /// assert!(b.get(h).is_none()); // another store's handle
+    /// # Ok::<(), tidyheap::HandleError>(())
+    /// ```
     pub fn try_new_in(heap: Arc<Heap>) -> Result<Self, HandleError> {
-        let tag = heap.new_tag().ok_or(AllocError::OutOfMemory {
-            size: 0,
-            errno: libc::ENOSPC,
-        })?;
+        let tag = new_store_tag()?;
         Ok(Self {
             inner: Arc::new(StoreInner {
                 heap,
@@ -244,9 +313,34 @@ impl<T: Send + Sync> Store<T> {
     }
 
     /// A shared guard on the value of `h`, waiting while a writer holds it; `None` if
-    /// `h` is stale or not of this store.
+    /// `h` is stale or not of this store (a handle of another store is refused without
+    /// waiting for its guards).
+    ///
+    /// Do not call it while this thread holds a [`RefMut`] of `h`: it would wait for
+    /// itself (see the [module docs](self#waiting-and-waiting-for-oneself));
+    /// [`Store::try_get`] answers `Busy` there.
+    ///
+    /// # Panics
+    ///
+    /// In debug builds, if this thread holds a [`RefMut`] of `h` (in release builds it
+    /// deadlocks).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let s = tidyheap::Store::new();
+    /// let h = s.insert(7u8);
+    /// let a = s.get(h).unwrap();
+    /// let b = s.get(h).unwrap(); // read guards nest
+    /// assert_eq!(*a + *b, 14);
+    /// ```
     pub fn get(&self, h: Handle<T>) -> Option<Ref<'_, T>> {
-        let g = self.inner.heap.handles().read(h.raw()).ok()?;
+        let table = self.inner.heap.handles();
+        let g = match table.try_read(h.raw()) {
+            Ok(g) => g,
+            Err(HandleError::Busy) if self.inner.peek_mine(h.raw()) => table.read(h.raw()).ok()?,
+            Err(_) => return None,
+        };
         self.make_ref(g).ok()
     }
 
@@ -254,7 +348,21 @@ impl<T: Send + Sync> Store<T> {
     ///
     /// # Errors
     ///
-    /// [`HandleError::Stale`] or [`HandleError::Busy`].
+    /// [`HandleError::Stale`], or [`HandleError::Busy`] if a writer holds the value
+    /// (this thread's [`RefMut`] included).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tidyheap::HandleError;
+    /// let s = tidyheap::Store::new();
+    /// let h = s.insert(1u32);
+    /// let w = s.get_mut(h).unwrap();
+    /// assert_eq!(s.try_get(h).unwrap_err(), HandleError::Busy);
+    /// drop(w);
+    /// assert_eq!(*s.try_get(h)?, 1);
+    /// # Ok::<(), HandleError>(())
+    /// ```
     pub fn try_get(&self, h: Handle<T>) -> Result<Ref<'_, T>, HandleError> {
         let g = self.inner.heap.handles().try_read(h.raw())?;
         self.make_ref(g)
@@ -265,10 +373,32 @@ impl<T: Send + Sync> Store<T> {
         Ok(Ref { _guard: g, ptr })
     }
 
-    /// An exclusive guard on the value of `h`. Do not call it while this thread holds a
-    /// guard on `h` (use [`Store::try_get_mut`]).
+    /// An exclusive guard on the value of `h`, waiting while any other guard holds it;
+    /// `None` if `h` is stale or not of this store.
+    ///
+    /// Do not call it while this thread holds a [`Ref`] or [`RefMut`] of `h`: it would
+    /// wait for itself; [`Store::try_get_mut`] answers `Busy` there.
+    ///
+    /// # Panics
+    ///
+    /// In debug builds, if this thread holds a [`Ref`] or [`RefMut`] of `h` (in release
+    /// builds it deadlocks).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let s = tidyheap::Store::new();
+    /// let h = s.insert(String::from("a"));
+    /// s.get_mut(h).unwrap().push('b');
+    /// assert_eq!(*s.get(h).unwrap(), "ab");
+    /// ```
     pub fn get_mut(&self, h: Handle<T>) -> Option<RefMut<'_, T>> {
-        let g = self.inner.heap.handles().write(h.raw()).ok()?;
+        let table = self.inner.heap.handles();
+        let g = match table.try_write(h.raw()) {
+            Ok(g) => g,
+            Err(HandleError::Busy) if self.inner.peek_mine(h.raw()) => table.write(h.raw()).ok()?,
+            Err(_) => return None,
+        };
         self.make_mut(g).ok()
     }
 
@@ -276,7 +406,21 @@ impl<T: Send + Sync> Store<T> {
     ///
     /// # Errors
     ///
-    /// [`HandleError::Stale`] or [`HandleError::Busy`].
+    /// [`HandleError::Stale`], or [`HandleError::Busy`] if any guard holds the value
+    /// (this thread's included).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tidyheap::HandleError;
+    /// let s = tidyheap::Store::new();
+    /// let h = s.insert(1u32);
+    /// let r = s.get(h).unwrap();
+    /// assert_eq!(s.try_get_mut(h).unwrap_err(), HandleError::Busy); // no upgrade
+    /// drop(r);
+    /// *s.try_get_mut(h)? += 1;
+    /// # Ok::<(), HandleError>(())
+    /// ```
     pub fn try_get_mut(&self, h: Handle<T>) -> Result<RefMut<'_, T>, HandleError> {
         let g = self.inner.heap.handles().try_write(h.raw())?;
         self.make_mut(g)
@@ -291,8 +435,25 @@ impl<T: Send + Sync> Store<T> {
         })
     }
 
-    /// Takes the value of `h` out, waiting for guards on it; `None` if `h` is stale
-    /// (a second remove is harmless).
+    /// Takes the value of `h` out, waiting for guards on it; `None` if `h` is stale or
+    /// not of this store (a second remove is harmless).
+    ///
+    /// Do not call it while this thread holds a [`Ref`] or [`RefMut`] of `h`: it would
+    /// wait for itself; [`Store::try_remove`] answers `Busy` there.
+    ///
+    /// # Panics
+    ///
+    /// In debug builds, if this thread holds a [`Ref`] or [`RefMut`] of `h` (in release
+    /// builds it deadlocks).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let s = tidyheap::Store::new();
+    /// let h = s.insert(vec![1u8]);
+    /// assert_eq!(s.remove(h), Some(vec![1]));
+    /// assert_eq!(s.remove(h), None);
+    /// ```
     pub fn remove(&self, h: Handle<T>) -> Option<T> {
         self.inner.take(h, true).ok()
     }
@@ -301,27 +462,45 @@ impl<T: Send + Sync> Store<T> {
     ///
     /// # Errors
     ///
-    /// [`HandleError::Busy`] if a guard is held (nothing changes), or
-    /// [`HandleError::Stale`].
+    /// [`HandleError::Busy`] if a guard is held, this thread's included (nothing
+    /// changes), or [`HandleError::Stale`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tidyheap::HandleError;
+    /// let s = tidyheap::Store::new();
+    /// let h = s.insert(3u64);
+    /// let r = s.get(h).unwrap();
+    /// assert_eq!(s.try_remove(h).unwrap_err(), HandleError::Busy);
+    /// drop(r);
+    /// assert_eq!(s.try_remove(h)?, 3);
+    /// # Ok::<(), HandleError>(())
+    /// ```
     pub fn try_remove(&self, h: Handle<T>) -> Result<T, HandleError> {
         self.inner.take(h, false)
     }
 
     /// Whether `h` names a value of this store.
     pub fn contains(&self, h: Handle<T>) -> bool {
-        let table = self.inner.heap.handles();
-        table.contains(h.raw())
-            && table
-                .get(h.raw())
-                .and_then(|s| NonNull::new(s.ptr()))
-                .is_some_and(|p| self.inner.owns(p).is_some())
+        // Tag first, generation second: if the generation still matches afterwards, the
+        // peeked pointer was `h`'s own.
+        self.inner.peek_mine(h.raw()) && self.inner.heap.handles().contains(h.raw())
     }
 
     /// Every value with its handle, each behind a shared guard. Values inserted or
     /// removed during the iteration may or may not be seen.
     ///
     /// Walks the heap's whole handle table: with many stores on one heap, that is the
-    /// handles of all of them.
+    /// handles of all of them, but the values of other stores are never touched: each
+    /// slot's store tag is checked before any guard is taken, so iterating never waits
+    /// for (or blocks) another store's guards. It does wait, like [`Store::get`], while
+    /// another thread writes one of this store's values.
+    ///
+    /// # Panics
+    ///
+    /// In debug builds, if it reaches a value of which this thread holds a [`RefMut`]
+    /// (in release builds it deadlocks there): drop write guards before iterating.
     ///
     /// # Examples
     ///
@@ -333,9 +512,16 @@ impl<T: Send + Sync> Store<T> {
     /// assert_eq!(all, [0, 1, 2]);
     /// ```
     pub fn iter(&self) -> impl Iterator<Item = (Handle<T>, Ref<'_, T>)> + '_ {
-        self.inner.heap.handles().iter().filter_map(move |raw| {
+        let table = self.inner.heap.handles();
+        table.iter().filter_map(move |raw| {
+            if !self.inner.peek_mine(raw) {
+                return None;
+            }
             let h = Handle::from_raw(raw);
-            self.get(h).map(|r| (h, r))
+            // A slot freed and reused since the peek has another generation: `read`
+            // answers `Stale` at once instead of waiting.
+            let g = table.read(raw).ok()?;
+            self.make_ref(g).ok().map(|r| (h, r))
         })
     }
 
@@ -449,6 +635,29 @@ impl<T: core::fmt::Debug> core::fmt::Debug for RefMut<'_, T> {
 }
 
 /// An owning handle: removes (and drops) its value when dropped.
+///
+/// Dropping it waits, like [`Store::remove`], for guards on the value: do not drop it
+/// while this thread holds a [`Ref`] or [`RefMut`] of its value (taken through another
+/// clone of the store), since that would wait for itself.
+///
+/// # Panics
+///
+/// Dropping it panics in debug builds if this thread holds a guard on its value (in
+/// release builds it deadlocks); a panic of the value's own `Drop` propagates.
+///
+/// # Examples
+///
+/// ```
+/// let s = tidyheap::Store::new();
+/// let owned = s.insert_owned(1u8);
+/// let h = owned.handle();
+/// {
+///     let r = s.get(h).unwrap();
+///     assert_eq!(*r, 1);
+/// } // the guard is gone before the owner drops
+/// drop(owned);
+/// assert!(!s.contains(h));
+/// ```
 pub struct Owned<T: Send + Sync> {
     handle: Handle<T>,
     store: Store<T>,
@@ -489,6 +698,20 @@ impl<T: Send + Sync> core::fmt::Debug for Owned<T> {
 }
 
 /// A reference-counted handle: clones share the value; the last drop removes it.
+///
+/// The last drop behaves as dropping an [`Owned`]: it panics in debug builds (and
+/// deadlocks in release builds) if this thread holds a guard on the value.
+///
+/// # Examples
+///
+/// ```
+/// let s = tidyheap::Store::new();
+/// let a = s.insert_shared(5u16);
+/// let b = a.clone();
+/// assert_eq!(b.strong_count(), 2);
+/// drop(a);
+/// assert_eq!(*s.get(b.handle()).unwrap(), 5);
+/// ```
 pub struct Shared<T: Send + Sync>(Arc<Owned<T>>);
 
 impl<T: Send + Sync> Clone for Shared<T> {

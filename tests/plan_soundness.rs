@@ -9,7 +9,7 @@ use std::alloc::Layout;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use tidyheap::{
     Budget, CompactionObserver, CompactionReport, Heap, HeapConfig, MoveEvent, RawHandle,
@@ -251,7 +251,8 @@ fn sources_reused_between_passes() {
 /// scanned, trims, and allocates fixed blocks: the scanned span empties under the pass
 /// and must not be reused while the pass reads its side table.
 struct EmptySourceMidScan {
-    heap: Arc<Heap>,
+    /// Weak: an observer holding its own heap would keep it alive for ever.
+    heap: Weak<Heap>,
     keep: Mutex<Vec<(RawHandle, u64)>>,
     fixed: Mutex<Vec<NonNull<u8>>>,
     fired: AtomicUsize,
@@ -267,13 +268,14 @@ impl CompactionObserver for EmptySourceMidScan {
         if self.fired.fetch_add(1, Ordering::Relaxed) != 0 {
             return;
         }
+        let heap = self.heap.upgrade().expect("the test holds the heap");
         let source = span_of(ev.from);
-        free_span(&self.heap, &mut self.keep.lock().unwrap(), source);
-        self.heap.trim();
+        free_span(&heap, &mut self.keep.lock().unwrap(), source);
+        heap.trim();
         let layout = Layout::from_size_align(64, 16).unwrap();
         let mut fixed = self.fixed.lock().unwrap();
         for i in 0..300 {
-            let p = self.heap.alloc(layout).unwrap();
+            let p = heap.alloc(layout).unwrap();
             assert_ne!(span_of(p.as_ptr().addr()), source, "scanned span reused");
             // SAFETY: a live 64 B block of ours.
             fill(
@@ -290,7 +292,7 @@ fn source_emptied_while_a_pass_scans_it() {
     let heap = one_arena();
     let keep = sparse_heap(&heap);
     let obs = Arc::new(EmptySourceMidScan {
-        heap: heap.clone(),
+        heap: Arc::downgrade(&heap),
         keep: Mutex::new(keep),
         fixed: Mutex::new(Vec::new()),
         fired: AtomicUsize::new(0),
@@ -315,7 +317,7 @@ fn source_emptied_while_a_pass_scans_it() {
 
 /// Calls back into the heap from inside a pass.
 struct ReEnter {
-    heap: Arc<Heap>,
+    heap: Weak<Heap>,
     inner_reports: Mutex<Vec<CompactionReport>>,
     subscribed: AtomicUsize,
     late_moves: Arc<Moves>,
@@ -323,16 +325,18 @@ struct ReEnter {
 
 impl CompactionObserver for ReEnter {
     fn on_move(&self, _: &MoveEvent) {
-        let full = self.heap.compact_full();
-        let one = self.heap.compact(Budget::blocks(1));
+        let heap = self.heap.upgrade().expect("the test holds the heap");
+        let full = heap.compact_full();
+        let one = heap.compact(Budget::blocks(1));
         self.inner_reports.lock().unwrap().extend([full, one]);
         if self.subscribed.fetch_add(1, Ordering::Relaxed) == 0 {
-            self.heap.subscribe(self.late_moves.clone());
+            heap.subscribe(self.late_moves.clone());
         }
     }
 
     fn on_pass(&self, _: &CompactionReport) {
-        assert!(!self.heap.compact_full().ran);
+        let heap = self.heap.upgrade().expect("the test holds the heap");
+        assert!(!heap.compact_full().ran);
     }
 }
 
@@ -344,7 +348,7 @@ fn observers_may_call_back_into_the_heap() {
     let keep = sparse_heap(&heap);
     let late = Arc::new(Moves::default());
     let obs = Arc::new(ReEnter {
-        heap: heap.clone(),
+        heap: Arc::downgrade(&heap),
         inner_reports: Mutex::new(Vec::new()),
         subscribed: AtomicUsize::new(0),
         late_moves: late.clone(),
@@ -416,4 +420,50 @@ fn panicking_observer_loses_nothing() {
         0,
         "a stranded block keeps a span"
     );
+}
+
+/// Unsubscribing inside a pass: the pass keeps its observers, later passes do not call
+/// the removed one, and the heap is freed once nothing else holds it.
+#[test]
+fn observers_unsubscribe_and_release_their_heap() {
+    struct Once {
+        heap: Weak<Heap>,
+        me: Mutex<Option<Arc<dyn CompactionObserver>>>,
+        calls: AtomicUsize,
+    }
+    impl CompactionObserver for Once {
+        fn on_move(&self, _: &MoveEvent) {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            if let (Some(heap), Some(me)) = (self.heap.upgrade(), self.me.lock().unwrap().take()) {
+                assert!(heap.unsubscribe(&me));
+            }
+        }
+    }
+    let heap = one_arena();
+    let keep = sparse_heap(&heap);
+    let once = Arc::new(Once {
+        heap: Arc::downgrade(&heap),
+        me: Mutex::new(None),
+        calls: AtomicUsize::new(0),
+    });
+    let dyn_once: Arc<dyn CompactionObserver> = once.clone();
+    *once.me.lock().unwrap() = Some(dyn_once.clone());
+    heap.subscribe(dyn_once.clone());
+    let first = heap.compact(Budget::blocks(5));
+    assert_eq!(
+        once.calls.load(Ordering::Relaxed) as u64,
+        first.blocks_moved
+    );
+    let rest = heap.compact_full();
+    assert!(rest.blocks_moved > 0);
+    assert_eq!(
+        once.calls.load(Ordering::Relaxed) as u64,
+        first.blocks_moved,
+        "no call after unsubscribing"
+    );
+    assert!(!heap.unsubscribe(&dyn_once));
+    end_clean(&heap, keep);
+    let weak = Arc::downgrade(&heap);
+    drop(heap);
+    assert!(weak.upgrade().is_none(), "observers do not keep the heap");
 }

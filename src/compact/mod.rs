@@ -74,6 +74,7 @@
 mod background;
 #[cfg(all(test, loom))]
 mod loom_move;
+mod moves;
 mod report;
 
 use core::ptr::NonNull;
@@ -85,16 +86,17 @@ use parking_lot::{Mutex, RwLock};
 
 pub use background::BackgroundCompactor;
 pub use report::{
-    Budget, ClassFragmentation, CompactionObserver, CompactionReport, Fragmentation, MoveEvent,
+    Budget, ClassFragmentation, CompactionObserver, CompactionPolicy, CompactionReport,
+    Fragmentation, MoveEvent,
 };
 
-use crate::handle::{HandleTable, MoveSkip};
+#[cfg(feature = "events")]
+use crate::events::PassPhase;
 use crate::heap::Heap;
-use crate::movable::{tag_ptr, untag};
-use crate::pool::arena::{Arena, RETAIN_EMPTY_BYTES};
+use crate::pool::arena::Arena;
 use crate::pool::heap::HeapInner;
 use crate::pool::span::{Span, SpanKind, geometry};
-use crate::size_class::{self, NUM_CLASSES};
+use crate::size_class::NUM_CLASSES;
 
 /// A span as a plan saw it: valid for the plan only while the span's incarnation is
 /// still `incarnation` (see the module docs).
@@ -143,6 +145,7 @@ type Observers = Arc<[Arc<dyn CompactionObserver>]>;
 /// The compactor's per-heap state.
 pub(crate) struct Compactor {
     plan: Mutex<Plan>,
+    policy: Mutex<CompactionPolicy>,
     /// Copied on write, so a pass calls observers without holding this lock.
     observers: RwLock<Observers>,
     has_observers: AtomicBool,
@@ -152,6 +155,7 @@ impl Compactor {
     pub(crate) fn new() -> Self {
         Self {
             plan: Mutex::new(Plan::default()),
+            policy: Mutex::new(CompactionPolicy::DEFAULT),
             observers: RwLock::new(Arc::new([])),
             has_observers: AtomicBool::new(false),
         }
@@ -235,13 +239,6 @@ impl core::fmt::Debug for Compactor {
     }
 }
 
-/// Why a block was not moved.
-enum Outcome {
-    Moved(MoveEvent),
-    Skipped(MoveSkip),
-    NoRoom,
-}
-
 impl HeapInner {
     /// Runs `f` over every movable span serving a class (partial, full or evacuating),
     /// with its arena locked.
@@ -264,10 +261,13 @@ impl HeapInner {
         }
     }
 
-    /// Committed bytes of movable spans, and the live bytes of movable pool blocks.
+    /// Committed bytes of movable spans serving a class, and the live bytes of movable
+    /// pool blocks, from the counters (exact at quiescence; no span walk).
     fn movable_usage(&self) -> (usize, usize) {
-        let mut committed = 0;
-        self.for_each_movable_span(|s| committed += s.bytes);
+        let committed = self.arenas[..self.arena_count()]
+            .iter()
+            .map(|a| a.counters.movable.load(Ordering::Relaxed))
+            .sum();
         (
             committed,
             self.counters(SpanKind::Movable).live_bytes() as usize,
@@ -391,6 +391,64 @@ impl Heap {
         c.has_observers.store(true, Ordering::Release);
     }
 
+    /// Removes every subscription of `observer` (compared by address); returns whether
+    /// there was one. May be called from an observer: a pass in progress keeps calling
+    /// the observers it started with.
+    ///
+    /// An observer that holds an `Arc` of the heap it observes keeps that heap alive
+    /// until it is unsubscribed (hold a `Weak` to avoid the cycle).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tidyheap::{CompactionObserver, Heap};
+    ///
+    /// struct Quiet;
+    /// impl CompactionObserver for Quiet {}
+    /// let heap = Heap::new();
+    /// let o: Arc<dyn CompactionObserver> = Arc::new(Quiet);
+    /// heap.subscribe(o.clone());
+    /// assert!(heap.unsubscribe(&o));
+    /// assert!(!heap.unsubscribe(&o));
+    /// ```
+    pub fn unsubscribe(&self, observer: &Arc<dyn CompactionObserver>) -> bool {
+        let c = self.compactor();
+        let mut list = c.observers.write();
+        let kept: Observers = list
+            .iter()
+            .filter(|o| !Arc::ptr_eq(o, observer))
+            .cloned()
+            .collect();
+        let removed = kept.len() != list.len();
+        c.has_observers.store(!kept.is_empty(), Ordering::Release);
+        *list = kept;
+        removed
+    }
+
+    /// Sets when budgeted passes plan new work and when they give memory back; see
+    /// [`CompactionPolicy`]. Takes effect from the next pass.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tidyheap::{CompactionPolicy, Heap};
+    /// let heap = Heap::new();
+    /// heap.set_compaction_policy(CompactionPolicy {
+    ///     min_fragmentation: 0.2,
+    ///     ..CompactionPolicy::DEFAULT
+    /// });
+    /// assert_eq!(heap.compaction_policy().min_fragmentation, 0.2);
+    /// ```
+    pub fn set_compaction_policy(&self, policy: CompactionPolicy) {
+        *self.compactor().policy.lock() = policy;
+    }
+
+    /// The policy budgeted passes follow.
+    pub fn compaction_policy(&self) -> CompactionPolicy {
+        *self.compactor().policy.lock()
+    }
+
     /// Fragmentation of the movable heap, with its parts and per-class holes. Walks
     /// every movable span (takes each arena lock briefly).
     pub fn fragmentation(&self) -> Fragmentation {
@@ -455,9 +513,16 @@ impl Heap {
             committed_before: c0,
             ..Default::default()
         };
-        if !plan.active {
+        // Event hook: pass phases (zones in a profiler).
+        emit!(self, on_pass_phase(PassPhase::Begin));
+        let policy = *self.compactor().policy.lock();
+        // A budgeted pass plans only when enough of the heap is holes; a full compaction
+        // always does.
+        if !plan.active && (full || report.fragmentation_before >= policy.min_fragmentation) {
+            emit!(self, on_pass_phase(PassPhase::Plan));
             self.build_plan(plan, full);
         }
+        emit!(self, on_pass_phase(PassPhase::Moves));
         let observers = self.compactor().observers();
         let table = self.handles();
         'sources: while plan.cursor.0 < plan.sources.len() {
@@ -470,44 +535,52 @@ impl Heap {
             let span = planned.span();
             let class = span.class();
             while plan.cursor.1 < carved {
-                let i = plan.cursor.1;
-                // SAFETY: a movable span of the planned geometry (we scan it, so it is not
-                // re-initialised), and `i < carved <= capacity`.
-                let meta = unsafe { span.meta(i) };
-                let owner = meta.owner.load(Ordering::Acquire);
-                if owner != 0 {
-                    let len = meta.len();
-                    if budget
-                        .blocks
-                        .is_some_and(|b| report.blocks_moved >= b as u64)
-                        || budget
-                            .bytes
-                            .is_some_and(|b| report.bytes_moved + len as u64 > b as u64)
-                        || budget.time.is_some_and(|t| start.elapsed() >= t)
-                    {
-                        if scan.stop(false) {
-                            report.spans_emptied += 1;
-                        }
-                        break 'sources;
-                    }
-                    match self.move_block(table, span, i, owner - 1, &mut plan.targets[class]) {
-                        Outcome::Moved(ev) => {
-                            report.blocks_moved += 1;
-                            report.bytes_moved += ev.size as u64;
-                            if let Some(obs) = &observers {
-                                obs.iter().for_each(|o| o.on_move(&ev));
-                            }
-                        }
-                        Outcome::Skipped(MoveSkip::Busy) => report.skipped_busy += 1,
-                        Outcome::Skipped(MoveSkip::Pinned) => report.skipped_pinned += 1,
-                        Outcome::Skipped(_) => {}
-                        Outcome::NoRoom => {
-                            plan.cursor.1 = carved;
+                // Gather the next batch of live blocks within the budget (time is checked
+                // once per batch: a batch copies at most `MAX_BATCH_BYTES`).
+                let mut batch = moves::Batch::new();
+                let mut out_of_budget = budget.time.is_some_and(|t| start.elapsed() >= t);
+                while !out_of_budget && plan.cursor.1 < carved && !batch.is_full() {
+                    let i = plan.cursor.1;
+                    // SAFETY: a movable span of the planned geometry (we scan it, so it is
+                    // not re-initialised), and `i < carved <= capacity`.
+                    let meta = unsafe { span.meta(i) };
+                    let owner = meta.owner.load(Ordering::Acquire);
+                    if owner != 0 {
+                        let len = meta.len();
+                        let (blocks, bytes) = batch.would_move(len);
+                        if budget
+                            .blocks
+                            .is_some_and(|b| report.blocks_moved + blocks > b as u64)
+                            || budget
+                                .bytes
+                                .is_some_and(|b| report.bytes_moved + bytes > b as u64)
+                        {
+                            out_of_budget = true;
                             break;
                         }
+                        batch.push(i, owner - 1, len);
+                    }
+                    plan.cursor.1 += 1;
+                }
+                let done = self.move_batch(table, span, &batch, &mut plan.targets[class]);
+                report.blocks_moved += done.moved() as u64;
+                report.bytes_moved += done.events().map(|e| e.size as u64).sum::<u64>();
+                report.skipped_busy += done.busy;
+                report.skipped_pinned += done.pinned;
+                if let Some(obs) = &observers {
+                    for ev in done.events() {
+                        obs.iter().for_each(|o| o.on_move(ev));
                     }
                 }
-                plan.cursor.1 += 1;
+                if done.no_room {
+                    plan.cursor.1 = carved;
+                }
+                if out_of_budget {
+                    if scan.stop(false) {
+                        report.spans_emptied += 1;
+                    }
+                    break 'sources;
+                }
             }
             if scan.stop(true) {
                 report.spans_emptied += 1;
@@ -518,15 +591,17 @@ impl Heap {
             self.finish_plan(plan);
             report.complete = true;
         }
-        // Emptied spans were kept committed during the moves; hand back what exceeds
-        // the arenas' retention, within what is left of the time budget (a full
-        // compaction trims everything at its end).
+        // Purge what has been empty for the policy's delay beyond what recent demand
+        // says to retain, within what is left of the time budget (a full compaction
+        // trims everything at its end).
+        emit!(self, on_pass_phase(PassPhase::Purge));
         let deadline = budget.time.map(|t| start + t);
-        report.bytes_released = inner.trim_to(RETAIN_EMPTY_BYTES, deadline) as u64;
+        report.bytes_released = inner.purge_for_pass(policy.purge_delay_passes, deadline) as u64;
         let (c1, l1) = inner.movable_usage();
         report.fragmentation_after = ratio(c1, l1);
         report.committed_after = c1;
         report.elapsed = start.elapsed();
+        emit!(self, on_pass_phase(PassPhase::End));
         if let Some(obs) = &observers {
             obs.iter().for_each(|o| o.on_pass(&report));
         }
@@ -543,12 +618,6 @@ impl Heap {
 
     fn build_plan(&self, plan: &mut Plan, full: bool) {
         let inner = self.inner();
-        inner.movable_epoch.fetch_add(1, Ordering::Relaxed);
-        if let Some(tc) = inner.thread_cache() {
-            // SAFETY: the calling thread owns its record.
-            unsafe { inner.flush_cache(tc, Some(SpanKind::Movable)) };
-        }
-        inner.drain_central(Some(SpanKind::Movable));
         plan.sources.clear();
         plan.targets = vec![Vec::new(); NUM_CLASSES];
         plan.cursor = (0, 0);
@@ -556,6 +625,8 @@ impl Heap {
         inner.for_each_movable_span(|s| {
             by_class[s.class()].push((Planned::of(s), s.live.load(Ordering::Relaxed)));
         });
+        const { assert!(NUM_CLASSES <= 128, "class masks are u128") };
+        let mut evacuated: u128 = 0;
         for (class, mut spans) in by_class.into_iter().enumerate() {
             let cap = geometry(class, SpanKind::Movable).1 as u64;
             let live: u64 = spans.iter().map(|&(_, l)| u64::from(l)).sum();
@@ -582,6 +653,7 @@ impl Heap {
             if sources.is_empty() {
                 continue;
             }
+            evacuated |= 1 << class;
             plan.sources.extend(sources);
             plan.targets[class] = targets.iter().rev().map(|&(p, _)| p).collect();
             if full {
@@ -589,6 +661,20 @@ impl Heap {
             }
         }
         plan.active = true;
+        if evacuated != 0 {
+            // Free blocks cached by threads keep sources from emptying: ask every
+            // thread to flush the evacuated classes (honoured on its next movable
+            // operation), flush ours, and send the central lists' batches home.
+            let [lo, hi] = &inner.movable_flush_classes;
+            lo.store(evacuated as u64, Ordering::Relaxed);
+            hi.store((evacuated >> 64) as u64, Ordering::Relaxed);
+            inner.movable_epoch.fetch_add(1, Ordering::Relaxed);
+            if let Some(tc) = inner.thread_cache() {
+                // SAFETY: the calling thread owns its record.
+                unsafe { inner.flush_classes(tc, Some(SpanKind::Movable), evacuated) };
+            }
+            inner.drain_central(Some(SpanKind::Movable));
+        }
     }
 
     fn finish_plan(&self, plan: &mut Plan) {
@@ -607,85 +693,6 @@ impl Heap {
         plan.targets.clear();
         plan.cursor = (0, 0);
         plan.active = false;
-    }
-
-    /// Moves block `i` of `source` (a span this pass scans), owned by slot `index`, into
-    /// one of `targets`.
-    fn move_block(
-        &self,
-        table: &HandleTable,
-        source: &Span,
-        i: usize,
-        index: u32,
-        targets: &mut Vec<Planned>,
-    ) -> Outcome {
-        let inner = self.inner();
-        let old = source.block(i);
-        let Some(slot) = table.slot(index) else {
-            return Outcome::Skipped(MoveSkip::Gone);
-        };
-        let Some(tagged) = NonNull::new(slot.ptr()) else {
-            return Outcome::Skipped(MoveSkip::Gone);
-        };
-        let (addr, tag) = untag(tagged);
-        if addr != old {
-            return Outcome::Skipped(MoveSkip::Gone);
-        }
-        let mut mv = match table.try_lock_move(index, tagged) {
-            Ok(mv) => mv,
-            Err(skip) => return Outcome::Skipped(skip),
-        };
-        // SAFETY: movable span, valid index.
-        let meta = unsafe { source.meta(i) };
-        // An allocation publishes its owner last: until then the block is not ours to move.
-        if meta.owner.load(Ordering::Acquire) != index + 1 {
-            return Outcome::Skipped(MoveSkip::Gone);
-        }
-        let len = meta.len();
-        let (target, new) = loop {
-            let Some(t) = targets.last() else {
-                return Outcome::NoRoom;
-            };
-            let target = t.span();
-            let arena = &inner.arenas[target.arena as usize];
-            let mut st = arena.lock();
-            // SAFETY: lock held; the span belongs to this arena.
-            if let Some(b) = unsafe { arena.take_from(&mut st, target, t.incarnation) } {
-                break (target, b);
-            }
-            // Full, or no longer the span that was planned: drop it from the plan.
-            targets.pop();
-        };
-        // SAFETY: `old` is a live block of `len` bytes that nobody can access (we hold
-        // the move lock); `new` is a fresh block of the same class in another span.
-        unsafe { core::ptr::copy_nonoverlapping(old.as_ptr(), new.as_ptr(), len) };
-        let ni = target
-            .block_index(new.as_ptr().addr())
-            .expect("take_from returns a block of the target");
-        // SAFETY: `target` is a movable span (checked by `take_from`) with a block out,
-        // so it keeps its geometry; `ni` is one of its blocks.
-        let new_meta = unsafe { target.meta(ni) };
-        new_meta.set_len(len);
-        target.live.fetch_add(1, Ordering::Relaxed);
-        new_meta.owner.store(index + 1, Ordering::Release);
-        // SAFETY: we hold the move lock, and `new` holds a complete copy.
-        unsafe { mv.set_ptr(tag_ptr(new, tag)) };
-        meta.owner.store(0, Ordering::Release);
-        source.live.fetch_sub(1, Ordering::Relaxed);
-        let handle = mv.handle();
-        drop(mv);
-        let arena = &inner.arenas[source.arena as usize];
-        let mut st = arena.lock();
-        // SAFETY: lock held; `old` is an out block of `source` that nobody references
-        // any more (the slot points at `new`).
-        unsafe { arena.put_block(&mut st, source, old, false) };
-        Outcome::Moved(MoveEvent {
-            handle,
-            from: old.as_ptr().addr(),
-            to: new.as_ptr().addr(),
-            size: len,
-            class_size: size_class::size(source.class()),
-        })
     }
 }
 

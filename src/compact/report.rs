@@ -68,6 +68,50 @@ impl Budget {
     }
 }
 
+/// When budgeted passes ([`Heap::compact`](crate::Heap::compact)) plan new work and
+/// when they give memory back (set with
+/// [`Heap::set_compaction_policy`](crate::Heap::set_compaction_policy)).
+///
+/// Freeing never calls the OS: a span that empties stays committed for reuse. Each pass
+/// purges (`MADV_FREE`) the spans that have stayed empty for `purge_delay_passes`
+/// passes, beyond what each arena retains: the bytes its serving spans reached lately
+/// (a high-water mark that decays by 1/64 of its excess every pass), less what serves
+/// now, and at least 1 MiB. [`Heap::trim`](crate::Heap::trim) and
+/// [`Heap::compact_full`](crate::Heap::compact_full) give every empty span back at
+/// once (`MADV_DONTNEED`).
+///
+/// # Examples
+///
+/// ```
+/// use tidyheap::CompactionPolicy;
+/// let eager = CompactionPolicy { min_fragmentation: 0.0, purge_delay_passes: 0 };
+/// assert!(eager.min_fragmentation < CompactionPolicy::DEFAULT.min_fragmentation);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CompactionPolicy {
+    /// A budgeted pass builds a new plan only when the movable heap's fragmentation
+    /// (`1 − live / committed` of serving movable spans) is at least this; below it the
+    /// pass only purges. `0.0` plans every time; a value above 1 (or NaN) never.
+    pub min_fragmentation: f64,
+    /// Passes a span must have been empty before a pass purges it.
+    pub purge_delay_passes: u64,
+}
+
+impl CompactionPolicy {
+    /// Plan from 10 % fragmentation; purge spans empty for 60 passes (one second at 60
+    /// frames a second).
+    pub const DEFAULT: CompactionPolicy = CompactionPolicy {
+        min_fragmentation: 0.1,
+        purge_delay_passes: 60,
+    };
+}
+
+impl Default for CompactionPolicy {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
 /// What a compaction pass (or a full compaction, summed) did.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct CompactionReport {
@@ -79,7 +123,7 @@ pub struct CompactionReport {
     pub bytes_moved: u64,
     /// Spans left empty by the pass.
     pub spans_emptied: u64,
-    /// Bytes handed back to the OS at the end of the pass.
+    /// Bytes of empty spans purged (handed back to the OS) at the end of the pass.
     pub bytes_released: u64,
     /// Blocks skipped because a guard was held on them (retried later).
     pub skipped_busy: u64,
@@ -149,7 +193,7 @@ pub trait CompactionObserver: Send + Sync {
     }
 }
 
-/// Fragmentation of the movable heap (DESIGN.md definitions).
+/// Fragmentation of the movable heap (definitions in `docs/design.md`).
 ///
 /// `committed_bytes == live_bytes + internal_bytes + external_bytes + metadata_bytes + tail_bytes`.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -74,6 +74,14 @@
 //! Lane 0 is safe from data races because the token is not `Sync`: threads cannot
 //! share `&Frame`, only `FrameShared`, which never touches lane 0.
 //!
+//! The examples below must not compile, each for one reason, named by the error code
+//! after `compile_fail` (E0597: borrowed value does not live long enough; E0499: two
+//! mutable borrows; E0505: move out while borrowed; E0277: `Frame` is not `Sync`). Stable
+//! rustdoc only checks that they fail, not the code: a change that made one fail for
+//! another reason would pass unnoticed there. Rustdoc checks the codes when it runs as
+//! a nightly toolchain, e.g. `RUSTC_BOOTSTRAP=1 cargo test --doc frame`, and each code
+//! was checked that way.
+//!
 //! A reference cannot outlive its frame token:
 //!
 //! ```compile_fail,E0597

@@ -16,6 +16,8 @@
 use core::fmt;
 use core::ptr::NonNull;
 
+#[cfg(all(debug_assertions, not(loom)))]
+use super::held::{Held, Kind};
 use super::{RawHandle, Slot};
 
 /// A shared guard on a slot: while it lives the block neither moves nor is freed, and no
@@ -45,6 +47,9 @@ use super::{RawHandle, Slot};
 pub struct SlotRead<'a> {
     slot: &'a Slot,
     ptr: NonNull<u8>,
+    /// Debug builds: this thread's record of the guard (see `held`).
+    #[cfg(all(debug_assertions, not(loom)))]
+    _held: Held,
 }
 
 /// The exclusive guard on a slot: while it lives the block neither moves nor is freed,
@@ -76,6 +81,9 @@ pub struct SlotRead<'a> {
 pub struct SlotWrite<'a> {
     slot: &'a Slot,
     ptr: NonNull<u8>,
+    /// Debug builds: this thread's record of the guard (see `held`).
+    #[cfg(all(debug_assertions, not(loom)))]
+    _held: Held,
 }
 
 /// A pin on a slot: while it lives the block's address stays put (the compactor skips
@@ -100,6 +108,9 @@ pub struct SlotWrite<'a> {
 pub struct SlotPin<'a> {
     slot: &'a Slot,
     ptr: NonNull<u8>,
+    /// Debug builds: this thread's record of the guard (see `held`).
+    #[cfg(all(debug_assertions, not(loom)))]
+    _held: Held,
 }
 
 /// The compactor's exclusive hold on a slot for one move. Made by
@@ -153,7 +164,12 @@ impl<'a> SlotRead<'a> {
         // SAFETY:
         // - the caller holds a read guard on `slot` (forwarded precondition).
         let ptr = unsafe { slot.locked_ptr() };
-        Self { slot, ptr }
+        Self {
+            slot,
+            ptr,
+            #[cfg(all(debug_assertions, not(loom)))]
+            _held: Held::new(slot, Kind::Read),
+        }
     }
 
     /// The block's address, stable while the guard lives.
@@ -180,7 +196,12 @@ impl<'a> SlotWrite<'a> {
         // SAFETY:
         // - the caller holds the write guard on `slot` (forwarded precondition).
         let ptr = unsafe { slot.locked_ptr() };
-        Self { slot, ptr }
+        Self {
+            slot,
+            ptr,
+            #[cfg(all(debug_assertions, not(loom)))]
+            _held: Held::new(slot, Kind::Write),
+        }
     }
 
     /// The block's address, stable while the guard lives (unless changed by
@@ -224,7 +245,12 @@ impl<'a> SlotPin<'a> {
         // SAFETY:
         // - the caller holds a pin on `slot` (forwarded precondition).
         let ptr = unsafe { slot.locked_ptr() };
-        Self { slot, ptr }
+        Self {
+            slot,
+            ptr,
+            #[cfg(all(debug_assertions, not(loom)))]
+            _held: Held::new(slot, Kind::Pin),
+        }
     }
 
     /// The block's address, stable while the pin lives. A pin does not exclude readers

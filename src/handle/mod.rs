@@ -22,7 +22,7 @@
 //! matched" and "I hold a guard", because freeing is itself a compare-exchange on the same
 //! word that requires the lock word to be empty, and bumps the generation. So a guard is
 //! only ever granted on the block the handle named, and while any guard lives the block
-//! can be neither freed nor moved (DESIGN.md invariants 2 and 3).
+//! can be neither freed nor moved (invariants 2 and 3 of `docs/design.md`).
 //!
 //! # The kinds of access (see [`Slot`] for the bit layout)
 //!
@@ -51,9 +51,14 @@
 //! # Same-thread re-entrance
 //!
 //! A thread that holds a read guard and asks for a write guard (or a remove) on the same
-//! slot would wait for itself forever: `write` and `remove` cannot tell whose read guard
-//! it is without per-thread bookkeeping on the hot path. The `try_` forms
-//! ([`HandleTable::try_write`], [`HandleTable::try_remove`]) answer
+//! slot would wait for itself forever, and so would one holding a write guard that asks
+//! to read, or one holding a pin that asks to remove. The lock word cannot tell whose
+//! guard it is, so the hot path does not try: in **debug builds** every guard is also
+//! recorded per thread (the `held` module), and a waiting call that finds the slot busy
+//! checks that record before it waits and panics with a message naming the handle and
+//! the guard held. In release builds the record does not exist and such a call
+//! deadlocks. The `try_` forms ([`HandleTable::try_read`], [`HandleTable::try_write`],
+//! [`HandleTable::try_remove`]) never wait and answer
 //! [`HandleError::Busy`](crate::HandleError::Busy) instead, and are the documented,
 //! deadlock-free way to upgrade: drop the read guard first, or use `try_write`.
 //! Read guards may be nested freely; pins and reads or writes may be mixed freely.
@@ -69,13 +74,21 @@
 //!
 //! # What a foreign handle gets
 //!
-//! Handles carry no table identity (that would not fit in 8 bytes). Guaranteed: an index
-//! that was never issued by *this* table, a vacant slot or a generation that does not
-//! match all answer `Stale`. A handle from another table whose index and generation happen
-//! to match a live slot here is indistinguishable from a handle of this table; typed
-//! stores narrow this by the handle's type `T`.
+//! Handles carry no table identity (that would not fit in 8 bytes). Guaranteed for every
+//! table: an index that was never issued by *this* table, a vacant slot or a generation
+//! that does not match all answer `Stale`. A plain [`HandleTable::new`] starts every slot
+//! at generation 1, so a handle from another such table whose index and generation
+//! happen to match a live slot here is indistinguishable from one of this table. Tables
+//! made with [`HandleTable::with_process_unique_handles`] — every
+//! [`Heap`](crate::Heap)'s, and so every store's — close that gap: their generations
+//! are leased in windows from a process-wide counter per index (the `lease` module), so
+//! no two of them ever issue the same handle, and a handle of another heap, live or
+//! long dropped, answers `Stale`.
 
 mod guard;
+#[cfg(all(debug_assertions, not(loom)))]
+mod held;
+mod lease;
 mod slot;
 mod table;
 

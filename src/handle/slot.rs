@@ -204,6 +204,8 @@ impl SlotState {
 /// readers ≤ MAX_READERS, pins ≤ MAX_PINS (a full count refuses more: Busy / wait)
 /// occupied g → vacant g + 1  only when readers == pins == 0 ∧ ¬W ∧ ¬M  (remove; one CAS)
 /// vacant g → occupied g + 1  only by the thread that popped the slot off the free list
+///                            (or, in a table with process-unique handles, when g ends
+///                            its leased window: → the first generation of a new window)
 /// occupied u32::MAX → retired (state 0, never on the free list again)
 /// P ⇒ some guard or pin is held, or its last holder is between its release and clearing P
 /// ```

@@ -4,9 +4,11 @@
 use core::fmt;
 use core::ptr::{self, NonNull};
 
-use super::RawHandle;
 use super::guard::{SlotMove, SlotPin, SlotRead, SlotWrite};
+#[cfg(all(debug_assertions, not(loom)))]
+use super::held::{self, Want};
 use super::slot::{MoveSkip, Slot};
+use super::{RawHandle, lease};
 use crate::sync::{
     AtomicPtr, AtomicU32, AtomicU64, AtomicUsize,
     Ordering::{AcqRel, Acquire, Relaxed, Release},
@@ -38,7 +40,7 @@ const TABLE_FULL: HandleError = HandleError::Alloc(AllocError::OutOfMemory {
 
 /// `(segment, offset)` of `index`; see "Segments" on [`HandleTable`].
 #[inline(always)]
-const fn locate(index: u32) -> (usize, usize) {
+pub(crate) const fn locate(index: u32) -> (usize, usize) {
     let v = index as u64 + (1 << FIRST_SHIFT);
     let bit = 63 - v.leading_zeros();
     ((bit - FIRST_SHIFT) as usize, (v - (1 << bit)) as usize)
@@ -50,7 +52,7 @@ const fn segment_start(seg: usize) -> u64 {
 }
 
 /// Number of slots in segment `seg` (the last one is cut at [`MAX_SLOTS`]).
-const fn segment_len(seg: usize) -> usize {
+pub(crate) const fn segment_len(seg: usize) -> usize {
     let full = 1u64 << (seg as u32 + FIRST_SHIFT);
     let left = MAX_SLOTS as u64 - segment_start(seg);
     (if full < left { full } else { left }) as usize
@@ -109,7 +111,8 @@ struct Counters {
     issued: AtomicU32,
     /// Occupied slots.
     len: AtomicUsize,
-    /// Slots retired because their generation would wrap.
+    /// Slots retired because their generation would wrap (or, leased, their index has
+    /// no window left).
     retired: AtomicUsize,
 }
 
@@ -195,8 +198,11 @@ struct Counters {
 pub struct HandleTable {
     /// Segment base pointers, null until installed (once, by CAS; never changed after).
     segments: [AtomicPtr<Slot>; SEGMENTS],
-    /// Generation given to a slot the first time it is occupied (odd).
+    /// Generation given to a slot the first time it is occupied (odd), unless `leased`.
     first_generation: u32,
+    /// Generations come from process-wide leases (see `lease`), so that no other table
+    /// of the process ever issues the same handle.
+    leased: bool,
     /// Indexes `>= max_slots` are never issued.
     max_slots: u32,
     counters: Counters,
@@ -215,6 +221,7 @@ impl HandleTable {
         Self {
             segments: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
             first_generation: 1,
+            leased: false,
             max_slots: MAX_SLOTS,
             counters: Counters {
                 free: AtomicU64::new(u64::from(NIL)),
@@ -246,11 +253,43 @@ impl HandleTable {
     }
 
     /// Starts every fresh slot at generation `first | 1` instead of 1, so tests can reach
-    /// generation retirement (at `u32::MAX`) in a few steps.
+    /// generation retirement (at `u32::MAX`) in a few steps. Turns
+    /// [`with_process_unique_handles`](Self::with_process_unique_handles) off.
     #[doc(hidden)]
     #[must_use]
     pub fn with_first_generation(mut self, first: u32) -> Self {
         self.first_generation = first | 1;
+        self.leased = false;
+        self
+    }
+
+    /// Makes this table's handles unique in the whole process: no other table made this
+    /// way, alive or dropped, ever issues the same `(index, generation)`, so a handle of
+    /// another such table (every [`Heap`](crate::Heap)'s is one) answers `Stale` here
+    /// instead of naming one of this table's blocks.
+    ///
+    /// Generations then come in windows of 256 leased from a process-wide counter per
+    /// index (the `lease` module): a fresh slot does not start at generation 1, and a
+    /// slot moves to a new window every 128 occupancies. An index whose windows are all
+    /// leased (after 2^24 leases in the process) is retired instead of reused.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::ptr::NonNull;
+    /// use tidyheap::HandleTable;
+    /// let a = HandleTable::new().with_process_unique_handles();
+    /// let b = HandleTable::new().with_process_unique_handles();
+    /// let ha = a.insert(NonNull::dangling())?;
+    /// let hb = b.insert(NonNull::dangling())?;
+    /// assert_eq!(ha.index(), hb.index());
+    /// assert_ne!(ha, hb);
+    /// assert!(b.read(ha).is_err()); // a's handle is stale in b
+    /// # Ok::<(), tidyheap::HandleError>(())
+    /// ```
+    #[must_use]
+    pub fn with_process_unique_handles(mut self) -> Self {
+        self.leased = true;
         self
     }
 
@@ -314,17 +353,53 @@ impl HandleTable {
     /// allowed ([`MAX_SLOTS`] or [`with_max_slots`](Self::with_max_slots)) is in use or
     /// retired (then as `OutOfMemory` with `ENOMEM`).
     pub fn insert(&self, block: NonNull<u8>) -> Result<RawHandle, HandleError> {
-        let (index, slot, generation) = match self.pop_free() {
-            // A vacant generation is even, at most u32::MAX - 1: `+ 1` cannot wrap.
-            Some((index, slot)) => (index, slot, slot.vacant_generation() + 1),
-            None => {
-                let (index, slot) = self.issue_fresh()?;
-                (index, slot, self.first_generation)
-            }
-        };
-        slot.occupy(block, generation);
-        self.counters.len.fetch_add(1, Relaxed);
-        Ok(RawHandle::from_odd(index, generation))
+        // Each round either occupies a slot or retires one for good (a leased index out
+        // of windows), and there are finitely many indexes: the loop ends.
+        loop {
+            let (index, slot, generation) = match self.pop_free() {
+                Some((index, slot)) => {
+                    // A vacant generation is even, at most u32::MAX - 1: `+ 1` cannot wrap.
+                    let vacant = slot.vacant_generation();
+                    if self.leased && lease::window_done(vacant) {
+                        match lease::lease(index) {
+                            Ok(Some(g)) => (index, slot, g),
+                            Ok(None) => {
+                                self.counters.retired.fetch_add(1, Relaxed);
+                                continue;
+                            }
+                            Err(e) => {
+                                self.push_free(index, slot);
+                                return Err(e);
+                            }
+                        }
+                    } else {
+                        (index, slot, vacant + 1)
+                    }
+                }
+                None => {
+                    let (index, slot) = self.issue_fresh()?;
+                    if self.leased {
+                        match lease::lease(index) {
+                            Ok(Some(g)) => (index, slot, g),
+                            Ok(None) => {
+                                self.counters.retired.fetch_add(1, Relaxed);
+                                continue;
+                            }
+                            Err(e) => {
+                                // Vacant at generation 0: whoever pops it leases again.
+                                self.push_free(index, slot);
+                                return Err(e);
+                            }
+                        }
+                    } else {
+                        (index, slot, self.first_generation)
+                    }
+                }
+            };
+            slot.occupy(block, generation);
+            self.counters.len.fetch_add(1, Relaxed);
+            return Ok(RawHandle::from_odd(index, generation));
+        }
     }
 
     /// Frees `h`'s slot and returns the block address for the caller to free: waits until
@@ -339,6 +414,11 @@ impl HandleTable {
     ///
     /// [`HandleError::Stale`] if `h` is stale, foreign or already removed (a double free
     /// changes nothing).
+    ///
+    /// # Panics
+    ///
+    /// In debug builds, instead of waiting forever, if the calling thread holds a guard
+    /// or pin on this slot (see "Same-thread re-entrance" in the [module docs](super)).
     pub fn remove(&self, h: RawHandle) -> Result<NonNull<u8>, HandleError> {
         self.remove_impl(h, true)
     }
@@ -355,7 +435,15 @@ impl HandleTable {
 
     fn remove_impl(&self, h: RawHandle, wait: bool) -> Result<NonNull<u8>, HandleError> {
         let slot = self.get(h).ok_or(HandleError::Stale)?;
-        let (block, retired) = slot.vacate(h.generation().get(), wait)?;
+        let generation = h.generation().get();
+        let (block, retired) = match slot.vacate(generation, false) {
+            Err(HandleError::Busy) if wait => {
+                #[cfg(all(debug_assertions, not(loom)))]
+                held::check(slot, h, Want::Remove);
+                slot.vacate(generation, true)?
+            }
+            r => r?,
+        };
         self.counters.len.fetch_sub(1, Relaxed);
         if retired {
             self.counters.retired.fetch_add(1, Relaxed);
@@ -370,13 +458,29 @@ impl HandleTable {
     /// The hot path is the slot lookup, one compare-exchange, and one Acquire load of the
     /// address; dropping the guard is one `fetch_sub`.
     ///
+    /// Waits forever if the calling thread holds the write guard on the same block;
+    /// [`try_read`](Self::try_read) answers `Busy` there instead.
+    ///
     /// # Errors
     ///
     /// [`HandleError::Stale`] if `h` does not name a live block, now or after the wait.
+    ///
+    /// # Panics
+    ///
+    /// In debug builds, instead of waiting forever, if the calling thread holds the
+    /// write guard on this block.
     #[inline]
     pub fn read(&self, h: RawHandle) -> Result<SlotRead<'_>, HandleError> {
         let slot = self.get(h).ok_or(HandleError::Stale)?;
-        slot.read(h.generation().get())?;
+        let generation = h.generation().get();
+        if let Err(e) = slot.try_read(generation) {
+            if e != HandleError::Busy {
+                return Err(e);
+            }
+            #[cfg(all(debug_assertions, not(loom)))]
+            held::check(slot, h, Want::Read);
+            slot.read(generation)?;
+        }
         // SAFETY:
         // - the read lock on `slot` was just taken and is handed to the guard.
         Ok(unsafe { SlotRead::new(slot) })
@@ -405,10 +509,23 @@ impl HandleTable {
     /// # Errors
     ///
     /// [`HandleError::Stale`] if `h` does not name a live block, now or after the wait.
+    ///
+    /// # Panics
+    ///
+    /// In debug builds, instead of waiting forever, if the calling thread holds a read
+    /// or write guard on this block.
     #[inline]
     pub fn write(&self, h: RawHandle) -> Result<SlotWrite<'_>, HandleError> {
         let slot = self.get(h).ok_or(HandleError::Stale)?;
-        slot.write(h.generation().get())?;
+        let generation = h.generation().get();
+        if let Err(e) = slot.try_write(generation) {
+            if e != HandleError::Busy {
+                return Err(e);
+            }
+            #[cfg(all(debug_assertions, not(loom)))]
+            held::check(slot, h, Want::Write);
+            slot.write(generation)?;
+        }
         // SAFETY:
         // - the write lock on `slot` was just taken and is handed to the guard.
         Ok(unsafe { SlotWrite::new(slot) })
@@ -496,7 +613,8 @@ impl HandleTable {
             .sum()
     }
 
-    /// Number of slots retired for good because their generation reached `u32::MAX`.
+    /// Number of slots retired for good because their generation reached `u32::MAX`
+    /// (or, in a table with process-unique handles, their index ran out of windows).
     pub fn retired(&self) -> usize {
         self.counters.retired.load(Relaxed)
     }
@@ -709,6 +827,75 @@ mod tests {
 
     fn dangling(n: usize) -> NonNull<u8> {
         NonNull::new(ptr::without_provenance_mut(8 * (n + 1))).unwrap()
+    }
+
+    /// A leased table whose fresh indexes start at `first` (test-only: the indexes below
+    /// count as issued but are in no list).
+    fn leased_table_from(first: u32) -> HandleTable {
+        let t = HandleTable::new().with_process_unique_handles();
+        t.counters.issued.store(first, Relaxed);
+        t
+    }
+
+    #[test]
+    fn leased_generations_move_to_a_new_window_every_128_occupancies() {
+        let first = 1_000_200;
+        let t = leased_table_from(first);
+        let mut h = t.insert(dangling(0)).unwrap();
+        assert_eq!(h.index(), first);
+        let start = h.generation().get();
+        assert_eq!(start % lease::WINDOW, 1);
+        for _ in 0..lease::WINDOW / 2 - 1 {
+            t.remove(h).unwrap();
+            h = t.insert(dangling(0)).unwrap();
+        }
+        assert_eq!(
+            h.generation().get(),
+            start + lease::WINDOW - 2,
+            "one window"
+        );
+        t.remove(h).unwrap();
+        let next = t.insert(dangling(0)).unwrap();
+        assert_eq!(next.index(), first, "same slot, new window");
+        assert_eq!(next.generation().get() % lease::WINDOW, 1);
+        assert!(next.generation().get() > h.generation().get());
+        assert!(t.read(h).is_err());
+        t.remove(next).unwrap();
+    }
+
+    #[test]
+    fn a_leased_index_out_of_windows_is_retired_never_reused() {
+        let first = 1_000_300;
+        let t = leased_table_from(first);
+        let h = t.insert(dangling(0)).unwrap();
+        assert_eq!(h.index(), first);
+        // Every other window of this index is gone: when this slot's window ends, it
+        // retires instead of wrapping or reusing a window.
+        lease::set_windows_used(first, lease::TEST_WINDOWS);
+        let mut h = h;
+        for _ in 0..lease::WINDOW / 2 - 1 {
+            t.remove(h).unwrap();
+            h = t.insert(dangling(0)).unwrap();
+            assert_eq!(h.index(), first);
+        }
+        t.remove(h).unwrap();
+        // The next fresh index is out of windows too: skipped.
+        lease::set_windows_used(first + 1, lease::TEST_WINDOWS);
+        let moved = t.insert(dangling(1)).unwrap();
+        assert_eq!(moved.index(), first + 2);
+        assert_eq!(t.retired(), 2);
+        assert_eq!(t.len(), 1);
+        assert!(
+            t.read(h).is_err(),
+            "the retired slot's last handle stays stale"
+        );
+        assert_eq!(
+            t.slot(first).unwrap().generation() % 2,
+            0,
+            "vacant for good"
+        );
+        assert!(t.free_list().is_empty());
+        t.remove(moved).unwrap();
     }
 
     #[test]

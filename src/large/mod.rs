@@ -56,6 +56,7 @@ pub use stats::LargeStats;
 use stats::Counters;
 
 use crate::AllocError;
+use crate::numa::{self, NodePolicy, NumaError};
 use crate::os::{self, OsError, PAGE_SIZE, round_up};
 
 /// The huge page size tidyheap asks for (x86-64 and aarch64 with 4 KiB base pages).
@@ -251,9 +252,22 @@ impl LargeAllocator {
     /// assert!(matches!(large.alloc(huge), Err(AllocError::TooLarge { .. })));
     /// ```
     pub fn alloc(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
+        self.alloc_counted(layout, layout.size())
+    }
+
+    /// [`alloc`](Self::alloc), counting `live` requested bytes in
+    /// [`LargeStats::live_bytes`] instead of `layout.size()`: for a block that keeps a
+    /// header of its own in front of what its user asked for (DESIGN: live bytes are
+    /// requested bytes). Free it with [`dealloc_counted`](Self::dealloc_counted) and the
+    /// same `live`.
+    pub(crate) fn alloc_counted(
+        &self,
+        layout: Layout,
+        live: usize,
+    ) -> Result<NonNull<u8>, AllocError> {
         let g = Geometry::of(layout.size(), layout.align(), &self.config)?;
         let ptr = self.map_block(&g)?;
-        self.counters.on_map(layout.size(), g.total);
+        self.counters.on_map(live, g.total);
         Ok(ptr)
     }
 
@@ -272,6 +286,19 @@ impl LargeAllocator {
     /// In debug builds, when `ptr` is not aligned as `layout` and the block would be, or
     /// `layout` could never have been allocated: both mean the safety contract was broken.
     pub unsafe fn dealloc(&self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: forwarded from the caller; the block was counted with its layout's size.
+        unsafe { self.dealloc_counted(ptr, layout, layout.size()) }
+    }
+
+    /// [`dealloc`](Self::dealloc) of a block made by [`alloc_counted`](Self::alloc_counted)
+    /// with `live` requested bytes.
+    ///
+    /// # Safety
+    ///
+    /// * as [`dealloc`](Self::dealloc);
+    /// * `live` is what the block is counted with: its `alloc_counted` argument (which
+    ///   `relocate` keeps), or `layout.size()` for a block of `alloc` or `realloc`.
+    pub(crate) unsafe fn dealloc_counted(&self, ptr: NonNull<u8>, layout: Layout, live: usize) {
         let Ok(g) = Geometry::of(layout.size(), layout.align(), &self.config) else {
             if cfg!(debug_assertions) {
                 panic!("LargeAllocator::dealloc: {layout:?} could never have been allocated");
@@ -288,7 +315,7 @@ impl LargeAllocator {
         //   so `[ptr, ptr + g.total)` is exactly its page-aligned mapping;
         // - nothing uses the block afterwards.
         unsafe { os::release(ptr, g.total) };
-        self.counters.on_unmap(layout.size(), g.total);
+        self.counters.on_unmap(live, g.total);
     }
 
     /// The bytes usable in a block allocated with `layout`: its size rounded up to the
@@ -436,6 +463,51 @@ impl LargeAllocator {
             // SAFETY: the block is intact after the failed move; forwarded from the caller.
             Err(_) => unsafe { self.copy_move(ptr, layout, layout) },
         }
+    }
+
+    /// Maps a fresh zeroed block for `layout` whose pages prefer node `node`
+    /// (`mbind(MPOL_PREFERRED)` before any page is touched): they are placed there while
+    /// the node has free memory. The policy belongs to the mapping and moves with it
+    /// through [`realloc`](Self::realloc) and [`relocate`](Self::relocate) (`mremap`
+    /// keeps it; a copy fallback does not). Free the block with
+    /// [`dealloc`](Self::dealloc) as any other.
+    ///
+    /// # Errors
+    ///
+    /// [`NumaError::Alloc`] as [`alloc`](Self::alloc); [`NumaError::NodeOutOfRange`] or
+    /// [`NumaError::NodeUnavailable`] when the kernel has no such node (the block is
+    /// then unmapped again: nothing stays allocated).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::alloc::Layout;
+    /// use tidyheap::{large::LargeAllocator, numa::NumaError};
+    /// let large = LargeAllocator::default();
+    /// let layout = Layout::from_size_align(1 << 20, 16).unwrap();
+    /// let p = large.alloc_on_node(layout, 0)?;
+    /// // SAFETY: `p` is a live block of `layout`.
+    /// unsafe { large.dealloc(p, layout) };
+    /// assert!(matches!(
+    ///     large.alloc_on_node(layout, 1000),
+    ///     Err(NumaError::NodeUnavailable { node: 1000, .. })
+    /// ));
+    /// assert_eq!((large.stats().node_placements, large.stats().live_blocks), (1, 0));
+    /// # Ok::<(), NumaError>(())
+    /// ```
+    pub fn alloc_on_node(&self, layout: Layout, node: u32) -> Result<NonNull<u8>, NumaError> {
+        if node >= numa::MAX_NODE_ID {
+            return Err(NumaError::NodeOutOfRange { node });
+        }
+        let p = self.alloc(layout)?;
+        let len = self.usable_size(layout);
+        if let Err(e) = numa::bind(p.as_ptr(), len, node, NodePolicy::Preferred, false) {
+            // SAFETY: `p` is the live block just allocated with `layout`, never shared.
+            unsafe { self.dealloc(p, layout) };
+            return Err(e);
+        }
+        Counters::bump(&self.counters.node_placements);
+        Ok(p)
     }
 
     /// A snapshot of the counters.

@@ -27,6 +27,7 @@ pub(super) struct Counters {
     pub(super) shrink_in_place: AtomicU64,
     pub(super) relocations: AtomicU64,
     pub(super) copy_fallbacks: AtomicU64,
+    pub(super) node_placements: AtomicU64,
 }
 
 impl Counters {
@@ -44,6 +45,7 @@ impl Counters {
             shrink_in_place: AtomicU64::new(0),
             relocations: AtomicU64::new(0),
             copy_fallbacks: AtomicU64::new(0),
+            node_placements: AtomicU64::new(0),
         }
     }
 
@@ -95,6 +97,7 @@ impl Counters {
             shrink_in_place: get(&self.shrink_in_place),
             relocations: get(&self.relocations),
             copy_fallbacks: get(&self.copy_fallbacks),
+            node_placements: get(&self.node_placements),
         }
     }
 }
@@ -129,6 +132,8 @@ pub struct LargeStats {
     /// Reallocations and relocations the kernel could not do by remapping, done by
     /// allocate-copy-free instead.
     pub copy_fallbacks: u64,
+    /// Blocks placed on a chosen node by [`LargeAllocator::alloc_on_node`].
+    pub node_placements: u64,
 }
 
 impl LargeStats {

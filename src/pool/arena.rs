@@ -13,14 +13,21 @@
 //! from the OS, cut into span regions that keep their length for the heap's life (a
 //! region is reused only for classes with the same span length). Region records live
 //! in a span table reserved up front, so `&Span` is stable.
+//!
+//! NUMA (see `crate::numa::placement`): each arena serves one node; the source keeps one
+//! chunk cursor per node, so a chunk holds spans of one node only and is bound to it
+//! once. The three NUMA call sites are marked `NUMA:`.
 
 use core::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::lock::{Mutex, MutexGuard};
 use super::pagemap;
+use super::poison;
 use super::span::{ListId, Span, SpanKind, SpanList};
 use crate::AllocError;
+use crate::numa::placement::NodePlacement;
+use crate::numa::{MAX_NODES, Topology};
 use crate::os;
 use crate::size_class::{self, MAX_SPAN, NUM_CLASSES, SPAN_UNIT};
 
@@ -32,9 +39,13 @@ const CHUNK_BYTES: usize = 64 << 20;
 const MAX_CHUNKS: usize = 1 << 16;
 /// Most span records a heap can hold.
 const MAX_SPANS: usize = 1 << 22;
-/// Bytes of emptied spans an arena keeps committed for quick reuse before it starts
-/// handing emptied spans' pages back to the OS.
-pub(crate) const RETAIN_EMPTY_BYTES: usize = 1 << 20;
+/// Bytes of empty spans an arena always keeps committed for quick reuse, whatever its
+/// recent demand.
+pub(crate) const MIN_RETAIN_BYTES: usize = 1 << 20;
+/// The retention high-water mark closes `1 / HIGH_WATER_DECAY` of its gap to the
+/// current demand at every purge (every compaction pass): about 64 passes (a second at
+/// 60 frames a second) for two thirds of the gap.
+const HIGH_WATER_DECAY: usize = 64;
 
 /// Where span regions and records come from. One per heap, behind its own lock.
 #[derive(Debug)]
@@ -43,13 +54,16 @@ pub(crate) struct SpanSource {
     /// The span table's address once reserved (null before and after the heap's life),
     /// readable without the lock for ownership checks.
     table: std::sync::atomic::AtomicPtr<Span>,
+    /// Node placement of arenas and chunks, and the node counters.
+    pub(crate) numa: NodePlacement,
 }
 
 #[derive(Debug)]
 struct SourceState {
-    /// Unused tail of the newest chunk.
-    cur: usize,
-    end: usize,
+    /// Unused tail of the newest chunk of each node (by dense node index; index 0 only
+    /// with one node).
+    cur: [usize; MAX_NODES],
+    end: [usize; MAX_NODES],
     /// Chunk table (base addresses; every chunk is `CHUNK_BYTES` long), reserved lazily.
     chunks: *mut usize,
     nchunks: usize,
@@ -62,17 +76,18 @@ struct SourceState {
 unsafe impl Send for SourceState {}
 
 impl SpanSource {
-    pub(crate) const fn new() -> Self {
+    pub(crate) const fn new(topology: Option<&'static Topology>) -> Self {
         Self {
             state: Mutex::new(SourceState {
-                cur: 0,
-                end: 0,
+                cur: [0; MAX_NODES],
+                end: [0; MAX_NODES],
                 chunks: core::ptr::null_mut(),
                 nchunks: 0,
                 spans: core::ptr::null_mut(),
                 nspans: 0,
             }),
             table: std::sync::atomic::AtomicPtr::new(core::ptr::null_mut()),
+            numa: NodePlacement::new(topology),
         }
     }
 
@@ -102,7 +117,9 @@ impl SpanSource {
                 errno: libc::ENOMEM,
             });
         }
-        if st.end - st.cur < bytes {
+        // NUMA: spans of `arena` come from its node's chunk (always 0 with one node).
+        let node = self.numa.arena_node(arena);
+        if st.end[node] - st.cur[node] < bytes {
             if st.nchunks == MAX_CHUNKS {
                 return Err(AllocError::OutOfMemory {
                     size: bytes,
@@ -114,11 +131,13 @@ impl SpanSource {
             // SAFETY: the chunk table holds MAX_CHUNKS entries and `n < MAX_CHUNKS`.
             unsafe { st.chunks.add(n).write(base) };
             st.nchunks += 1;
-            st.cur = base;
-            st.end = base + CHUNK_BYTES;
+            // NUMA: bind the untouched chunk to its node (a no-op with one node).
+            self.numa.bind_chunk(base, CHUNK_BYTES, node);
+            st.cur[node] = base;
+            st.end[node] = base + CHUNK_BYTES;
         }
-        let base = st.cur;
-        st.cur += bytes;
+        let base = st.cur[node];
+        st.cur[node] += bytes;
         let idx = st.nspans;
         // SAFETY: the span table holds MAX_SPANS records and `idx < MAX_SPANS`; the slot
         // is uninitialised and becomes initialised here, before `nspans` covers it.
@@ -155,6 +174,8 @@ impl SpanSource {
             // caller guarantees no block of it is used again.
             unsafe {
                 let base = st.chunks.add(i).read();
+                // ASan: whatever maps these addresses next starts addressable.
+                poison::unpoison(base, CHUNK_BYTES);
                 os::release(NonNull::new_unchecked(base as *mut u8), CHUNK_BYTES);
             }
         }
@@ -172,8 +193,8 @@ impl SpanSource {
         st.chunks = core::ptr::null_mut();
         st.nspans = 0;
         st.nchunks = 0;
-        st.cur = 0;
-        st.end = 0;
+        st.cur = [0; MAX_NODES];
+        st.end = [0; MAX_NODES];
     }
 }
 
@@ -194,6 +215,8 @@ pub(crate) struct ArenaCounters {
     pub(crate) returns: AtomicU64,
     /// Emptied spans whose pages went back to the OS.
     pub(crate) decommits: AtomicU64,
+    /// Purged spans whose pages were committed again for reuse.
+    pub(crate) recommits: AtomicU64,
     /// Lock acquisitions (a proxy for contention).
     pub(crate) locks: AtomicU64,
 }
@@ -204,10 +227,17 @@ pub(crate) struct ArenaState {
     pub(crate) full: [[SpanList; NUM_CLASSES]; 2],
     /// Compaction sources per class (movable spans only).
     pub(crate) evacuating: [SpanList; NUM_CLASSES],
-    /// Empty spans by length in units (index = units − 1).
+    /// Empty committed spans by length in units (index = units − 1); the newest at the
+    /// head, so the tail is the span empty for longest (the purge clock only grows).
     pub(crate) empty: [SpanList; SPAN_LENGTHS],
-    /// Bytes of committed spans on the empty lists.
+    /// Empty spans whose pages were purged, by length.
+    pub(crate) purged: [SpanList; SPAN_LENGTHS],
+    /// Bytes of the spans on the `empty` lists.
     pub(crate) empty_committed: usize,
+    /// Decaying high-water mark of the bytes of committed spans serving a class: the
+    /// demand the arena saw lately, which sizes how much empty memory it retains. Raised
+    /// whenever a span starts serving; decayed by each pass's purge.
+    pub(crate) high_water: usize,
 }
 
 // SAFETY: the span pointers in the lists refer to records owned by the heap; the state
@@ -220,6 +250,9 @@ pub(crate) struct Arena {
     pub(crate) index: u32,
     pub(crate) lock: Mutex<ArenaState>,
     pub(crate) counters: ArenaCounters,
+    /// The purge clock: advanced by every compaction pass. A span retired at tick `t`
+    /// may be purged from tick `t + delay` on.
+    pub(crate) tick: AtomicU64,
 }
 
 impl Arena {
@@ -231,8 +264,11 @@ impl Arena {
                 full: [const { [const { SpanList::new() }; NUM_CLASSES] }; 2],
                 evacuating: [const { SpanList::new() }; NUM_CLASSES],
                 empty: [const { SpanList::new() }; SPAN_LENGTHS],
+                purged: [const { SpanList::new() }; SPAN_LENGTHS],
                 empty_committed: 0,
+                high_water: 0,
             }),
+            tick: AtomicU64::new(0),
             counters: ArenaCounters {
                 spans: AtomicUsize::new(0),
                 committed: AtomicUsize::new(0),
@@ -241,6 +277,7 @@ impl Arena {
                 refills: AtomicU64::new(0),
                 returns: AtomicU64::new(0),
                 decommits: AtomicU64::new(0),
+                recommits: AtomicU64::new(0),
                 locks: AtomicU64::new(0),
             },
         }
@@ -269,30 +306,32 @@ impl Arena {
         }
         let bytes = size_class::span_bytes(class);
         let units = bytes / SPAN_UNIT;
-        let span: &'a Span = match NonNull::new(st.empty[units - 1].head) {
-            Some(s) => {
-                // SAFETY: as above.
-                let span = unsafe { &*s.as_ptr() };
-                // SAFETY: the arena lock is held (we have `st`); the span is on this list.
-                unsafe { st.empty[units - 1].remove(span) };
-                // SAFETY: lock held.
-                let committed = unsafe { span.state().committed };
-                if committed {
-                    st.empty_committed -= bytes;
-                } else {
-                    // Touching decommitted pages commits them again.
-                    // SAFETY: lock held.
-                    unsafe { span.state().committed = true };
-                    self.counters.committed.fetch_add(bytes, Ordering::Relaxed);
-                }
-                span
+        // Committed empty spans first (no page faults), then purged ones, then new.
+        let span: &'a Span = if let Some(s) = NonNull::new(st.empty[units - 1].head) {
+            // SAFETY: list members are live spans of this heap, which `source` outlives.
+            let span = unsafe { &*s.as_ptr() };
+            // SAFETY: the arena lock is held (we have `st`); the span is on this list.
+            unsafe { st.empty[units - 1].remove(span) };
+            st.empty_committed -= bytes;
+            span
+        } else if let Some(s) = NonNull::new(st.purged[units - 1].head) {
+            // SAFETY: as above.
+            let span = unsafe { &*s.as_ptr() };
+            // SAFETY: as above; touching purged pages commits them again.
+            unsafe {
+                st.purged[units - 1].remove(span);
+                let state = span.state();
+                state.committed = true;
+                state.lazily_purged = false;
             }
-            None => {
-                let span = source.new_span(bytes, self.index)?;
-                self.counters.regions.fetch_add(1, Ordering::Relaxed);
-                self.counters.committed.fetch_add(bytes, Ordering::Relaxed);
-                span
-            }
+            self.counters.committed.fetch_add(bytes, Ordering::Relaxed);
+            self.counters.recommits.fetch_add(1, Ordering::Relaxed);
+            span
+        } else {
+            let span = source.new_span(bytes, self.index)?;
+            self.counters.regions.fetch_add(1, Ordering::Relaxed);
+            self.counters.committed.fetch_add(bytes, Ordering::Relaxed);
+            span
         };
         // SAFETY: lock held; the span is empty (fresh, or taken from an empty list).
         unsafe {
@@ -300,6 +339,10 @@ impl Arena {
             st.partial[k][class].push(span, ListId::Partial);
         }
         self.counters.spans.fetch_add(1, Ordering::Relaxed);
+        let in_use = self.counters.committed.load(Ordering::Relaxed) - st.empty_committed;
+        st.high_water = st.high_water.max(in_use);
+        // NUMA: local/remote accounting, per span (see `crate::numa::placement`).
+        source.numa.span_started(self.index, bytes);
         if kind == SpanKind::Movable {
             self.counters
                 .movable
@@ -348,9 +391,8 @@ impl Arena {
     }
 
     /// Brings `block` home to `span`, moving the span between lists as it fills up or
-    /// empties. An emptied span's pages go back to the OS past the retention limit if
-    /// `decommit`; otherwise it stays committed until a `trim_to` (the compactor defers
-    /// the `madvise` calls to the end of its pass, where its time budget governs them).
+    /// empties. An emptied span stays committed on the empty list: freeing never calls
+    /// the OS; a later purge (`purge`, `trim`) decides when its pages go back.
     /// An emptied compaction source that a pass is scanning stays on the evacuating list:
     /// the pass retires it when it stops scanning (`stop_scanning`).
     ///
@@ -358,13 +400,7 @@ impl Arena {
     ///
     /// * `st` is this arena's locked state and `span` belongs to this arena;
     /// * `block` is an out block of `span` that nobody uses any more.
-    pub(crate) unsafe fn put_block(
-        &self,
-        st: &mut ArenaState,
-        span: &Span,
-        block: NonNull<u8>,
-        decommit: bool,
-    ) {
+    pub(crate) unsafe fn put_block(&self, st: &mut ArenaState, span: &Span, block: NonNull<u8>) {
         self.counters.returns.fetch_add(1, Ordering::Relaxed);
         let (k, class) = (span.kind() as usize, span.class());
         // SAFETY: forwarded from the caller.
@@ -383,7 +419,7 @@ impl Arena {
                     }
                     _ => return,
                 }
-                self.retire_empty(st, span, decommit);
+                self.retire_empty(st, span);
             }
         }
     }
@@ -472,8 +508,8 @@ impl Arena {
         }
     }
 
-    /// Ends `span`'s evacuation: back on the partial or full list, or retired (without
-    /// decommitting: the pass's purge decides) if it has no block out. Returns whether it
+    /// Ends `span`'s evacuation: back on the partial or full list, or retired if it has
+    /// no block out. Returns whether it
     /// was retired. A span that is no longer evacuating (it emptied while nobody scanned
     /// it, and was retired) is left alone.
     ///
@@ -490,7 +526,7 @@ impl Arena {
             }
             st.evacuating[class].remove(span);
             if span.out() == 0 {
-                self.retire_empty(st, span, false);
+                self.retire_empty(st, span);
                 return true;
             }
             if span.has_room() {
@@ -524,6 +560,7 @@ impl Arena {
                 return None;
             }
             let b = span.take()?;
+            poison::live_block(b, span.block_size());
             if !span.has_room() {
                 let c = span.class();
                 st.partial[SpanKind::Movable as usize][c].remove(span);
@@ -533,13 +570,14 @@ impl Arena {
         }
     }
 
-    /// Moves an emptied span to the empty list, decommitting it past the retention
-    /// limit.
+    /// Moves an emptied span to the head of the empty list, stamped with the purge
+    /// clock. Its pages stay committed until a purge.
     ///
     /// # Safety
     ///
-    /// Lock held (`st`), `span` belongs to this arena, is on no list and has no block out.
-    pub(crate) unsafe fn retire_empty(&self, st: &mut ArenaState, span: &Span, decommit: bool) {
+    /// Lock held (`st`), `span` belongs to this arena, is on no list, is committed and
+    /// has no block out.
+    pub(crate) unsafe fn retire_empty(&self, st: &mut ArenaState, span: &Span) {
         let units = span.bytes / SPAN_UNIT;
         self.counters.spans.fetch_sub(1, Ordering::Relaxed);
         if span.kind() == SpanKind::Movable {
@@ -549,62 +587,137 @@ impl Arena {
         }
         // SAFETY: forwarded from the caller.
         unsafe {
-            if decommit && st.empty_committed + span.bytes > RETAIN_EMPTY_BYTES {
-                self.decommit_span(span);
-            } else {
-                st.empty_committed += span.bytes;
-            }
+            debug_assert!(span.state().committed);
+            span.state().emptied_at = self.tick.load(Ordering::Relaxed);
+            st.empty_committed += span.bytes;
             st.empty[units - 1].push(span, ListId::Empty);
         }
     }
 
-    /// Hands `span`'s pages back to the OS.
+    /// Purges (`MADV_FREE`) empty spans, oldest first, while more than the retention
+    /// stays committed, and only spans empty for at least `min_age` ticks, until
+    /// `deadline` (checked before each `madvise`). The retention is sized by recent
+    /// demand: the decaying
+    /// high-water mark of committed serving spans, less what serves now (at least
+    /// [`MIN_RETAIN_BYTES`]). Called once per compaction pass, which also advances the
+    /// clock the age counts in.
+    pub(crate) fn purge_for_pass(
+        &self,
+        min_age: u64,
+        deadline: Option<std::time::Instant>,
+    ) -> usize {
+        self.tick.fetch_add(1, Ordering::Relaxed);
+        let mut st = self.lock();
+        let in_use = self.counters.committed.load(Ordering::Relaxed) - st.empty_committed;
+        let gap = st.high_water.saturating_sub(in_use);
+        st.high_water = in_use.max(st.high_water - gap / HIGH_WATER_DECAY);
+        let retain = (st.high_water - in_use).max(MIN_RETAIN_BYTES);
+        // SAFETY: we hold the lock.
+        unsafe { self.purge_locked(&mut st, retain, min_age, true, deadline) }
+    }
+
+    /// Purges empty spans, oldest first, while more than `retain` bytes of them stay
+    /// committed: only spans empty for at least `min_age` ticks, and only until
+    /// `deadline`. `lazy` purges with `MADV_FREE` (cheap; the kernel takes the pages
+    /// under memory pressure), otherwise with `MADV_DONTNEED` (the pages go back at
+    /// once). Returns the bytes purged.
+    ///
+    /// # Safety
+    ///
+    /// `st` is this arena's locked state.
+    unsafe fn purge_locked(
+        &self,
+        st: &mut ArenaState,
+        retain: usize,
+        min_age: u64,
+        lazy: bool,
+        deadline: Option<std::time::Instant>,
+    ) -> usize {
+        let now = self.tick.load(Ordering::Relaxed);
+        let mut freed = 0;
+        for units in 0..SPAN_LENGTHS {
+            while st.empty_committed > retain {
+                let Some(tail) = NonNull::new(st.empty[units].tail) else {
+                    break;
+                };
+                // SAFETY: list members are live spans of this arena; lock held.
+                let span = unsafe { tail.as_ref() };
+                // SAFETY: lock held.
+                let emptied_at = unsafe { span.state().emptied_at };
+                if now.wrapping_sub(emptied_at) < min_age
+                    || deadline.is_some_and(|d| std::time::Instant::now() >= d)
+                {
+                    // The tail is the oldest of its list: nothing younger qualifies.
+                    break;
+                }
+                // SAFETY: lock held; empty-list spans are committed with no block out.
+                if !unsafe { self.decommit_span(span, lazy) } {
+                    break;
+                }
+                // SAFETY: lock held; the span is on this empty list.
+                unsafe {
+                    st.empty[units].remove(span);
+                    st.purged[units].push(span, ListId::Purged);
+                }
+                st.empty_committed -= span.bytes;
+                freed += span.bytes;
+            }
+        }
+        freed
+    }
+
+    /// Hands every empty span's pages back to the OS at once (`MADV_DONTNEED`, also for
+    /// spans purged lazily before); returns the bytes that stopped counting as committed.
+    pub(crate) fn trim(&self) -> usize {
+        let mut st = self.lock();
+        // SAFETY: we hold the lock.
+        let freed = unsafe { self.purge_locked(&mut st, 0, 0, false, None) };
+        for list in &st.purged {
+            // SAFETY: lock held for the iteration; purging does not unlink.
+            for span in unsafe { list.iter() } {
+                // SAFETY: lock held; purged spans have no block out and dead contents.
+                unsafe {
+                    if span.state().lazily_purged
+                        && os::decommit(NonNull::new_unchecked(span.base as *mut u8), span.bytes)
+                            .is_ok()
+                    {
+                        span.state().lazily_purged = false;
+                    }
+                }
+            }
+        }
+        freed
+    }
+
+    /// Hands `span`'s pages back to the OS (lazily with `MADV_FREE` if `lazy`, where the
+    /// kernel supports it); returns whether it did.
     ///
     /// # Safety
     ///
     /// Lock held; `span` belongs to this arena, is committed and has no block out.
-    unsafe fn decommit_span(&self, span: &Span) {
+    unsafe fn decommit_span(&self, span: &Span, lazy: bool) -> bool {
+        let base = span.base as *mut u8;
         // SAFETY: the span's region is one of our page-aligned mappings and holds no
-        // live block (caller contract).
+        // live block (caller contract); `base` is non-null.
         let ok = unsafe {
-            os::decommit(NonNull::new_unchecked(span.base as *mut u8), span.bytes).is_ok()
+            if lazy {
+                os::purge_lazily(NonNull::new_unchecked(base), span.bytes).is_ok()
+            } else {
+                os::decommit(NonNull::new_unchecked(base), span.bytes).is_ok()
+            }
         };
         if ok {
             // SAFETY: lock held.
-            unsafe { span.state().committed = false };
+            unsafe {
+                let state = span.state();
+                state.committed = false;
+                state.lazily_purged = lazy;
+            }
             self.counters
                 .committed
                 .fetch_sub(span.bytes, Ordering::Relaxed);
             self.counters.decommits.fetch_add(1, Ordering::Relaxed);
         }
-    }
-
-    /// Hands empty spans' pages back to the OS until at most `retain` bytes of empty
-    /// spans stay committed, or `deadline` passes (checked before each `madvise`);
-    /// returns the bytes freed.
-    pub(crate) fn trim_to(&self, retain: usize, deadline: Option<std::time::Instant>) -> usize {
-        let mut st = self.lock();
-        let mut freed = 0;
-        let mut committed = st.empty_committed;
-        'lists: for list in &st.empty {
-            // SAFETY: the lock is held for the iteration; decommitting does not unlink.
-            for span in unsafe { list.iter() } {
-                if committed <= retain || deadline.is_some_and(|d| std::time::Instant::now() >= d) {
-                    break 'lists;
-                }
-                // SAFETY: lock held; empty-list spans have no block out.
-                unsafe {
-                    if span.state().committed {
-                        self.decommit_span(span);
-                        if !span.state().committed {
-                            freed += span.bytes;
-                            committed -= span.bytes;
-                        }
-                    }
-                }
-            }
-        }
-        st.empty_committed = committed;
-        freed
+        ok
     }
 }

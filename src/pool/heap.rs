@@ -19,9 +19,11 @@ use super::arena::{Arena, SpanSource};
 use super::central::{Batch, CentralFreeList};
 use super::lock::{Mutex, MutexGuard};
 use super::pagemap;
+use super::poison;
 use super::span::{Span, SpanKind};
 use super::thread_cache::{self, Counters, PARK_BYTES, PARKED_TOTAL_BYTES, ThreadCache, bump};
 use crate::large::{LargeAllocator, LargeConfig};
+use crate::numa::Topology;
 use crate::size_class::{self, NUM_CLASSES};
 use crate::stats::PoolCounters;
 use crate::sync::const_fn_unless_loom;
@@ -62,6 +64,11 @@ pub struct HeapConfig {
     pub thread_cache_bytes: usize,
     /// Configuration of the direct-mapping path for large blocks.
     pub large: LargeConfig,
+    /// The NUMA topology arenas are placed by; `None` (the default) detects the
+    /// machine's ([`Topology::system`]). Inject one for tests, or pass
+    /// `Some(&SINGLE)` with a `static SINGLE: Topology = Topology::single_node();` to turn
+    /// NUMA placement off. See [`crate::numa`].
+    pub topology: Option<&'static Topology>,
 }
 
 impl HeapConfig {
@@ -71,6 +78,7 @@ impl HeapConfig {
         batch: DEFAULT_BATCH,
         thread_cache_bytes: DEFAULT_THREAD_CACHE_BYTES,
         large: LargeConfig::DEFAULT,
+        topology: None,
     };
 }
 
@@ -155,6 +163,9 @@ pub(crate) struct HeapInner {
     pub(crate) shared: [Counters; 2],
     /// Bumped to ask every thread to flush its movable lists (see `flush_movable`).
     pub(crate) movable_epoch: AtomicU64,
+    /// The size classes (one bit each) whose cached movable blocks a bump of
+    /// `movable_epoch` asks threads to flush: those the compactor is evacuating.
+    pub(crate) movable_flush_classes: [AtomicU64; 2],
     pub(crate) large: LargeAllocator,
     /// Registry link, only touched under the registry mutex.
     reg_next: AtomicPtr<HeapInner>,
@@ -183,13 +194,14 @@ impl HeapInner {
                     }
                     a
                 },
-                source: SpanSource::new(),
+                source: SpanSource::new(config.topology),
                 central: central_lists(),
                 caches: AtomicPtr::new(ptr::null_mut()),
                 caches_hwm: AtomicUsize::new(0),
                 parked_bytes: AtomicUsize::new(0),
                 shared: [const { Counters::ZERO }; 2],
                 movable_epoch: AtomicU64::new(0),
+                movable_flush_classes: [AtomicU64::new(0), AtomicU64::new(0)],
                 large: LargeAllocator::new(config.large),
                 reg_next: AtomicPtr::new(ptr::null_mut()),
                 registered: core::sync::atomic::AtomicBool::new(false),
@@ -239,6 +251,8 @@ impl HeapInner {
         } else {
             self.config.arenas
         }
+        // NUMA: at least one arena per node.
+        .max(self.source.numa.min_arenas())
         .clamp(1, MAX_ARENAS);
         match self
             .narenas
@@ -249,8 +263,14 @@ impl HeapInner {
         }
     }
 
+    /// The arena for the calling thread: round-robin, within the thread's current node
+    /// when there are several (NUMA: see `crate::numa::placement`).
     fn next_arena(&self) -> usize {
-        self.next_arena.fetch_add(1, Ordering::Relaxed) % self.arena_count()
+        let n = self.arena_count();
+        match self.source.numa.pick_arena(n) {
+            Some(a) => a,
+            None => self.next_arena.fetch_add(1, Ordering::Relaxed) % n,
+        }
     }
 
     fn records(&self) -> Option<&[ThreadCache]> {
@@ -408,6 +428,22 @@ impl HeapInner {
     ///
     /// The caller owns `cache`.
     pub(crate) unsafe fn flush_cache(&self, cache: &ThreadCache, kind: Option<SpanKind>) {
+        // SAFETY: forwarded.
+        unsafe { self.flush_classes(cache, kind, u128::MAX) }
+    }
+
+    /// Returns the cached blocks of `cache` (of `kind`, or of both kinds) whose class
+    /// bit is set in `classes` home.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns `cache`.
+    pub(crate) unsafe fn flush_classes(
+        &self,
+        cache: &ThreadCache,
+        kind: Option<SpanKind>,
+        classes: u128,
+    ) {
         // SAFETY: forwarded: we own the record.
         let local = unsafe { cache.local() };
         for k in SpanKind::ALL {
@@ -416,7 +452,7 @@ impl HeapInner {
             }
             for class in 0..NUM_CLASSES {
                 let list = &mut local.lists[k as usize][class];
-                if list.len() == 0 {
+                if list.len() == 0 || classes & (1 << class) == 0 {
                     continue;
                 }
                 while let Some(batch) = list.take_batch(usize::MAX) {
@@ -497,6 +533,7 @@ impl HeapInner {
         let c = &tc.counters[kind as usize];
         bump(&c.allocs, 1);
         bump(&c.alloc_bytes, size as u64);
+        poison::live_block(b, size_class::size(class));
         Some(b)
     }
 
@@ -513,6 +550,7 @@ impl HeapInner {
         let c = &tc.counters[SpanKind::Fixed as usize];
         bump(&c.allocs, 1);
         bump(&c.alloc_bytes, size as u64);
+        poison::live_block(b, size_class::size(class));
         Some(b)
     }
 
@@ -539,6 +577,7 @@ impl HeapInner {
         let c = &tc.counters[kind as usize];
         bump(&c.allocs, 1);
         bump(&c.alloc_bytes, size as u64);
+        poison::live_block(b, size_class::size(class));
         Ok(b)
     }
 
@@ -587,6 +626,7 @@ impl HeapInner {
         if local.cached_bytes > self.config.thread_cache_bytes as isize {
             self.shrink(tc);
         }
+        poison::live_block(b, size_class::size(class));
         Ok(b)
     }
 
@@ -605,7 +645,9 @@ impl HeapInner {
         c.allocs.fetch_add(1, Ordering::Relaxed);
         c.alloc_bytes.fetch_add(size as u64, Ordering::Relaxed);
         c.misses.fetch_add(1, Ordering::Relaxed);
-        Ok(out.expect("take_blocks returned one block"))
+        let b = out.expect("take_blocks returned one block");
+        poison::live_block(b, size_class::size(class));
+        Ok(b)
     }
 
     /// Frees a block of `class`/`kind` that was allocated for `size` bytes.
@@ -689,6 +731,7 @@ impl HeapInner {
         size: usize,
         kind: SpanKind,
     ) -> bool {
+        poison::free_block(block, size_class::size(class));
         if kind == SpanKind::Movable {
             self.honor_movable_epoch(tc);
         }
@@ -718,7 +761,7 @@ impl HeapInner {
                 }
             }
             // SAFETY: forwarded from the caller.
-            None => unsafe { self.free_uncached(block, size, kind) },
+            None => unsafe { self.free_uncached(block, class, size, kind) },
         }
     }
 
@@ -727,7 +770,8 @@ impl HeapInner {
     /// As [`HeapInner::free_block`].
     #[cold]
     #[inline(never)]
-    unsafe fn free_uncached(&self, block: NonNull<u8>, size: usize, kind: SpanKind) {
+    unsafe fn free_uncached(&self, block: NonNull<u8>, class: usize, size: usize, kind: SpanKind) {
+        poison::free_block(block, size_class::size(class));
         let c = &self.shared[kind as usize];
         c.frees.fetch_add(1, Ordering::Relaxed);
         c.free_bytes.fetch_add(size as u64, Ordering::Relaxed);
@@ -827,7 +871,7 @@ impl HeapInner {
             }
             let (_, st) = locked.as_mut().expect("locked above");
             // SAFETY: we hold the span's arena lock and the block is a dead out block.
-            unsafe { arena.put_block(st, span, block, true) };
+            unsafe { arena.put_block(st, span, block) };
         }
     }
 
@@ -1080,6 +1124,7 @@ impl HeapInner {
                     refills: c.refills.load(Ordering::Relaxed),
                     returns: c.returns.load(Ordering::Relaxed),
                     decommits: c.decommits.load(Ordering::Relaxed),
+                    recommits: c.recommits.load(Ordering::Relaxed),
                     lock_acquisitions: c.locks.load(Ordering::Relaxed),
                     threads: threads[a.index as usize],
                 }
@@ -1103,21 +1148,31 @@ impl HeapInner {
             large: self.large.stats(),
             committed_bytes: arenas.iter().map(|a| a.committed_bytes).sum(),
             spans: arenas.iter().map(|a| a.spans).sum(),
+            numa: self.source.numa.stats(&arenas),
             arenas,
         }
     }
 
-    /// Decommits empty spans until each arena keeps at most `retain` bytes of them
-    /// committed, or `deadline` passes; returns the bytes handed back.
-    pub(crate) fn trim_to(&self, retain: usize, deadline: Option<std::time::Instant>) -> usize {
-        (0..self.arena_count())
-            .map(|a| self.arenas[a].trim_to(retain, deadline))
+    /// One compaction pass's purge in every arena (see `Arena::purge_for_pass`);
+    /// returns the bytes handed back.
+    pub(crate) fn purge_for_pass(
+        &self,
+        min_age: u64,
+        deadline: Option<std::time::Instant>,
+    ) -> usize {
+        self.arenas[..self.arena_count()]
+            .iter()
+            .map(|a| a.purge_for_pass(min_age, deadline))
             .sum()
     }
 
-    /// Decommits every retained empty span; returns the bytes handed back.
+    /// Hands every empty span's pages back to the OS at once; returns the bytes that
+    /// stopped counting as committed.
     pub(crate) fn trim(&self) -> usize {
-        self.trim_to(0, None)
+        self.arenas[..self.arena_count()]
+            .iter()
+            .map(|a| a.trim())
+            .sum()
     }
 
     /// Returns every batch held by the central lists home.

@@ -7,5 +7,6 @@ pub(crate) mod central;
 pub(crate) mod heap;
 pub(crate) mod lock;
 pub(crate) mod pagemap;
+pub(crate) mod poison;
 pub(crate) mod span;
 pub(crate) mod thread_cache;

@@ -40,6 +40,7 @@ use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 
+use super::poison;
 use crate::size_class::{self, MAX_POOL_ALIGN};
 
 /// What a span serves: raw-pointer blocks that never move, or handle-addressed blocks
@@ -139,8 +140,15 @@ pub(crate) struct SpanState {
     pub(crate) next: *mut Span,
     /// Which arena list holds the span (see [`ListId`]).
     pub(crate) list: ListId,
-    /// Whether the span's pages are committed (not `MADV_DONTNEED`ed).
+    /// Whether the span's pages are committed (not purged). Empty spans on an arena's
+    /// `empty` lists are committed; those on its `purged` lists are not.
     pub(crate) committed: bool,
+    /// Purged with `MADV_FREE`: the kernel may still hold (and the span may still read
+    /// back) the old pages until memory pressure takes them; `trim` purges such spans
+    /// again with `MADV_DONTNEED`.
+    pub(crate) lazily_purged: bool,
+    /// The arena's purge clock (`Arena::tick`) when the span last emptied.
+    pub(crate) emptied_at: u64,
     /// A compaction pass is reading this span's side table without the arena lock (it
     /// is the source being evacuated): while set, the span is not retired even if it
     /// empties, so it cannot be re-initialised under the pass (DESIGN invariant 7).
@@ -157,6 +165,8 @@ pub(crate) enum ListId {
     Empty,
     /// A compaction source: allocation does not refill from it.
     Evacuating,
+    /// Empty, with its pages handed back to the OS.
+    Purged,
 }
 
 /// One span. Lives in its heap's span table at a stable address for the heap's life.
@@ -215,6 +225,8 @@ impl Span {
                 next: ptr::null_mut(),
                 list: ListId::None,
                 committed: true,
+                lazily_purged: false,
+                emptied_at: 0,
                 scanning: false,
             }),
         }
@@ -294,9 +306,13 @@ impl Span {
         st.free_count = 0;
         st.carved = 0;
         debug_assert!(!st.scanning, "a scanned span is never re-initialised");
-        if kind == SpanKind::Movable && st.committed {
-            // A reused committed span may hold stale side-table entries; decommitted
-            // pages read back as zero anyway.
+        // ASan: the side table is ours, every block (and the tail) is off-limits until
+        // carved and handed out.
+        poison::unpoison(self.base, first);
+        poison::poison(self.base + first, self.bytes - first);
+        if kind == SpanKind::Movable {
+            // A reused span may hold stale side-table entries: committed spans keep
+            // them, and pages purged with `MADV_FREE` may read back either way.
             for i in 0..cap {
                 // SAFETY: `i < cap`, so the entry lies in this span's side table.
                 let m = unsafe { self.meta(i) };
@@ -367,7 +383,9 @@ impl Span {
         let carved = st.carved as usize;
         if carved < self.capacity() {
             st.carved += 1;
-            return Some(self.block(carved));
+            let b = self.block(carved);
+            poison::carved_block(b, self.block_size());
+            return Some(b);
         }
         None
     }
@@ -383,6 +401,7 @@ impl Span {
         debug_assert!(self.block_index(block.as_ptr() as usize).is_some());
         // SAFETY: forwarded: arena lock held.
         let st = unsafe { self.state() };
+        poison::free_block(block, self.block_size());
         // SAFETY: the block is dead and at least 16 bytes, so word 0 is ours to write.
         unsafe { block.cast::<*mut u8>().write(st.free) };
         st.free = block.as_ptr();
@@ -419,14 +438,15 @@ impl Span {
 #[derive(Debug)]
 pub(crate) struct SpanList {
     pub(crate) head: *mut Span,
-    pub(crate) len: usize,
+    /// The last span (the one pushed longest ago), or null when empty.
+    pub(crate) tail: *mut Span,
 }
 
 impl SpanList {
     pub(crate) const fn new() -> Self {
         Self {
             head: ptr::null_mut(),
-            len: 0,
+            tail: ptr::null_mut(),
         }
     }
 
@@ -447,9 +467,10 @@ impl SpanList {
         if let Some(h) = NonNull::new(self.head) {
             // SAFETY: list members are live spans of this arena; lock held.
             unsafe { h.as_ref().state().prev = me };
+        } else {
+            self.tail = me;
         }
         self.head = me;
-        self.len += 1;
     }
 
     /// Unlinks `span`, which must be on this list.
@@ -478,8 +499,10 @@ impl SpanList {
         if let Some(n) = NonNull::new(next) {
             // SAFETY: as above.
             unsafe { n.as_ref().state().prev = prev };
+        } else {
+            debug_assert_eq!(self.tail, span as *const Span as *mut Span);
+            self.tail = prev;
         }
-        self.len -= 1;
     }
 
     /// Iterates the spans.
@@ -517,6 +540,11 @@ mod tests {
                 assert_eq!(first % class_align(c), 0);
                 if kind == SpanKind::Movable {
                     assert!(first >= cap * META_BYTES, "side table fits before block 0");
+                    assert_eq!(
+                        cap,
+                        size_class::movable_capacity(size, size_class::span_bytes(c)),
+                        "class {c}: span sizing sees the real movable capacity"
+                    );
                 }
             }
         }

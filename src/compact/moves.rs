@@ -1,0 +1,242 @@
+//! Moving blocks in batches.
+//!
+//! A pass moves the live blocks of one source span in batches of up to
+//! [`MAX_BATCH`] blocks and [`MAX_BATCH_BYTES`] bytes, so the arena locks and counter
+//! updates are paid per batch rather than per block:
+//!
+//! ```text
+//! reserve   one target block per candidate, under the target's arena lock
+//! per block owner check → try_lock_move (never waits) → owner re-check under the lock
+//!           → copy → new side-table entry → slot ← new → old entry cleared → unlock
+//! return    reserved blocks left unused go home to their targets; the old copies go
+//!           home to the source under one lock; the live counts change once
+//! ```
+//!
+//! Observers hear of the moves only after the old copies are home (see the module docs
+//! of `compact`), so a panicking observer strands nothing. Every use of a target
+//! re-checks its incarnation under its arena lock (`Arena::take_from`): DESIGN
+//! invariant 7.
+
+use core::ptr::NonNull;
+use std::sync::atomic::Ordering;
+
+use super::{MoveEvent, Planned};
+#[cfg(feature = "events")]
+use crate::events::Pool;
+use crate::handle::{HandleTable, MoveSkip};
+use crate::heap::Heap;
+use crate::movable::{tag_ptr, untag};
+use crate::pool::span::Span;
+use crate::size_class;
+
+/// Most blocks in one batch.
+pub(super) const MAX_BATCH: usize = 16;
+/// A batch stops growing once it holds this many bytes, so a time budget is overrun by
+/// at most one batch's copying (about 10 µs at memory speed).
+pub(super) const MAX_BATCH_BYTES: usize = 64 << 10;
+
+/// Live blocks of one source span chosen to move together.
+pub(super) struct Batch {
+    /// `(block index, owner slot index, requested length)`.
+    blocks: [(usize, u32, usize); MAX_BATCH],
+    len: usize,
+    bytes: usize,
+}
+
+impl Batch {
+    pub(super) fn new() -> Self {
+        Self {
+            blocks: [(0, 0, 0); MAX_BATCH],
+            len: 0,
+            bytes: 0,
+        }
+    }
+
+    pub(super) fn is_full(&self) -> bool {
+        self.len == MAX_BATCH || self.bytes >= MAX_BATCH_BYTES
+    }
+
+    /// Blocks and bytes the batch would hold with one more block of `len` bytes.
+    pub(super) fn would_move(&self, len: usize) -> (u64, u64) {
+        ((self.len + 1) as u64, (self.bytes + len) as u64)
+    }
+
+    pub(super) fn push(&mut self, index: usize, owner: u32, len: usize) {
+        self.blocks[self.len] = (index, owner, len);
+        self.len += 1;
+        self.bytes += len;
+    }
+
+    fn blocks(&self) -> &[(usize, u32, usize)] {
+        &self.blocks[..self.len]
+    }
+}
+
+/// What a batch did.
+pub(super) struct BatchDone {
+    /// One event per block moved, in the order they moved (the first `moved`).
+    events: [Option<MoveEvent>; MAX_BATCH],
+    moved: usize,
+    pub(super) busy: u64,
+    pub(super) pinned: u64,
+    /// The targets ran out of room: the rest of the source cannot move in this plan.
+    pub(super) no_room: bool,
+}
+
+impl BatchDone {
+    /// The moves, in the order they happened.
+    pub(super) fn events(&self) -> impl Iterator<Item = &MoveEvent> {
+        self.events[..self.moved].iter().flatten()
+    }
+
+    /// Blocks moved.
+    pub(super) fn moved(&self) -> usize {
+        self.moved
+    }
+}
+
+impl Heap {
+    /// Moves the blocks of `batch`, live blocks of `source` (a span this pass scans),
+    /// into `targets` (the last one first; exhausted or changed ones are dropped).
+    pub(super) fn move_batch(
+        &self,
+        table: &HandleTable,
+        source: &Span,
+        batch: &Batch,
+        targets: &mut Vec<Planned>,
+    ) -> BatchDone {
+        let mut done = BatchDone {
+            events: [None; MAX_BATCH],
+            moved: 0,
+            busy: 0,
+            pinned: 0,
+            no_room: false,
+        };
+        if batch.len == 0 {
+            return done;
+        }
+        let inner = self.inner();
+        // Reserve a destination per candidate.
+        let mut dest: [Option<(Planned, NonNull<u8>)>; MAX_BATCH] = [None; MAX_BATCH];
+        let mut reserved = 0;
+        'targets: while reserved < batch.len {
+            let Some(t) = targets.last().copied() else {
+                done.no_room = true;
+                break;
+            };
+            let target = t.span();
+            let arena = &inner.arenas[target.arena as usize];
+            let mut st = arena.lock();
+            while reserved < batch.len {
+                // SAFETY: lock held; the span belongs to this arena (fixed for the
+                // record's life); `take_from` checks it is still the planned target.
+                match unsafe { arena.take_from(&mut st, target, t.incarnation) } {
+                    Some(b) => {
+                        dest[reserved] = Some((t, b));
+                        reserved += 1;
+                    }
+                    None => {
+                        // Full, or no longer the span that was planned.
+                        targets.pop();
+                        continue 'targets;
+                    }
+                }
+            }
+        }
+        // Move.
+        let mut old_blocks = [NonNull::dangling(); MAX_BATCH];
+        let mut used = 0;
+        for &(i, index, _) in batch.blocks() {
+            let Some((target, new)) = dest.get(used).copied().flatten() else {
+                break;
+            };
+            match self.move_one(table, source, i, index, target.span(), new) {
+                Ok(ev) => {
+                    old_blocks[done.moved] = source.block(i);
+                    done.events[done.moved] = Some(ev);
+                    done.moved += 1;
+                    used += 1;
+                }
+                Err(MoveSkip::Busy) => done.busy += 1,
+                Err(MoveSkip::Pinned) => done.pinned += 1,
+                Err(_) => {}
+            }
+        }
+        let moved = done.moved;
+        source.live.fetch_sub(moved as u32, Ordering::Relaxed);
+        // Unused reservations go home to their targets, the old copies to the source.
+        for (t, b) in dest[used..reserved].iter().flatten() {
+            let target = t.span();
+            let arena = &inner.arenas[target.arena as usize];
+            let mut st = arena.lock();
+            // SAFETY: lock held; `b` is an out block of `target` nobody references.
+            unsafe { arena.put_block(&mut st, target, *b) };
+        }
+        if moved > 0 {
+            let arena = &inner.arenas[source.arena as usize];
+            let mut st = arena.lock();
+            for &old in &old_blocks[..moved] {
+                // SAFETY: lock held; `old` is an out block of `source` that nobody
+                // references any more (its slot points at the new copy).
+                unsafe { arena.put_block(&mut st, source, old) };
+            }
+        }
+        done
+    }
+
+    /// Moves block `i` of `source`, owned by slot `index`, into `new`, a reserved block
+    /// of `target`.
+    fn move_one(
+        &self,
+        table: &HandleTable,
+        source: &Span,
+        i: usize,
+        index: u32,
+        target: &Span,
+        new: NonNull<u8>,
+    ) -> Result<MoveEvent, MoveSkip> {
+        let old = source.block(i);
+        let slot = table.slot(index).ok_or(MoveSkip::Gone)?;
+        let tagged = NonNull::new(slot.ptr()).ok_or(MoveSkip::Gone)?;
+        let (addr, tag) = untag(tagged);
+        if addr != old {
+            return Err(MoveSkip::Gone);
+        }
+        let mut mv = table.try_lock_move(index, tagged)?;
+        // SAFETY: movable span (we scan it), valid index.
+        let meta = unsafe { source.meta(i) };
+        // An allocation publishes its owner last: until then the block is not ours to move.
+        if meta.owner.load(Ordering::Acquire) != index + 1 {
+            return Err(MoveSkip::Gone);
+        }
+        let len = meta.len();
+        // SAFETY: `old` is a live block of `len` bytes that nobody can access (we hold
+        // the move lock); `new` is a reserved block of the same class in another span.
+        unsafe { core::ptr::copy_nonoverlapping(old.as_ptr(), new.as_ptr(), len) };
+        let ni = target
+            .block_index(new.as_ptr().addr())
+            .expect("take_from returns a block of the target");
+        // SAFETY: `target` is a movable span (checked by `take_from`) with a block out,
+        // so it keeps its geometry; `ni` is one of its blocks.
+        let new_meta = unsafe { target.meta(ni) };
+        new_meta.set_len(len);
+        target.live.fetch_add(1, Ordering::Relaxed);
+        new_meta.owner.store(index + 1, Ordering::Release);
+        // SAFETY: we hold the move lock, and `new` holds a complete copy.
+        unsafe { mv.set_ptr(tag_ptr(new, tag)) };
+        // Event hook (move lock held): free(old), alloc(new) before either address can
+        // be reused or freed by anyone else.
+        emit!(
+            self,
+            on_move(Pool::Movable, old.as_ptr().addr(), new.as_ptr().addr(), len)
+        );
+        meta.owner.store(0, Ordering::Release);
+        Ok(MoveEvent {
+            handle: mv.handle(),
+            from: old.as_ptr().addr(),
+            to: new.as_ptr().addr(),
+            size: len,
+            class_size: size_class::size(source.class()),
+        })
+    }
+}

@@ -1,0 +1,210 @@
+//! The pool's NUMA glue: which node each arena serves, which arena a thread gets, chunk
+//! binding, and the node counters. Owned by the heap's span source, so the pool calls
+//! it at three places, each marked `NUMA:`: arena selection (`HeapInner::next_arena`,
+//! and `HeapInner::arena_count`, which gives every node an arena), chunk reservation
+//! (`SpanSource::new_span`) and a span starting to serve a class
+//! (`Arena::span_with_room`). All three are slow paths; with one node none of them makes
+//! a syscall.
+//!
+//! # Arena ↔ node
+//!
+//! With `k` nodes and `n ≥ k` arenas, arena `i` serves the node of dense index `i % k`,
+//! so node `j` owns arenas `j, j + k, j + 2k, …`. A thread claiming a cache is given
+//! the next of its current node's arenas, round-robin per node. A thread the scheduler
+//! later moves to another node keeps its arena (its refills become *remote*, which the
+//! counters show).
+//!
+//! # Chunk binding
+//!
+//! The span source cuts spans from 64 MiB chunks, one chunk cursor per node, so a chunk
+//! only ever holds spans of one node's arenas. A fresh chunk gets `mbind(MPOL_PREFERRED)`
+//! to its node before any page of it is touched (one call per 64 MiB, so the kernel keeps
+//! few mapping entries). Spans keep their arena for life, so reused and re-committed
+//! spans stay on their node. A chunk the kernel refuses to bind (an injected topology
+//! naming a node the machine lacks, a sandbox) is still used, its pages wherever the
+//! kernel puts them, and counted in [`NumaStats::bind_failures`].
+//!
+//! # Local and remote
+//!
+//! Counted per *span*, not per block: when a span starts serving a size class (fresh, or
+//! reused from the arena's empty list), its bytes count as *local* if the thread that
+//! needed it runs on the arena's node, *remote* otherwise. Blocks handed out from the
+//! span afterwards are not looked at one by one, which keeps the alloc/free paths free
+//! of any NUMA cost; a span holds many blocks of one thread's refills, so the span counts
+//! are a faithful sample of where allocation happens. With one node every span is local
+//! and no CPU lookup is made.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use super::sys::{self, NodePolicy};
+use super::topology::{MAX_NODES, Topology};
+use crate::stats::{ArenaStats, NodeStats, NumaStats};
+
+/// See the module docs.
+#[derive(Debug)]
+pub(crate) struct NodePlacement {
+    /// The injected topology, or `None` for [`Topology::system`].
+    configured: Option<&'static Topology>,
+    /// Round-robin cursor of each node's arenas.
+    next: [AtomicUsize; MAX_NODES],
+    /// Spans started for threads on / off the arena's node, per arena node index.
+    local_spans: [AtomicU64; MAX_NODES],
+    remote_spans: [AtomicU64; MAX_NODES],
+    local_bytes: [AtomicU64; MAX_NODES],
+    remote_bytes: [AtomicU64; MAX_NODES],
+    bind_failures: AtomicU64,
+    migrations: AtomicU64,
+    migrated_pages: AtomicU64,
+    migration_failures: AtomicU64,
+}
+
+impl NodePlacement {
+    pub(crate) const fn new(configured: Option<&'static Topology>) -> Self {
+        Self {
+            configured,
+            next: [const { AtomicUsize::new(0) }; MAX_NODES],
+            local_spans: [const { AtomicU64::new(0) }; MAX_NODES],
+            remote_spans: [const { AtomicU64::new(0) }; MAX_NODES],
+            local_bytes: [const { AtomicU64::new(0) }; MAX_NODES],
+            remote_bytes: [const { AtomicU64::new(0) }; MAX_NODES],
+            bind_failures: AtomicU64::new(0),
+            migrations: AtomicU64::new(0),
+            migrated_pages: AtomicU64::new(0),
+            migration_failures: AtomicU64::new(0),
+        }
+    }
+
+    /// The heap's topology.
+    pub(crate) fn topology(&self) -> &'static Topology {
+        self.configured.unwrap_or_else(Topology::system)
+    }
+
+    /// The dense node index arena `arena` serves.
+    #[inline]
+    pub(crate) fn arena_node(&self, arena: u32) -> usize {
+        arena as usize % self.topology().node_count()
+    }
+
+    /// The next arena (of `narenas`) of node index `node`, round-robin.
+    pub(crate) fn arena_in_node(&self, node: usize, narenas: usize) -> usize {
+        let k = self.topology().node_count();
+        if node >= narenas.min(k) {
+            // Fewer arenas than nodes cannot happen (see `min_arenas`); stay in range.
+            return node % narenas;
+        }
+        let owned = (narenas - node).div_ceil(k);
+        let rank = self.next[node].fetch_add(1, Ordering::Relaxed) % owned;
+        node + rank * k
+    }
+
+    /// The arena for the calling thread (of `narenas`), or `None` with one node, where
+    /// the caller's plain round-robin applies.
+    pub(crate) fn pick_arena(&self, narenas: usize) -> Option<usize> {
+        let t = self.topology();
+        (t.node_count() > 1).then(|| self.arena_in_node(t.current_index(), narenas))
+    }
+
+    /// The fewest arenas a heap needs: one per node.
+    pub(crate) fn min_arenas(&self) -> usize {
+        self.topology().node_count()
+    }
+
+    /// Binds a fresh, untouched chunk `[base, base + len)` to node index `node`, with
+    /// more than one node (one node: nothing to do). A refusal is counted, not returned:
+    /// the chunk is usable wherever its pages land.
+    pub(crate) fn bind_chunk(&self, base: usize, len: usize, node: usize) {
+        let t = self.topology();
+        if t.node_count() == 1 {
+            return;
+        }
+        let id = t.node_id(node).unwrap_or(0);
+        if sys::bind(base as *const u8, len, id, NodePolicy::Preferred, false).is_err() {
+            self.bind_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a span of `bytes` starting to serve a class in arena `arena`, for the
+    /// calling thread.
+    pub(crate) fn span_started(&self, arena: u32, bytes: usize) {
+        let t = self.topology();
+        let node = self.arena_node(arena);
+        let local = t.node_count() == 1 || t.current_index() == node;
+        let (spans, b) = if local {
+            (&self.local_spans[node], &self.local_bytes[node])
+        } else {
+            (&self.remote_spans[node], &self.remote_bytes[node])
+        };
+        spans.fetch_add(1, Ordering::Relaxed);
+        b.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Counts one `migrate_to_node` call.
+    pub(crate) fn migrated(&self, m: &sys::Migration) {
+        self.migrations.fetch_add(1, Ordering::Relaxed);
+        self.migrated_pages
+            .fetch_add(m.on_node as u64, Ordering::Relaxed);
+        self.migration_failures
+            .fetch_add(m.failed as u64, Ordering::Relaxed);
+    }
+
+    /// The NUMA part of a heap snapshot, given the per-arena snapshot.
+    pub(crate) fn stats(&self, arenas: &[ArenaStats]) -> NumaStats {
+        let t = self.topology();
+        let mut nodes: Vec<NodeStats> = t
+            .node_ids()
+            .enumerate()
+            .map(|(i, node)| NodeStats {
+                node,
+                local_spans: self.local_spans[i].load(Ordering::Relaxed),
+                remote_spans: self.remote_spans[i].load(Ordering::Relaxed),
+                local_span_bytes: self.local_bytes[i].load(Ordering::Relaxed),
+                remote_span_bytes: self.remote_bytes[i].load(Ordering::Relaxed),
+                ..NodeStats::default()
+            })
+            .collect();
+        for (i, a) in arenas.iter().enumerate() {
+            let n = &mut nodes[self.arena_node(i as u32)];
+            n.arenas += 1;
+            n.threads += a.threads;
+            n.committed_bytes += a.committed_bytes;
+        }
+        NumaStats {
+            nodes,
+            bind_failures: self.bind_failures.load(Ordering::Relaxed),
+            migrations: self.migrations.load(Ordering::Relaxed),
+            migrated_pages: self.migrated_pages.load(Ordering::Relaxed),
+            migration_failures: self.migration_failures.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// For every node count and arena count: a node's round-robin visits exactly the
+    /// arenas serving that node, each equally often, and every arena serves one node.
+    #[test]
+    fn round_robin_stays_within_the_node() {
+        for k in 1..=8usize {
+            let nodes: Vec<(u32, &[usize])> = (0..k as u32).map(|id| (id * 3, &[][..])).collect();
+            let topo: &'static Topology =
+                Box::leak(Box::new(Topology::from_nodes(&nodes).unwrap()));
+            for n in k..=crate::pool::heap::MAX_ARENAS {
+                let p = NodePlacement::new(Some(topo));
+                let mut seen = vec![0usize; n];
+                for node in 0..k {
+                    let owned = (0..n).filter(|&a| p.arena_node(a as u32) == node).count();
+                    assert!(owned >= 1, "node {node} of {k} has no arena among {n}");
+                    for _ in 0..3 * owned {
+                        let a = p.arena_in_node(node, n);
+                        assert!(a < n);
+                        assert_eq!(p.arena_node(a as u32), node, "k {k} n {n}");
+                        seen[a] += 1;
+                    }
+                }
+                assert!(seen.iter().all(|&s| s == 3), "k {k} n {n}: {seen:?}");
+            }
+        }
+    }
+}
