@@ -5,8 +5,20 @@
 //!
 //! ```text
 //! static A: Global = Global::new();      // the heap lives in the static: no indirection
-//! A.alloc(layout)  ─▶ HeapInner::alloc   ─▶ thread cache ─▶ central list ─▶ arena
+//! A.alloc(layout)  ─▶ call global_alloc (out of line, in tidyheap) ─▶ HeapInner::alloc
+//!                  ─▶ thread cache ─▶ central list ─▶ arena
 //! ```
+//!
+//! # Opaque entry points
+//!
+//! Like mimalloc's, the `GlobalAlloc` methods are calls into tidyheap
+//! (`#[inline(never)]` functions compiled in this crate), not its internals inlined
+//! into every crate that allocates. That costs one call per operation (measured in
+//! `benches/README.md`) and keeps the user's code generation independent of ours:
+//! rustc 1.95.0's LLVM crashed ("Referencing function in another module!") building a
+//! crate dense in `select!` loops with several codegen units when the whole fast path,
+//! thread-local access included, was inlined into it (`tests/global_select.rs`). A
+//! [`Heap`](crate::Heap) keeps the inlined path for the callers who want it.
 //!
 //! Everything below the adapter already avoids the Rust heap (its bookkeeping comes
 //! from OS mappings made on first use), which is what lets it serve the Rust heap
@@ -23,6 +35,9 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{self, NonNull};
 
 use crate::pool::heap::{HeapConfig, HeapInner};
+use crate::pool::span::SpanKind;
+use crate::pool::thread_cache::{self, GLOBAL_SLOT, ThreadCache};
+use crate::size_class;
 use crate::stats::{HeapStats, PoolCounters};
 use crate::sync::const_fn_unless_loom;
 
@@ -91,7 +106,7 @@ impl Global {
         /// ```
         pub fn with_config(config: HeapConfig) -> Self {
             Self {
-                inner: HeapInner::new(config),
+                inner: HeapInner::new(config, GLOBAL_SLOT),
             }
         }
     }
@@ -246,44 +261,136 @@ fn no_unwind<R>(f: impl FnOnce() -> R) -> R {
 unsafe impl GlobalAlloc for Global {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        no_unwind(|| match self.inner.alloc(layout) {
-            Ok(p) => p.as_ptr(),
-            Err(_) => ptr::null_mut(),
-        })
+        global_alloc(&self.inner, layout)
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        no_unwind(|| match self.inner.alloc_zeroed(layout) {
-            Ok(p) => p.as_ptr(),
-            Err(_) => ptr::null_mut(),
-        })
+        global_alloc_zeroed(&self.inner, layout)
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let Some(p) = NonNull::new(ptr) else { return };
         // SAFETY: the caller guarantees `ptr` is a live block of this allocator
         // allocated with `layout` (the `GlobalAlloc::dealloc` contract).
-        no_unwind(|| unsafe { self.inner.dealloc(p, layout) })
+        unsafe { global_dealloc(&self.inner, ptr, layout) }
     }
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let Some(p) = NonNull::new(ptr) else {
-            return ptr::null_mut();
-        };
-        // SAFETY: by the `GlobalAlloc::realloc` contract, `ptr` is a live block of this
-        // allocator allocated with `layout`, and `new_size` rounded up to
-        // `layout.align()` does not overflow `isize`. On error the old block is intact
-        // and still the caller's, as `GlobalAlloc` requires.
-        no_unwind(
-            || match unsafe { self.inner.realloc(p, layout, new_size) } {
-                Ok(p) => p.as_ptr(),
-                Err(_) => ptr::null_mut(),
-            },
-        )
+        // SAFETY: forwarded from the caller (the `GlobalAlloc::realloc` contract).
+        unsafe { global_realloc(&self.inner, ptr, layout, new_size) }
     }
+}
+
+/// `Global::alloc`, out of line (see "Opaque entry points" in the module docs).
+///
+/// The hit path (a list pop, for requests up to 8 KiB at alignment up to 16) cannot
+/// panic, so it needs no unwind guard, which lets the miss be a tail call; other
+/// requests take the miss call, which serves every size.
+///
+/// What it costs over `Heap`'s inlined path is mostly not the call: compiled in this
+/// crate (a library, so position-independent), the thread-local access is generated
+/// as a call to `__tls_get_addr`, which makes LLVM keep the arguments in callee-saved
+/// registers (pushed and popped on every call) even though the linker later relaxes
+/// the access into one `fs:` load. Inlined into an executable, as `Heap`'s path is,
+/// it is generated as that load from the start. Stable Rust cannot pick the TLS model.
+#[inline(never)]
+fn global_alloc(heap: &HeapInner, layout: Layout) -> *mut u8 {
+    if let Some(tc) = thread_cache::current_fast_at(heap, GLOBAL_SLOT)
+        && let Some(class) = size_class::class_for_small(layout.size(), layout.align())
+        && let Some(b) = heap.pop_cached(tc, class, layout.size())
+    {
+        return b.as_ptr();
+    }
+    global_alloc_miss(heap, layout)
+}
+
+/// Every allocation `global_alloc`'s hit path does not serve.
+#[cold]
+#[inline(never)]
+fn global_alloc_miss(heap: &HeapInner, layout: Layout) -> *mut u8 {
+    no_unwind(|| match heap.alloc(layout) {
+        Ok(p) => p.as_ptr(),
+        Err(_) => ptr::null_mut(),
+    })
+}
+
+/// `Global::alloc_zeroed`, out of line.
+#[inline(never)]
+fn global_alloc_zeroed(heap: &HeapInner, layout: Layout) -> *mut u8 {
+    no_unwind(|| match heap.alloc_zeroed(layout) {
+        Ok(p) => p.as_ptr(),
+        Err(_) => ptr::null_mut(),
+    })
+}
+
+/// `Global::dealloc`, out of line. Like `global_alloc`, the hit path (a list push)
+/// cannot panic; the rest is in cold calls that guard against unwinding. Debug builds
+/// always take the checked path (`HeapInner::dealloc` checks the layout).
+///
+/// # Safety
+///
+/// `ptr` is null or a live block of `heap` allocated with `layout`, dead from now on.
+#[inline(never)]
+unsafe fn global_dealloc(heap: &HeapInner, ptr: *mut u8, layout: Layout) {
+    if !cfg!(debug_assertions)
+        && let Some(p) = NonNull::new(ptr)
+        && let Some(class) = size_class::class_for_small(layout.size(), layout.align())
+        && let Some(tc) = thread_cache::current_fast_at(heap, GLOBAL_SLOT)
+    {
+        // SAFETY: forwarded from the caller; `tc` is this thread's record.
+        if unsafe { heap.free_cached(tc, p, class, layout.size(), SpanKind::Fixed) } {
+            global_overflow(heap, tc, class);
+        }
+        return;
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { global_dealloc_miss(heap, ptr, layout) }
+}
+
+/// The list `global_dealloc` pushed on is full.
+#[cold]
+#[inline(never)]
+fn global_overflow(heap: &HeapInner, tc: &ThreadCache, class: usize) {
+    no_unwind(|| heap.overflow(tc, class, SpanKind::Fixed));
+}
+
+/// Every free `global_dealloc`'s hit path does not serve.
+///
+/// # Safety
+///
+/// As `global_dealloc`.
+#[cold]
+#[inline(never)]
+unsafe fn global_dealloc_miss(heap: &HeapInner, ptr: *mut u8, layout: Layout) {
+    let Some(p) = NonNull::new(ptr) else { return };
+    // SAFETY: forwarded from the caller.
+    no_unwind(|| unsafe { heap.dealloc(p, layout) })
+}
+
+/// `Global::realloc`, out of line.
+///
+/// # Safety
+///
+/// `ptr` is a live block of `heap` allocated with `layout`, and `new_size` rounded up
+/// to `layout.align()` does not overflow `isize`.
+#[inline(never)]
+unsafe fn global_realloc(
+    heap: &HeapInner,
+    ptr: *mut u8,
+    layout: Layout,
+    new_size: usize,
+) -> *mut u8 {
+    let Some(p) = NonNull::new(ptr) else {
+        return ptr::null_mut();
+    };
+    // SAFETY: forwarded from the caller. On error the old block is intact and still
+    // the caller's, as `GlobalAlloc` requires.
+    no_unwind(|| match unsafe { heap.realloc(p, layout, new_size) } {
+        Ok(p) => p.as_ptr(),
+        Err(_) => ptr::null_mut(),
+    })
 }
 
 // Statics of `Global` need its `const` constructor, which loom builds do not have.

@@ -19,6 +19,7 @@ use crate::compact::Compactor;
 use crate::handle::HandleTable;
 use crate::os;
 use crate::pool::heap::{HeapConfig, HeapInner};
+use crate::pool::thread_cache::HEAP_SLOT;
 use crate::stats::{HeapStats, PoolCounters};
 
 /// A heap: size-class pools with per-thread caches, arenas and a large-block path.
@@ -112,7 +113,7 @@ impl Heap {
         let mem = os::reserve(size_of::<HeapInner>(), align_of::<HeapInner>())?;
         let inner = mem.cast::<HeapInner>();
         // SAFETY: `mem` is a fresh mapping large and aligned enough for a HeapInner.
-        unsafe { inner.as_ptr().write(HeapInner::new(config)) };
+        unsafe { inner.as_ptr().write(HeapInner::new(config, HEAP_SLOT)) };
         Ok(Self {
             inner,
             // Process-unique handles: a handle of another heap never resolves here.
@@ -160,7 +161,7 @@ impl Heap {
     /// ```
     #[inline]
     pub fn alloc(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
-        let p = self.inner().alloc(layout)?;
+        let p = self.inner().alloc_at(HEAP_SLOT, layout)?;
         // Event hook: alloc before the pointer is returned.
         emit!(
             self,
@@ -235,7 +236,7 @@ impl Heap {
             on_free(self.raw_pool(ptr), ptr.as_ptr().addr(), layout.size())
         );
         // SAFETY: forwarded from the caller.
-        unsafe { self.inner().dealloc(ptr, layout) }
+        unsafe { self.inner().dealloc_at(HEAP_SLOT, ptr, layout) }
     }
 
     /// Resizes a block to `new_size` bytes (same alignment), in place while its size

@@ -192,13 +192,32 @@ pub fn blocks_per_span(c: usize) -> usize {
     span_bytes(c) / size(c)
 }
 
+/// Requests up to this size find their class in [`BY_16`].
+const TABLE_MAX: usize = 8192;
+
+/// The class of every request of `16 * (i - 1) + 1 ..= 16 * i` bytes at index `i`
+/// (every class size is a multiple of 16, so the whole range shares one class).
+static BY_16: [u8; TABLE_MAX / 16 + 1] = {
+    let mut t = [0u8; TABLE_MAX / 16 + 1];
+    let mut i = 1;
+    while i < t.len() {
+        let mut c = 0;
+        while compute_size(c) < 16 * i {
+            c += 1;
+        }
+        t[i] = c as u8;
+        i += 1;
+    }
+    t
+};
+
 /// The class serving `n` bytes with the minimum alignment, or `None` above [`MAX_SMALL`].
 /// Zero is served by the smallest class.
 #[inline(always)]
 pub fn class_of(n: usize) -> Option<usize> {
-    if n <= 128 {
-        // 0..=16 → 0, 17..=32 → 1, ...
-        Some(n.saturating_sub(1) >> 4)
+    if n <= TABLE_MAX {
+        // One load: 0..=16 → 0, 17..=32 → 1, ..., 8177..=8192 → the 8 KiB class.
+        Some(usize::from(BY_16[n.div_ceil(16)]))
     } else if n <= MAX_SMALL {
         // n in (2^k, 2^(k+1)]: k = floor(log2(n - 1)).
         let k = (usize::BITS - 1 - (n - 1).leading_zeros()) as usize;
@@ -206,6 +225,18 @@ pub fn class_of(n: usize) -> Option<usize> {
         // ceil((n - 2^k) / 2^(k-3)) in 1..=8
         let sub = (n - (1 << k) + (1 << shift) - 1) >> shift;
         Some(SMALL_CLASSES + (k - 7) * 8 + sub - 1)
+    } else {
+        None
+    }
+}
+
+/// [`class_for`] for the requests that need nothing but one table load (up to 8 KiB, at
+/// most 16-byte alignment); `None` for every other request (which may still have a
+/// class). Lets `Global`'s hit path stay small.
+#[inline(always)]
+pub(crate) fn class_for_small(size: usize, align: usize) -> Option<usize> {
+    if align <= MIN_SIZE && size <= TABLE_MAX {
+        Some(usize::from(BY_16[size.div_ceil(16)]))
     } else {
         None
     }
@@ -295,6 +326,20 @@ mod tests {
             }
         }
         assert_eq!(class_of(MAX_SMALL + 1), None);
+    }
+
+    #[test]
+    fn small_lookup_agrees_with_the_full_one() {
+        for align in [1, 2, 4, 8, 16, 32, 4096] {
+            for n in 0..=2 * TABLE_MAX {
+                let small = class_for_small(n, align);
+                if align <= MIN_SIZE && n <= TABLE_MAX {
+                    assert_eq!(small, class_for(n, align), "size {n} align {align}");
+                } else {
+                    assert_eq!(small, None);
+                }
+            }
+        }
     }
 
     #[test]

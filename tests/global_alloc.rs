@@ -198,7 +198,10 @@ fn threads_pass_collections_to_each_other() {
     }
     let s = A.stats();
     assert!(s.fixed.allocations >= counters.iter().map(|c| c.allocations).sum());
-    assert!(s.arenas.iter().map(|a| a.returns).sum::<u64>() > 0);
+    // The workers exited: their records were parked warm for the next threads, and
+    // `trim` brings their blocks home.
+    A.trim();
+    assert!(A.stats().arenas.iter().map(|a| a.returns).sum::<u64>() > 0);
 }
 
 fn check_batch(from: usize, round: usize, batch: &[String]) {

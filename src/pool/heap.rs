@@ -21,7 +21,7 @@ use super::lock::{Mutex, MutexGuard};
 use super::pagemap;
 use super::poison;
 use super::span::{Span, SpanKind};
-use super::thread_cache::{self, Counters, ThreadCache, bump};
+use super::thread_cache::{self, Counters, PARK_BYTES, PARKED_TOTAL_BYTES, ThreadCache, bump};
 use crate::large::{LargeAllocator, LargeConfig};
 use crate::numa::Topology;
 use crate::size_class::{self, NUM_CLASSES};
@@ -38,6 +38,8 @@ pub const MAX_THREAD_CACHES: usize = 1024;
 pub const DEFAULT_BATCH: usize = 32;
 /// Per-thread cache limit.
 pub const DEFAULT_THREAD_CACHE_BYTES: usize = 2 << 20;
+/// Most bytes of fresh blocks one refill carves from a span (see `refill`).
+const CARVE_BYTES: usize = 32 * 1024;
 /// Bytes of free blocks a central list may hold per class before batches go home.
 const CENTRAL_BYTES_PER_CLASS: usize = 1 << 20;
 
@@ -57,6 +59,8 @@ pub struct HeapConfig {
     /// Blocks moved per batch between thread caches and central lists (1..=32).
     pub batch: usize,
     /// Bytes of free blocks a thread may cache before it flushes to the central lists.
+    /// Checked when one of its lists refills or overflows (never on the hot path), so a
+    /// thread may hold up to one list's worth more per class in between.
     pub thread_cache_bytes: usize,
     /// Configuration of the direct-mapping path for large blocks.
     pub large: LargeConfig,
@@ -139,6 +143,9 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry { head: ptr::null() });
 #[derive(Debug)]
 pub(crate) struct HeapInner {
     id: AtomicU64,
+    /// This heap's fast slot in each thread's table (`thread_cache::GLOBAL_SLOT` or
+    /// `HEAP_SLOT`).
+    fast_slot: usize,
     pub(crate) config: HeapConfig,
     /// Blocks per batch, per class (see `batch_table`).
     batches: [u8; NUM_CLASSES],
@@ -150,6 +157,8 @@ pub(crate) struct HeapInner {
     caches: AtomicPtr<ThreadCache>,
     /// Records ever claimed (an upper bound on indexes in use).
     caches_hwm: AtomicUsize,
+    /// Bytes of fixed blocks held by parked records (see `release_cache`).
+    parked_bytes: AtomicUsize,
     /// Counters of the uncached path and of released records (read-modify-write).
     pub(crate) shared: [Counters; 2],
     /// Bumped to ask every thread to flush its movable lists (see `flush_movable`).
@@ -165,11 +174,13 @@ pub(crate) struct HeapInner {
 
 impl HeapInner {
     const_fn_unless_loom! {
-        /// A heap's state with `config`; `const` so the global allocator can live in a
-        /// `static` (not under loom, whose atomics have no `const` constructors).
-        pub(crate) fn new(config: HeapConfig) -> Self {
+        /// A heap's state with `config`, found through fast slot `fast_slot` of each
+        /// thread's table; `const` so the global allocator can live in a `static` (not
+        /// under loom, whose atomics have no `const` constructors).
+        pub(crate) fn new(config: HeapConfig, fast_slot: usize) -> Self {
             Self {
                 id: AtomicU64::new(0),
+                fast_slot,
                 config,
                 batches: batch_table(config.batch),
                 narenas: AtomicUsize::new(0),
@@ -187,6 +198,7 @@ impl HeapInner {
                 central: central_lists(),
                 caches: AtomicPtr::new(ptr::null_mut()),
                 caches_hwm: AtomicUsize::new(0),
+                parked_bytes: AtomicUsize::new(0),
                 shared: [const { Counters::ZERO }; 2],
                 movable_epoch: AtomicU64::new(0),
                 movable_flush_classes: [AtomicU64::new(0), AtomicU64::new(0)],
@@ -201,6 +213,12 @@ impl HeapInner {
     #[inline(always)]
     pub(crate) fn id(&self) -> u64 {
         self.id.load(Ordering::Relaxed)
+    }
+
+    /// This heap's fast slot (see `thread_cache`).
+    #[inline(always)]
+    pub(crate) fn fast_slot(&self) -> usize {
+        self.fast_slot
     }
 
     fn ensure_id(&self) -> u64 {
@@ -308,6 +326,14 @@ impl HeapInner {
                     .is_ok()
             {
                 self.caches_hwm.fetch_max(i + 1, Ordering::AcqRel);
+                // SAFETY: we just claimed the record.
+                let local = unsafe { rec.local() };
+                self.unpark(local);
+                for k in &mut local.lists {
+                    for (class, list) in k.iter_mut().enumerate() {
+                        list.set_up(self.list_limit(class));
+                    }
+                }
                 rec.arena.store(self.next_arena() as u32, Ordering::Relaxed);
                 rec.movable_epoch.store(
                     self.movable_epoch.load(Ordering::Relaxed),
@@ -347,20 +373,53 @@ impl HeapInner {
         drop(reg);
     }
 
-    /// Flushes every block of `cache` home, folds its counters into the shared ones and
-    /// unclaims it.
+    /// Parks `cache` for the next thread (see `thread_cache`): its movable blocks go to
+    /// the central lists, its fixed lists stay (trimmed to `PARK_BYTES`), its counters
+    /// fold into the shared ones, and it is unclaimed.
     ///
     /// # Safety
     ///
     /// The caller owns `cache` (its thread is the caller, or is gone).
     unsafe fn release_cache(&self, cache: &ThreadCache) {
         // SAFETY: forwarded: we own the record.
-        unsafe { self.flush_cache(cache, None) };
+        let local = unsafe { cache.local() };
+        for (class, list) in local.lists[SpanKind::Movable as usize]
+            .iter_mut()
+            .enumerate()
+        {
+            while let Some(b) = list.take_batch(self.batch(class)) {
+                self.give_central(b, class, SpanKind::Movable);
+            }
+        }
+        local.resync_all();
+        let fixed = SpanKind::Fixed as usize;
+        let room = PARKED_TOTAL_BYTES.saturating_sub(self.parked_bytes.load(Ordering::Relaxed));
+        let keep = PARK_BYTES.min(room) as isize;
+        for class in (0..NUM_CLASSES).rev() {
+            if local.cached_bytes <= keep {
+                break;
+            }
+            let list = &mut local.lists[fixed][class];
+            while let Some(b) = list.take_batch(self.batch(class)) {
+                self.give_central(b, class, SpanKind::Fixed);
+            }
+            local.resync(fixed, class);
+        }
+        local.parked = local.cached_bytes.max(0) as usize;
+        self.parked_bytes.fetch_add(local.parked, Ordering::Relaxed);
         for k in 0..2 {
             let (from, to) = (&cache.counters[k], &self.shared[k]);
             from.drain_into(to);
         }
         cache.claimed.store(false, Ordering::Release);
+    }
+
+    /// Takes a just-claimed record's parked bytes off the heap's parked total.
+    fn unpark(&self, local: &mut thread_cache::Local) {
+        let p = core::mem::take(&mut local.parked);
+        if p != 0 {
+            self.parked_bytes.fetch_sub(p, Ordering::Relaxed);
+        }
     }
 
     /// Returns every cached block of `cache` (of `kind`, or of both kinds) home.
@@ -386,23 +445,39 @@ impl HeapInner {
         classes: u128,
     ) {
         // SAFETY: forwarded: we own the record.
-        let lists = unsafe { cache.lists() };
+        let local = unsafe { cache.local() };
         for k in SpanKind::ALL {
             if kind.is_some_and(|want| want != k) {
                 continue;
             }
-            for (class, list) in lists[k as usize].iter_mut().enumerate() {
-                let n = list.len();
-                if n == 0 || classes & (1 << class) == 0 {
+            for class in 0..NUM_CLASSES {
+                let list = &mut local.lists[k as usize][class];
+                if list.len() == 0 || classes & (1 << class) == 0 {
                     continue;
                 }
-                cache
-                    .cached_bytes
-                    .fetch_sub(n * size_class::size(class), Ordering::Relaxed);
                 while let Some(batch) = list.take_batch(usize::MAX) {
                     // SAFETY: the batch's blocks are free and ours.
                     unsafe { self.return_home(batch) };
                 }
+                local.resync(k as usize, class);
+            }
+        }
+    }
+
+    /// Brings every parked record's blocks home (records no thread holds).
+    pub(crate) fn flush_parked(&self) {
+        for rec in self.records().unwrap_or(&[]) {
+            if !rec.claimed.load(Ordering::Relaxed)
+                && rec
+                    .claimed
+                    .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                // SAFETY: we claimed the record (a parked one has no thread).
+                self.unpark(unsafe { rec.local() });
+                // SAFETY: as above.
+                unsafe { self.flush_cache(rec, None) };
+                rec.claimed.store(false, Ordering::Release);
             }
         }
     }
@@ -421,62 +496,142 @@ impl HeapInner {
         size: usize,
         kind: SpanKind,
     ) -> Result<NonNull<u8>, AllocError> {
-        if let Some(tc) = self.thread_cache() {
-            if kind == SpanKind::Movable {
-                self.honor_movable_epoch(tc);
-            }
-            // SAFETY: this thread owns its record.
-            let list = unsafe { &mut tc.lists()[kind as usize][class] };
-            let b = match list.pop() {
-                Some(b) => {
-                    let cached = tc.cached_bytes.load(Ordering::Relaxed) - size_class::size(class);
-                    tc.cached_bytes.store(cached, Ordering::Relaxed);
-                    b
-                }
-                None => self.refill(tc, class, kind)?,
-            };
-            let c = &tc.counters[kind as usize];
-            bump(&c.allocs, 1);
-            bump(&c.alloc_bytes, size as u64);
-            poison::live_block(b, size_class::size(class));
-            return Ok(b);
+        match self.alloc_hit(class, size, kind) {
+            Some(b) => Ok(b),
+            None => self.alloc_miss(class, size, kind),
         }
-        self.alloc_uncached(class, size, kind)
     }
 
+    /// The hot path: one thread-local access, a list pop and two counter adds. `None`
+    /// when the record is not in its fast slot or the list is empty (see `alloc_miss`).
+    #[inline(always)]
+    pub(crate) fn alloc_hit(
+        &self,
+        class: usize,
+        size: usize,
+        kind: SpanKind,
+    ) -> Option<NonNull<u8>> {
+        self.alloc_hit_at(self.fast_slot, class, size, kind)
+    }
+
+    /// [`HeapInner::alloc_hit`] with the heap's fast slot known to the caller.
+    #[inline(always)]
+    pub(crate) fn alloc_hit_at(
+        &self,
+        slot: usize,
+        class: usize,
+        size: usize,
+        kind: SpanKind,
+    ) -> Option<NonNull<u8>> {
+        debug_assert!(class < NUM_CLASSES);
+        let tc = thread_cache::current_fast_at(self, slot)?;
+        if kind == SpanKind::Movable {
+            self.honor_movable_epoch(tc);
+        }
+        // SAFETY: this thread owns its record; `class` is a class.
+        let b = unsafe { tc.list(kind as usize, class) }.pop()?;
+        let c = &tc.counters[kind as usize];
+        bump(&c.allocs, 1);
+        bump(&c.alloc_bytes, size as u64);
+        poison::live_block(b, size_class::size(class));
+        Some(b)
+    }
+
+    /// A fixed block of `class` from `tc`'s list, counted; `None` if the list is empty.
+    #[inline(always)]
+    pub(crate) fn pop_cached(
+        &self,
+        tc: &ThreadCache,
+        class: usize,
+        size: usize,
+    ) -> Option<NonNull<u8>> {
+        // SAFETY: this thread owns its record; `class` is a class.
+        let b = unsafe { tc.list(SpanKind::Fixed as usize, class) }.pop()?;
+        let c = &tc.counters[SpanKind::Fixed as usize];
+        bump(&c.allocs, 1);
+        bump(&c.alloc_bytes, size as u64);
+        poison::live_block(b, size_class::size(class));
+        Some(b)
+    }
+
+    /// Everything `alloc_hit` does not serve: finding or claiming the record, a refill,
+    /// or the uncached path.
     #[cold]
+    #[inline(never)]
+    fn alloc_miss(
+        &self,
+        class: usize,
+        size: usize,
+        kind: SpanKind,
+    ) -> Result<NonNull<u8>, AllocError> {
+        let Some(tc) = self.thread_cache() else {
+            return self.alloc_uncached(class, size, kind);
+        };
+        if kind == SpanKind::Movable {
+            self.honor_movable_epoch(tc);
+        }
+        // SAFETY: this thread owns its record; `class` is a class.
+        let Some(b) = unsafe { tc.list(kind as usize, class) }.pop() else {
+            return self.refill(tc, class, size, kind);
+        };
+        let c = &tc.counters[kind as usize];
+        bump(&c.allocs, 1);
+        bump(&c.alloc_bytes, size as u64);
+        poison::live_block(b, size_class::size(class));
+        Ok(b)
+    }
+
+    /// The list of `class` was empty: takes a batch from the central list, or carves
+    /// one from the thread's arena; serves the first block and counts the allocation.
+    #[cold]
+    #[inline(never)]
     fn refill(
         &self,
         tc: &ThreadCache,
         class: usize,
+        size: usize,
         kind: SpanKind,
     ) -> Result<NonNull<u8>, AllocError> {
         let c = &tc.counters[kind as usize];
-        bump(&c.misses, 1);
         // SAFETY: this thread owns its record.
-        let list = unsafe { &mut tc.lists()[kind as usize][class] };
-        let csize = size_class::size(class);
-        if let Some(batch) = self.central[kind as usize][class].pop() {
+        let local = unsafe { tc.local() };
+        let list = &mut local.lists[kind as usize][class];
+        let b = if let Some(batch) = self.central[kind as usize][class].pop() {
             bump(&c.batches_in, 1);
             let (first, rest) = batch.split_first();
             if let Some(rest) = rest {
-                tc.cached_bytes
-                    .fetch_add(rest.len() as usize * csize, Ordering::Relaxed);
                 list.adopt(rest);
             }
-            return Ok(first);
+            first
+        } else {
+            let arena = &self.arenas[tc.arena.load(Ordering::Relaxed) as usize];
+            // Carving writes a link into every block, faulting its pages in: carve at
+            // most `CARVE_BYTES` at a time, so a thread that allocates a few large
+            // blocks does not commit a whole batch of them.
+            let want = self
+                .batch(class)
+                .min((CARVE_BYTES / size_class::size(class)).max(1));
+            arena.take_blocks(&self.source, class, kind, want, |b| {
+                // SAFETY: fresh blocks are free and now ours; a batch is below the
+                // list's limit, so the list never fills here.
+                let full = unsafe { list.push(b) };
+                debug_assert!(!full);
+            })?;
+            list.pop().expect("a refill yields at least one block")
+        };
+        local.resync(kind as usize, class);
+        bump(&c.misses, 1);
+        bump(&c.allocs, 1);
+        bump(&c.alloc_bytes, size as u64);
+        if local.cached_bytes > self.config.thread_cache_bytes as isize {
+            self.shrink(tc);
         }
-        let arena = &self.arenas[tc.arena.load(Ordering::Relaxed) as usize];
-        let want = self.batch(class);
-        // SAFETY: fresh blocks are free and now ours.
-        arena.take_blocks(&self.source, class, kind, want, |b| unsafe { list.push(b) })?;
-        let b = list.pop().expect("a refill yields at least one block");
-        tc.cached_bytes
-            .fetch_add(list.len() * csize, Ordering::Relaxed);
+        poison::live_block(b, size_class::size(class));
         Ok(b)
     }
 
     #[cold]
+    #[inline(never)]
     fn alloc_uncached(
         &self,
         class: usize,
@@ -508,26 +663,115 @@ impl HeapInner {
         size: usize,
         kind: SpanKind,
     ) {
-        poison::free_block(block, size_class::size(class));
-        if let Some(tc) = self.thread_cache() {
-            if kind == SpanKind::Movable {
-                self.honor_movable_epoch(tc);
-            }
-            // SAFETY: this thread owns its record; the block is dead and ours.
-            let list = unsafe { &mut tc.lists()[kind as usize][class] };
-            // SAFETY: the caller hands us the dead block.
-            unsafe { list.push(block) };
-            let c = &tc.counters[kind as usize];
-            bump(&c.frees, 1);
-            bump(&c.free_bytes, size as u64);
-            let cached = tc.cached_bytes.load(Ordering::Relaxed) + size_class::size(class);
-            tc.cached_bytes.store(cached, Ordering::Relaxed);
-            let batch = self.batch(class);
-            if list.len() > 2 * batch || cached > self.config.thread_cache_bytes {
-                self.overflow(tc, class, kind);
-            }
-            return;
+        // SAFETY: forwarded from the caller.
+        if !unsafe { self.free_hit(block, class, size, kind) } {
+            // SAFETY: forwarded from the caller; `free_hit` left the block alone.
+            unsafe { self.free_miss(block, class, size, kind) }
         }
+    }
+
+    /// The hot path: one thread-local access, a list push whose decrement is also the
+    /// overflow check, and two counter adds. `false` (the block untouched) when the
+    /// record is not in its fast slot.
+    ///
+    /// # Safety
+    ///
+    /// As [`HeapInner::free_block`].
+    #[inline(always)]
+    pub(crate) unsafe fn free_hit(
+        &self,
+        block: NonNull<u8>,
+        class: usize,
+        size: usize,
+        kind: SpanKind,
+    ) -> bool {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.free_hit_at(self.fast_slot, block, class, size, kind) }
+    }
+
+    /// [`HeapInner::free_hit`] with the heap's fast slot known to the caller.
+    ///
+    /// # Safety
+    ///
+    /// As [`HeapInner::free_block`].
+    #[inline(always)]
+    pub(crate) unsafe fn free_hit_at(
+        &self,
+        slot: usize,
+        block: NonNull<u8>,
+        class: usize,
+        size: usize,
+        kind: SpanKind,
+    ) -> bool {
+        debug_assert!(class < NUM_CLASSES);
+        let Some(tc) = thread_cache::current_fast_at(self, slot) else {
+            return false;
+        };
+        // SAFETY: forwarded from the caller.
+        if unsafe { self.free_cached(tc, block, class, size, kind) } {
+            self.overflow(tc, class, kind);
+        }
+        true
+    }
+
+    /// Pushes the block on `tc`'s list and counts the free; `true` when the list is now
+    /// full and the caller must call [`HeapInner::overflow`] before anything else
+    /// touches it.
+    ///
+    /// # Safety
+    ///
+    /// As [`HeapInner::free_block`]; `tc` is this thread's record.
+    #[inline(always)]
+    #[must_use]
+    pub(crate) unsafe fn free_cached(
+        &self,
+        tc: &ThreadCache,
+        block: NonNull<u8>,
+        class: usize,
+        size: usize,
+        kind: SpanKind,
+    ) -> bool {
+        poison::free_block(block, size_class::size(class));
+        if kind == SpanKind::Movable {
+            self.honor_movable_epoch(tc);
+        }
+        let c = &tc.counters[kind as usize];
+        bump(&c.frees, 1);
+        bump(&c.free_bytes, size as u64);
+        // SAFETY: this thread owns its record; `class` is a class.
+        let list = unsafe { tc.list(kind as usize, class) };
+        // SAFETY: the caller hands us the dead block.
+        unsafe { list.push(block) }
+    }
+
+    /// Everything `free_hit` does not serve: finding or claiming the record, or the
+    /// uncached path.
+    ///
+    /// # Safety
+    ///
+    /// As [`HeapInner::free_block`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_miss(&self, block: NonNull<u8>, class: usize, size: usize, kind: SpanKind) {
+        match self.thread_cache() {
+            Some(tc) => {
+                // SAFETY: forwarded from the caller.
+                if unsafe { self.free_cached(tc, block, class, size, kind) } {
+                    self.overflow(tc, class, kind);
+                }
+            }
+            // SAFETY: forwarded from the caller.
+            None => unsafe { self.free_uncached(block, class, size, kind) },
+        }
+    }
+
+    /// # Safety
+    ///
+    /// As [`HeapInner::free_block`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_uncached(&self, block: NonNull<u8>, class: usize, size: usize, kind: SpanKind) {
+        poison::free_block(block, size_class::size(class));
         let c = &self.shared[kind as usize];
         c.frees.fetch_add(1, Ordering::Relaxed);
         c.free_bytes.fetch_add(size as u64, Ordering::Relaxed);
@@ -535,42 +779,57 @@ impl HeapInner {
         unsafe { self.return_home(Batch::from_block(block)) };
     }
 
-    /// Moves a batch of `class` to the central list (or home when the central list is
-    /// full), and trims the whole cache when it is over its byte limit.
+    /// The list of `class` is full: moves a batch to the central list (or home when
+    /// the central list is full), then checks the cache's byte budget.
     #[cold]
-    fn overflow(&self, tc: &ThreadCache, class: usize, kind: SpanKind) {
-        let batch = self.batch(class);
+    #[inline(never)]
+    pub(crate) fn overflow(&self, tc: &ThreadCache, class: usize, kind: SpanKind) {
         // SAFETY: this thread owns its record.
-        let lists = unsafe { tc.lists() };
-        let list = &mut lists[kind as usize][class];
-        if list.len() > batch
-            && let Some(b) = list.take_batch(batch)
-        {
-            tc.cached_bytes.fetch_sub(
-                b.len() as usize * size_class::size(class),
-                Ordering::Relaxed,
-            );
+        let local = unsafe { tc.local() };
+        local.resync(kind as usize, class);
+        let list = &mut local.lists[kind as usize][class];
+        let n = self.batch(class).min(list.len() - 1);
+        if let Some(b) = list.take_batch(n) {
             bump(&tc.counters[kind as usize].batches_out, 1);
             self.give_central(b, class, kind);
         }
-        if tc.cached_bytes.load(Ordering::Relaxed) > self.config.thread_cache_bytes {
-            // Over the byte budget: halve every list, biggest classes first.
-            for k in SpanKind::ALL {
-                for c in (0..NUM_CLASSES).rev() {
-                    let l = &mut lists[k as usize][c];
-                    let keep = l.len() / 2;
-                    if l.len() - keep == 0 {
-                        continue;
-                    }
-                    if let Some(b) = l.take_batch(l.len() - keep) {
-                        tc.cached_bytes
-                            .fetch_sub(b.len() as usize * size_class::size(c), Ordering::Relaxed);
-                        bump(&tc.counters[k as usize].batches_out, 1);
-                        self.give_central(b, c, k);
-                    }
+        local.resync(kind as usize, class);
+        if local.cached_bytes > self.config.thread_cache_bytes as isize {
+            self.shrink(tc);
+        }
+    }
+
+    /// The byte view says the cache is over budget: makes the view exact and, if it
+    /// still is, halves every list, biggest classes first, until it is not.
+    #[cold]
+    #[inline(never)]
+    fn shrink(&self, tc: &ThreadCache) {
+        // SAFETY: this thread owns its record.
+        let local = unsafe { tc.local() };
+        local.resync_all();
+        let budget = self.config.thread_cache_bytes as isize;
+        for k in SpanKind::ALL {
+            for c in (0..NUM_CLASSES).rev() {
+                if local.cached_bytes <= budget {
+                    return;
                 }
+                let l = &mut local.lists[k as usize][c];
+                let give = l.len() - l.len() / 2;
+                if give == 0 {
+                    continue;
+                }
+                if let Some(b) = l.take_batch(give) {
+                    bump(&tc.counters[k as usize].batches_out, 1);
+                    self.give_central(b, c, k);
+                }
+                local.resync(k as usize, c);
             }
         }
+    }
+
+    /// Blocks a thread's list of `class` holds at most: two batches.
+    pub(crate) fn list_limit(&self, class: usize) -> u16 {
+        (2 * self.batch(class)).max(2) as u16
     }
 
     fn give_central(&self, batch: Batch, class: usize, kind: SpanKind) {
@@ -640,8 +899,19 @@ impl HeapInner {
     /// Allocates a fixed block per `layout` from the pools (or the large path).
     #[inline(always)]
     pub(crate) fn alloc(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
-        match size_class::class_for(layout.size(), layout.align()) {
-            Some(class) => self.alloc_block(class, layout.size(), SpanKind::Fixed),
+        self.alloc_at(self.fast_slot, layout)
+    }
+
+    /// [`HeapInner::alloc`] with the heap's fast slot known to the caller (`Heap`'s
+    /// methods: a constant, so the hot path does not load it).
+    #[inline(always)]
+    pub(crate) fn alloc_at(&self, slot: usize, layout: Layout) -> Result<NonNull<u8>, AllocError> {
+        let size = layout.size();
+        match size_class::class_for(size, layout.align()) {
+            Some(class) => match self.alloc_hit_at(slot, class, size, SpanKind::Fixed) {
+                Some(b) => Ok(b),
+                None => self.alloc_miss(class, size, SpanKind::Fixed),
+            },
             None => self.alloc_large(layout),
         }
     }
@@ -689,8 +959,8 @@ impl HeapInner {
         Some(c)
     }
 
-    /// Returns the calling thread's cached blocks and the central lists' batches home,
-    /// then decommits every empty span; returns the bytes decommitted. Like
+    /// Returns the calling thread's cached blocks, the parked records' and the central
+    /// lists' batches home, then decommits every empty span; returns the bytes decommitted. Like
     /// [`HeapInner::thread_cache_stats`], never the first to claim a cache.
     pub(crate) fn flush_and_trim(&self) -> usize {
         if self.id() != 0
@@ -699,6 +969,7 @@ impl HeapInner {
             // SAFETY: the calling thread owns its record.
             unsafe { self.flush_cache(tc, None) };
         }
+        self.flush_parked();
         self.drain_central(None);
         self.trim()
     }
@@ -710,12 +981,27 @@ impl HeapInner {
     /// `ptr` was allocated by this heap with `layout` and is dead from now on.
     #[inline(always)]
     pub(crate) unsafe fn dealloc(&self, ptr: NonNull<u8>, layout: Layout) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.dealloc_at(self.fast_slot, ptr, layout) }
+    }
+
+    /// [`HeapInner::dealloc`] with the heap's fast slot known to the caller.
+    ///
+    /// # Safety
+    ///
+    /// As [`HeapInner::dealloc`].
+    #[inline(always)]
+    pub(crate) unsafe fn dealloc_at(&self, slot: usize, ptr: NonNull<u8>, layout: Layout) {
         match size_class::class_for(layout.size(), layout.align()) {
             Some(class) => {
                 #[cfg(debug_assertions)]
                 self.check_layout(ptr, layout, class);
+                let (size, kind) = (layout.size(), SpanKind::Fixed);
                 // SAFETY: forwarded from the caller.
-                unsafe { self.free_block(ptr, class, layout.size(), SpanKind::Fixed) }
+                if !unsafe { self.free_hit_at(slot, ptr, class, size, kind) } {
+                    // SAFETY: forwarded from the caller; the hit path left it alone.
+                    unsafe { self.free_miss(ptr, class, size, kind) }
+                }
             }
             // SAFETY: forwarded from the caller.
             None => unsafe { self.dealloc_large(ptr, layout) },

@@ -6,64 +6,134 @@
 //! the owning thread touches the lists, so the fast path is:
 //!
 //! ```text
-//! alloc: TLS entry → record → list.head; list.head = *head; count -= 1   (no lock, no RMW)
-//! free:  list.push(block); count += 1; if over a limit → flush a batch to the central list
+//! alloc: TLS slot → record → list.head; list.head = *head; room += 1          (no lock, no RMW)
+//! free:  *block = head; list.head = block; room -= 1; if room == 0 → overflow (cold)
 //! ```
 //!
+//! plus, on each side, two owner-only counter updates (`allocs`/`alloc_bytes` or
+//! `frees`/`free_bytes`), each one `add [mem], reg` on x86-64. That is all the
+//! bookkeeping: the list's length is `limit - room` (invariant L1 below), so the free
+//! path's only check is the flags of its own decrement, and the cache's byte budget is
+//! only looked at on the cold paths (refill, overflow), from lengths synced there.
+//!
+//! # Finding the record: one thread-local access
+//!
 //! A thread finds its record through a small thread-local table of
-//! `(heap id, record)` entries, most recently used first. When the thread exits, the
-//! table's destructor returns every cached block home to its span and releases the
-//! record, so nothing leaks when threads die. Heaps that were dropped meanwhile are
-//! recognised through the heap registry (see `pool::heap`), so the destructor never
-//! touches freed memory.
+//! `(heap id, heap, record)` entries. The table has no destructor, so reaching it is a
+//! plain `fs:`-relative access with no "is it initialised / destroyed" check. Its first
+//! two entries are *fast slots*: slot 0 belongs to the most recently used [`Global`]
+//! heap, slot 1 to the most recently used `Heap`, so a program that uses one `Global`
+//! as its allocator and one `Heap` for its assets never has the two evict each other.
+//! Each heap knows its slot (`HeapInner::fast_slot`), so the hot check is one compare
+//! of the slot's id with the heap's. Everything else (other heaps, first use, eviction)
+//! is [`lookup_slow`], out of line.
+//!
+//! # Thread exit keeps memory warm
+//!
+//! The exit hook is a second thread-local, with a destructor, registered the first time
+//! the thread claims a record (on the slow path). When the thread exits it *parks* each
+//! record: the movable lists go to the central lists (where the compactor finds them),
+//! the fixed lists stay in the record, trimmed to [`PARK_BYTES`] (and to nothing once
+//! the heap's parked records hold [`PARKED_TOTAL_BYTES`]), and the record is unclaimed. The next thread to claim it inherits those blocks warm: no page faults, no
+//! refill, and no arena lock taken at exit or at the next thread's first allocations.
+//! `Heap::trim` (and `Global::trim`) flushes parked records home. A thread that
+//! allocates after its exit hook ran (from another thread-local's destructor) uses the
+//! uncached path. Heaps dropped meanwhile are recognised through the heap registry (see
+//! `pool::heap`), so the hook never touches freed memory.
 //!
 //! Counters are `AtomicU64`s written only by the owner with a relaxed load + store (no
-//! read-modify-write, so no `lock` prefix) and read by anyone for statistics.
+//! read-modify-write, so no `lock` prefix; LLVM emits one `add [mem], reg`) and read by
+//! anyone for statistics.
+//!
+//! [`Global`]: crate::Global
 
 use core::cell::Cell;
 use core::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use super::central::Batch;
 use super::heap::HeapInner;
-use crate::size_class::NUM_CLASSES;
+use crate::size_class::{self, NUM_CLASSES};
 use crate::stats::PoolCounters;
+
+/// Fixed-list bytes a parked record keeps for the next thread (see the module docs).
+pub(crate) const PARK_BYTES: usize = 256 * 1024;
+/// Fixed-list bytes all of a heap's parked records keep together, at most (so a pool of
+/// many threads exiting at once does not strand its caches); past it, an exiting
+/// thread's blocks go to the central lists.
+pub(crate) const PARKED_TOTAL_BYTES: usize = 16 * PARK_BYTES;
 
 /// A thread-owned intrusive list of free blocks of one class.
 ///
-/// Invariant: `count` == number of blocks reachable from `head`.
+/// Invariants (while the record is claimed, and whenever `limit != 0`):
+///
+/// * L1: `len == limit - room`, where `len` is the number of blocks reachable from
+///   `head`;
+/// * L2: `1 <= room <= limit` between operations: a push that brings `room` to 0 is
+///   followed by an overflow that takes blocks off before the free returns;
+/// * L3: `synced` is `len` as of the last cold-path visit (the byte budget's view).
+///
+/// All zero (a fresh record) means "not set up yet": `claim` sets `limit` and `room`.
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct FreeList {
     head: *mut u8,
-    count: u32,
+    room: u32,
+    limit: u16,
+    synced: u16,
 }
 
 impl FreeList {
+    /// Sets an empty, never used list up to hold up to `limit` blocks (no-op if it
+    /// was set up before: a parked record keeps its lists).
+    pub(crate) fn set_up(&mut self, limit: u16) {
+        if self.limit == 0 {
+            debug_assert!(self.head.is_null() && limit >= 2);
+            self.limit = limit;
+            self.room = u32::from(limit);
+        }
+    }
+
     #[inline(always)]
     pub(crate) fn pop(&mut self) -> Option<NonNull<u8>> {
         let b = NonNull::new(self.head)?;
         // SAFETY: list blocks are free, owned by this thread's record and hold the next
         // pointer in word 0.
         self.head = unsafe { b.cast::<*mut u8>().read() };
-        self.count -= 1;
+        self.room += 1;
         Some(b)
     }
 
+    /// Pushes `block`; returns `true` when the list is now full (`room == 0`) and the
+    /// caller must take blocks off (L2).
+    ///
     /// # Safety
     ///
-    /// `block` is a free block of this list's class that nobody else uses.
+    /// `block` is a free block of this list's class that nobody else uses, and the
+    /// list is set up.
     #[inline(always)]
-    pub(crate) unsafe fn push(&mut self, block: NonNull<u8>) {
+    #[must_use]
+    pub(crate) unsafe fn push(&mut self, block: NonNull<u8>) -> bool {
+        debug_assert!(self.room >= 1, "L2: a set-up list has room");
         // SAFETY: the block is dead, ours, and at least 16 bytes.
         unsafe { block.cast::<*mut u8>().write(self.head) };
         self.head = block.as_ptr();
-        self.count += 1;
+        self.room -= 1;
+        self.room == 0
     }
 
+    /// Blocks on the list (L1).
     #[inline]
     pub(crate) fn len(&self) -> usize {
-        self.count as usize
+        usize::from(self.limit) - self.room as usize
+    }
+
+    /// Blocks gained (positive) or lost since the last call, which re-syncs (L3).
+    pub(crate) fn resync(&mut self) -> isize {
+        let len = self.len();
+        let d = len as isize - self.synced as isize;
+        self.synced = len as u16;
+        d
     }
 
     /// Detaches up to `n` blocks from the front as a batch.
@@ -81,12 +151,14 @@ impl FreeList {
         Some(batch)
     }
 
-    /// Adopts every block of `batch` (the list must be empty).
+    /// Adopts every block of `batch` (the list must be empty, and the batch shorter
+    /// than the limit, so L2 holds after).
     pub(crate) fn adopt(&mut self, batch: Batch) {
-        debug_assert_eq!(self.count, 0);
+        debug_assert_eq!(self.len(), 0);
         let (head, _tail, count) = batch.into_raw_parts();
+        debug_assert!(count < self.room);
         self.head = head.as_ptr();
-        self.count = count;
+        self.room -= count;
     }
 }
 
@@ -159,6 +231,36 @@ pub(crate) fn bump(c: &AtomicU64, n: u64) {
     c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
 }
 
+/// The owner-only part of a record: the lists and the byte budget's view of them.
+#[derive(Debug)]
+pub(crate) struct Local {
+    pub(crate) lists: [[FreeList; NUM_CLASSES]; 2],
+    /// Bytes of blocks on the lists as of each list's last sync (L3): exact for every
+    /// list the cold paths visited last, off by at most `limit` blocks for the others.
+    pub(crate) cached_bytes: isize,
+    /// Bytes this record added to its heap's parked total when it was parked (0 while
+    /// claimed): taken back by whoever claims it next.
+    pub(crate) parked: usize,
+}
+
+impl Local {
+    /// Re-syncs `list` (of `class`) into the byte view.
+    #[inline]
+    pub(crate) fn resync(&mut self, kind: usize, class: usize) {
+        let d = self.lists[kind][class].resync();
+        self.cached_bytes += d * size_class::size(class) as isize;
+    }
+
+    /// Re-syncs every list: the view becomes exact.
+    pub(crate) fn resync_all(&mut self) {
+        for k in 0..2 {
+            for c in 0..NUM_CLASSES {
+                self.resync(k, c);
+            }
+        }
+    }
+}
+
 /// One thread's cache for one heap.
 ///
 /// All-zero bytes are a valid unclaimed, empty record (records live in zeroed OS pages).
@@ -168,31 +270,45 @@ pub(crate) struct ThreadCache {
     pub(crate) claimed: AtomicBool,
     /// The arena this thread refills from.
     pub(crate) arena: AtomicU32,
-    /// Bytes of blocks on the lists (class sizes).
-    pub(crate) cached_bytes: AtomicUsize,
     /// The heap's movable flush epoch this record last honoured.
     pub(crate) movable_epoch: AtomicU64,
     pub(crate) counters: [Counters; 2],
-    lists: core::cell::UnsafeCell<[[FreeList; NUM_CLASSES]; 2]>,
+    local: core::cell::UnsafeCell<Local>,
 }
 
-// SAFETY: `lists` is only touched by the claiming thread (or by whoever releases the
-// record after that thread is gone, under the heap registry lock); everything else is
-// atomic.
+// SAFETY: `local` is only touched by the claiming thread (or by whoever claims the
+// record after that thread released it); everything else is atomic.
 unsafe impl Sync for ThreadCache {}
 
 impl ThreadCache {
-    /// The lists.
+    /// The lists and byte view.
     ///
     /// # Safety
     ///
-    /// The caller is the thread that claimed this record (or the record is being
-    /// released and its thread is gone), and holds no other reference from this method.
+    /// The caller is the thread that claimed this record, and holds no other reference
+    /// from this method.
     #[allow(clippy::mut_from_ref)]
     #[inline(always)]
-    pub(crate) unsafe fn lists(&self) -> &mut [[FreeList; NUM_CLASSES]; 2] {
+    pub(crate) unsafe fn local(&self) -> &mut Local {
         // SAFETY: forwarded from the caller: exclusive owner access.
-        unsafe { &mut *self.lists.get() }
+        unsafe { &mut *self.local.get() }
+    }
+
+    /// The list of `kind`/`class`.
+    ///
+    /// # Safety
+    ///
+    /// As [`ThreadCache::local`]; `class < NUM_CLASSES`.
+    #[allow(clippy::mut_from_ref)]
+    #[inline(always)]
+    pub(crate) unsafe fn list(&self, kind: usize, class: usize) -> &mut FreeList {
+        debug_assert!(kind < 2 && class < NUM_CLASSES);
+        // SAFETY: owner access is forwarded from the caller; both indexes are in range,
+        // so the place is inside `lists` (no bounds check on the hot path).
+        unsafe {
+            let lists = &raw mut (*self.local.get()).lists;
+            &mut *lists.cast::<FreeList>().add(kind * NUM_CLASSES + class)
+        }
     }
 }
 
@@ -213,84 +329,128 @@ const EMPTY: Entry = Entry {
     cache: ptr::null(),
 };
 
-/// Heaps a thread keeps records for at once; using more evicts the least recent.
+/// Heaps a thread keeps records for at once; using more evicts one.
 const ENTRIES: usize = 8;
 
+/// The fast slot of `Global` heaps.
+pub(crate) const GLOBAL_SLOT: usize = 0;
+/// The fast slot of `Heap` heaps.
+pub(crate) const HEAP_SLOT: usize = 1;
+
+/// The thread's table. No destructor on purpose: see the module docs.
 struct Tls {
     entries: [Cell<Entry>; ENTRIES],
-}
-
-impl Drop for Tls {
-    fn drop(&mut self) {
-        for e in &self.entries {
-            let e = e.replace(EMPTY);
-            if e.heap_id != NO_HEAP {
-                // SAFETY: the entry was installed by this thread for `e.cache`, a record
-                // it claimed; `release_if_alive` checks the heap is still registered.
-                unsafe { HeapInner::release_if_alive(e.heap, e.heap_id, e.cache) };
-            }
-        }
-    }
 }
 
 thread_local! {
     static TLS: Tls = const { Tls { entries: [const { Cell::new(EMPTY) }; ENTRIES] } };
 }
 
+const _: () = assert!(
+    !core::mem::needs_drop::<Tls>(),
+    "the table must have no destructor, or every access checks its state"
+);
+
+/// Parks every record of the exiting thread (see the module docs).
+struct ExitHook;
+
+impl Drop for ExitHook {
+    fn drop(&mut self) {
+        TLS.with(|t| {
+            for e in &t.entries {
+                let e = e.replace(EMPTY);
+                if e.heap_id != NO_HEAP {
+                    // SAFETY: the entry was installed by this thread for `e.cache`, a
+                    // record it claimed; `release_if_alive` checks the heap is still
+                    // registered.
+                    unsafe { HeapInner::release_if_alive(e.heap, e.heap_id, e.cache) };
+                }
+            }
+        });
+    }
+}
+
+thread_local! {
+    static EXIT: ExitHook = const { ExitHook };
+}
+
+/// This thread's record for `heap` if it sits in the heap's fast slot: the hot path's
+/// only thread-local access (a plain `fs:`-relative load and one compare).
+#[inline(always)]
+pub(crate) fn current_fast(heap: &HeapInner) -> Option<&ThreadCache> {
+    current_fast_at(heap, heap.fast_slot())
+}
+
+/// [`current_fast`] for a caller that knows the heap's fast slot (`Global`'s entry
+/// points: a constant, so the hot path does not load it).
+#[inline(always)]
+pub(crate) fn current_fast_at(heap: &HeapInner, slot: usize) -> Option<&ThreadCache> {
+    debug_assert_eq!(slot, heap.fast_slot());
+    let e = TLS.with(|t| t.entries[slot & 1].get());
+    if e.heap_id == heap.id() {
+        // SAFETY: an entry with a heap id holds the (non-null) record this thread
+        // claimed from that heap, which lives as long as the heap, which `heap` borrows.
+        // Saying so spares the hot path a null check.
+        Some(unsafe {
+            core::hint::assert_unchecked(!e.cache.is_null());
+            &*e.cache
+        })
+    } else {
+        None
+    }
+}
+
 /// This thread's record for `heap`, claiming one if needed; `None` when the thread is
 /// being torn down, or the heap has no free record (the caller then takes the uncached
 /// path).
-#[inline(always)]
+#[inline]
 pub(crate) fn current(heap: &HeapInner) -> Option<&ThreadCache> {
-    let id = heap.id();
-    let found = TLS
-        .try_with(|t| {
-            let first = t.entries[0].get();
-            if first.heap_id == id {
-                return first.cache;
-            }
-            lookup_slow(t, heap)
-        })
-        .ok()?;
+    if let Some(tc) = current_fast(heap) {
+        return Some(tc);
+    }
+    let found = TLS.with(|t| lookup_slow(t, heap));
     // SAFETY: records live as long as their heap, which `heap` borrows, and this thread
     // owns the record it found.
     unsafe { found.as_ref() }
 }
 
+/// Finds or claims the record and puts it in the heap's fast slot.
 #[cold]
+#[inline(never)]
 fn lookup_slow(t: &Tls, heap: &HeapInner) -> *const ThreadCache {
+    let slot = heap.fast_slot() & 1;
     let id = heap.id();
-    let hit = t
-        .entries
-        .iter()
-        .position(|e| id != 0 && e.get().heap_id == id);
-    let idx = match hit {
-        Some(i) => i,
-        None => {
-            let Some(cache) = heap.claim_cache() else {
-                return ptr::null();
-            };
-            // `claim_cache` assigns the heap its id on first use.
-            let id = heap.id();
-            debug_assert_ne!(id, 0);
-            let last = t.entries[ENTRIES - 1].replace(Entry {
-                heap_id: id,
-                heap,
-                cache,
-            });
-            if last.heap_id != NO_HEAP {
-                // SAFETY: the evicted entry was this thread's; the registry check inside
-                // guards against a heap dropped meanwhile.
-                unsafe { HeapInner::release_if_alive(last.heap, last.heap_id, last.cache) };
-            }
-            ENTRIES - 1
-        }
-    };
-    // Move to front.
-    let e = t.entries[idx].get();
-    for i in (1..=idx).rev() {
-        t.entries[i].set(t.entries[i - 1].get());
+    if id != 0
+        && let Some(i) = t.entries.iter().position(|e| e.get().heap_id == id)
+    {
+        t.entries[i].swap(&t.entries[slot]);
+        return t.entries[slot].get().cache;
     }
-    t.entries[0].set(e);
-    e.cache
+    // A new record: the exit hook must be registered first, so that it is released at
+    // exit. Failing that (the thread is exiting), the caller goes uncached.
+    if EXIT.try_with(|_| ()).is_err() {
+        return ptr::null();
+    }
+    let Some(cache) = heap.claim_cache() else {
+        return ptr::null();
+    };
+    // `claim_cache` assigns the heap its id on first use.
+    let id = heap.id();
+    debug_assert_ne!(id, 0);
+    // The slot's previous occupant moves to a free entry, or evicts the last one.
+    let victim = (2..ENTRIES)
+        .find(|&i| t.entries[i].get().heap_id == NO_HEAP)
+        .unwrap_or(ENTRIES - 1);
+    let moved = t.entries[slot].replace(Entry {
+        heap_id: id,
+        heap,
+        cache,
+    });
+    let evicted = t.entries[victim].replace(moved);
+    if evicted.heap_id != NO_HEAP {
+        // SAFETY: the evicted entry was this thread's; the registry check inside
+        // guards against a heap dropped meanwhile.
+        unsafe { HeapInner::release_if_alive(evicted.heap, evicted.heap_id, evicted.cache) };
+    }
+    cache
 }
