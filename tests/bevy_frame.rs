@@ -44,6 +44,25 @@ fn diagnostics_have_values_after_update_in_either_plugin_order() {
             .and_then(|d| d.value())
             .unwrap();
         assert_eq!(live, (10 * 256) as f64);
+        let value = |p| store.get(&p).and_then(|d| d.value()).unwrap();
+        let local = value(TidyheapDiagnosticsPlugin::NUMA_LOCAL_SPAN_BYTES);
+        let remote = value(TidyheapDiagnosticsPlugin::NUMA_REMOTE_SPAN_BYTES);
+        let spans = app
+            .world()
+            .resource::<tidyheap::bevy::TidyHeap>()
+            .heap()
+            .stats()
+            .numa;
+        assert!(local > 0.0, "the assets' spans count as local or remote");
+        assert_eq!(
+            local + remote,
+            spans
+                .nodes
+                .iter()
+                .map(|n| n.local_span_bytes + n.remote_span_bytes)
+                .sum::<u64>() as f64,
+            "the NUMA paths report the heap's node stats"
+        );
     }
 }
 

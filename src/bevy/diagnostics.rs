@@ -58,9 +58,20 @@ impl TidyheapDiagnosticsPlugin {
     pub const SKIPPED_BUSY: DiagnosticPath = DiagnosticPath::const_new("tidyheap/skipped_busy");
     /// `tidyheap/scratch_bytes`.
     pub const SCRATCH_BYTES: DiagnosticPath = DiagnosticPath::const_new("tidyheap/scratch_bytes");
+    /// `tidyheap/numa_local_span_bytes`: bytes of spans that started serving on their
+    /// arena's node, ever.
+    pub const NUMA_LOCAL_SPAN_BYTES: DiagnosticPath =
+        DiagnosticPath::const_new("tidyheap/numa_local_span_bytes");
+    /// `tidyheap/numa_remote_span_bytes`: bytes of spans that started serving for a
+    /// thread on another node, ever.
+    pub const NUMA_REMOTE_SPAN_BYTES: DiagnosticPath =
+        DiagnosticPath::const_new("tidyheap/numa_remote_span_bytes");
+    /// `tidyheap/numa_migrated_pages`: pages moved between nodes, ever.
+    pub const NUMA_MIGRATED_PAGES: DiagnosticPath =
+        DiagnosticPath::const_new("tidyheap/numa_migrated_pages");
 
     /// Every path with its suffix.
-    pub const PATHS: [(DiagnosticPath, &'static str); 8] = [
+    pub const PATHS: [(DiagnosticPath, &'static str); 11] = [
         (Self::LIVE_BYTES, "B"),
         (Self::COMMITTED_BYTES, "B"),
         (Self::FRAGMENTATION, ""),
@@ -69,6 +80,9 @@ impl TidyheapDiagnosticsPlugin {
         (Self::PASS_US, "us"),
         (Self::SKIPPED_BUSY, ""),
         (Self::SCRATCH_BYTES, "B"),
+        (Self::NUMA_LOCAL_SPAN_BYTES, "B"),
+        (Self::NUMA_REMOTE_SPAN_BYTES, "B"),
+        (Self::NUMA_MIGRATED_PAGES, ""),
     ];
 }
 
@@ -115,6 +129,9 @@ fn measure(mut diagnostics: Diagnostics, stats: Res<TidyheapStats>) {
         f.pass_time.as_secs_f64() * 1e6,
         f.skipped_busy as f64,
         stats.scratch.frame_bytes as f64,
+        stats.numa_local_span_bytes as f64,
+        stats.numa_remote_span_bytes as f64,
+        stats.numa_migrated_pages as f64,
     ];
     for ((path, _), value) in TidyheapDiagnosticsPlugin::PATHS.iter().zip(values) {
         diagnostics.add_measurement(path, || value);

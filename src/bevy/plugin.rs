@@ -173,12 +173,22 @@ pub struct TidyheapStats {
     pub total_moves: u64,
     /// Bytes moved, ever.
     pub total_bytes_moved: u64,
+    /// NUMA: bytes of spans that started serving on their arena's node, ever (all of
+    /// them on a one-node machine; see [`NumaStats`](crate::NumaStats)).
+    pub numa_local_span_bytes: u64,
+    /// NUMA: bytes of spans that started serving for a thread on another node, ever.
+    pub numa_remote_span_bytes: u64,
+    /// NUMA: pages moved by `Heap::migrate_to_node`, ever.
+    pub numa_migrated_pages: u64,
 }
 
 /// Pool fragmentation of `heap` from its counters (no span walk): `1 − live /
 /// committed`, 0 when nothing is committed.
 pub(super) fn pool_fragmentation(heap: &Heap) -> (f64, u64, usize) {
-    let s = heap.stats();
+    fragmentation_of(&heap.stats())
+}
+
+fn fragmentation_of(s: &crate::HeapStats) -> (f64, u64, usize) {
     let pool_live = s.fixed.live_bytes() + s.movable.live_bytes();
     let ratio = if s.committed_bytes == 0 {
         0.0
@@ -218,7 +228,12 @@ pub(super) fn report(
     mut stats: ResMut<TidyheapStats>,
 ) {
     let frame = core::mem::take(&mut *heap.passes.0.lock());
-    let (_, live, committed) = pool_fragmentation(&heap.heap);
+    let heap_stats = heap.heap.stats();
+    let (_, live, committed) = fragmentation_of(&heap_stats);
+    let numa = &heap_stats.numa;
+    stats.numa_local_span_bytes = numa.nodes.iter().map(|n| n.local_span_bytes).sum();
+    stats.numa_remote_span_bytes = numa.nodes.iter().map(|n| n.remote_span_bytes).sum();
+    stats.numa_migrated_pages = numa.migrated_pages;
     stats.reports += 1;
     stats.frame = frame;
     stats.total_passes += frame.passes;
