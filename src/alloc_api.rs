@@ -205,7 +205,7 @@ unsafe impl Allocator for &'static Global {
 }
 
 // Statics of `Global` need its `const` constructor, which loom builds do not have.
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(tidyheap_loom)))]
 mod tests {
     use super::*;
 

@@ -394,7 +394,7 @@ unsafe fn global_realloc(
 }
 
 // Statics of `Global` need its `const` constructor, which loom builds do not have.
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(tidyheap_loom)))]
 mod tests {
     use super::*;
 

@@ -1,4 +1,4 @@
-//! Synchronisation primitives, swapped for loom's under `--cfg loom`.
+//! Synchronisation primitives, swapped for loom's under `--cfg tidyheap_loom`.
 //!
 //! Every concurrent structure in tidyheap imports its atomics, cells and waiting
 //! primitives from here, never from `std` directly, so the same code that ships is the
@@ -7,25 +7,25 @@
 //! [`UnsafeCell`] has loom's closure API (`with_mut`) on both backends: loom tracks every
 //! access to it and reports unsynchronised ones as data races.
 
-#[cfg(loom)]
+#[cfg(tidyheap_loom)]
 pub(crate) use loom::sync::atomic::{
     AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 };
-#[cfg(not(loom))]
+#[cfg(not(tidyheap_loom))]
 pub(crate) use std::sync::atomic::{
     AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 };
 
-#[cfg(loom)]
+#[cfg(tidyheap_loom)]
 pub(crate) use loom::cell::UnsafeCell;
 
 /// `std::cell::UnsafeCell` with loom's `with_mut` access API, so code compiles against both.
-#[cfg(not(loom))]
+#[cfg(not(tidyheap_loom))]
 #[derive(Debug, Default)]
 #[repr(transparent)]
 pub(crate) struct UnsafeCell<T: ?Sized>(std::cell::UnsafeCell<T>);
 
-#[cfg(not(loom))]
+#[cfg(not(tidyheap_loom))]
 impl<T> UnsafeCell<T> {
     /// Wraps `value`.
     pub(crate) const fn new(value: T) -> Self {
@@ -60,11 +60,11 @@ impl Backoff {
     /// Waits a little longer than last time.
     #[inline]
     pub(crate) fn snooze(&mut self) {
-        #[cfg(loom)]
+        #[cfg(tidyheap_loom)]
         {
             loom::thread::yield_now();
         }
-        #[cfg(not(loom))]
+        #[cfg(not(tidyheap_loom))]
         {
             if self.step <= 6 {
                 for _ in 0..(1u32 << self.step) {
@@ -88,11 +88,11 @@ impl Backoff {
 /// `const` constructors.
 macro_rules! const_fn_unless_loom {
     ($(#[$attr:meta])* $vis:vis fn $($rest:tt)*) => {
-        #[cfg(not(loom))]
+        #[cfg(not(tidyheap_loom))]
         $(#[$attr])*
         $vis const fn $($rest)*
 
-        #[cfg(loom)]
+        #[cfg(tidyheap_loom)]
         $(#[$attr])*
         $vis fn $($rest)*
     };

@@ -1,6 +1,6 @@
 //! Loom model of the move protocol: a reader, the compactor and a freer race on one
 //! block. Run with
-//! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --lib -- loom_`.
+//! `RUSTFLAGS="--cfg tidyheap_loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --lib -- loom_`.
 //!
 //! The block is two words in a loom `UnsafeCell`, copied word by word the way the
 //! compactor's `copy_nonoverlapping` would, so a reader that could observe a copy in

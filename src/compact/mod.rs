@@ -72,7 +72,7 @@
 //! own, and drains the central lists, so cached free blocks do not keep spans alive.
 
 mod background;
-#[cfg(all(test, loom))]
+#[cfg(all(test, tidyheap_loom))]
 mod loom_move;
 mod moves;
 mod report;

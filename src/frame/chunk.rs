@@ -349,7 +349,7 @@ pub(super) unsafe fn freed_at(chunk: NonNull<ChunkHeader>) -> u64 {
     unsafe { (*chunk.as_ptr()).freed_at }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(tidyheap_loom)))]
 mod tests {
     use super::*;
 

@@ -344,14 +344,14 @@ impl LocalLane {
     };
 }
 
-#[cfg(not(loom))]
+#[cfg(not(tidyheap_loom))]
 std::thread_local! {
     // Const-initialised with no destructor: access is a thread-pointer-relative load and
     // works even while other thread-locals are being destroyed.
     pub(super) static LOCAL: Cell<LocalLane> = const { Cell::new(LocalLane::NONE) };
 }
 
-#[cfg(loom)]
+#[cfg(tidyheap_loom)]
 loom::thread_local! {
     pub(super) static LOCAL: Cell<LocalLane> = Cell::new(LocalLane::NONE);
 }
@@ -366,7 +366,7 @@ pub(super) fn unique_id() -> u64 {
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(tidyheap_loom)))]
 mod tests {
     use super::*;
 

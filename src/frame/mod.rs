@@ -832,8 +832,8 @@ impl Drop for FrameArena {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(tidyheap_loom)))]
 mod tests;
 
-#[cfg(all(test, loom))]
+#[cfg(all(test, tidyheap_loom))]
 mod loom_tests;

@@ -16,7 +16,7 @@
 use core::fmt;
 use core::ptr::NonNull;
 
-#[cfg(all(debug_assertions, not(loom)))]
+#[cfg(all(debug_assertions, not(tidyheap_loom)))]
 use super::held::{Held, Kind};
 use super::{RawHandle, Slot};
 
@@ -48,7 +48,7 @@ pub struct SlotRead<'a> {
     slot: &'a Slot,
     ptr: NonNull<u8>,
     /// Debug builds: this thread's record of the guard (see `held`).
-    #[cfg(all(debug_assertions, not(loom)))]
+    #[cfg(all(debug_assertions, not(tidyheap_loom)))]
     _held: Held,
 }
 
@@ -82,7 +82,7 @@ pub struct SlotWrite<'a> {
     slot: &'a Slot,
     ptr: NonNull<u8>,
     /// Debug builds: this thread's record of the guard (see `held`).
-    #[cfg(all(debug_assertions, not(loom)))]
+    #[cfg(all(debug_assertions, not(tidyheap_loom)))]
     _held: Held,
 }
 
@@ -109,7 +109,7 @@ pub struct SlotPin<'a> {
     slot: &'a Slot,
     ptr: NonNull<u8>,
     /// Debug builds: this thread's record of the guard (see `held`).
-    #[cfg(all(debug_assertions, not(loom)))]
+    #[cfg(all(debug_assertions, not(tidyheap_loom)))]
     _held: Held,
 }
 
@@ -167,7 +167,7 @@ impl<'a> SlotRead<'a> {
         Self {
             slot,
             ptr,
-            #[cfg(all(debug_assertions, not(loom)))]
+            #[cfg(all(debug_assertions, not(tidyheap_loom)))]
             _held: Held::new(slot, Kind::Read),
         }
     }
@@ -199,7 +199,7 @@ impl<'a> SlotWrite<'a> {
         Self {
             slot,
             ptr,
-            #[cfg(all(debug_assertions, not(loom)))]
+            #[cfg(all(debug_assertions, not(tidyheap_loom)))]
             _held: Held::new(slot, Kind::Write),
         }
     }
@@ -248,7 +248,7 @@ impl<'a> SlotPin<'a> {
         Self {
             slot,
             ptr,
-            #[cfg(all(debug_assertions, not(loom)))]
+            #[cfg(all(debug_assertions, not(tidyheap_loom)))]
             _held: Held::new(slot, Kind::Pin),
         }
     }

@@ -32,7 +32,7 @@
 //! waits on the same handle gets the panic too (use the `try_` form there).
 //!
 //! Release builds compile none of this: the guards stay two words and the waiting
-//! calls deadlock as documented on each of them. Under `cfg(loom)` it is off as well,
+//! calls deadlock as documented on each of them. Under `cfg(tidyheap_loom)` it is off as well,
 //! since loom's threads share one OS thread's thread-locals.
 
 use std::sync::{Arc, Mutex, PoisonError};

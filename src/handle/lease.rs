@@ -102,16 +102,16 @@ pub(crate) const fn window_done(vacant: u32) -> bool {
 }
 
 /// Test hook: marks `used` windows of `index` as leased already.
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(tidyheap_loom)))]
 pub(crate) fn set_windows_used(index: u32, used: u32) {
     counter(index).unwrap().store(used, Relaxed);
 }
 
 /// Windows per index, for tests.
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(tidyheap_loom)))]
 pub(crate) const TEST_WINDOWS: u32 = WINDOWS;
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(tidyheap_loom)))]
 mod tests {
     use super::*;
 

@@ -1,5 +1,5 @@
 //! Loom models of the handle table's concurrency protocols. Run with
-//! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --lib -- loom_`.
+//! `RUSTFLAGS="--cfg tidyheap_loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --lib -- loom_`.
 //!
 //! Blocks are `Box<UnsafeCell<u64>>` built from loom's `UnsafeCell`, so every access to a
 //! block's bytes is tracked: an access not ordered by the slot's guard protocol (a reader

@@ -86,13 +86,13 @@
 //! long dropped, answers `Stale`.
 
 mod guard;
-#[cfg(all(debug_assertions, not(loom)))]
+#[cfg(all(debug_assertions, not(tidyheap_loom)))]
 mod held;
 mod lease;
 mod slot;
 mod table;
 
-#[cfg(all(test, loom))]
+#[cfg(all(test, tidyheap_loom))]
 mod loom_tests;
 
 use core::cmp::Ordering;

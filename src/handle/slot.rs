@@ -6,7 +6,7 @@ use core::fmt;
 use core::ptr::{self, NonNull};
 
 use crate::HandleError;
-#[cfg(loom)]
+#[cfg(tidyheap_loom)]
 use crate::sync::Ordering::SeqCst;
 use crate::sync::{
     AtomicPtr, AtomicU64,
@@ -36,7 +36,7 @@ pub const MAX_PINS: u32 = (PIN_MASK >> PIN_SHIFT) as u32;
 
 const _: () = assert!(READER_MASK & PIN_MASK == 0);
 const _: () = assert!((READER_MASK | PIN_MASK | PARKED | MOVER | WRITER) == 0xFFFF_FFFF);
-#[cfg(not(loom))]
+#[cfg(not(tidyheap_loom))]
 const _: () = assert!(size_of::<Slot>() == 16);
 
 /// What a lock attempt wants; decides what blocks it and what it turns the word into.
@@ -224,7 +224,7 @@ impl SlotState {
 /// wake-ups. Exclusive unlocks clear `P` in the same atomic that releases; the last reader
 /// or last pin out (or the one leaving a full count) clears it with a second atomic, only
 /// when it was set. Woken threads re-check everything (the slot may have been freed:
-/// `Stale`). Under `cfg(loom)` the parking lot is modelled by a loom mutex (the bucket
+/// `Stale`). Under `cfg(tidyheap_loom)` the parking lot is modelled by a loom mutex (the bucket
 /// lock) and condition variable, so loom checks the same protocol, and a lost wake-up
 /// shows up as a deadlock.
 ///
@@ -245,13 +245,13 @@ pub struct Slot {
     ptr: AtomicPtr<u8>,
     /// Under loom, the parking lot is modelled by this mutex (the bucket lock, guarding
     /// a wake-up counter) and condition variable; see `park`.
-    #[cfg(loom)]
+    #[cfg(tidyheap_loom)]
     lot: (loom::sync::Mutex<u64>, loom::sync::Condvar),
 }
 
 impl Slot {
     /// A vacant slot with generation 0, the state all-zero memory also represents.
-    #[cfg(loom)]
+    #[cfg(tidyheap_loom)]
     pub(crate) fn new() -> Self {
         Self {
             state: AtomicU64::new(0),
@@ -345,7 +345,7 @@ impl Slot {
                 r => return r,
             }
             // Under loom go straight to the parking protocol: that is what we model.
-            if cfg!(not(loom)) && !backoff.is_completed() {
+            if cfg!(not(tidyheap_loom)) && !backoff.is_completed() {
                 backoff.snooze();
                 continue;
             }
@@ -367,7 +367,7 @@ impl Slot {
 
     /// Parks until some thread clears `PARKED` and wakes the slot's waiters; returns at
     /// once if `PARKED` is already clear.
-    #[cfg(not(loom))]
+    #[cfg(not(tidyheap_loom))]
     fn park(&self) {
         let key = ptr::from_ref(self).addr();
         // SAFETY:
@@ -388,7 +388,7 @@ impl Slot {
     }
 
     /// Wakes every thread parked on this slot. Call after clearing `PARKED`.
-    #[cfg(not(loom))]
+    #[cfg(not(tidyheap_loom))]
     #[cold]
     fn unpark_all(&self) {
         let key = ptr::from_ref(self).addr();
@@ -402,7 +402,7 @@ impl Slot {
     /// Loom model of `park`, mirroring parking_lot: validate under the bucket lock, then
     /// sleep until an `unpark_all` (which takes the same lock) bumps the counter. The
     /// waiter is blocked, not spinning, so a lost wake-up is a deadlock loom reports.
-    #[cfg(loom)]
+    #[cfg(tidyheap_loom)]
     fn park(&self) {
         let (lock, condvar) = &self.lot;
         let mut wakes = lock.lock().unwrap();
@@ -416,7 +416,7 @@ impl Slot {
     }
 
     /// Loom model of `unpark_all`.
-    #[cfg(loom)]
+    #[cfg(tidyheap_loom)]
     #[cold]
     fn unpark_all(&self) {
         let (lock, condvar) = &self.lot;
@@ -725,7 +725,7 @@ impl fmt::Debug for Slot {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(tidyheap_loom)))]
 mod tests {
     use super::*;
 

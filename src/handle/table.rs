@@ -5,7 +5,7 @@ use core::fmt;
 use core::ptr::{self, NonNull};
 
 use super::guard::{SlotMove, SlotPin, SlotRead, SlotWrite};
-#[cfg(all(debug_assertions, not(loom)))]
+#[cfg(all(debug_assertions, not(tidyheap_loom)))]
 use super::held::{self, Want};
 use super::slot::{MoveSkip, Slot};
 use super::{RawHandle, lease};
@@ -17,9 +17,9 @@ use crate::{AllocError, HandleError};
 
 /// `log2` of the first segment's slot count. Loom models use tiny segments so that
 /// growth is explored and few loom atomics are created.
-#[cfg(not(loom))]
+#[cfg(not(tidyheap_loom))]
 const FIRST_SHIFT: u32 = 8;
-#[cfg(loom)]
+#[cfg(tidyheap_loom)]
 const FIRST_SHIFT: u32 = 1;
 
 /// Number of segment pointers: enough for index `u32::MAX - 1`.
@@ -59,7 +59,7 @@ pub(crate) const fn segment_len(seg: usize) -> usize {
 }
 
 /// Reserves zeroed memory for segment `seg`: all-zero slots are vacant at generation 0.
-#[cfg(not(loom))]
+#[cfg(not(tidyheap_loom))]
 fn alloc_segment(seg: usize) -> Result<*mut Slot, HandleError> {
     let bytes = segment_len(seg) * size_of::<Slot>();
     let base = crate::os::reserve(bytes, crate::os::PAGE_SIZE).map_err(AllocError::from)?;
@@ -72,7 +72,7 @@ fn alloc_segment(seg: usize) -> Result<*mut Slot, HandleError> {
 ///
 /// * `base` came from `alloc_segment(seg)` and was not released yet;
 /// * no reference into the segment is used afterwards.
-#[cfg(not(loom))]
+#[cfg(not(tidyheap_loom))]
 unsafe fn free_segment(seg: usize, base: *mut Slot) {
     let bytes = segment_len(seg) * size_of::<Slot>();
     // SAFETY:
@@ -82,7 +82,7 @@ unsafe fn free_segment(seg: usize, base: *mut Slot) {
 }
 
 /// Loom atomics must be constructed, so under loom segments are boxed slices.
-#[cfg(loom)]
+#[cfg(tidyheap_loom)]
 #[allow(clippy::unnecessary_wraps)] // same signature as the native twin
 fn alloc_segment(seg: usize) -> Result<*mut Slot, HandleError> {
     let slots: Box<[Slot]> = (0..segment_len(seg)).map(|_| Slot::new()).collect();
@@ -93,7 +93,7 @@ fn alloc_segment(seg: usize) -> Result<*mut Slot, HandleError> {
 ///
 /// * `base` came from `alloc_segment(seg)` and was not released yet;
 /// * no reference into the segment is used afterwards.
-#[cfg(loom)]
+#[cfg(tidyheap_loom)]
 unsafe fn free_segment(seg: usize, base: *mut Slot) {
     // SAFETY:
     // - `base` is the start of a `Box<[Slot]>` of `segment_len(seg)` slots leaked by
@@ -438,7 +438,7 @@ impl HandleTable {
         let generation = h.generation().get();
         let (block, retired) = match slot.vacate(generation, false) {
             Err(HandleError::Busy) if wait => {
-                #[cfg(all(debug_assertions, not(loom)))]
+                #[cfg(all(debug_assertions, not(tidyheap_loom)))]
                 held::check(slot, h, Want::Remove);
                 slot.vacate(generation, true)?
             }
@@ -477,7 +477,7 @@ impl HandleTable {
             if e != HandleError::Busy {
                 return Err(e);
             }
-            #[cfg(all(debug_assertions, not(loom)))]
+            #[cfg(all(debug_assertions, not(tidyheap_loom)))]
             held::check(slot, h, Want::Read);
             slot.read(generation)?;
         }
@@ -522,7 +522,7 @@ impl HandleTable {
             if e != HandleError::Busy {
                 return Err(e);
             }
-            #[cfg(all(debug_assertions, not(loom)))]
+            #[cfg(all(debug_assertions, not(tidyheap_loom)))]
             held::check(slot, h, Want::Write);
             slot.write(generation)?;
         }
@@ -821,7 +821,7 @@ impl Iterator for Iter<'_> {
 
 impl core::iter::FusedIterator for Iter<'_> {}
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(tidyheap_loom)))]
 mod tests {
     use super::*;
 

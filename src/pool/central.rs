@@ -1104,7 +1104,7 @@ mod test_support {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(tidyheap_loom)))]
 mod tests {
     use super::test_support::Slab;
     use super::*;
@@ -1380,7 +1380,7 @@ mod tests {
     }
 }
 
-#[cfg(all(test, loom))]
+#[cfg(all(test, tidyheap_loom))]
 mod loom_tests {
     //! Loom models of the protocol on `head`. Blocks are real memory; loom does not track
     //! their plain reads and writes (see the module docs), but every model scribbles over

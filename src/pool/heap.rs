@@ -117,13 +117,13 @@ const fn batch_table(configured: usize) -> [u8; NUM_CLASSES] {
 
 /// Empty central lists for every kind and class. Capacity is enforced by the heap
 /// (see `give_central`), so the lists themselves take the most they can.
-#[cfg(not(loom))]
+#[cfg(not(tidyheap_loom))]
 const fn central_lists() -> [[CentralFreeList; NUM_CLASSES]; 2] {
     [const { [const { CentralFreeList::new(usize::MAX) }; NUM_CLASSES] }; 2]
 }
 
 /// Empty central lists (under loom, built at run time).
-#[cfg(loom)]
+#[cfg(tidyheap_loom)]
 fn central_lists() -> [[CentralFreeList; NUM_CLASSES]; 2] {
     core::array::from_fn(|_| core::array::from_fn(|_| CentralFreeList::new(usize::MAX)))
 }
