@@ -40,4 +40,4 @@ pub use pool::span::SpanKind;
 pub use stats::{
     ArenaStats, CentralCounters, HeapStats, HeapWalk, NodeStats, NumaStats, PoolCounters,
 };
-pub use store::{Owned, Ref, RefMut, Shared, Store};
+pub use store::{Owned, ReadScope, Ref, RefMut, Shared, Store};

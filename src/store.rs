@@ -33,9 +33,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::HandleError;
+use crate::handle::scope::{mine, scopes_of, write_scoped};
 use crate::handle::{Handle, RawHandle, SlotRead, SlotWrite};
 use crate::heap::Heap;
 use crate::movable::{MAX_TAG, Tag, new_store_tag, peek_tag, skip_store_tags_to, untag};
+
+mod scope;
+pub use scope::ReadScope;
 
 /// The most stores one process can ever create (2^20 − 1 = 1 048 575), counting every
 /// heap; see the [module docs](self).
@@ -393,13 +397,27 @@ impl<T: Send + Sync> Store<T> {
     /// assert_eq!(*s.get(h).unwrap(), "ab");
     /// ```
     pub fn get_mut(&self, h: Handle<T>) -> Option<RefMut<'_, T>> {
-        let table = self.inner.heap.handles();
-        let g = match table.try_write(h.raw()) {
+        let g = match self.write_guard(h, false) {
             Ok(g) => g,
-            Err(HandleError::Busy) if self.inner.peek_mine(h.raw()) => table.write(h.raw()).ok()?,
+            Err(HandleError::Busy) if self.inner.peek_mine(h.raw()) => {
+                self.write_guard(h, true).ok()?
+            }
             Err(_) => return None,
         };
         self.make_mut(g).ok()
+    }
+
+    /// The write guard of `h` once no read scope of this store is open (module
+    /// `handle::scope`), waiting for guards and scopes if `wait`.
+    fn write_guard(&self, h: Handle<T>, wait: bool) -> Result<SlotWrite<'_>, HandleError> {
+        let tag = self.inner.tag;
+        write_scoped(
+            self.inner.heap.handles(),
+            scopes_of(tag),
+            h.raw(),
+            wait,
+            || mine::check(tag, &|| format!("Store::get_mut({h:?})")),
+        )
     }
 
     /// Like [`Store::get_mut`], but never waits.
@@ -422,7 +440,7 @@ impl<T: Send + Sync> Store<T> {
     /// # Ok::<(), HandleError>(())
     /// ```
     pub fn try_get_mut(&self, h: Handle<T>) -> Result<RefMut<'_, T>, HandleError> {
-        let g = self.inner.heap.handles().try_write(h.raw())?;
+        let g = self.write_guard(h, false)?;
         self.make_mut(g)
     }
 

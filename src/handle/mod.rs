@@ -89,9 +89,12 @@ mod guard;
 #[cfg(all(debug_assertions, not(loom)))]
 mod held;
 mod lease;
+pub(crate) mod scope;
 mod slot;
 mod table;
 
+#[cfg(all(test, loom))]
+mod loom_scope;
 #[cfg(all(test, loom))]
 mod loom_tests;
 

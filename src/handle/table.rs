@@ -453,6 +453,34 @@ impl HandleTable {
         Ok(block)
     }
 
+    /// Frees the slot of `guard`, a write guard on `h`, and returns the block address:
+    /// the remove of a value that read scopes may see (see `handle::scope`), which takes
+    /// the write guard first, checks the scopes, and only then vacates. On `Busy` (a pin
+    /// is held) nothing changed and the guard is handed back.
+    pub(crate) fn remove_written<'a>(
+        &'a self,
+        h: RawHandle,
+        guard: SlotWrite<'a>,
+    ) -> Result<NonNull<u8>, SlotWrite<'a>> {
+        let slot = guard.slot();
+        debug_assert_eq!(slot.generation(), h.generation().get());
+        // SAFETY:
+        // - `guard` is the write guard on this slot at `h`'s generation; on success the
+        //   guard is given up below without unlocking (the vacate released it).
+        let (block, retired) = match unsafe { slot.vacate_written(h.generation().get()) } {
+            Ok(r) => r,
+            Err(_) => return Err(guard),
+        };
+        guard.forget_vacated();
+        self.counters.len.fetch_sub(1, Relaxed);
+        if retired {
+            self.counters.retired.fetch_add(1, Relaxed);
+        } else {
+            self.push_free(h.index(), slot);
+        }
+        Ok(block)
+    }
+
     /// A shared guard on `h`'s block, waiting while a writer or the compactor holds it.
     ///
     /// The hot path is the slot lookup, one compare-exchange, and one Acquire load of the
