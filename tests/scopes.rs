@@ -273,3 +273,49 @@ fn scoped_readers_writers_removers_and_compactor() {
         assert!(view.get(handle_at(&slots, i)).is_some_and(intact));
     }
 }
+
+#[test]
+fn compaction_skips_a_store_with_an_open_scope_and_moves_it_after() {
+    let heap = Arc::new(Heap::new());
+    let moves = Arc::new(Moves::default());
+    heap.subscribe(moves.clone());
+    let s: Store<Blob> = Store::new_in(heap.clone());
+    let raw = heap.alloc_handle(128, 16).unwrap();
+    let hs: Vec<Handle<Blob>> = (0..4000u64).map(|i| s.insert(seal(i))).collect();
+    let keep: Vec<Handle<Blob>> = hs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, &h)| {
+            if i % 8 == 0 {
+                Some(h)
+            } else {
+                s.remove(h).map(|_| ()).and(None)
+            }
+        })
+        .collect();
+    let view = s.read();
+    let at: Vec<*const Blob> = keep
+        .iter()
+        .map(|&h| view.get(h).unwrap() as *const _)
+        .collect();
+    heap.compact_full();
+    assert_eq!(
+        moves.0.load(Ordering::Relaxed),
+        0,
+        "moved under an open scope"
+    );
+    for (&h, &p) in keep.iter().zip(&at) {
+        let v = view.get(h).unwrap();
+        assert!(core::ptr::eq(v, p) && intact(v));
+    }
+    drop(view);
+    heap.compact_full();
+    assert!(
+        moves.0.load(Ordering::Relaxed) > 0,
+        "nothing moved after the scope closed"
+    );
+    let view = s.read();
+    assert!(keep.iter().all(|&h| view.get(h).is_some_and(intact)));
+    drop(view);
+    heap.free_handle(raw).unwrap();
+}
