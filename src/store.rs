@@ -22,6 +22,18 @@
 //! [`HandleError::Busy`] instead. The same holds for dropping an [`Owned`] (or the last
 //! [`Shared`]) while this thread holds a guard on its value.
 //!
+//! # Read scopes
+//!
+//! [`Store::read`] opens a [`ReadScope`]: one atomic add, then every
+//! [`ReadScope::get`] and [`ReadScope::iter`] item costs plain loads, no atomic
+//! read-modify-write. While any scope of the store is open, its values do not move or
+//! change: the compactor skips them, and `get_mut` / `remove` (and dropping an
+//! [`Owned`] or the last [`Shared`]) wait for every open scope of the store — so a
+//! thread must not call them while it holds a scope of the same store (debug builds
+//! panic; release builds deadlock; the `try_` forms answer `Busy`), nor hold a
+//! [`RefMut`] while waiting for another write or remove (a scope may be waiting for
+//! that `RefMut`). See [`ReadScope`] for how Bevy's `Res` / `ResMut` map onto scopes.
+//!
 //! Values are moved by the compactor with a plain byte copy, which is how Rust moves
 //! every value; stores never hand out `Pin<&mut T>`.
 

@@ -68,8 +68,8 @@
 //!
 //! # Groups
 //!
-//! Groups are store tags. Each has one 8-byte word in a process-wide table of lazily
-//! mapped segments ([`scopes_of`]), so the mover, which learns a block's tag from the
+//! Groups are store tags. Each has one word, on a cache line of its own, in a
+//! process-wide table of lazily allocated segments of 4096 words ([`scopes_of`]), so the mover, which learns a block's tag from the
 //! slot pointer under its move lock, finds the word without knowing the store. Tags are
 //! never reused, so a word never changes owner.
 
@@ -85,8 +85,10 @@ use crate::sync::{
 const READERS: u64 = 0xFFFF_FFFF;
 const PENDING_ONE: u64 = 1 << 32;
 
-/// The reader count and pending-writer count of one group (a store).
+/// The reader count and pending-writer count of one group (a store), on a cache line
+/// of its own (stores made one after another have neighbouring tags).
 #[derive(Debug)]
+#[repr(align(64))]
 pub(crate) struct Scopes {
     /// `pending writers << 32 | open scopes`.
     word: AtomicU64,
@@ -266,10 +268,21 @@ pub(crate) fn write_scoped<'a>(
     wait: bool,
     before_wait: impl Fn(),
 ) -> Result<SlotWrite<'a>, HandleError> {
+    write_scoped_for(table, scopes, h, wait, false, before_wait)
+}
+
+fn write_scoped_for<'a>(
+    table: &'a HandleTable,
+    scopes: &Scopes,
+    h: RawHandle,
+    wait: bool,
+    for_remove: bool,
+    before_wait: impl Fn(),
+) -> Result<SlotWrite<'a>, HandleError> {
     let mut pending = None;
     loop {
         let g = if wait {
-            table.write(h)?
+            table.write_for(h, for_remove)?
         } else {
             table.try_write(h)?
         };
@@ -301,15 +314,20 @@ pub(crate) fn remove_scoped(
     before_wait: impl Fn(),
 ) -> Result<NonNull<u8>, HandleError> {
     loop {
-        let g = write_scoped(table, scopes, h, wait, &before_wait)?;
+        let g = write_scoped_for(table, scopes, h, wait, true, &before_wait)?;
         match table.remove_written(h, g) {
             Ok(block) => return Ok(block),
             Err(g) => {
                 // Pinned: pins are brief (nothing in a store holds one across calls).
+                let slot = g.slot();
                 drop(g);
                 if !wait {
                     return Err(HandleError::Busy);
                 }
+                // Debug builds: a pin of this very thread would never go.
+                #[cfg(all(debug_assertions, not(loom)))]
+                super::held::check(slot, h, super::held::Want::Remove);
+                let _ = slot;
                 crate::sync::Backoff::new().snooze();
                 #[cfg(not(loom))]
                 std::thread::yield_now();

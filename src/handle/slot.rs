@@ -684,6 +684,28 @@ impl Slot {
         Ok(unsafe { NonNull::new_unchecked(p) })
     }
 
+    /// [`scoped_ptr`](Self::scoped_ptr) for a scan that does not know the generation:
+    /// `Ok((generation, address))` if occupied and free of writer and mover,
+    /// `Err(Some(generation))` if occupied but a writer or mover holds it, `Err(None)` if
+    /// vacant. The same scope protocol applies.
+    #[inline(always)]
+    pub(crate) fn scoped_entry(&self) -> Result<(u32, NonNull<u8>), Option<u32>> {
+        let s = self.state.load(Acquire);
+        let generation = generation_of(s);
+        if generation & 1 == 0 {
+            return Err(None);
+        }
+        if s & (WRITER | MOVER) != 0 {
+            return Err(Some(generation));
+        }
+        let p = self.ptr.load(Relaxed);
+        debug_assert!(!p.is_null());
+        // SAFETY:
+        // - as in `scoped_ptr`: occupied when the state was loaded, and not vacated since
+        //   while the caller's scope is open.
+        Ok((generation, unsafe { NonNull::new_unchecked(p) }))
+    }
+
     /// Vacates a slot on which the caller holds the write guard (a remove that had to
     /// check for read scopes first): bumps the generation in one compare-exchange,
     /// which also releases the write guard. Returns the block address and whether the

@@ -544,6 +544,17 @@ impl HandleTable {
     /// or write guard on this block.
     #[inline]
     pub fn write(&self, h: RawHandle) -> Result<SlotWrite<'_>, HandleError> {
+        self.write_for(h, false)
+    }
+
+    /// [`write`](Self::write); `for_remove` says the guard is taken to remove the value
+    /// (the debug builds' self-deadlock panic then names a remove).
+    #[inline]
+    pub(crate) fn write_for(
+        &self,
+        h: RawHandle,
+        for_remove: bool,
+    ) -> Result<SlotWrite<'_>, HandleError> {
         let slot = self.get(h).ok_or(HandleError::Stale)?;
         let generation = h.generation().get();
         if let Err(e) = slot.try_write(generation) {
@@ -551,7 +562,17 @@ impl HandleTable {
                 return Err(e);
             }
             #[cfg(all(debug_assertions, not(loom)))]
-            held::check(slot, h, Want::Write);
+            held::check(
+                slot,
+                h,
+                if for_remove {
+                    Want::Remove
+                } else {
+                    Want::Write
+                },
+            );
+            #[cfg(not(all(debug_assertions, not(loom))))]
+            let _ = for_remove;
             slot.write(generation)?;
         }
         // SAFETY:
@@ -668,6 +689,35 @@ impl HandleTable {
             next: 0,
             end: self.counters.issued.load(Acquire),
         }
+    }
+
+    /// Every issued slot with its index, walking the installed segments as slices (no
+    /// per-index segment lookup): the scan behind scoped iteration. Slots issued after
+    /// the call may or may not be visited.
+    pub(crate) fn slots(&self) -> impl Iterator<Item = (u32, &Slot)> + '_ {
+        let end = u64::from(self.counters.issued.load(Acquire));
+        (0..SEGMENTS)
+            .take_while(move |&seg| segment_start(seg) < end)
+            .filter_map(move |seg| {
+                let start = segment_start(seg);
+                let base = self.segments[seg].load(Acquire);
+                if base.is_null() {
+                    return None;
+                }
+                let len = (segment_len(seg) as u64).min(end - start) as usize;
+                // SAFETY:
+                // - `base` is an installed segment of `segment_len(seg) >= len` initialised
+                //   slots (published by the installing CAS, which we Acquired), freed only
+                //   when the table drops, so they outlive `&self`.
+                let slots = unsafe { core::slice::from_raw_parts(base, len) };
+                Some((start as u32, slots))
+            })
+            .flat_map(|(start, slots)| {
+                slots
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, slot)| (start as u32 + i as u32, slot))
+            })
     }
 
     /// Pops the most recently freed slot, which the caller then owns.

@@ -32,7 +32,7 @@ use core::marker::PhantomData;
 use super::{Store, StoreInner};
 use crate::HandleError;
 use crate::handle::scope::{Scopes, mine, scoped_get, scopes_of, try_scoped_get};
-use crate::handle::{Handle, HandleTable};
+use crate::handle::{Handle, HandleTable, RawHandle};
 
 /// An open read scope of a [`Store`]: resolves handles to `&T` with no atomic
 /// read-modify-write per get. Made by [`Store::read`]; closes when dropped.
@@ -202,14 +202,24 @@ impl<'a, T> ReadScope<'a, T> {
     /// assert_eq!(all, [0, 1, 2]);
     /// ```
     pub fn iter(&self) -> impl Iterator<Item = (Handle<T>, &T)> + '_ {
-        self.table.iter().filter_map(move |raw| {
-            // Tag first (a peek), so other stores' slots are never waited for.
-            if !self.inner.peek_mine(raw) {
-                return None;
-            }
-            let h = Handle::from_raw(raw);
-            self.get(h).map(|v| (h, v))
-        })
+        self.table
+            .slots()
+            .filter_map(move |(index, slot)| match slot.scoped_entry() {
+                Ok((generation, p)) => {
+                    let p = self.inner.owns(p)?;
+                    let h = Handle::from_raw(RawHandle::from_odd(index, generation));
+                    // SAFETY: as in `get`: the scope keeps the value in place and
+                    // unwritten; `owns` checked the tag.
+                    Some((h, unsafe { p.as_ref() }))
+                }
+                Err(Some(generation)) => {
+                    // A writer or the compactor holds it: wait as `get` does (only for a
+                    // value of this store).
+                    let h = Handle::from_raw(RawHandle::from_odd(index, generation));
+                    self.get(h).map(|v| (h, v))
+                }
+                Err(None) => None,
+            })
     }
 
     /// Number of values in the store.
