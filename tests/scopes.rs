@@ -319,3 +319,38 @@ fn compaction_skips_a_store_with_an_open_scope_and_moves_it_after() {
     drop(view);
     heap.free_handle(raw).unwrap();
 }
+
+#[test]
+fn a_panic_inside_a_scope_closes_it() {
+    let s: Store<u64> = Store::new();
+    let h = s.insert(1);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let view = s.read();
+        assert_eq!(view.get(h), Some(&1));
+        panic!("user code panics with a scope open");
+    }));
+    assert!(r.is_err());
+    // The scope closed while unwinding: writers and the compactor go on.
+    *s.try_get_mut(h).unwrap() = 2;
+    assert_eq!(s.try_remove(h), Ok(2));
+}
+
+#[test]
+fn one_scope_shared_by_several_threads() {
+    let s: Store<u64> = Store::new();
+    let hs: Vec<Handle<u64>> = (0..100).map(|i| s.insert(i)).collect();
+    let view = s.read();
+    let sums: Vec<u64> = std::thread::scope(|t| {
+        let workers: Vec<_> = hs
+            .chunks(25)
+            .map(|c| {
+                let view = &view;
+                t.spawn(move || c.iter().map(|&h| *view.get(h).unwrap()).sum::<u64>())
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    assert_eq!(sums.iter().sum::<u64>(), (0..100).sum());
+    drop(view);
+    assert!(s.try_remove(hs[0]).is_ok());
+}

@@ -716,7 +716,7 @@ impl HandleTable {
                 slots
                     .iter()
                     .enumerate()
-                    .map(move |(i, slot)| (start as u32 + i as u32, slot))
+                    .map(move |(i, slot)| (start + i as u32, slot))
             })
     }
 
