@@ -89,7 +89,7 @@ mod guard;
 #[cfg(all(debug_assertions, not(loom)))]
 mod held;
 mod lease;
-pub(crate) mod scope;
+pub mod scope;
 mod slot;
 mod table;
 

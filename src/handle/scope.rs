@@ -1,4 +1,5 @@
-//! Read scopes: many handle reads for one atomic read-modify-write.
+//! Read scopes: many handle reads for one atomic read-modify-write. The protocol behind
+//! [`Store::read`](crate::Store::read); its items are internal.
 //!
 //! A guarded read ([`HandleTable::read`](super::HandleTable::read)) costs two locked
 //! read-modify-writes on the slot word (take and drop the read guard); on x86 each is a
@@ -66,10 +67,21 @@
 //! parking-lot bucket lock, so wake-ups are not lost. Under loom, waits are `yield_now`
 //! loops.
 //!
+//! # What is not here: an `&mut` fast path and a seqlock `get_copy`
+//!
+//! `&mut Store<T>` does not prove exclusivity: stores are `Clone` (clones share the
+//! values) and the compactor may run on another thread, so a get through `&mut self`
+//! would still need the scope check; an exclusive *write* scope would have to exclude
+//! guarded reads too, which would put this fence on every guarded `get`. An optimistic
+//! `get_copy` (read the bytes, then re-check a version) would read bytes a writer may
+//! be writing at the same time: a data race in Rust's memory model unless the copy is
+//! made of atomic loads (no atomic memcpy on stable Rust), and a slot freed meanwhile
+//! may point at a large block that was already unmapped. Neither is done.
+//!
 //! # Groups
 //!
 //! Groups are store tags. Each has one word, on a cache line of its own, in a
-//! process-wide table of lazily allocated segments of 4096 words ([`scopes_of`]), so the mover, which learns a block's tag from the
+//! process-wide table of lazily allocated segments of 4096 words (`scopes_of`), so the mover, which learns a block's tag from the
 //! slot pointer under its move lock, finds the word without knowing the store. Tags are
 //! never reused, so a word never changes owner.
 
@@ -217,7 +229,7 @@ fn wake(_: &Scopes, _: usize) {}
 
 /// The block address of `h` for a reader inside an open scope of its group, waiting
 /// (like a guarded read) while a writer or mover holds the slot: the slow path of
-/// [`try_scoped_get`].
+/// `try_scoped_get`.
 ///
 /// # Errors
 ///
@@ -236,7 +248,7 @@ pub(crate) fn scoped_get(table: &HandleTable, h: RawHandle) -> Result<NonNull<u8
     }
 }
 
-/// [`scoped_get`] that never waits.
+/// `scoped_get` that never waits.
 ///
 /// # Errors
 ///

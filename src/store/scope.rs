@@ -8,24 +8,7 @@
 //! `Busy`). The protocol and its proof are in the `handle::scope` module docs; the loom
 //! models in `handle/loom_scope.rs` check it.
 //!
-//! # Bevy
-//!
-//! A store kept as a resource maps onto scopes like this:
-//!
-//! * `Res<Store<T>>` — a system that reads many values opens one scope at its start:
-//!   `let meshes = meshes.read();` and then `meshes.get(h)` per entity (or
-//!   `meshes.iter()`). The scope lives for the system's run, which is exactly when the
-//!   system holds `&Store<T>`; systems that read the same store in parallel each open
-//!   their own scope (scopes nest and overlap freely).
-//! * `ResMut<Store<T>>` — a system that writes uses `get_mut` per value (one guard
-//!   each), or `insert` / `remove`. Those wait for every open scope of the store, so a
-//!   writing system must not hold a scope of the same store while it writes: close it
-//!   first (debug builds panic if a thread would wait for its own scope). With Bevy's
-//!   scheduler a `ResMut` system never runs beside a `Res` system of the same resource,
-//!   so its writes never wait for another system's scope.
-//! * The compactor (e.g. in a `Last` system or on a background thread) skips the store
-//!   while any scope is open and catches up once they close: keep scopes within one
-//!   system's run, never across frames.
+//! The Bevy mapping is on [`ReadScope`].
 
 use core::marker::PhantomData;
 
@@ -43,6 +26,25 @@ use crate::handle::{Handle, HandleTable, RawHandle};
 ///
 /// A scope is tied to the thread that opened it (it is not `Send`); `&ReadScope` may be
 /// shared with other threads when `T: Sync`.
+///
+/// # Bevy: `Res` and `ResMut`
+///
+/// A store kept as a resource maps onto scopes like this:
+///
+/// * `Res<Store<T>>` — a system that reads many values opens one scope at its start:
+///   `let meshes = meshes.read();` and then `meshes.get(h)` per entity (or
+///   `meshes.iter()`). The scope lives for the system's run, which is exactly when the
+///   system holds `&Store<T>`; systems that read the same store in parallel each open
+///   their own scope (scopes nest and overlap freely).
+/// * `ResMut<Store<T>>` — a system that writes uses `get_mut` per value (one guard
+///   each), or `insert` / `remove`. Those wait for every open scope of the store, so a
+///   writing system must not hold a scope of the same store while it writes: close it
+///   first (debug builds panic if a thread would wait for its own scope). With Bevy's
+///   scheduler a `ResMut` system never runs beside a `Res` system of the same resource,
+///   so its writes never wait for another system's scope.
+/// * The compactor (e.g. in a `Last` system or on a background thread) skips the store
+///   while any scope is open and catches up once they close: keep scopes within one
+///   system's run, never across frames.
 ///
 /// # Examples
 ///
