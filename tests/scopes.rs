@@ -354,3 +354,31 @@ fn one_scope_shared_by_several_threads() {
     drop(view);
     assert!(s.try_remove(hs[0]).is_ok());
 }
+
+/// A thread holding a guarded `Ref` opens a scope while a writer is pending on a scope
+/// that waits for that thread: the step-back for pending writers is bounded, so this
+/// finishes instead of deadlocking (reader → pending writer → open scope → reader).
+#[test]
+fn a_guard_holder_opening_a_scope_does_not_deadlock_with_a_pending_writer() {
+    let s: Store<u64> = Store::new();
+    let h = s.insert(1);
+    let outer = s.read();
+    std::thread::scope(|t| {
+        let writer = t.spawn(|| {
+            *s.get_mut(h).unwrap() = 2;
+        });
+        // Let the writer become pending (correctness does not depend on it).
+        std::thread::sleep(Duration::from_millis(20));
+        let reader = t.spawn(|| {
+            let r = s.get(h).unwrap();
+            let view = s.read();
+            assert_eq!(view.get(h), Some(&*r));
+            *r
+        });
+        assert_eq!(reader.join().unwrap(), 1);
+        assert_eq!(outer.get(h), Some(&1));
+        drop(outer);
+        writer.join().unwrap();
+    });
+    assert_eq!(*s.get(h).unwrap(), 2);
+}

@@ -49,10 +49,14 @@
 //! * A **writer or remover** that sees open scopes releases its slot lock and registers
 //!   as *pending* (the high half of the word). While a writer is pending, a thread that
 //!   opens a scope and holds no other scope steps back (undoes its increment) and waits
-//!   for the pending count to drop, so a stream of overlapping scopes cannot starve
-//!   writers. A thread that already holds a scope (on any group) never steps back, so
-//!   nested scopes cannot deadlock against a pending writer. The `try_` forms never wait:
-//!   they answer `Busy`.
+//!   for the pending count to drop — once, and for at most 2 ms — so a stream of
+//!   overlapping scopes cannot starve writers (a writer waits at most for the scopes
+//!   open when it arrived, unless scopes stay open longer than that). A thread that
+//!   already holds a scope (on any group) never steps back, so nested scopes cannot
+//!   deadlock against a pending writer; the bound on the step-back means a thread that
+//!   holds a guard the pending writer needs cannot deadlock with it either, and a
+//!   pending writer never waits for a slot guard while registered. The `try_` forms
+//!   never wait: they answer `Busy`.
 //! * A **scoped get** that finds `W` or `M` waits for that one guard like a guarded read
 //!   (a mover holds it for one copy; a writer only if it took the slot before the scope
 //!   opened). Hence the rule: a thread must not wait for a write or remove on a group
@@ -117,21 +121,25 @@ impl Scopes {
     }
 
     /// Opens a scope. If a writer is pending and `nested` is false (the calling thread
-    /// holds no other scope), steps back and waits for the pending writers first.
+    /// holds no other scope), steps back once and waits for the pending writers first,
+    /// for at most [`STEP_BACK`] (so a thread that holds a guard a pending writer waits
+    /// for cannot deadlock with it).
     pub(crate) fn open(&self, nested: bool) {
+        let mut step_back = !nested;
         loop {
             let old = self.word.fetch_add(1, Relaxed);
             assert!(
                 old & READERS != READERS,
                 "tidyheap: too many read scopes open on one store"
             );
-            if nested || old & !READERS == 0 {
+            if !step_back || old & !READERS == 0 {
                 // F_r: orders the increment before every slot load of the scope.
                 crate::sync::fence(SeqCst);
                 return;
             }
             self.close();
-            self.wait(|w| w & !READERS != 0, 1);
+            self.wait(|w| w & !READERS != 0, 1, true);
+            step_back = false;
         }
     }
 
@@ -161,18 +169,37 @@ impl Scopes {
 
     /// Waits until no scope is open (the caller is pending).
     fn wait_drained(&self) {
-        self.wait(|w| w & READERS != 0, 0);
+        self.wait(|w| w & READERS != 0, 0, false);
     }
 
-    /// Waits while `busy(word)`: spins briefly, then parks on key `which`.
-    fn wait(&self, busy: impl Fn(u64) -> bool, which: usize) {
+    /// Waits while `busy(word)`: spins briefly, then parks on key `which`; if
+    /// `bounded`, gives up after [`STEP_BACK`] (under loom: after a few yields).
+    fn wait(&self, busy: impl Fn(u64) -> bool, which: usize, bounded: bool) {
         let mut backoff = crate::sync::Backoff::new();
+        #[cfg(not(loom))]
+        let deadline = bounded.then(|| std::time::Instant::now() + STEP_BACK);
+        #[cfg(loom)]
+        let mut rounds = 0u32;
+        #[cfg(loom)]
+        let _ = which;
         while busy(self.word.load(Acquire)) {
+            #[cfg(not(loom))]
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return;
+            }
+            #[cfg(loom)]
+            {
+                rounds += 1;
+                if bounded && rounds > 2 {
+                    return;
+                }
+            }
             if cfg!(loom) || !backoff.is_completed() {
                 backoff.snooze();
                 continue;
             }
-            park(self, which, || busy(self.word.load(Relaxed)));
+            #[cfg(not(loom))]
+            park(self, which, || busy(self.word.load(Relaxed)), deadline);
         }
     }
 }
@@ -189,14 +216,24 @@ impl Drop for Pending<'_> {
     }
 }
 
+/// The longest a scope opener steps back for pending writers (see [`Scopes::open`]).
 #[cfg(not(loom))]
-fn park(scopes: &Scopes, which: usize, validate: impl Fn() -> bool) {
+const STEP_BACK: std::time::Duration = std::time::Duration::from_millis(2);
+
+#[cfg(not(loom))]
+fn park(
+    scopes: &Scopes,
+    which: usize,
+    validate: impl Fn() -> bool,
+    deadline: Option<std::time::Instant>,
+) {
     let key = core::ptr::from_ref(scopes).addr() + which;
     // SAFETY:
     // - the key is the word's address (+0 or +1): words live for the process (segments
     //   are leaked) and nothing else parks on these addresses (slots use their own,
     //   16-byte aligned, addresses in the table's segments);
-    // - `validate` only loads an atomic; `before_sleep` and `timed_out` do nothing.
+    // - `validate` only loads an atomic; `before_sleep` and `timed_out` do nothing;
+    // - a timeout (the deadline) only returns early: callers re-check and loop.
     unsafe {
         parking_lot_core::park(
             key,
@@ -204,14 +241,9 @@ fn park(scopes: &Scopes, which: usize, validate: impl Fn() -> bool) {
             || {},
             |_, _| {},
             parking_lot_core::DEFAULT_PARK_TOKEN,
-            None,
+            deadline,
         );
     }
-}
-
-#[cfg(loom)]
-fn park(_: &Scopes, _: usize, _: impl Fn() -> bool) {
-    loom::thread::yield_now();
 }
 
 #[cfg(not(loom))]
@@ -293,10 +325,15 @@ fn write_scoped_for<'a>(
 ) -> Result<SlotWrite<'a>, HandleError> {
     let mut pending = None;
     loop {
-        let g = if wait {
-            table.write_for(h, for_remove)?
-        } else {
-            table.try_write(h)?
+        let g = match table.try_write(h) {
+            Ok(g) => g,
+            Err(HandleError::Busy) if wait => {
+                // Never wait for a guard while pending: its holder may be a thread that
+                // is stepping back for us in `Scopes::open`.
+                pending = None;
+                table.write_for(h, for_remove)?
+            }
+            Err(e) => return Err(e),
         };
         if scopes.admits_writer() {
             return Ok(g);
