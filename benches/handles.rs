@@ -8,13 +8,23 @@
 //!   - `tidyheap_store`: `Store<u64>::get` → `Ref` deref (resolve + shared guard + tag check);
 //!   - `tidyheap_raw`: `Heap::read` on 8-byte raw handles (resolve + guard + block length
 //!     lookup in the span's side table);
+//!   - `tidyheap_scoped`: `Store<u64>::read()` once per `BATCH` gets, then
+//!     `ReadScope::get` (resolve + generation check + tag check, no atomic RMW);
 //!   - `slotmap`: `SlotMap<DefaultKey, u64>::get`;
+//!   - `slotmap_box`: `SlotMap<DefaultKey, Box<u64>>::get` (our memory topology: the
+//!     value behind a pointer in the slot);
+//!   - `thunderdome`, `generational_arena`, `slab`: the other containers users pick
+//!     (`slab` has no generation check);
 //!   - `raw_ptr`: dereference of a `Vec<Box<u64>>` entry (the floor: no resolution).
 //! * `handle_insert_remove/<peer>/<live>`: `BATCH` inserts then `BATCH` removes, on top
 //!   of `live` (10 000) entries; one element = one insert + remove pair. `box` (system
 //!   allocator `Box::new` + drop) is a reference point.
 //!
-//! Throughput is in elements (gets or pairs). Run with `cargo bench --bench handles`;
+//! * `handle_iterate/<peer>/<live>`: sum every value of a container of `live` (10 000)
+//!   entries; `tidyheap_scoped_shared_heap` iterates a store whose heap also holds
+//!   another store of the same size.
+//!
+//! Throughput is in elements (gets, pairs or items). Run with `cargo bench --bench handles`;
 //! `cargo test --bench handles` runs each benchmark once on small sizes.
 
 use std::hint::black_box;
@@ -69,6 +79,17 @@ fn handle_get(c: &mut Criterion, sizes: &[usize], order_len: usize) {
                 sum
             })
         });
+        group.bench_function(BenchmarkId::new("tidyheap_scoped", n), |b| {
+            bench_ring(b, &order, |idx| {
+                let view = store.read();
+                let mut sum = 0u64;
+                for &i in idx {
+                    let h = black_box(store_handles[i as usize]);
+                    sum = sum.wrapping_add(*view.get(h).expect("live handle"));
+                }
+                sum
+            })
+        });
         drop(store_handles);
         drop(store);
 
@@ -105,6 +126,66 @@ fn handle_get(c: &mut Criterion, sizes: &[usize], order_len: usize) {
         });
         drop(keys);
         drop(sm);
+
+        let mut smb: SlotMap<DefaultKey, Box<u64>> = SlotMap::with_capacity(n);
+        let keys: Vec<DefaultKey> = (0..n as u64).map(|i| smb.insert(Box::new(i))).collect();
+        group.bench_function(BenchmarkId::new("slotmap_box", n), |b| {
+            bench_ring(b, &order, |idx| {
+                let mut sum = 0u64;
+                for &i in idx {
+                    let k = black_box(keys[i as usize]);
+                    sum = sum.wrapping_add(**smb.get(k).expect("live key"));
+                }
+                sum
+            })
+        });
+        drop(keys);
+        drop(smb);
+
+        let mut td = thunderdome::Arena::with_capacity(n);
+        let keys: Vec<thunderdome::Index> = (0..n as u64).map(|i| td.insert(i)).collect();
+        group.bench_function(BenchmarkId::new("thunderdome", n), |b| {
+            bench_ring(b, &order, |idx| {
+                let mut sum = 0u64;
+                for &i in idx {
+                    let k = black_box(keys[i as usize]);
+                    sum = sum.wrapping_add(*td.get(k).expect("live key"));
+                }
+                sum
+            })
+        });
+        drop(keys);
+        drop(td);
+
+        let mut ga = generational_arena::Arena::with_capacity(n);
+        let keys: Vec<generational_arena::Index> = (0..n as u64).map(|i| ga.insert(i)).collect();
+        group.bench_function(BenchmarkId::new("generational_arena", n), |b| {
+            bench_ring(b, &order, |idx| {
+                let mut sum = 0u64;
+                for &i in idx {
+                    let k = black_box(keys[i as usize]);
+                    sum = sum.wrapping_add(*ga.get(k).expect("live key"));
+                }
+                sum
+            })
+        });
+        drop(keys);
+        drop(ga);
+
+        let mut sl = slab::Slab::with_capacity(n);
+        let keys: Vec<usize> = (0..n as u64).map(|i| sl.insert(i)).collect();
+        group.bench_function(BenchmarkId::new("slab", n), |b| {
+            bench_ring(b, &order, |idx| {
+                let mut sum = 0u64;
+                for &i in idx {
+                    let k = black_box(keys[i as usize]);
+                    sum = sum.wrapping_add(*sl.get(k).expect("live key"));
+                }
+                sum
+            })
+        });
+        drop(keys);
+        drop(sl);
 
         let boxes: Vec<Box<u64>> = (0..n as u64).map(Box::new).collect();
         group.bench_function(BenchmarkId::new("raw_ptr", n), |b| {
@@ -176,6 +257,72 @@ fn handle_insert_remove(c: &mut Criterion, background: usize) {
         })
     });
 
+    let mut smb: SlotMap<DefaultKey, Box<u64>> = SlotMap::new();
+    let _keep_smb: Vec<DefaultKey> = (0..background as u64)
+        .map(|i| smb.insert(Box::new(i)))
+        .collect();
+    group.bench_function(BenchmarkId::new("slotmap_box", background), |b| {
+        b.iter(|| {
+            for i in 0..BATCH as u64 {
+                keys.push(smb.insert(Box::new(black_box(i))));
+            }
+            let mut sum = 0u64;
+            for k in keys.drain(..) {
+                sum = sum.wrapping_add(*smb.remove(k).expect("live key"));
+            }
+            sum
+        })
+    });
+
+    let mut td = thunderdome::Arena::new();
+    let _keep_td: Vec<thunderdome::Index> = (0..background as u64).map(|i| td.insert(i)).collect();
+    let mut tdk: Vec<thunderdome::Index> = Vec::with_capacity(BATCH);
+    group.bench_function(BenchmarkId::new("thunderdome", background), |b| {
+        b.iter(|| {
+            for i in 0..BATCH as u64 {
+                tdk.push(td.insert(black_box(i)));
+            }
+            let mut sum = 0u64;
+            for k in tdk.drain(..) {
+                sum = sum.wrapping_add(td.remove(k).expect("live key"));
+            }
+            sum
+        })
+    });
+
+    let mut ga = generational_arena::Arena::new();
+    let _keep_ga: Vec<generational_arena::Index> =
+        (0..background as u64).map(|i| ga.insert(i)).collect();
+    let mut gak: Vec<generational_arena::Index> = Vec::with_capacity(BATCH);
+    group.bench_function(BenchmarkId::new("generational_arena", background), |b| {
+        b.iter(|| {
+            for i in 0..BATCH as u64 {
+                gak.push(ga.insert(black_box(i)));
+            }
+            let mut sum = 0u64;
+            for k in gak.drain(..) {
+                sum = sum.wrapping_add(ga.remove(k).expect("live key"));
+            }
+            sum
+        })
+    });
+
+    let mut sl = slab::Slab::new();
+    let _keep_sl: Vec<usize> = (0..background as u64).map(|i| sl.insert(i)).collect();
+    let mut slk: Vec<usize> = Vec::with_capacity(BATCH);
+    group.bench_function(BenchmarkId::new("slab", background), |b| {
+        b.iter(|| {
+            for i in 0..BATCH as u64 {
+                slk.push(sl.insert(black_box(i)));
+            }
+            let mut sum = 0u64;
+            for k in slk.drain(..) {
+                sum = sum.wrapping_add(sl.remove(k));
+            }
+            sum
+        })
+    });
+
     let mut boxes: Vec<Box<u64>> = Vec::with_capacity(BATCH);
     group.bench_function(BenchmarkId::new("box", background), |b| {
         b.iter(|| {
@@ -192,6 +339,78 @@ fn handle_insert_remove(c: &mut Criterion, background: usize) {
     group.finish();
 }
 
+fn handle_iterate(c: &mut Criterion, n: usize) {
+    let mut group = c.benchmark_group("handle_iterate");
+    group.throughput(Throughput::Elements(n as u64));
+
+    let store: Store<u64> = Store::new();
+    for i in 0..n as u64 {
+        store.insert(i);
+    }
+    group.bench_function(BenchmarkId::new("tidyheap_store", n), |b| {
+        b.iter(|| store.iter().fold(0u64, |s, (_, v)| s.wrapping_add(*v)))
+    });
+    group.bench_function(BenchmarkId::new("tidyheap_scoped", n), |b| {
+        b.iter(|| {
+            let view = store.read();
+            view.iter().fold(0u64, |s, (_, v)| s.wrapping_add(*v))
+        })
+    });
+    let other: Store<u64> = Store::new_in(store.heap().clone());
+    for i in 0..n as u64 {
+        other.insert(i);
+    }
+    group.bench_function(BenchmarkId::new("tidyheap_scoped_shared_heap", n), |b| {
+        b.iter(|| {
+            let view = store.read();
+            view.iter().fold(0u64, |s, (_, v)| s.wrapping_add(*v))
+        })
+    });
+    drop(other);
+    drop(store);
+
+    let mut sm: SlotMap<DefaultKey, u64> = SlotMap::new();
+    let mut smb: SlotMap<DefaultKey, Box<u64>> = SlotMap::new();
+    let mut td = thunderdome::Arena::new();
+    let mut ga = generational_arena::Arena::new();
+    let mut sl = slab::Slab::new();
+    for i in 0..n as u64 {
+        sm.insert(i);
+        smb.insert(Box::new(i));
+        td.insert(i);
+        ga.insert(i);
+        sl.insert(i);
+    }
+    group.bench_function(BenchmarkId::new("slotmap", n), |b| {
+        b.iter(|| sm.values().fold(0u64, |s, v| s.wrapping_add(*black_box(v))))
+    });
+    group.bench_function(BenchmarkId::new("slotmap_box", n), |b| {
+        b.iter(|| {
+            smb.values()
+                .fold(0u64, |s, v| s.wrapping_add(**black_box(v)))
+        })
+    });
+    group.bench_function(BenchmarkId::new("thunderdome", n), |b| {
+        b.iter(|| {
+            td.iter()
+                .fold(0u64, |s, (_, v)| s.wrapping_add(*black_box(v)))
+        })
+    });
+    group.bench_function(BenchmarkId::new("generational_arena", n), |b| {
+        b.iter(|| {
+            ga.iter()
+                .fold(0u64, |s, (_, v)| s.wrapping_add(*black_box(v)))
+        })
+    });
+    group.bench_function(BenchmarkId::new("slab", n), |b| {
+        b.iter(|| {
+            sl.iter()
+                .fold(0u64, |s, (_, v)| s.wrapping_add(*black_box(v)))
+        })
+    });
+    group.finish();
+}
+
 fn main() {
     let bench = bench_mode();
     let mut c = Criterion::default()
@@ -202,9 +421,11 @@ fn main() {
     if bench {
         handle_get(&mut c, &[10_000, 100_000, 1_000_000], 1 << 20);
         handle_insert_remove(&mut c, 10_000);
+        handle_iterate(&mut c, 10_000);
     } else {
         handle_get(&mut c, &[1_000], 4 * BATCH);
         handle_insert_remove(&mut c, 100);
+        handle_iterate(&mut c, 100);
     }
     c.final_summary();
 }

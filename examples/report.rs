@@ -317,7 +317,9 @@ fn handle_rows(t: &mut Table) {
     let hs: Vec<Handle<u64>> = (0..LIVE as u64).map(|i| store.insert(i)).collect();
     let mut sm: SlotMap<DefaultKey, u64> = SlotMap::with_capacity(LIVE);
     let keys: Vec<DefaultKey> = (0..LIVE as u64).map(|i| sm.insert(i)).collect();
-    let [tidy, slot] = interleaved(
+    let mut smb: SlotMap<DefaultKey, Box<u64>> = SlotMap::with_capacity(LIVE);
+    let box_keys: Vec<DefaultKey> = (0..LIVE as u64).map(|i| smb.insert(Box::new(i))).collect();
+    let [tidy, scoped, slot, slot_box] = interleaved(
         7,
         &mut [
             &mut || {
@@ -332,16 +334,56 @@ fn handle_rows(t: &mut Table) {
             &mut || {
                 let start = Instant::now();
                 let mut sum = 0u64;
+                // One scope per 1024 gets, as a system would take one per run.
+                for chunk in order.chunks(1024) {
+                    let view = store.read();
+                    for &i in chunk {
+                        sum = sum.wrapping_add(*view.get(black_box(hs[i])).expect("live"));
+                    }
+                }
+                black_box(sum);
+                ns_per(start.elapsed(), order.len())
+            },
+            &mut || {
+                let start = Instant::now();
+                let mut sum = 0u64;
                 for &i in &order {
                     sum = sum.wrapping_add(*sm.get(black_box(keys[i])).expect("live"));
                 }
                 black_box(sum);
                 ns_per(start.elapsed(), order.len())
             },
+            &mut || {
+                let start = Instant::now();
+                let mut sum = 0u64;
+                for &i in &order {
+                    sum = sum.wrapping_add(**smb.get(black_box(box_keys[i])).expect("live"));
+                }
+                black_box(sum);
+                ns_per(start.elapsed(), order.len())
+            },
         ],
     )[..] else {
-        unreachable!("two closures")
+        unreachable!("four closures")
     };
+    t.add(
+        "slotmap",
+        "handle_get scoped (Store::read), 100k live, random",
+        "time per get",
+        Better::Lower,
+        Unit::Ns,
+        scoped,
+        slot,
+    );
+    t.add(
+        "slotmap_box",
+        "handle_get scoped vs SlotMap<K, Box<u64>>, 100k live",
+        "time per get",
+        Better::Lower,
+        Unit::Ns,
+        scoped,
+        slot_box,
+    );
     t.add(
         "slotmap",
         "handle_get, 100k live, random",
@@ -351,7 +393,7 @@ fn handle_rows(t: &mut Table) {
         tidy,
         slot,
     );
-    drop((hs, keys, store, sm));
+    drop((hs, keys, box_keys, store, sm, smb));
 
     const BATCH: usize = 1024;
     const REPS: usize = 20;

@@ -44,4 +44,4 @@ pub use shm::{ShmArena, ShmError, ShmHandle, ShmPod, ShmStats};
 pub use stats::{
     ArenaStats, CentralCounters, HeapStats, HeapWalk, NodeStats, NumaStats, PoolCounters,
 };
-pub use store::{Owned, Ref, RefMut, Shared, Store};
+pub use store::{Owned, ReadScope, Ref, RefMut, Shared, Store};

@@ -63,6 +63,7 @@ use std::sync::atomic::Ordering;
 
 #[cfg(feature = "events")]
 use crate::events::Pool;
+use crate::handle::scope::{self, remove_scoped, scopes_of};
 use crate::handle::{RawHandle, SlotPin, SlotRead, SlotWrite};
 use crate::heap::{Heap, layout_for};
 use crate::pool::heap::HeapInner;
@@ -366,7 +367,14 @@ impl Heap {
         if peek_tag(slot.ptr()) != Some(tag) {
             return Err(HandleError::Stale);
         }
-        let tagged = if wait {
+        let tagged = if tag != RAW_TAG {
+            // A store's value: not while a read scope of the store is open.
+            remove_scoped(table, scopes_of(tag), h, wait, || {
+                scope::mine::check(tag, &|| {
+                    format!("removing {h:?} (remove / dropping an Owned)")
+                });
+            })?
+        } else if wait {
             table.remove(h)?
         } else {
             table.try_remove(h)?
@@ -525,6 +533,10 @@ impl Heap {
             })?;
         if mv.handle() != h {
             return Err(HandleError::Stale);
+        }
+        // Never under an open read scope of the block's store (module `handle::scope`).
+        if tag != RAW_TAG && !scopes_of(tag).admits_writer() {
+            return Err(HandleError::Busy);
         }
         // SAFETY: we hold the move lock on a live large movable block.
         let (len, header) = unsafe { large_header_of(block) };

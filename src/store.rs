@@ -22,6 +22,18 @@
 //! [`HandleError::Busy`] instead. The same holds for dropping an [`Owned`] (or the last
 //! [`Shared`]) while this thread holds a guard on its value.
 //!
+//! # Read scopes
+//!
+//! [`Store::read`] opens a [`ReadScope`]: one atomic add, then every
+//! [`ReadScope::get`] and [`ReadScope::iter`] item costs plain loads, no atomic
+//! read-modify-write. While any scope of the store is open, its values do not move or
+//! change: the compactor skips them, and `get_mut` / `remove` (and dropping an
+//! [`Owned`] or the last [`Shared`]) wait for every open scope of the store — so a
+//! thread must not call them while it holds a scope of the same store (debug builds
+//! panic; release builds deadlock; the `try_` forms answer `Busy`), nor hold a
+//! [`RefMut`] while waiting for another write or remove (a scope may be waiting for
+//! that `RefMut`). See [`ReadScope`] for how Bevy's `Res` / `ResMut` map onto scopes.
+//!
 //! Values are moved by the compactor with a plain byte copy, which is how Rust moves
 //! every value; stores never hand out `Pin<&mut T>`.
 
@@ -33,9 +45,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::HandleError;
+use crate::handle::scope::{mine, scopes_of, write_scoped};
 use crate::handle::{Handle, RawHandle, SlotRead, SlotWrite};
 use crate::heap::Heap;
 use crate::movable::{MAX_TAG, Tag, new_store_tag, peek_tag, skip_store_tags_to, untag};
+
+mod scope;
+pub use scope::ReadScope;
 
 /// The most stores one process can ever create (2^20 − 1 = 1 048 575), counting every
 /// heap; see the [module docs](self).
@@ -393,13 +409,27 @@ impl<T: Send + Sync> Store<T> {
     /// assert_eq!(*s.get(h).unwrap(), "ab");
     /// ```
     pub fn get_mut(&self, h: Handle<T>) -> Option<RefMut<'_, T>> {
-        let table = self.inner.heap.handles();
-        let g = match table.try_write(h.raw()) {
+        let g = match self.write_guard(h, false) {
             Ok(g) => g,
-            Err(HandleError::Busy) if self.inner.peek_mine(h.raw()) => table.write(h.raw()).ok()?,
+            Err(HandleError::Busy) if self.inner.peek_mine(h.raw()) => {
+                self.write_guard(h, true).ok()?
+            }
             Err(_) => return None,
         };
         self.make_mut(g).ok()
+    }
+
+    /// The write guard of `h` once no read scope of this store is open (module
+    /// `handle::scope`), waiting for guards and scopes if `wait`.
+    fn write_guard(&self, h: Handle<T>, wait: bool) -> Result<SlotWrite<'_>, HandleError> {
+        let tag = self.inner.tag;
+        write_scoped(
+            self.inner.heap.handles(),
+            scopes_of(tag),
+            h.raw(),
+            wait,
+            || mine::check(tag, &|| format!("Store::get_mut({h:?})")),
+        )
     }
 
     /// Like [`Store::get_mut`], but never waits.
@@ -422,7 +452,7 @@ impl<T: Send + Sync> Store<T> {
     /// # Ok::<(), HandleError>(())
     /// ```
     pub fn try_get_mut(&self, h: Handle<T>) -> Result<RefMut<'_, T>, HandleError> {
-        let g = self.inner.heap.handles().try_write(h.raw())?;
+        let g = self.write_guard(h, false)?;
         self.make_mut(g)
     }
 

@@ -325,6 +325,50 @@ impl<T: Value> TypedModel<T> {
         }
     }
 
+    /// A read scope (issue 10): values and addresses of all live values match the model and
+    /// stay put through a compaction pass run inside the scope (the compactor skips the
+    /// store); stale handles stay stale; writers and removers answer `Busy`.
+    fn scoped(&self, rng: &mut SmallRng) -> String {
+        let view = self.store.read();
+        // Every live value: the pass below may pick any of their spans.
+        let sample: Vec<usize> = (0..self.live.len()).collect();
+        let seen: Vec<*const T> = sample
+            .iter()
+            .map(|&i| {
+                let (h, want) = &self.live[i];
+                let got = view
+                    .get(*h)
+                    .unwrap_or_else(|| panic!("{}: scoped get({h:?}) of a live handle", self.name));
+                assert_eq!(got, want, "{}: scoped value of {h:?} differs", self.name);
+                core::ptr::from_ref(got)
+            })
+            .collect();
+        if let Some(&g) = self.grave.last() {
+            assert!(
+                view.get(g).is_none(),
+                "{}: stale {g:?} resolves in a scope",
+                self.name
+            );
+        }
+        let h = self.live[sample[0]].0;
+        assert_eq!(self.store.try_get_mut(h).err(), Some(HandleError::Busy));
+        assert_eq!(self.store.try_remove(h).err(), Some(HandleError::Busy));
+        self.store
+            .heap()
+            .compact(Budget::blocks(rng.gen_range(64..512)));
+        for (&i, &p) in sample.iter().zip(&seen) {
+            let (h, want) = &self.live[i];
+            let got = view.get(*h).expect("still live");
+            assert!(
+                core::ptr::eq(got, p),
+                "{}: {h:?} moved while a read scope was open",
+                self.name
+            );
+            assert_eq!(got, want, "{}: {h:?} changed in a scope", self.name);
+        }
+        format!("{}.read() + compact", self.name)
+    }
+
     fn addr(&self, h: Handle<T>) -> usize {
         let r = self.store.get(h).expect("live");
         let a: *const T = &*r;
@@ -373,7 +417,8 @@ impl<T: Value> StoreModel for TypedModel<T> {
                 got.clone_from(want);
                 format!("{}.get_mut({h:?})", self.name)
             }
-            70..75 if n > 0 => {
+            70..73 if n > 0 => self.scoped(rng),
+            73..75 if n > 0 => {
                 let i = rng.gen_range(0..n);
                 let (h, want) = &self.live[i];
                 let g = self.store.try_get(*h).unwrap_or_else(|e| {

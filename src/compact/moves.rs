@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! reserve   one target block per candidate, under the target's arena lock
-//! per block owner check → try_lock_move (never waits) → owner re-check under the lock
+//! per block owner check → try_lock_move (never waits) → no read scope open on the
+//!           block's store (else skip: `handle::scope`) → owner re-check under the lock
 //!           → copy → new side-table entry → slot ← new → old entry cleared → unlock
 //! return    reserved blocks left unused go home to their targets; the old copies go
 //!           home to the source under one lock; the live counts change once
@@ -23,9 +24,10 @@ use std::sync::atomic::Ordering;
 use super::{MoveEvent, Planned};
 #[cfg(feature = "events")]
 use crate::events::Pool;
+use crate::handle::scope::scopes_of;
 use crate::handle::{HandleTable, MoveSkip};
 use crate::heap::Heap;
-use crate::movable::{tag_ptr, untag};
+use crate::movable::{RAW_TAG, tag_ptr, untag};
 use crate::pool::span::Span;
 use crate::size_class;
 
@@ -203,6 +205,11 @@ impl Heap {
             return Err(MoveSkip::Gone);
         }
         let mut mv = table.try_lock_move(index, tagged)?;
+        // A store's block is not moved while a read scope of the store is open: checked
+        // after taking the move lock (module `handle::scope`); dropping `mv` unlocks.
+        if tag != RAW_TAG && !scopes_of(tag).admits_writer() {
+            return Err(MoveSkip::Busy);
+        }
         // SAFETY: movable span (we scan it), valid index.
         let meta = unsafe { source.meta(i) };
         // An allocation publishes its owner last: until then the block is not ours to move.

@@ -234,6 +234,20 @@ impl<'a> SlotWrite<'a> {
     }
 }
 
+impl SlotWrite<'_> {
+    /// Gives the guard up without unlocking: the caller vacated the slot with
+    /// `Slot::vacate_written`, which released the write lock in the same atomic.
+    #[inline]
+    pub(crate) fn forget_vacated(self) {
+        let this = core::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again, so its debug record (the only
+        // field with a destructor) is moved out and dropped exactly once here.
+        #[cfg(all(debug_assertions, not(tidyheap_loom)))]
+        drop(unsafe { core::ptr::read(&this._held) });
+        let _ = &this;
+    }
+}
+
 impl<'a> SlotPin<'a> {
     /// Wraps a pin the caller holds on `slot`.
     ///

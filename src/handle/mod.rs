@@ -89,9 +89,12 @@ mod guard;
 #[cfg(all(debug_assertions, not(tidyheap_loom)))]
 mod held;
 mod lease;
+pub mod scope;
 mod slot;
 mod table;
 
+#[cfg(all(test, tidyheap_loom))]
+mod loom_scope;
 #[cfg(all(test, tidyheap_loom))]
 mod loom_tests;
 

@@ -453,6 +453,34 @@ impl HandleTable {
         Ok(block)
     }
 
+    /// Frees the slot of `guard`, a write guard on `h`, and returns the block address:
+    /// the remove of a value that read scopes may see (see `handle::scope`), which takes
+    /// the write guard first, checks the scopes, and only then vacates. On `Busy` (a pin
+    /// is held) nothing changed and the guard is handed back.
+    pub(crate) fn remove_written<'a>(
+        &'a self,
+        h: RawHandle,
+        guard: SlotWrite<'a>,
+    ) -> Result<NonNull<u8>, SlotWrite<'a>> {
+        let slot = guard.slot();
+        debug_assert_eq!(slot.generation(), h.generation().get());
+        // SAFETY:
+        // - `guard` is the write guard on this slot at `h`'s generation; on success the
+        //   guard is given up below without unlocking (the vacate released it).
+        let (block, retired) = match unsafe { slot.vacate_written(h.generation().get()) } {
+            Ok(r) => r,
+            Err(_) => return Err(guard),
+        };
+        guard.forget_vacated();
+        self.counters.len.fetch_sub(1, Relaxed);
+        if retired {
+            self.counters.retired.fetch_add(1, Relaxed);
+        } else {
+            self.push_free(h.index(), slot);
+        }
+        Ok(block)
+    }
+
     /// A shared guard on `h`'s block, waiting while a writer or the compactor holds it.
     ///
     /// The hot path is the slot lookup, one compare-exchange, and one Acquire load of the
@@ -516,6 +544,17 @@ impl HandleTable {
     /// or write guard on this block.
     #[inline]
     pub fn write(&self, h: RawHandle) -> Result<SlotWrite<'_>, HandleError> {
+        self.write_for(h, false)
+    }
+
+    /// [`write`](Self::write); `for_remove` says the guard is taken to remove the value
+    /// (the debug builds' self-deadlock panic then names a remove).
+    #[inline]
+    pub(crate) fn write_for(
+        &self,
+        h: RawHandle,
+        for_remove: bool,
+    ) -> Result<SlotWrite<'_>, HandleError> {
         let slot = self.get(h).ok_or(HandleError::Stale)?;
         let generation = h.generation().get();
         if let Err(e) = slot.try_write(generation) {
@@ -523,7 +562,17 @@ impl HandleTable {
                 return Err(e);
             }
             #[cfg(all(debug_assertions, not(tidyheap_loom)))]
-            held::check(slot, h, Want::Write);
+            held::check(
+                slot,
+                h,
+                if for_remove {
+                    Want::Remove
+                } else {
+                    Want::Write
+                },
+            );
+            #[cfg(not(all(debug_assertions, not(tidyheap_loom))))]
+            let _ = for_remove;
             slot.write(generation)?;
         }
         // SAFETY:
@@ -640,6 +689,35 @@ impl HandleTable {
             next: 0,
             end: self.counters.issued.load(Acquire),
         }
+    }
+
+    /// Every issued slot with its index, walking the installed segments as slices (no
+    /// per-index segment lookup): the scan behind scoped iteration. Slots issued after
+    /// the call may or may not be visited.
+    pub(crate) fn slots(&self) -> impl Iterator<Item = (u32, &Slot)> + '_ {
+        let end = u64::from(self.counters.issued.load(Acquire));
+        (0..SEGMENTS)
+            .take_while(move |&seg| segment_start(seg) < end)
+            .filter_map(move |seg| {
+                let start = segment_start(seg);
+                let base = self.segments[seg].load(Acquire);
+                if base.is_null() {
+                    return None;
+                }
+                let len = (segment_len(seg) as u64).min(end - start) as usize;
+                // SAFETY:
+                // - `base` is an installed segment of `segment_len(seg) >= len` initialised
+                //   slots (published by the installing CAS, which we Acquired), freed only
+                //   when the table drops, so they outlive `&self`.
+                let slots = unsafe { core::slice::from_raw_parts(base, len) };
+                Some((start as u32, slots))
+            })
+            .flat_map(|(start, slots)| {
+                slots
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, slot)| (start + i as u32, slot))
+            })
     }
 
     /// Pops the most recently freed slot, which the caller then owns.

@@ -1,0 +1,266 @@
+//! Read scopes over a store: [`Store::read`] and [`ReadScope`].
+//!
+//! A scope is taken once (one atomic add on the store's scope word) and then resolves
+//! any number of handles with plain loads: the slot lookup, a generation check on the
+//! slot's state word, one load of the address and the tag check. While it is open, no
+//! value of the store moves, changes or is freed: the compactor skips the store's blocks,
+//! and `get_mut` / `remove` wait for the scope to close (their `try_` forms answer
+//! `Busy`). The protocol and its proof are in the `handle::scope` module docs; the loom
+//! models in `handle/loom_scope.rs` check it.
+//!
+//! The Bevy mapping is on [`ReadScope`].
+
+use core::marker::PhantomData;
+
+use super::{Store, StoreInner};
+use crate::HandleError;
+use crate::handle::scope::{Scopes, mine, scoped_get, scopes_of, try_scoped_get};
+use crate::handle::{Handle, HandleTable, RawHandle};
+
+/// An open read scope of a [`Store`]: resolves handles to `&T` with no atomic
+/// read-modify-write per get. Made by [`Store::read`]; closes when dropped.
+///
+/// While it lives, the store's values neither move nor change nor are freed: the
+/// compactor skips them, and [`Store::get_mut`] / [`Store::remove`] (and dropping an
+/// [`Owned`](super::Owned)) wait for it to close. Inserting does not wait.
+///
+/// A scope is tied to the thread that opened it (it is not `Send`); `&ReadScope` may be
+/// shared with other threads when `T: Sync`.
+///
+/// # Bevy: `Res` and `ResMut`
+///
+/// A store kept as a resource maps onto scopes like this:
+///
+/// * `Res<Store<T>>` — a system that reads many values opens one scope at its start:
+///   `let meshes = meshes.read();` and then `meshes.get(h)` per entity (or
+///   `meshes.iter()`). The scope lives for the system's run, which is exactly when the
+///   system holds `&Store<T>`; systems that read the same store in parallel each open
+///   their own scope (scopes nest and overlap freely).
+/// * `ResMut<Store<T>>` — a system that writes uses `get_mut` per value (one guard
+///   each), or `insert` / `remove`. Those wait for every open scope of the store, so a
+///   writing system must not hold a scope of the same store while it writes: close it
+///   first (debug builds panic if a thread would wait for its own scope). With Bevy's
+///   scheduler a `ResMut` system never runs beside a `Res` system of the same resource,
+///   so its writes never wait for another system's scope.
+/// * The compactor (e.g. in a `Last` system or on a background thread) skips the store
+///   while any scope is open and catches up once they close: keep scopes within one
+///   system's run, never across frames.
+///
+/// # Examples
+///
+/// ```
+/// let s = tidyheap::Store::new();
+/// let hs: Vec<_> = (0..4u64).map(|i| s.insert(i * 10)).collect();
+/// let view = s.read();
+/// let sum: u64 = hs.iter().map(|&h| *view.get(h).unwrap()).sum();
+/// assert_eq!(sum, 60);
+/// drop(view); // close it before writing
+/// *s.get_mut(hs[0]).unwrap() += 1;
+/// ```
+#[must_use = "the scope closes when dropped"]
+pub struct ReadScope<'a, T> {
+    inner: &'a StoreInner<T>,
+    table: &'a HandleTable,
+    scopes: &'static Scopes,
+    /// Not `Send`: the thread's record of its open scopes must see the close.
+    _not_send: PhantomData<*const ()>,
+}
+
+// SAFETY: sharing `&ReadScope` gives other threads `&T`s of values that stay put and
+// unchanged while the scope lives (the scope protocol), which `T: Sync` allows; the
+// scope itself is only closed by its owner's drop.
+unsafe impl<T: Sync> Sync for ReadScope<'_, T> {}
+
+impl<T> Store<T> {
+    /// Opens a read scope: after one atomic add here, every [`ReadScope::get`] is plain
+    /// loads. See [`ReadScope`].
+    ///
+    /// Waits, if a `get_mut` or `remove` of this store is waiting for scopes to close
+    /// and this thread holds no other scope, until that writer is through (so writers
+    /// are not starved).
+    ///
+    /// Do not call [`Store::get_mut`] or [`Store::remove`] of this store while the
+    /// scope is open on this thread: they wait for every scope to close, the thread's own
+    /// included (debug builds panic; the `try_` forms answer `Busy`).
+    ///
+    /// # Panics
+    ///
+    /// If 2^32 − 1 scopes of the store are open at once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let s = tidyheap::Store::new();
+    /// let h = s.insert(String::from("mesh"));
+    /// let view = s.read();
+    /// assert_eq!(view.get(h).map(String::as_str), Some("mesh"));
+    /// assert!(s.try_get_mut(h).is_err()); // Busy while a scope is open
+    /// ```
+    pub fn read(&self) -> ReadScope<'_, T> {
+        let inner = &*self.inner;
+        let scopes = scopes_of(inner.tag);
+        let nested = mine::enter(inner.tag);
+        scopes.open(nested);
+        ReadScope {
+            inner,
+            table: inner.heap.handles(),
+            scopes,
+            _not_send: PhantomData,
+        }
+    }
+}
+
+impl<'a, T> ReadScope<'a, T> {
+    /// The value of `h`; `None` if `h` is stale or not of this store.
+    ///
+    /// No read-modify-write: a slot lookup, one load of its state, one of its address.
+    /// Waits only if a writer took the value before this scope opened (until it drops
+    /// its guard) or the compactor is copying it right now.
+    ///
+    /// # Panics
+    ///
+    /// In debug builds, if this thread holds a [`RefMut`](super::RefMut) of `h` (it
+    /// would wait for itself; release builds deadlock). [`ReadScope::try_get`] answers
+    /// `Busy` there.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let s = tidyheap::Store::new();
+    /// let h = s.insert(3u32);
+    /// let view = s.read();
+    /// assert_eq!(view.get(h), Some(&3));
+    /// ```
+    #[inline]
+    pub fn get(&self, h: Handle<T>) -> Option<&T> {
+        let p = match try_scoped_get(self.table, h.raw()) {
+            Ok(p) => p,
+            // Wait only for a value of this store (another store's guards are not ours
+            // to wait for): exact while `h` is current.
+            Err(HandleError::Busy) if self.inner.peek_mine(h.raw()) => {
+                scoped_get(self.table, h.raw()).ok()?
+            }
+            Err(_) => return None,
+        };
+        // SAFETY: the scope keeps the value in place, initialised and unwritten for
+        // as long as `&self` lives (module `handle::scope`); `owns` checked the tag.
+        self.inner.owns(p).map(|p| unsafe { p.as_ref() })
+    }
+
+    /// Like [`ReadScope::get`], but never waits.
+    ///
+    /// # Errors
+    ///
+    /// [`HandleError::Stale`] if `h` is stale or not of this store;
+    /// [`HandleError::Busy`] if a writer or the compactor holds the value right now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let s = tidyheap::Store::new();
+    /// let h = s.insert(1u8);
+    /// let view = s.read();
+    /// assert_eq!(view.try_get(h), Ok(&1));
+    /// ```
+    #[inline]
+    pub fn try_get(&self, h: Handle<T>) -> Result<&T, HandleError> {
+        let p = try_scoped_get(self.table, h.raw())?;
+        // SAFETY: as in `get`.
+        self.inner
+            .owns(p)
+            .map(|p| unsafe { p.as_ref() })
+            .ok_or(HandleError::Stale)
+    }
+
+    /// Whether `h` names a value of this store.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let s = tidyheap::Store::new();
+    /// let h = s.insert(1u8);
+    /// assert!(s.read().contains(h));
+    /// ```
+    pub fn contains(&self, h: Handle<T>) -> bool {
+        self.get(h).is_some()
+    }
+
+    /// Every value of the store with its handle, with no atomic read-modify-write per
+    /// item. Values inserted during the iteration may or may not be seen.
+    ///
+    /// # Panics
+    ///
+    /// In debug builds, if it reaches a value of which this thread holds a
+    /// [`RefMut`](super::RefMut) (release builds deadlock there).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let s = tidyheap::Store::new();
+    /// for i in 0..3u32 { s.insert(i); }
+    /// let view = s.read();
+    /// let mut all: Vec<u32> = view.iter().map(|(_, v)| *v).collect();
+    /// all.sort();
+    /// assert_eq!(all, [0, 1, 2]);
+    /// ```
+    pub fn iter(&self) -> impl Iterator<Item = (Handle<T>, &T)> + '_ {
+        self.table
+            .slots()
+            .filter_map(move |(index, slot)| match slot.scoped_entry() {
+                Ok((generation, p)) => {
+                    let p = self.inner.owns(p)?;
+                    let h = Handle::from_raw(RawHandle::from_odd(index, generation));
+                    // SAFETY: as in `get`: the scope keeps the value in place and
+                    // unwritten; `owns` checked the tag.
+                    Some((h, unsafe { p.as_ref() }))
+                }
+                Err(Some(generation)) => {
+                    // A writer or the compactor holds it: wait as `get` does (only for a
+                    // value of this store).
+                    let h = Handle::from_raw(RawHandle::from_odd(index, generation));
+                    self.get(h).map(|v| (h, v))
+                }
+                Err(None) => None,
+            })
+    }
+
+    /// Number of values in the store.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let s = tidyheap::Store::new();
+    /// s.insert(1u8);
+    /// assert_eq!(s.read().len(), 1);
+    /// ```
+    pub fn len(&self) -> usize {
+        self.inner.len.load(core::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the store holds no value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let s = tidyheap::Store::<u8>::new();
+    /// assert!(s.read().is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<T> Drop for ReadScope<'_, T> {
+    fn drop(&mut self) {
+        self.scopes.close();
+        mine::leave(self.inner.tag);
+    }
+}
+
+impl<T> core::fmt::Debug for ReadScope<'_, T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ReadScope")
+            .field("type", &core::any::type_name::<T>())
+            .finish()
+    }
+}
