@@ -331,7 +331,7 @@ fn bad_dealloc_panics_in_debug() {
     }
     for (case, message) in [
         ("wrong-class", "wrong layout passed to dealloc"),
-        ("foreign", "the pointer is not a block of this heap"),
+        ("foreign", "which is not a block of this heap"),
         ("interior", "not the start of a block"),
     ] {
         let (ok, stderr) = run_child(NAME, case);

@@ -389,10 +389,10 @@ impl LargeAllocator {
     ///
     /// # Panics
     ///
-    /// In debug builds, when `ptr` is not aligned as `layout` and the block would be,
-    /// `layout` could never have been allocated, or the block's mapping is already in the
-    /// cache (a double free; release builds then leave it alone, so it is never handed
-    /// out twice): all mean the safety contract was broken.
+    /// In debug builds, when `ptr` is not aligned as `layout` and the block would be, or
+    /// `layout` could never have been allocated: both mean the safety contract was
+    /// broken. A double free found in the cache aborts the process with a message, in
+    /// every build.
     pub unsafe fn dealloc(&self, ptr: NonNull<u8>, layout: Layout) {
         // SAFETY: forwarded from the caller; the block was counted with its layout's size.
         unsafe { self.dealloc_counted(ptr, layout, layout.size()) }
