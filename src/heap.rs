@@ -145,9 +145,11 @@ impl Heap {
     ///
     /// # Errors
     ///
-    /// [`AllocError::OutOfMemory`] when the OS refuses memory. `Layout` already rules
-    /// out bad alignments and overflowing sizes; see [`Heap::alloc_with`] for unchecked
-    /// inputs.
+    /// [`AllocError::OutOfMemory`] when the OS refuses memory;
+    /// [`AllocError::CommitLimit`] when a large block would take the heap past
+    /// [`HeapConfig::commit_limit`](crate::HeapConfig::commit_limit) (by default, the
+    /// machine's physical memory). `Layout` already rules out bad alignments and
+    /// overflowing sizes; see [`Heap::alloc_with`] for unchecked inputs.
     ///
     /// # Examples
     ///
@@ -176,6 +178,7 @@ impl Heap {
     ///
     /// [`AllocError::InvalidAlignment`] if `align` is not a power of two,
     /// [`AllocError::TooLarge`] if `size` rounded up to `align` exceeds `isize::MAX`,
+    /// [`AllocError::CommitLimit`] past the heap's commit limit,
     /// [`AllocError::OutOfMemory`] if the OS refuses.
     ///
     /// # Examples
@@ -256,6 +259,7 @@ impl Heap {
     /// # Errors
     ///
     /// [`AllocError::TooLarge`] if `new_size` rounded to the alignment overflows,
+    /// [`AllocError::CommitLimit`] if growing would pass the heap's commit limit,
     /// [`AllocError::OutOfMemory`] if the OS refuses; the old block is then unchanged
     /// and still owned by the caller.
     pub unsafe fn realloc(

@@ -254,7 +254,11 @@ fn overflowing_size_is_too_large() {
 
 #[test]
 fn impossible_but_valid_size_is_out_of_memory() {
-    let heap = Heap::new();
+    // No commit limit (the default one refuses first: see tests/commit_limit.rs).
+    let heap = Heap::with_config(HeapConfig {
+        commit_limit: usize::MAX,
+        ..HeapConfig::DEFAULT
+    });
     // 4 EiB: a valid `Layout`, but more than any address space; the OS refuses it.
     let huge = 1usize << 62;
     assert!(matches!(

@@ -425,6 +425,14 @@ impl LargeAllocator {
         unsafe { self.park(ptr, live, &g) };
     }
 
+    /// Bytes of live block mappings (`LargeStats::mapped_bytes`), read without a
+    /// snapshot of every counter: what a heap's commit limit counts.
+    pub(crate) fn mapped_bytes(&self) -> usize {
+        self.counters
+            .mapped_bytes
+            .load(core::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The bytes usable in a block allocated with `layout`: its size rounded up to the
     /// page (to 2 MiB for huge blocks), guard page excluded. For a layout that cannot be
     /// allocated at all, `layout.size()`.

@@ -35,6 +35,29 @@ use crate::{AllocError, os};
 /// ([`HeapInner::stamp_free`]) is always on.
 pub(crate) const CHECK_EVERY_FREE: bool = cfg!(any(debug_assertions, feature = "hardened"));
 
+/// The machine's physical memory in bytes (`usize::MAX` if the OS does not say),
+/// read once. `sysconf` does not allocate, so this is safe inside the global allocator.
+fn physical_memory() -> usize {
+    static PHYS: AtomicUsize = AtomicUsize::new(0);
+    let cached = PHYS.load(Ordering::Relaxed);
+    if cached != 0 {
+        return cached;
+    }
+    // SAFETY: sysconf has no preconditions.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let bytes = match (usize::try_from(pages), usize::try_from(page)) {
+        (Ok(n), Ok(p)) if n > 0 && p > 0 => n.saturating_mul(p),
+        _ => usize::MAX,
+    };
+    PHYS.store(bytes, Ordering::Relaxed);
+    bytes
+}
+
 /// Most arenas a heap can have.
 pub const MAX_ARENAS: usize = 64;
 /// Most threads that can hold a cache of one heap at once; more threads still work,
@@ -75,6 +98,15 @@ pub struct HeapConfig {
     /// `Some(&SINGLE)` with a `static SINGLE: Topology = Topology::single_node();` to turn
     /// NUMA placement off. See [`crate::numa`].
     pub topology: Option<&'static Topology>,
+    /// Most bytes the heap may hold committed: pool spans (`HeapStats::committed_bytes`)
+    /// plus live large mappings (`LargeStats::mapped_bytes`). A large allocation or
+    /// reallocation that would go past it fails with [`AllocError::CommitLimit`] at the
+    /// call, instead of succeeding (mappings are `MAP_NORESERVE`) and faulting when
+    /// touched. Checked before each new large mapping or growth, not for pool blocks
+    /// (at most 256 KiB each), and not atomically with other threads' requests: two
+    /// requests made at once may together pass the limit by what they ask. `0` (the
+    /// default) means the machine's physical memory; `usize::MAX` means no limit.
+    pub commit_limit: usize,
 }
 
 impl HeapConfig {
@@ -85,6 +117,7 @@ impl HeapConfig {
         thread_cache_bytes: DEFAULT_THREAD_CACHE_BYTES,
         large: LargeConfig::DEFAULT,
         topology: None,
+        commit_limit: 0,
     };
 }
 
@@ -274,6 +307,36 @@ impl HeapInner {
                 .key
                 .compare_exchange(0, k, Ordering::Relaxed, Ordering::Relaxed);
         }
+    }
+
+    /// The commit limit in bytes (see `HeapConfig::commit_limit`).
+    pub(crate) fn commit_limit(&self) -> usize {
+        match self.config.commit_limit {
+            0 => physical_memory(),
+            n => n,
+        }
+    }
+
+    /// Bytes the commit limit counts: committed pool spans and live large mappings.
+    pub(crate) fn committed_for_limit(&self) -> usize {
+        let pools: usize = self.arenas[..self.arena_count()]
+            .iter()
+            .map(|a| a.counters.committed.load(Ordering::Relaxed))
+            .sum();
+        pools.saturating_add(self.large.mapped_bytes())
+    }
+
+    /// `Ok` if committing `extra` more bytes keeps the heap within its commit limit.
+    ///
+    /// # Errors
+    ///
+    /// [`AllocError::CommitLimit`] otherwise.
+    pub(crate) fn check_commit(&self, extra: usize) -> Result<(), AllocError> {
+        let limit = self.commit_limit();
+        if limit != usize::MAX && self.committed_for_limit().saturating_add(extra) > limit {
+            return Err(AllocError::CommitLimit { size: extra, limit });
+        }
+        Ok(())
     }
 
     /// Number of arenas in use (decided on first use).
@@ -1044,6 +1107,7 @@ impl HeapInner {
     #[cold]
     #[inline(never)]
     fn alloc_large(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
+        self.check_commit(layout.size())?;
         // Contents unspecified: a mapping reused from the large cache is not re-zeroed.
         self.large.alloc_uninit(layout)
     }
@@ -1051,6 +1115,7 @@ impl HeapInner {
     /// Allocates a zero-filled fixed block per `layout`; see `Heap::alloc_zeroed`.
     pub(crate) fn alloc_zeroed(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
         if size_class::class_for(layout.size(), layout.align()).is_none() {
+            self.check_commit(layout.size())?;
             // Zeroes what it reuses from the cache; fresh mappings are zero already.
             return self.large.alloc(layout);
         }
@@ -1173,8 +1238,11 @@ impl HeapInner {
                 self.account_resize(old.size(), new_size);
                 Ok(ptr)
             }
-            // SAFETY: forwarded from the caller: a large block with this layout.
-            (None, None) => unsafe { self.large.realloc(ptr, old, new_size) },
+            (None, None) => {
+                self.check_commit(new_size.saturating_sub(old.size()))?;
+                // SAFETY: forwarded from the caller: a large block with this layout.
+                unsafe { self.large.realloc(ptr, old, new_size) }
+            }
             _ => {
                 let fresh = self.alloc(new)?;
                 // SAFETY: both blocks are valid for the copied length and distinct; the
