@@ -154,6 +154,18 @@ fn child(case: &str) {
                 heap.dealloc(p, big);
             }
         }
+        "large_wrong_size" => {
+            let p = heap.alloc(l(1 << 20)).unwrap();
+            announce(p.as_ptr());
+            // SAFETY: deliberately violated: freed with a smaller layout.
+            unsafe { heap.dealloc(p, l(300_000)) };
+        }
+        "large_realloc_wrong_size" => {
+            let p = heap.alloc(l(1 << 20)).unwrap();
+            announce(p.as_ptr());
+            // SAFETY: deliberately violated: resized with a smaller old layout.
+            let _ = unsafe { heap.realloc(p, l(300_000), 2 << 20) };
+        }
         other => panic!("unknown case {other}"),
     }
 }
@@ -275,6 +287,25 @@ fn foreign_pointers_abort_on_every_free() {
 #[test]
 fn large_double_free_aborts() {
     expect_abort("large_double_free", |a| {
-        format!("tidyheap: double free of large block {a} (1048576 B block)")
+        format!(
+            "tidyheap: free of {a} with a layout of 1048576 B, which is not a live large \
+             block (a double free, or a pointer no large allocation returned)"
+        )
+    });
+}
+
+#[test]
+fn large_block_freed_with_another_size_aborts() {
+    expect_abort("large_wrong_size", |a| {
+        format!(
+            "tidyheap: free of large block {a} with a layout of 300000 B (303104 B \
+             mapping), but its mapping is 1048576 B (wrong layout passed to dealloc)"
+        )
+    });
+    expect_abort("large_realloc_wrong_size", |a| {
+        format!(
+            "tidyheap: free of large block {a} with a layout of 300000 B (303104 B \
+             mapping), but its mapping is 1048576 B (wrong layout passed to dealloc)"
+        )
     });
 }

@@ -63,6 +63,7 @@
 mod asset;
 mod cache;
 mod placement;
+mod registry;
 mod stats;
 
 use core::alloc::Layout;
@@ -368,11 +369,15 @@ impl LargeAllocator {
         zero: bool,
     ) -> Result<NonNull<u8>, AllocError> {
         let g = Geometry::of(layout.size(), layout.align(), &self.config)?;
-        if let Some(p) = self.take_cached(live, &g, zero) {
-            return Ok(p);
-        }
-        let ptr = self.map_block(&g)?;
-        self.counters.on_map(live, g.total);
+        let ptr = match self.take_cached(live, &g, zero) {
+            Some(p) => p,
+            None => {
+                let p = self.map_block(&g)?;
+                self.counters.on_map(live, g.total);
+                p
+            }
+        };
+        registry::insert(ptr, g.total);
         Ok(ptr)
     }
 
@@ -418,6 +423,8 @@ impl LargeAllocator {
             0,
             "LargeAllocator::dealloc: {ptr:p} is not a large block of {layout:?}"
         );
+        registry::check(ptr, layout.size(), g.total);
+        registry::remove(ptr);
         // SAFETY:
         // - the caller guarantees `ptr` is a live block whose layout gives geometry `g`,
         //   so `[ptr, ptr + g.total)` is exactly its page-aligned mapping;
@@ -481,6 +488,7 @@ impl LargeAllocator {
         let new = Layout::from_size_align(new_size, old.align())
             .map_err(|_| AllocError::TooLarge { size: new_size })?;
         let og = Geometry::of(old.size(), old.align(), &self.config)?;
+        registry::check(ptr, old.size(), og.total);
         let ng = Geometry::of(new_size, old.align(), &self.config)?;
         let c = &self.counters;
         if ng.len < og.len && og.huge && !ng.huge && self.hugetlb_mapped.load(Ordering::Relaxed) {
@@ -495,6 +503,7 @@ impl LargeAllocator {
         let result = unsafe { self.resize_mapping(ptr, &og, &ng) };
         match result {
             Ok(p) => {
+                registry::moved(ptr, p, ng.total);
                 c.resize(old.size(), og.total, new_size, ng.total);
                 let counter = if new_size < old.size() {
                     &c.shrink_in_place
@@ -552,9 +561,11 @@ impl LargeAllocator {
         layout: Layout,
     ) -> Result<NonNull<u8>, AllocError> {
         let g = Geometry::of(layout.size(), layout.align(), &self.config)?;
+        registry::check(ptr, layout.size(), g.total);
         // SAFETY: forwarded from the caller: `ptr` is a live block of geometry `g`.
         match unsafe { self.move_pages(ptr, &g, &g) } {
             Ok(p) => {
+                registry::moved(ptr, p, g.total);
                 Counters::bump(&self.counters.relocations);
                 Ok(p)
             }
@@ -602,6 +613,7 @@ impl LargeAllocator {
         let g = Geometry::of(layout.size(), layout.align(), &self.config)?;
         let p = self.map_block(&g).map_err(AllocError::from)?;
         self.counters.on_map(layout.size(), g.total);
+        registry::insert(p, g.total);
         self.node_bound.store(true, Ordering::Relaxed);
         let len = self.usable_size(layout);
         if let Err(e) = numa::bind(p.as_ptr(), len, node, NodePolicy::Preferred, false) {
