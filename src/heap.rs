@@ -285,7 +285,9 @@ impl Heap {
     }
 
     /// The bytes usable in any block allocated with `layout`: its size class, or the
-    /// page-rounded length of a large mapping.
+    /// page-rounded length of a large mapping. With the `hardened` feature, a pool
+    /// block's usable size is the requested size (its slack holds a canary), unless
+    /// that is 0.
     ///
     /// # Examples
     ///

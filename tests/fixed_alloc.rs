@@ -106,11 +106,12 @@ fn resize_checked(
     seed: u64,
     pool_allocs: &mut u64,
 ) -> NonNull<u8> {
-    let new = Layout::from_size_align(new_size, old.align()).unwrap();
     let what = format!("realloc {old:?} -> {new_size}");
-    let same_class = is_pool(old.size(), old.align()) && is_pool(new_size, old.align()) && {
-        heap.usable_size(old) == heap.usable_size(new)
-    };
+    // (The class itself, not `usable_size`: under `hardened` that is the request.)
+    let same_class = is_pool(old.size(), old.align())
+        && is_pool(new_size, old.align())
+        && size_class::class_for(old.size(), old.align())
+            == size_class::class_for(new_size, old.align());
     // SAFETY: `p` is live with `old`; only the result is used afterwards.
     let q = unsafe { heap.realloc(p, old, new_size) }.unwrap();
     assert_aligned(q, old.align().max(16), &what);

@@ -166,6 +166,37 @@ fn child(case: &str) {
             // SAFETY: deliberately violated: resized with a smaller old layout.
             let _ = unsafe { heap.realloc(p, l(300_000), 2 << 20) };
         }
+        "canary_overflow" => {
+            let p = heap.alloc(l(100)).unwrap();
+            announce(p.as_ptr());
+            // SAFETY: deliberately violated: one byte past the 100 requested.
+            unsafe {
+                p.as_ptr().add(100).write(0x41);
+                heap.dealloc(p, l(100));
+            }
+        }
+        "canary_overflow_global" => {
+            // SAFETY: deliberately violated: one byte past the 24 requested.
+            unsafe {
+                let p = GLOBAL.alloc(l(24));
+                announce(p);
+                p.add(24).write(0);
+                GLOBAL.dealloc(p, l(24));
+            }
+        }
+        "canary_after_shrink" => {
+            // An in-place realloc moves the canary: a write past the new end is caught.
+            let p = heap.alloc(l(100)).unwrap();
+            // SAFETY: `p` is live with `l(100)`; 99 keeps it in its class.
+            let q = unsafe { heap.realloc(p, l(100), 99) }.unwrap();
+            assert_eq!(p, q, "shrunk in place");
+            announce(q.as_ptr());
+            // SAFETY: deliberately violated: one byte past the 99 requested now.
+            unsafe {
+                q.as_ptr().add(99).write(1);
+                heap.dealloc(q, l(99));
+            }
+        }
         other => panic!("unknown case {other}"),
     }
 }
@@ -308,4 +339,48 @@ fn large_block_freed_with_another_size_aborts() {
              mapping), but its mapping is 1048576 B (wrong layout passed to dealloc)"
         )
     });
+}
+
+#[cfg(feature = "hardened")]
+#[test]
+fn hardened_canary_catches_a_one_byte_overflow() {
+    expect_abort("canary_overflow", |a| {
+        format!("tidyheap: canary corrupted at {a}, block of 100 B")
+    });
+    expect_abort("canary_overflow_global", |a| {
+        format!("tidyheap: canary corrupted at {a}, block of 24 B")
+    });
+    expect_abort("canary_after_shrink", |a| {
+        format!("tidyheap: canary corrupted at {a}, block of 99 B")
+    });
+}
+
+/// Writes inside the requested bytes and in-place reallocs never trip the canary, and
+/// a freed block reads back zero past its first 16 bytes.
+#[cfg(feature = "hardened")]
+#[test]
+fn hardened_zeroes_on_free_and_keeps_good_blocks_quiet() {
+    let heap = Heap::new();
+    for size in [1, 8, 15, 16, 17, 24, 100, 112, 1000, 4096] {
+        let p = heap.alloc(l(size)).unwrap();
+        // SAFETY: `p` is live with `l(size)`; every access stays inside the request.
+        unsafe {
+            p.as_ptr().write_bytes(0xAB, size);
+            let q = heap.realloc(p, l(size), size + 1).unwrap();
+            q.as_ptr().write_bytes(0xCD, size + 1);
+            heap.dealloc(q, l(size + 1));
+        }
+    }
+    let p = heap.alloc(l(64)).unwrap();
+    // SAFETY: `p` is live with `l(64)`; after the free the block is read through the
+    // heap's mapping (still mapped), only to observe the zeroing.
+    unsafe {
+        p.as_ptr().write_bytes(0xEE, 64);
+        heap.dealloc(p, l(64));
+        let again = heap.alloc(l(64)).unwrap();
+        assert_eq!(again, p, "the thread cache hands the same block back");
+        let bytes = std::slice::from_raw_parts(again.as_ptr().add(16), 48);
+        assert!(bytes.iter().all(|&b| b == 0), "{bytes:?}");
+        heap.dealloc(again, l(64));
+    }
 }

@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use super::arena::{Arena, SpanSource};
 use super::central::{Batch, CentralFreeList};
+#[cfg(feature = "hardened")]
+use super::hardened;
 use super::lock::{Mutex, MutexGuard};
 use super::pagemap;
 use super::poison;
@@ -177,19 +179,6 @@ struct Registry {
 // themselves (under the same mutex) before they are freed.
 unsafe impl Send for Registry {}
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry { head: ptr::null() });
-
-/// `block` of `class`/`kind` goes to the caller: ASan may see all of it, and a fixed
-/// block loses its free stamp (see [`HeapInner::stamp_free`]), so only a free puts the
-/// key back into it.
-#[inline(always)]
-fn hand_out(block: NonNull<u8>, class: usize, kind: SpanKind) {
-    poison::live_class(block, class);
-    if kind == SpanKind::Fixed {
-        // SAFETY: the block is ours until returned and at least 16 bytes (16-aligned),
-        // so word 1 is in bounds and aligned.
-        unsafe { stamp_word(block).write(0) };
-    }
-}
 
 /// Word 1 of a pool block: where a free fixed block carries its heap's key.
 #[inline(always)]
@@ -636,7 +625,7 @@ impl HeapInner {
         let c = &tc.counters[kind as usize];
         bump(&c.allocs, 1);
         bump(&c.alloc_bytes, size as u64);
-        hand_out(b, class, kind);
+        self.hand_out(b, class, size, kind);
         Some(b)
     }
 
@@ -653,7 +642,7 @@ impl HeapInner {
         let c = &tc.counters[SpanKind::Fixed as usize];
         bump(&c.allocs, 1);
         bump(&c.alloc_bytes, size as u64);
-        hand_out(b, class, SpanKind::Fixed);
+        self.hand_out(b, class, size, SpanKind::Fixed);
         Some(b)
     }
 
@@ -680,7 +669,7 @@ impl HeapInner {
         let c = &tc.counters[kind as usize];
         bump(&c.allocs, 1);
         bump(&c.alloc_bytes, size as u64);
-        hand_out(b, class, kind);
+        self.hand_out(b, class, size, kind);
         Ok(b)
     }
 
@@ -736,7 +725,7 @@ impl HeapInner {
         if local.cached_bytes > self.config.thread_cache_bytes as isize {
             self.shrink(tc);
         }
-        hand_out(b, class, kind);
+        self.hand_out(b, class, size, kind);
         Ok(b)
     }
 
@@ -757,7 +746,7 @@ impl HeapInner {
         c.alloc_bytes.fetch_add(size as u64, Ordering::Relaxed);
         c.misses.fetch_add(1, Ordering::Relaxed);
         let b = out.expect("take_blocks returned one block");
-        hand_out(b, class, kind);
+        self.hand_out(b, class, size, kind);
         Ok(b)
     }
 
@@ -844,7 +833,7 @@ impl HeapInner {
     ) -> bool {
         if kind == SpanKind::Fixed {
             // SAFETY: forwarded from the caller: a block of this heap of `class`.
-            unsafe { self.stamp_free(block, class) };
+            unsafe { self.stamp_free(block, class, size) };
         }
         poison::free_class(block, class);
         if kind == SpanKind::Movable {
@@ -859,6 +848,28 @@ impl HeapInner {
         unsafe { list.push(block) }
     }
 
+    /// `block` of `class`/`kind` goes to the caller for a request of `size` bytes: ASan
+    /// may see all of it, and a fixed block loses its free stamp (see
+    /// [`HeapInner::stamp_free`]), so only a free puts the key back into it, and gets
+    /// its canary (`hardened`).
+    #[inline(always)]
+    fn hand_out(&self, block: NonNull<u8>, class: usize, size: usize, kind: SpanKind) {
+        #[cfg(not(feature = "hardened"))]
+        let _ = size;
+        poison::live_class(block, class);
+        if kind == SpanKind::Fixed {
+            // SAFETY: the block is ours until returned and at least 16 bytes (16-aligned),
+            // so word 1 is in bounds and aligned.
+            unsafe { stamp_word(block).write(0) };
+            #[cfg(feature = "hardened")]
+            // SAFETY: the block is ours, of `class`, and `size` fits its class.
+            unsafe {
+                let key = self.key.load(Ordering::Relaxed);
+                hardened::write_canary(key, block, size_class::size(class), size)
+            };
+        }
+    }
+
     /// The always-on double-free check of a fixed block being freed: a free fixed block
     /// carries the heap's random key in word 1 (written here; cleared when the block is
     /// handed out again, see [`hand_out`]), so finding the key there means the block is
@@ -871,14 +882,24 @@ impl HeapInner {
     ///
     /// # Safety
     ///
-    /// `block` points to at least 16 readable and writable bytes (a pool block).
+    /// `block` points to at least 16 readable and writable bytes (a pool block); with
+    /// `hardened`, it is a block of `class` handed out for `size` bytes.
     #[inline(always)]
-    pub(crate) unsafe fn stamp_free(&self, block: NonNull<u8>, class: usize) {
+    pub(crate) unsafe fn stamp_free(&self, block: NonNull<u8>, class: usize, size: usize) {
+        #[cfg(not(feature = "hardened"))]
+        let _ = size;
         let key = self.key.load(Ordering::Relaxed);
         let w = stamp_word(block);
         // SAFETY: forwarded from the caller: word 1 is in bounds and 8-aligned.
         if unsafe { w.read() } == key {
             self.stamped_free(block, class);
+        }
+        #[cfg(feature = "hardened")]
+        // SAFETY: forwarded from the caller: a live block of `class` asked for as
+        // `size`, so the canary and the zeroed range are inside it.
+        unsafe {
+            hardened::check_canary(key, block, size_class::size(class), size);
+            hardened::zero_on_free(block, size_class::size(class));
         }
         // SAFETY: as above; the block is dead from now on, word 1 is the heap's.
         unsafe { w.write(key) };
@@ -957,7 +978,7 @@ impl HeapInner {
     unsafe fn free_uncached(&self, block: NonNull<u8>, class: usize, size: usize, kind: SpanKind) {
         if kind == SpanKind::Fixed {
             // SAFETY: forwarded from the caller.
-            unsafe { self.stamp_free(block, class) };
+            unsafe { self.stamp_free(block, class, size) };
         }
         poison::free_class(block, class);
         let c = &self.shared[kind as usize];
@@ -1129,6 +1150,8 @@ impl HeapInner {
     #[inline]
     pub(crate) fn usable_size(&self, layout: Layout) -> usize {
         match size_class::class_for(layout.size(), layout.align()) {
+            // `hardened`: the class's slack after the request holds the canary.
+            Some(_) if cfg!(feature = "hardened") && layout.size() != 0 => layout.size(),
             Some(c) => size_class::size(c),
             None => self.large.usable_size(layout),
         }
@@ -1235,6 +1258,14 @@ impl HeapInner {
             // layout it is given, so a block kept in place must stay in the class its
             // new size maps to.
             (Some(co), Some(cn)) if cn == co => {
+                #[cfg(feature = "hardened")]
+                // SAFETY: forwarded from the caller: `ptr` is a live block of class `co`
+                // asked for as `old.size()`; `new_size` fits the same class.
+                unsafe {
+                    let key = self.key.load(Ordering::Relaxed);
+                    hardened::check_canary(key, ptr, size_class::size(co), old.size());
+                    hardened::write_canary(key, ptr, size_class::size(co), new_size);
+                }
                 self.account_resize(old.size(), new_size);
                 Ok(ptr)
             }
