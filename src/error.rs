@@ -36,6 +36,14 @@ pub enum AllocError {
         /// The `errno` the OS returned.
         errno: i32,
     },
+    /// Serving the request would take the heap's committed memory past its commit
+    /// limit (`HeapConfig::commit_limit`): the memory could never all be backed.
+    CommitLimit {
+        /// The bytes the request would have added.
+        size: usize,
+        /// The heap's limit, in bytes.
+        limit: usize,
+    },
 }
 
 impl fmt::Display for AllocError {
@@ -51,6 +59,10 @@ impl fmt::Display for AllocError {
                 f,
                 "the OS refused {size} bytes: {}",
                 std::io::Error::from_raw_os_error(errno)
+            ),
+            Self::CommitLimit { size, limit } => write!(
+                f,
+                "{size} more bytes would exceed the heap's commit limit of {limit} bytes"
             ),
         }
     }

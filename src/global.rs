@@ -27,9 +27,10 @@
 //! * **No error escapes as a panic.** Failures become null pointers, as `GlobalAlloc`
 //!   demands.
 //! * **No unwinding.** `GlobalAlloc` makes an unwinding allocator undefined behaviour.
-//!   A panic inside the heap (an internal bug, or the debug-build check that catches a
-//!   wrong layout passed to `dealloc`) prints its message through the panic hook and
-//!   then aborts the process instead of unwinding; see [`no_unwind`].
+//!   A panic inside the heap (an internal bug) prints its message through the panic
+//!   hook and then aborts the process instead of unwinding; see [`no_unwind`]. Misuse
+//!   the heap detects (a double free, a wrong layout passed to `dealloc`) aborts with
+//!   its own message, as for a `Heap` (see `Heap::dealloc`).
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{self, NonNull};
@@ -339,6 +340,9 @@ unsafe fn global_dealloc(heap: &HeapInner, ptr: *mut u8, layout: Layout) {
         && let Some(class) = size_class::class_for_small(layout.size(), layout.align())
         && let Some(tc) = thread_cache::current_fast_at(heap, GLOBAL_SLOT)
     {
+        if crate::pool::heap::CHECK_EVERY_FREE {
+            heap.misuse(p, class);
+        }
         // SAFETY: forwarded from the caller; `tc` is this thread's record.
         if unsafe { heap.free_cached(tc, p, class, layout.size(), SpanKind::Fixed) } {
             global_overflow(heap, tc, class);

@@ -145,9 +145,11 @@ impl Heap {
     ///
     /// # Errors
     ///
-    /// [`AllocError::OutOfMemory`] when the OS refuses memory. `Layout` already rules
-    /// out bad alignments and overflowing sizes; see [`Heap::alloc_with`] for unchecked
-    /// inputs.
+    /// [`AllocError::OutOfMemory`] when the OS refuses memory;
+    /// [`AllocError::CommitLimit`] when a large block would take the heap past
+    /// [`HeapConfig::commit_limit`](crate::HeapConfig::commit_limit) (by default, the
+    /// machine's physical memory). `Layout` already rules out bad alignments and
+    /// overflowing sizes; see [`Heap::alloc_with`] for unchecked inputs.
     ///
     /// # Examples
     ///
@@ -176,6 +178,7 @@ impl Heap {
     ///
     /// [`AllocError::InvalidAlignment`] if `align` is not a power of two,
     /// [`AllocError::TooLarge`] if `size` rounded up to `align` exceeds `isize::MAX`,
+    /// [`AllocError::CommitLimit`] past the heap's commit limit,
     /// [`AllocError::OutOfMemory`] if the OS refuses.
     ///
     /// # Examples
@@ -224,10 +227,15 @@ impl Heap {
     ///   `realloc`, the layout with the new size);
     /// * it was not freed already and is not used afterwards.
     ///
-    /// # Panics
+    /// # Aborts
     ///
-    /// In debug builds, if `ptr` is not a block of this heap or `layout` does not match
-    /// the block's size class (a caller bug that would otherwise corrupt the heap).
+    /// Misuse that the heap detects stops the process (a message naming the problem and
+    /// the address on stderr, then `abort`; never a panic): in every build, a block freed
+    /// twice (`tidyheap: double free of 0x… (64 B class)`), and a large block freed
+    /// twice while its mapping is cached; with debug assertions or the `hardened`
+    /// feature on every free, and otherwise when the free misses the thread's cache, a
+    /// pointer that is not the start of a fixed block of this heap, or a `layout` of
+    /// another size class than the block's. See `docs/design.md`, invariant 9.
     #[inline]
     pub unsafe fn dealloc(&self, ptr: NonNull<u8>, layout: Layout) {
         // Event hook: free before the block can be reused.
@@ -251,6 +259,7 @@ impl Heap {
     /// # Errors
     ///
     /// [`AllocError::TooLarge`] if `new_size` rounded to the alignment overflows,
+    /// [`AllocError::CommitLimit`] if growing would pass the heap's commit limit,
     /// [`AllocError::OutOfMemory`] if the OS refuses; the old block is then unchanged
     /// and still owned by the caller.
     pub unsafe fn realloc(
@@ -276,7 +285,9 @@ impl Heap {
     }
 
     /// The bytes usable in any block allocated with `layout`: its size class, or the
-    /// page-rounded length of a large mapping.
+    /// page-rounded length of a large mapping. With the `hardened` feature, a pool
+    /// block's usable size is the requested size (its slack holds a canary), unless
+    /// that is 0.
     ///
     /// # Examples
     ///

@@ -13,6 +13,7 @@ mod global;
 pub mod handle;
 mod heap;
 pub mod large;
+mod misuse;
 pub mod movable;
 pub mod numa;
 mod occupancy;

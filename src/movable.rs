@@ -307,6 +307,7 @@ impl Heap {
     ) -> Result<RawHandle, HandleError> {
         let header = large_header(layout.align());
         let map = large_layout(layout.size(), header)?;
+        self.inner().check_commit(map.size())?;
         let large = &self.inner().large;
         // Counted as the requested bytes: the header is ours, not the caller's. Not
         // zeroed: every caller's `init` writes the whole block (`alloc_handle` zeroes it
@@ -455,7 +456,8 @@ impl Heap {
     /// # Errors
     ///
     /// [`HandleError::Alloc`] with [`AllocError::InvalidAlignment`] for a
-    /// non-power-of-two `align`, [`AllocError::TooLarge`] if the size overflows, or
+    /// non-power-of-two `align`, [`AllocError::TooLarge`] if the size overflows,
+    /// [`AllocError::CommitLimit`] past the heap's commit limit, or
     /// [`AllocError::OutOfMemory`].
     ///
     /// # Examples

@@ -312,17 +312,14 @@ impl LargeAllocator {
     /// Parks a freed block's mapping in the cache, evicting older entries to make room,
     /// or unmaps it when it is too large for the cache.
     ///
-    /// A block whose range the cache already holds was freed twice: it is left alone
-    /// (so two later allocations can never share it), and debug builds panic.
+    /// A block whose range the cache already holds was freed twice: the process aborts
+    /// with a message naming it (see `crate::misuse`), before anything is reused.
     ///
     /// # Safety
     ///
     /// `[ptr, ptr + g.total)` is a whole block mapping of geometry `g` that nothing uses
     /// any more.
     ///
-    /// # Panics
-    ///
-    /// In debug builds, on the double free described above.
     pub(super) unsafe fn park(&self, ptr: NonNull<u8>, size: usize, g: &Geometry) {
         let cap = self.config.cache_bytes;
         if g.total > cap {
@@ -355,10 +352,9 @@ impl LargeAllocator {
             double_free
         };
         self.release(&evicted);
-        debug_assert!(
-            !double_free,
-            "LargeAllocator::dealloc: {ptr:p} is already free (double free)"
-        );
+        if double_free {
+            crate::misuse::fatal!("double free of large block {ptr:p} ({} B block)", g.len)
+        }
     }
 
     /// Unmaps the cached mappings freed at least `older_than` ago (all of them with

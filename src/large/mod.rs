@@ -63,6 +63,7 @@
 mod asset;
 mod cache;
 mod placement;
+mod registry;
 mod stats;
 
 use core::alloc::Layout;
@@ -368,11 +369,15 @@ impl LargeAllocator {
         zero: bool,
     ) -> Result<NonNull<u8>, AllocError> {
         let g = Geometry::of(layout.size(), layout.align(), &self.config)?;
-        if let Some(p) = self.take_cached(live, &g, zero) {
-            return Ok(p);
-        }
-        let ptr = self.map_block(&g)?;
-        self.counters.on_map(live, g.total);
+        let ptr = match self.take_cached(live, &g, zero) {
+            Some(p) => p,
+            None => {
+                let p = self.map_block(&g)?;
+                self.counters.on_map(live, g.total);
+                p
+            }
+        };
+        registry::insert(ptr, g.total);
         Ok(ptr)
     }
 
@@ -389,10 +394,10 @@ impl LargeAllocator {
     ///
     /// # Panics
     ///
-    /// In debug builds, when `ptr` is not aligned as `layout` and the block would be,
-    /// `layout` could never have been allocated, or the block's mapping is already in the
-    /// cache (a double free; release builds then leave it alone, so it is never handed
-    /// out twice): all mean the safety contract was broken.
+    /// In debug builds, when `ptr` is not aligned as `layout` and the block would be, or
+    /// `layout` could never have been allocated: both mean the safety contract was
+    /// broken. A double free found in the cache aborts the process with a message, in
+    /// every build.
     pub unsafe fn dealloc(&self, ptr: NonNull<u8>, layout: Layout) {
         // SAFETY: forwarded from the caller; the block was counted with its layout's size.
         unsafe { self.dealloc_counted(ptr, layout, layout.size()) }
@@ -418,11 +423,21 @@ impl LargeAllocator {
             0,
             "LargeAllocator::dealloc: {ptr:p} is not a large block of {layout:?}"
         );
+        registry::check(ptr, layout.size(), g.total);
+        registry::remove(ptr);
         // SAFETY:
         // - the caller guarantees `ptr` is a live block whose layout gives geometry `g`,
         //   so `[ptr, ptr + g.total)` is exactly its page-aligned mapping;
         // - nothing uses the block afterwards.
         unsafe { self.park(ptr, live, &g) };
+    }
+
+    /// Bytes of live block mappings (`LargeStats::mapped_bytes`), read without a
+    /// snapshot of every counter: what a heap's commit limit counts.
+    pub(crate) fn mapped_bytes(&self) -> usize {
+        self.counters
+            .mapped_bytes
+            .load(core::sync::atomic::Ordering::Relaxed)
     }
 
     /// The bytes usable in a block allocated with `layout`: its size rounded up to the
@@ -473,6 +488,7 @@ impl LargeAllocator {
         let new = Layout::from_size_align(new_size, old.align())
             .map_err(|_| AllocError::TooLarge { size: new_size })?;
         let og = Geometry::of(old.size(), old.align(), &self.config)?;
+        registry::check(ptr, old.size(), og.total);
         let ng = Geometry::of(new_size, old.align(), &self.config)?;
         let c = &self.counters;
         if ng.len < og.len && og.huge && !ng.huge && self.hugetlb_mapped.load(Ordering::Relaxed) {
@@ -487,6 +503,7 @@ impl LargeAllocator {
         let result = unsafe { self.resize_mapping(ptr, &og, &ng) };
         match result {
             Ok(p) => {
+                registry::moved(ptr, p, ng.total);
                 c.resize(old.size(), og.total, new_size, ng.total);
                 let counter = if new_size < old.size() {
                     &c.shrink_in_place
@@ -544,9 +561,11 @@ impl LargeAllocator {
         layout: Layout,
     ) -> Result<NonNull<u8>, AllocError> {
         let g = Geometry::of(layout.size(), layout.align(), &self.config)?;
+        registry::check(ptr, layout.size(), g.total);
         // SAFETY: forwarded from the caller: `ptr` is a live block of geometry `g`.
         match unsafe { self.move_pages(ptr, &g, &g) } {
             Ok(p) => {
+                registry::moved(ptr, p, g.total);
                 Counters::bump(&self.counters.relocations);
                 Ok(p)
             }
@@ -594,6 +613,7 @@ impl LargeAllocator {
         let g = Geometry::of(layout.size(), layout.align(), &self.config)?;
         let p = self.map_block(&g).map_err(AllocError::from)?;
         self.counters.on_map(layout.size(), g.total);
+        registry::insert(p, g.total);
         self.node_bound.store(true, Ordering::Relaxed);
         let len = self.usable_size(layout);
         if let Err(e) = numa::bind(p.as_ptr(), len, node, NodePolicy::Preferred, false) {

@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use super::arena::{Arena, SpanSource};
 use super::central::{Batch, CentralFreeList};
+#[cfg(feature = "hardened")]
+use super::hardened;
 use super::lock::{Mutex, MutexGuard};
 use super::pagemap;
 use super::poison;
@@ -28,6 +30,35 @@ use crate::size_class::{self, NUM_CLASSES};
 use crate::stats::PoolCounters;
 use crate::sync::const_fn_unless_loom;
 use crate::{AllocError, os};
+
+/// Whether every fixed free checks its pointer and layout against the span (see
+/// [`HeapInner::misuse`]): in debug builds and with the `hardened` feature. Otherwise
+/// only the frees that miss the thread cache's fast slot do; the double-free check
+/// ([`HeapInner::stamp_free`]) is always on.
+pub(crate) const CHECK_EVERY_FREE: bool = cfg!(any(debug_assertions, feature = "hardened"));
+
+/// The machine's physical memory in bytes (`usize::MAX` if the OS does not say),
+/// read once. `sysconf` does not allocate, so this is safe inside the global allocator.
+fn physical_memory() -> usize {
+    static PHYS: AtomicUsize = AtomicUsize::new(0);
+    let cached = PHYS.load(Ordering::Relaxed);
+    if cached != 0 {
+        return cached;
+    }
+    // SAFETY: sysconf has no preconditions.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let bytes = match (usize::try_from(pages), usize::try_from(page)) {
+        (Ok(n), Ok(p)) if n > 0 && p > 0 => n.saturating_mul(p),
+        _ => usize::MAX,
+    };
+    PHYS.store(bytes, Ordering::Relaxed);
+    bytes
+}
 
 /// Most arenas a heap can have.
 pub const MAX_ARENAS: usize = 64;
@@ -69,6 +100,15 @@ pub struct HeapConfig {
     /// `Some(&SINGLE)` with a `static SINGLE: Topology = Topology::single_node();` to turn
     /// NUMA placement off. See [`crate::numa`].
     pub topology: Option<&'static Topology>,
+    /// Most bytes the heap may hold committed: pool spans (`HeapStats::committed_bytes`)
+    /// plus live large mappings (`LargeStats::mapped_bytes`). A large allocation or
+    /// reallocation that would go past it fails with [`AllocError::CommitLimit`] at the
+    /// call, instead of succeeding (mappings are `MAP_NORESERVE`) and faulting when
+    /// touched. Checked before each new large mapping or growth, not for pool blocks
+    /// (at most 256 KiB each), and not atomically with other threads' requests: two
+    /// requests made at once may together pass the limit by what they ask. `0` (the
+    /// default) means the machine's physical memory; `usize::MAX` means no limit.
+    pub commit_limit: usize,
 }
 
 impl HeapConfig {
@@ -79,6 +119,7 @@ impl HeapConfig {
         thread_cache_bytes: DEFAULT_THREAD_CACHE_BYTES,
         large: LargeConfig::DEFAULT,
         topology: None,
+        commit_limit: 0,
     };
 }
 
@@ -139,10 +180,18 @@ struct Registry {
 unsafe impl Send for Registry {}
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry { head: ptr::null() });
 
+/// Word 1 of a pool block: where a free fixed block carries its heap's key.
+#[inline(always)]
+fn stamp_word(block: NonNull<u8>) -> *mut u64 {
+    block.as_ptr().cast::<u64>().wrapping_add(1)
+}
+
 /// The state of one heap. See the module docs.
 #[derive(Debug)]
 pub(crate) struct HeapInner {
     id: AtomicU64,
+    /// The free-stamp key (see `stamp_free`): random, never 0 once the heap is used.
+    key: AtomicU64,
     /// This heap's fast slot in each thread's table (`thread_cache::GLOBAL_SLOT` or
     /// `HEAP_SLOT`).
     fast_slot: usize,
@@ -180,6 +229,7 @@ impl HeapInner {
         pub(crate) fn new(config: HeapConfig, fast_slot: usize) -> Self {
             Self {
                 id: AtomicU64::new(0),
+                key: AtomicU64::new(0),
                 fast_slot,
                 config,
                 batches: batch_table(config.batch),
@@ -226,6 +276,7 @@ impl HeapInner {
         if id != 0 {
             return id;
         }
+        self.ensure_key();
         let fresh = NEXT_HEAP_ID.fetch_add(1, Ordering::Relaxed);
         match self
             .id
@@ -234,6 +285,47 @@ impl HeapInner {
             Ok(_) => fresh,
             Err(winner) => winner,
         }
+    }
+
+    /// Sets the free-stamp key if it is not set yet. Called before the heap hands out its
+    /// first block (on claiming a record, and on the uncached path).
+    fn ensure_key(&self) {
+        if self.key.load(Ordering::Relaxed) == 0 {
+            let k = crate::misuse::random_key(self as *const Self as u64);
+            let _ = self
+                .key
+                .compare_exchange(0, k, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    /// The commit limit in bytes (see `HeapConfig::commit_limit`).
+    pub(crate) fn commit_limit(&self) -> usize {
+        match self.config.commit_limit {
+            0 => physical_memory(),
+            n => n,
+        }
+    }
+
+    /// Bytes the commit limit counts: committed pool spans and live large mappings.
+    pub(crate) fn committed_for_limit(&self) -> usize {
+        let pools: usize = self.arenas[..self.arena_count()]
+            .iter()
+            .map(|a| a.counters.committed.load(Ordering::Relaxed))
+            .sum();
+        pools.saturating_add(self.large.mapped_bytes())
+    }
+
+    /// `Ok` if committing `extra` more bytes keeps the heap within its commit limit.
+    ///
+    /// # Errors
+    ///
+    /// [`AllocError::CommitLimit`] otherwise.
+    pub(crate) fn check_commit(&self, extra: usize) -> Result<(), AllocError> {
+        let limit = self.commit_limit();
+        if limit != usize::MAX && self.committed_for_limit().saturating_add(extra) > limit {
+            return Err(AllocError::CommitLimit { size: extra, limit });
+        }
+        Ok(())
     }
 
     /// Number of arenas in use (decided on first use).
@@ -533,7 +625,7 @@ impl HeapInner {
         let c = &tc.counters[kind as usize];
         bump(&c.allocs, 1);
         bump(&c.alloc_bytes, size as u64);
-        poison::live_block(b, size_class::size(class));
+        self.hand_out(b, class, size, kind);
         Some(b)
     }
 
@@ -550,7 +642,7 @@ impl HeapInner {
         let c = &tc.counters[SpanKind::Fixed as usize];
         bump(&c.allocs, 1);
         bump(&c.alloc_bytes, size as u64);
-        poison::live_block(b, size_class::size(class));
+        self.hand_out(b, class, size, SpanKind::Fixed);
         Some(b)
     }
 
@@ -577,7 +669,7 @@ impl HeapInner {
         let c = &tc.counters[kind as usize];
         bump(&c.allocs, 1);
         bump(&c.alloc_bytes, size as u64);
-        poison::live_block(b, size_class::size(class));
+        self.hand_out(b, class, size, kind);
         Ok(b)
     }
 
@@ -600,7 +692,14 @@ impl HeapInner {
             bump(&c.batches_in, 1);
             let (first, rest) = batch.split_first();
             if let Some(rest) = rest {
+                let head = rest.head();
                 list.adopt(rest);
+                if kind == SpanKind::Fixed {
+                    // The batch's head carried the central list's link in word 1: give
+                    // it its free stamp back (the other blocks kept theirs).
+                    // SAFETY: the block is free, ours, and at least 16 bytes.
+                    unsafe { stamp_word(head).write(self.key.load(Ordering::Relaxed)) };
+                }
             }
             first
         } else {
@@ -626,7 +725,7 @@ impl HeapInner {
         if local.cached_bytes > self.config.thread_cache_bytes as isize {
             self.shrink(tc);
         }
-        poison::live_block(b, size_class::size(class));
+        self.hand_out(b, class, size, kind);
         Ok(b)
     }
 
@@ -638,6 +737,7 @@ impl HeapInner {
         size: usize,
         kind: SpanKind,
     ) -> Result<NonNull<u8>, AllocError> {
+        self.ensure_key();
         let arena = &self.arenas[self.next_arena()];
         let mut out = None;
         arena.take_blocks(&self.source, class, kind, 1, |b| out = Some(b))?;
@@ -646,7 +746,7 @@ impl HeapInner {
         c.alloc_bytes.fetch_add(size as u64, Ordering::Relaxed);
         c.misses.fetch_add(1, Ordering::Relaxed);
         let b = out.expect("take_blocks returned one block");
-        poison::live_block(b, size_class::size(class));
+        self.hand_out(b, class, size, kind);
         Ok(b)
     }
 
@@ -731,7 +831,11 @@ impl HeapInner {
         size: usize,
         kind: SpanKind,
     ) -> bool {
-        poison::free_block(block, size_class::size(class));
+        if kind == SpanKind::Fixed {
+            // SAFETY: forwarded from the caller: a block of this heap of `class`.
+            unsafe { self.stamp_free(block, class, size) };
+        }
+        poison::free_class(block, class);
         if kind == SpanKind::Movable {
             self.honor_movable_epoch(tc);
         }
@@ -742,6 +846,107 @@ impl HeapInner {
         let list = unsafe { tc.list(kind as usize, class) };
         // SAFETY: the caller hands us the dead block.
         unsafe { list.push(block) }
+    }
+
+    /// `block` of `class`/`kind` goes to the caller for a request of `size` bytes: ASan
+    /// may see all of it, and a fixed block loses its free stamp (see
+    /// [`HeapInner::stamp_free`]), so only a free puts the key back into it, and gets
+    /// its canary (`hardened`).
+    #[inline(always)]
+    fn hand_out(&self, block: NonNull<u8>, class: usize, size: usize, kind: SpanKind) {
+        #[cfg(not(feature = "hardened"))]
+        let _ = size;
+        poison::live_class(block, class);
+        if kind == SpanKind::Fixed {
+            // SAFETY: the block is ours until returned and at least 16 bytes (16-aligned),
+            // so word 1 is in bounds and aligned.
+            unsafe { stamp_word(block).write(0) };
+            #[cfg(feature = "hardened")]
+            // SAFETY: the block is ours, of `class`, and `size` fits its class.
+            unsafe {
+                let key = self.key.load(Ordering::Relaxed);
+                hardened::write_canary(key, block, size_class::size(class), size)
+            };
+        }
+    }
+
+    /// The always-on double-free check of a fixed block being freed: a free fixed block
+    /// carries the heap's random key in word 1 (written here; cleared when the block is
+    /// handed out again, see [`hand_out`]), so finding the key there means the block is
+    /// already free. Then [`HeapInner::misuse`] names the problem and aborts. On the hot
+    /// path this is a load, a compare and a store.
+    ///
+    /// A double free goes unseen only while the first free's block heads a batch in a
+    /// central list (word 1 then holds the list's link) — or, with odds of 2^-64 per
+    /// free, a live block holding the key by chance is reported as freed twice.
+    ///
+    /// # Safety
+    ///
+    /// `block` points to at least 16 readable and writable bytes (a pool block); with
+    /// `hardened`, it is a block of `class` handed out for `size` bytes.
+    #[inline(always)]
+    pub(crate) unsafe fn stamp_free(&self, block: NonNull<u8>, class: usize, size: usize) {
+        #[cfg(not(feature = "hardened"))]
+        let _ = size;
+        let key = self.key.load(Ordering::Relaxed);
+        let w = stamp_word(block);
+        // SAFETY: forwarded from the caller: word 1 is in bounds and 8-aligned.
+        if unsafe { w.read() } == key {
+            self.stamped_free(block, class);
+        }
+        #[cfg(feature = "hardened")]
+        // SAFETY: forwarded from the caller: a live block of `class` asked for as
+        // `size`, so the canary and the zeroed range are inside it.
+        unsafe {
+            hardened::check_canary(key, block, size_class::size(class), size);
+            hardened::zero_on_free(block, size_class::size(class));
+        }
+        // SAFETY: as above; the block is dead from now on, word 1 is the heap's.
+        unsafe { w.write(key) };
+    }
+
+    /// A block being freed carries the free stamp: a double free, unless the pointer is
+    /// not a fixed block of this heap's of `class` at all (then that is reported).
+    #[cold]
+    #[inline(never)]
+    fn stamped_free(&self, block: NonNull<u8>, class: usize) -> ! {
+        self.misuse(block, class);
+        crate::misuse::fatal!(
+            "double free of {block:p} ({} B class)",
+            size_class::size(class)
+        )
+    }
+
+    /// Checks that `block` is the start of a block of a fixed span of this heap of
+    /// `class` (the class of the layout it is freed with), or aborts with a message
+    /// naming the problem. See [`crate::misuse`].
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn misuse(&self, block: NonNull<u8>, class: usize) {
+        let size = size_class::size(class);
+        let Some(span) = self.span_of(block) else {
+            crate::misuse::fatal!(
+                "free of {block:p}, which is not a block of this heap (freed with a layout \
+                 of the {size} B class)"
+            )
+        };
+        if span.kind() != SpanKind::Fixed {
+            crate::misuse::fatal!(
+                "free of {block:p} as a fixed block, but it is a movable (handle) block"
+            )
+        }
+        if span.class() != class {
+            crate::misuse::fatal!(
+                "free of {block:p} with a layout of the {size} B class, but the block is of \
+                 the {} B class (wrong layout passed to dealloc)",
+                span.block_size()
+            )
+        }
+        if span.block_index(block.as_ptr() as usize).is_none() {
+            crate::misuse::fatal!(
+                "free of {block:p}, which is not the start of a block ({size} B class)"
+            )
+        }
     }
 
     /// Everything `free_hit` does not serve: finding or claiming the record, or the
@@ -771,7 +976,11 @@ impl HeapInner {
     #[cold]
     #[inline(never)]
     unsafe fn free_uncached(&self, block: NonNull<u8>, class: usize, size: usize, kind: SpanKind) {
-        poison::free_block(block, size_class::size(class));
+        if kind == SpanKind::Fixed {
+            // SAFETY: forwarded from the caller.
+            unsafe { self.stamp_free(block, class, size) };
+        }
+        poison::free_class(block, class);
         let c = &self.shared[kind as usize];
         c.frees.fetch_add(1, Ordering::Relaxed);
         c.free_bytes.fetch_add(size as u64, Ordering::Relaxed);
@@ -919,6 +1128,7 @@ impl HeapInner {
     #[cold]
     #[inline(never)]
     fn alloc_large(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
+        self.check_commit(layout.size())?;
         // Contents unspecified: a mapping reused from the large cache is not re-zeroed.
         self.large.alloc_uninit(layout)
     }
@@ -926,6 +1136,7 @@ impl HeapInner {
     /// Allocates a zero-filled fixed block per `layout`; see `Heap::alloc_zeroed`.
     pub(crate) fn alloc_zeroed(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
         if size_class::class_for(layout.size(), layout.align()).is_none() {
+            self.check_commit(layout.size())?;
             // Zeroes what it reuses from the cache; fresh mappings are zero already.
             return self.large.alloc(layout);
         }
@@ -939,6 +1150,8 @@ impl HeapInner {
     #[inline]
     pub(crate) fn usable_size(&self, layout: Layout) -> usize {
         match size_class::class_for(layout.size(), layout.align()) {
+            // `hardened`: the class's slack after the request holds the canary.
+            Some(_) if cfg!(feature = "hardened") && layout.size() != 0 => layout.size(),
             Some(c) => size_class::size(c),
             None => self.large.usable_size(layout),
         }
@@ -994,11 +1207,16 @@ impl HeapInner {
     pub(crate) unsafe fn dealloc_at(&self, slot: usize, ptr: NonNull<u8>, layout: Layout) {
         match size_class::class_for(layout.size(), layout.align()) {
             Some(class) => {
-                #[cfg(debug_assertions)]
-                self.check_layout(ptr, layout, class);
+                if CHECK_EVERY_FREE {
+                    self.misuse(ptr, class);
+                }
                 let (size, kind) = (layout.size(), SpanKind::Fixed);
                 // SAFETY: forwarded from the caller.
                 if !unsafe { self.free_hit_at(slot, ptr, class, size, kind) } {
+                    if !CHECK_EVERY_FREE {
+                        // Off the hot path the full check is cheap next to the rest.
+                        self.misuse(ptr, class);
+                    }
                     // SAFETY: forwarded from the caller; the hit path left it alone.
                     unsafe { self.free_miss(ptr, class, size, kind) }
                 }
@@ -1016,32 +1234,6 @@ impl HeapInner {
     unsafe fn dealloc_large(&self, ptr: NonNull<u8>, layout: Layout) {
         // SAFETY: forwarded from the caller.
         unsafe { self.large.dealloc(ptr, layout) }
-    }
-
-    #[cfg(debug_assertions)]
-    fn check_layout(&self, ptr: NonNull<u8>, layout: Layout, class: usize) {
-        let Some(span) = self.span_of(ptr) else {
-            panic!(
-                "tidyheap: dealloc of {ptr:p} with layout {layout:?}: the pointer is not a \
-                 block of this heap (foreign pointer, large block freed with a small layout, \
-                 or double release of the heap)"
-            );
-        };
-        assert!(
-            span.kind() == SpanKind::Fixed,
-            "tidyheap: dealloc of {ptr:p}: it is a movable (handle) block, not a fixed one"
-        );
-        assert!(
-            span.class() == class,
-            "tidyheap: dealloc of {ptr:p} with layout {layout:?} (class of {} B), but the \
-             block belongs to the {} B class: wrong layout passed to dealloc",
-            size_class::size(class),
-            span.block_size(),
-        );
-        assert!(
-            span.block_index(ptr.as_ptr() as usize).is_some(),
-            "tidyheap: dealloc of {ptr:p}: not the start of a block"
-        );
     }
 
     /// Reallocates a fixed block; see `Heap::realloc`.
@@ -1066,11 +1258,22 @@ impl HeapInner {
             // layout it is given, so a block kept in place must stay in the class its
             // new size maps to.
             (Some(co), Some(cn)) if cn == co => {
+                #[cfg(feature = "hardened")]
+                // SAFETY: forwarded from the caller: `ptr` is a live block of class `co`
+                // asked for as `old.size()`; `new_size` fits the same class.
+                unsafe {
+                    let key = self.key.load(Ordering::Relaxed);
+                    hardened::check_canary(key, ptr, size_class::size(co), old.size());
+                    hardened::write_canary(key, ptr, size_class::size(co), new_size);
+                }
                 self.account_resize(old.size(), new_size);
                 Ok(ptr)
             }
-            // SAFETY: forwarded from the caller: a large block with this layout.
-            (None, None) => unsafe { self.large.realloc(ptr, old, new_size) },
+            (None, None) => {
+                self.check_commit(new_size.saturating_sub(old.size()))?;
+                // SAFETY: forwarded from the caller: a large block with this layout.
+                unsafe { self.large.realloc(ptr, old, new_size) }
+            }
             _ => {
                 let fresh = self.alloc(new)?;
                 // SAFETY: both blocks are valid for the copied length and distinct; the

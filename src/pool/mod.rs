@@ -4,6 +4,8 @@
 
 pub(crate) mod arena;
 pub(crate) mod central;
+#[cfg(feature = "hardened")]
+pub(crate) mod hardened;
 pub(crate) mod heap;
 pub(crate) mod lock;
 pub(crate) mod pagemap;

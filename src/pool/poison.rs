@@ -80,3 +80,22 @@ pub(crate) fn carved_block(block: NonNull<u8>, size: usize) {
 pub(crate) fn live_block(block: NonNull<u8>, size: usize) {
     unpoison(block.as_ptr() as usize, size);
 }
+
+/// [`live_block`] for a block of size class `class` (its size is only looked up under
+/// ASan, so the hot paths carry no table lookup or bounds check for it).
+#[inline(always)]
+pub(crate) fn live_class(block: NonNull<u8>, class: usize) {
+    #[cfg(tidyheap_asan)]
+    live_block(block, crate::size_class::size(class));
+    #[cfg(not(tidyheap_asan))]
+    let _ = (block, class);
+}
+
+/// [`free_block`] for a block of size class `class` (see [`live_class`]).
+#[inline(always)]
+pub(crate) fn free_class(block: NonNull<u8>, class: usize) {
+    #[cfg(tidyheap_asan)]
+    free_block(block, crate::size_class::size(class));
+    #[cfg(not(tidyheap_asan))]
+    let _ = (block, class);
+}

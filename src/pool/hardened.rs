@@ -1,0 +1,80 @@
+//! The `hardened` feature's extra checks on fixed pool blocks: a canary in the slack
+//! after each block's requested bytes, checked on free (and on an in-place realloc), and
+//! zero-on-free. The module exists only with the feature; its callers are
+//! `#[cfg(feature = "hardened")]` too, so without it nothing is left on any path.
+//!
+//! The canary fills the bytes between the requested size and the class size, at most
+//! [`CANARY_BYTES`] of them, with a pattern derived from the heap's key and the block's
+//! address; a request that fills its class exactly (or asks for 0 bytes) has no canary.
+//! So that no correct program writes there, `Heap::usable_size` is the requested size
+//! under the feature. Word 1 (bytes 8..16)
+//! holds the free stamp once the block is free, so a free checks the stamp (a double
+//! free) before the canary.
+
+use core::ptr::NonNull;
+
+/// Most canary bytes after a block.
+const CANARY_BYTES: usize = 8;
+
+/// The canary pattern of `block` under `key`.
+#[inline(always)]
+fn pattern(key: u64, block: NonNull<u8>) -> [u8; CANARY_BYTES] {
+    (key ^ (block.as_ptr() as u64).rotate_left(23) ^ 0xA5C3_5A3C_96E1_1E69).to_le_bytes()
+}
+
+/// The canary's place in a block of `class_size` bytes asked for as `size`.
+#[inline(always)]
+fn canary_len(class_size: usize, size: usize) -> usize {
+    if size == 0 {
+        // A zero-size request may use its whole class (`Heap::usable_size`).
+        return 0;
+    }
+    class_size.saturating_sub(size).min(CANARY_BYTES)
+}
+
+/// Writes `block`'s canary after its `size` requested bytes.
+///
+/// # Safety
+///
+/// `block` is a live block of `class_size` bytes that the caller owns, `size <= class_size`.
+#[inline(always)]
+pub(crate) unsafe fn write_canary(key: u64, block: NonNull<u8>, class_size: usize, size: usize) {
+    let p = pattern(key, block);
+    // SAFETY: `[size, size + len)` lies inside the block (caller), which we own.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            p.as_ptr(),
+            block.as_ptr().add(size),
+            canary_len(class_size, size),
+        )
+    };
+}
+
+/// Checks `block`'s canary after its `size` requested bytes; aborts with a message if a
+/// byte of it changed (the program wrote past the end of its block).
+///
+/// # Safety
+///
+/// As [`write_canary`].
+#[inline(always)]
+pub(crate) unsafe fn check_canary(key: u64, block: NonNull<u8>, class_size: usize, size: usize) {
+    let p = pattern(key, block);
+    let len = canary_len(class_size, size);
+    // SAFETY: as in `write_canary`: the range is inside the owned block.
+    let found = unsafe { core::slice::from_raw_parts(block.as_ptr().add(size), len) };
+    if found != &p[..len] {
+        crate::misuse::fatal!("canary corrupted at {block:p}, block of {size} B")
+    }
+}
+
+/// Zeroes a block being freed, except words 0 and 1 (the free lists' link and the free
+/// stamp).
+///
+/// # Safety
+///
+/// `block` is a dead block of `class_size` (>= 16) bytes that the caller owns.
+#[inline(always)]
+pub(crate) unsafe fn zero_on_free(block: NonNull<u8>, class_size: usize) {
+    // SAFETY: `[16, class_size)` lies inside the owned block.
+    unsafe { block.as_ptr().add(16).write_bytes(0, class_size - 16) };
+}

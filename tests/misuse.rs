@@ -1,0 +1,386 @@
+//! Death tests for misuse of the raw-pointer API (DESIGN invariant 9): each case runs in
+//! a child process (this test binary, re-executed with `MISUSE_CASE` set), which must
+//! die by `SIGABRT` after writing exactly the expected message to stderr.
+//!
+//! The child prints `misuse-addr=<address>` before the bad call, so the parent can
+//! build the exact message. Cases marked `every_free` are checked on the hot path only
+//! with debug assertions or the `hardened` feature (see `HeapConfig` docs); in other
+//! builds they are checked when the free misses the thread cache's fast slot, which the
+//! `miss_*` cases force.
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::os::unix::process::ExitStatusExt;
+use std::ptr::NonNull;
+
+use tidyheap::{Global, Heap};
+
+const CASE_ENV: &str = "MISUSE_CASE";
+
+/// Whether every free runs the pointer and layout checks (not only misses).
+const EVERY_FREE: bool = cfg!(any(debug_assertions, feature = "hardened"));
+
+static GLOBAL: Global = Global::new();
+
+fn l(size: usize) -> Layout {
+    Layout::from_size_align(size, 8).unwrap()
+}
+
+fn announce(p: *const u8) {
+    eprintln!("misuse-addr={p:p}");
+}
+
+/// Runs the misuse named `case`; returns only if it went unnoticed.
+fn child(case: &str) {
+    let heap = Heap::new();
+    let l64 = l(64);
+    match case {
+        "double_free" => {
+            let p = heap.alloc(l64).unwrap();
+            announce(p.as_ptr());
+            // SAFETY: deliberately violated: `p` is freed twice.
+            unsafe {
+                heap.dealloc(p, l64);
+                heap.dealloc(p, l64);
+            }
+        }
+        "double_free_later" => {
+            // The block is not at the head of its list any more when freed again.
+            let p = heap.alloc(l64).unwrap();
+            let others: Vec<_> = (0..10).map(|_| heap.alloc(l64).unwrap()).collect();
+            announce(p.as_ptr());
+            // SAFETY: deliberately violated: `p` is freed twice; the others once.
+            unsafe {
+                heap.dealloc(p, l64);
+                for q in others {
+                    heap.dealloc(q, l64);
+                }
+                heap.dealloc(p, l64);
+            }
+        }
+        "double_free_other_thread" => {
+            let p = heap.alloc(l(128)).unwrap();
+            announce(p.as_ptr());
+            // SAFETY: freed once here...
+            unsafe { heap.dealloc(p, l(128)) };
+            let addr = p.as_ptr() as usize;
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    let p = NonNull::new(addr as *mut u8).unwrap();
+                    // SAFETY: deliberately violated: ...and again on another thread.
+                    unsafe { heap.dealloc(p, l(128)) };
+                });
+            });
+        }
+        "double_free_after_refill" => {
+            // Enough blocks that the first one goes to the central list and back.
+            let blocks: Vec<_> = (0..2000).map(|_| heap.alloc(l(16)).unwrap()).collect();
+            let p = blocks[0];
+            // SAFETY: each freed once...
+            unsafe {
+                for &q in &blocks {
+                    heap.dealloc(q, l(16));
+                }
+            }
+            let again: Vec<_> = (0..1990).map(|_| heap.alloc(l(16)).unwrap()).collect();
+            let victim = blocks.iter().rev().find(|b| !again.contains(b)).copied();
+            let victim = victim.unwrap_or(p);
+            announce(victim.as_ptr());
+            // SAFETY: deliberately violated: `victim` is free already.
+            unsafe { heap.dealloc(victim, l(16)) };
+        }
+        "global_double_free" => {
+            // SAFETY: deliberately violated: freed twice through `GlobalAlloc`.
+            unsafe {
+                let p = GLOBAL.alloc(l64);
+                announce(p);
+                GLOBAL.dealloc(p, l64);
+                GLOBAL.dealloc(p, l64);
+            }
+        }
+        "stack_pointer" | "miss_stack_pointer" => {
+            let mut buf = [0u64; 16];
+            let p = NonNull::from(&mut buf).cast::<u8>();
+            if case.starts_with("miss_") {
+                evict_fast_slot(&heap);
+            }
+            announce(p.as_ptr());
+            // SAFETY: deliberately violated: not a heap block.
+            unsafe { heap.dealloc(p, l64) };
+        }
+        "other_heap" => {
+            let other = Heap::new();
+            let q = other.alloc(l64).unwrap();
+            let _warm = heap.alloc(l64).unwrap();
+            announce(q.as_ptr());
+            // SAFETY: deliberately violated: `q` belongs to `other`.
+            unsafe { heap.dealloc(q, l64) };
+        }
+        "movable_as_fixed" | "miss_movable_as_fixed" => {
+            let h = heap.alloc_handle(64, 8).unwrap();
+            let p = heap.pin(h).unwrap().as_ptr();
+            let _warm = heap.alloc(l64).unwrap();
+            if case.starts_with("miss_") {
+                evict_fast_slot(&heap);
+            }
+            announce(p.as_ptr());
+            // SAFETY: deliberately violated: a movable block freed as a fixed one.
+            unsafe { heap.dealloc(p, l64) };
+        }
+        "wrong_class" | "miss_wrong_class" => {
+            let p = heap.alloc(l64).unwrap();
+            let _warm = heap.alloc(l(128)).unwrap();
+            if case.starts_with("miss_") {
+                evict_fast_slot(&heap);
+            }
+            announce(p.as_ptr());
+            // SAFETY: deliberately violated: freed with a layout of another class.
+            unsafe { heap.dealloc(p, l(128)) };
+        }
+        "interior" => {
+            let p = heap.alloc(l64).unwrap();
+            // SAFETY: in bounds of the 64-byte block.
+            let q = unsafe { p.add(16) };
+            announce(q.as_ptr());
+            // SAFETY: deliberately violated: not the start of a block.
+            unsafe { heap.dealloc(q, l64) };
+        }
+        "large_double_free" => {
+            let big = l(1 << 20);
+            let p = heap.alloc(big).unwrap();
+            announce(p.as_ptr());
+            // SAFETY: deliberately violated: freed twice.
+            unsafe {
+                heap.dealloc(p, big);
+                heap.dealloc(p, big);
+            }
+        }
+        "large_wrong_size" => {
+            let p = heap.alloc(l(1 << 20)).unwrap();
+            announce(p.as_ptr());
+            // SAFETY: deliberately violated: freed with a smaller layout.
+            unsafe { heap.dealloc(p, l(300_000)) };
+        }
+        "large_realloc_wrong_size" => {
+            let p = heap.alloc(l(1 << 20)).unwrap();
+            announce(p.as_ptr());
+            // SAFETY: deliberately violated: resized with a smaller old layout.
+            let _ = unsafe { heap.realloc(p, l(300_000), 2 << 20) };
+        }
+        "canary_overflow" => {
+            let p = heap.alloc(l(100)).unwrap();
+            announce(p.as_ptr());
+            // SAFETY: deliberately violated: one byte past the 100 requested.
+            unsafe {
+                p.as_ptr().add(100).write(0x41);
+                heap.dealloc(p, l(100));
+            }
+        }
+        "canary_overflow_global" => {
+            // SAFETY: deliberately violated: one byte past the 24 requested.
+            unsafe {
+                let p = GLOBAL.alloc(l(24));
+                announce(p);
+                p.add(24).write(0);
+                GLOBAL.dealloc(p, l(24));
+            }
+        }
+        "canary_after_shrink" => {
+            // An in-place realloc moves the canary: a write past the new end is caught.
+            let p = heap.alloc(l(100)).unwrap();
+            // SAFETY: `p` is live with `l(100)`; 99 keeps it in its class.
+            let q = unsafe { heap.realloc(p, l(100), 99) }.unwrap();
+            assert_eq!(p, q, "shrunk in place");
+            announce(q.as_ptr());
+            // SAFETY: deliberately violated: one byte past the 99 requested now.
+            unsafe {
+                q.as_ptr().add(99).write(1);
+                heap.dealloc(q, l(99));
+            }
+        }
+        other => panic!("unknown case {other}"),
+    }
+}
+
+/// Uses another `Heap` on this thread, which takes the thread's `Heap` fast slot, so
+/// `heap`'s next free misses it.
+fn evict_fast_slot(heap: &Heap) {
+    let _ = heap;
+    let other = Heap::new();
+    let p = other.alloc(l(32)).unwrap();
+    // SAFETY: a live block of `other`, freed once.
+    unsafe { other.dealloc(p, l(32)) };
+    std::mem::forget(other);
+}
+
+/// The child's entry point: does nothing unless `MISUSE_CASE` is set.
+#[test]
+fn misuse_child() {
+    if let Ok(case) = std::env::var(CASE_ENV) {
+        child(&case);
+        eprintln!("misuse-unnoticed");
+    }
+}
+
+/// Runs `case` in a child; asserts it died by `SIGABRT` with `message(addr)` as a line
+/// of its stderr.
+fn expect_abort(case: &str, message: impl Fn(&str) -> String) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "misuse_child", "--nocapture", "--test-threads=1"])
+        .env(CASE_ENV, case)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let addr = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("misuse-addr="))
+        .unwrap_or_else(|| panic!("{case}: no address printed; stderr:\n{stderr}"));
+    let want = message(addr);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGABRT),
+        "{case}: not aborted ({:?}); stderr:\n{stderr}",
+        out.status
+    );
+    assert!(
+        stderr.lines().any(|l| l == want),
+        "{case}: expected the line {want:?} in stderr:\n{stderr}"
+    );
+}
+
+#[test]
+fn double_free_aborts() {
+    let msg = |a: &str| format!("tidyheap: double free of {a} (64 B class)");
+    expect_abort("double_free", msg);
+    expect_abort("double_free_later", msg);
+}
+
+#[test]
+fn double_free_on_another_thread_aborts() {
+    expect_abort("double_free_other_thread", |a| {
+        format!("tidyheap: double free of {a} (128 B class)")
+    });
+}
+
+#[test]
+fn double_free_of_a_block_that_went_through_the_central_list_aborts() {
+    expect_abort("double_free_after_refill", |a| {
+        format!("tidyheap: double free of {a} (16 B class)")
+    });
+}
+
+#[test]
+fn global_double_free_aborts() {
+    expect_abort("global_double_free", |a| {
+        format!("tidyheap: double free of {a} (64 B class)")
+    });
+}
+
+fn foreign(a: &str) -> String {
+    format!(
+        "tidyheap: free of {a}, which is not a block of this heap (freed with a layout of \
+         the 64 B class)"
+    )
+}
+
+fn movable(a: &str) -> String {
+    format!("tidyheap: free of {a} as a fixed block, but it is a movable (handle) block")
+}
+
+fn wrong_class(a: &str) -> String {
+    format!(
+        "tidyheap: free of {a} with a layout of the 128 B class, but the block is of the \
+         64 B class (wrong layout passed to dealloc)"
+    )
+}
+
+#[test]
+fn foreign_pointers_abort_on_a_miss() {
+    expect_abort("miss_stack_pointer", foreign);
+    expect_abort("miss_movable_as_fixed", movable);
+    expect_abort("miss_wrong_class", wrong_class);
+}
+
+#[test]
+fn foreign_pointers_abort_on_every_free() {
+    if !EVERY_FREE {
+        eprintln!("skipped: hot-path pointer checks need debug assertions or `hardened`");
+        return;
+    }
+    expect_abort("stack_pointer", foreign);
+    expect_abort("other_heap", foreign);
+    expect_abort("movable_as_fixed", movable);
+    expect_abort("wrong_class", wrong_class);
+    expect_abort("interior", |a| {
+        format!("tidyheap: free of {a}, which is not the start of a block (64 B class)")
+    });
+}
+
+#[test]
+fn large_double_free_aborts() {
+    expect_abort("large_double_free", |a| {
+        format!(
+            "tidyheap: free of {a} with a layout of 1048576 B, which is not a live large \
+             block (a double free, or a pointer no large allocation returned)"
+        )
+    });
+}
+
+#[test]
+fn large_block_freed_with_another_size_aborts() {
+    expect_abort("large_wrong_size", |a| {
+        format!(
+            "tidyheap: free of large block {a} with a layout of 300000 B (303104 B \
+             mapping), but its mapping is 1048576 B (wrong layout passed to dealloc)"
+        )
+    });
+    expect_abort("large_realloc_wrong_size", |a| {
+        format!(
+            "tidyheap: free of large block {a} with a layout of 300000 B (303104 B \
+             mapping), but its mapping is 1048576 B (wrong layout passed to dealloc)"
+        )
+    });
+}
+
+#[cfg(feature = "hardened")]
+#[test]
+fn hardened_canary_catches_a_one_byte_overflow() {
+    expect_abort("canary_overflow", |a| {
+        format!("tidyheap: canary corrupted at {a}, block of 100 B")
+    });
+    expect_abort("canary_overflow_global", |a| {
+        format!("tidyheap: canary corrupted at {a}, block of 24 B")
+    });
+    expect_abort("canary_after_shrink", |a| {
+        format!("tidyheap: canary corrupted at {a}, block of 99 B")
+    });
+}
+
+/// Writes inside the requested bytes and in-place reallocs never trip the canary, and
+/// a freed block reads back zero past its first 16 bytes.
+#[cfg(feature = "hardened")]
+#[test]
+fn hardened_zeroes_on_free_and_keeps_good_blocks_quiet() {
+    let heap = Heap::new();
+    for size in [1, 8, 15, 16, 17, 24, 100, 112, 1000, 4096] {
+        let p = heap.alloc(l(size)).unwrap();
+        // SAFETY: `p` is live with `l(size)`; every access stays inside the request.
+        unsafe {
+            p.as_ptr().write_bytes(0xAB, size);
+            let q = heap.realloc(p, l(size), size + 1).unwrap();
+            q.as_ptr().write_bytes(0xCD, size + 1);
+            heap.dealloc(q, l(size + 1));
+        }
+    }
+    let p = heap.alloc(l(64)).unwrap();
+    // SAFETY: `p` is live with `l(64)`; after the free the block is read through the
+    // heap's mapping (still mapped), only to observe the zeroing.
+    unsafe {
+        p.as_ptr().write_bytes(0xEE, 64);
+        heap.dealloc(p, l(64));
+        let again = heap.alloc(l(64)).unwrap();
+        assert_eq!(again, p, "the thread cache hands the same block back");
+        let bytes = std::slice::from_raw_parts(again.as_ptr().add(16), 48);
+        assert!(bytes.iter().all(|&b| b == 0), "{bytes:?}");
+        heap.dealloc(again, l(64));
+    }
+}
