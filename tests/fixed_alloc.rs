@@ -289,10 +289,12 @@ fn impossible_but_valid_size_is_out_of_memory() {
 }
 
 /// Which bad `dealloc` the child process performs; see `bad_dealloc_panics_in_debug`.
+#[cfg(debug_assertions)]
 const BAD_DEALLOC_ENV: &str = "TIDYHEAP_TEST_BAD_DEALLOC";
 
 /// Re-runs this test binary's test `name` with `BAD_DEALLOC_ENV=case` and returns
 /// whether it succeeded, and its stderr.
+#[cfg(debug_assertions)]
 fn run_child(name: &str, case: &str) -> (bool, String) {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", name, "--nocapture", "--test-threads=1"])
@@ -306,6 +308,7 @@ fn run_child(name: &str, case: &str) -> (bool, String) {
 }
 
 /// The child's side: performs one bad `dealloc`, which must panic before it returns.
+#[cfg(debug_assertions)]
 fn bad_dealloc(case: &str) {
     let heap = Heap::new();
     let l = Layout::from_size_align(64, 8).unwrap();

@@ -214,6 +214,7 @@ fn check_batch(from: usize, round: usize, batch: &[String]) {
 }
 
 /// Set in the child process of `bad_dealloc_aborts_in_debug`.
+#[cfg(debug_assertions)]
 const BAD_DEALLOC_ENV: &str = "TIDYHEAP_TEST_GLOBAL_BAD_DEALLOC";
 
 /// A wrong layout passed to `A.dealloc` in a debug build prints the heap's message and
