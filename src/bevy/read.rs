@@ -2,30 +2,27 @@
 //! through this file.
 //!
 //! [`HeapReader`] is a read view of one store, taken once per system (or loop) with
-//! [`HeapAssets::read`](super::HeapAssets::read); [`AssetRef`] is what a get returns.
-//! Today a get takes the value's slot read guard ([`Store::get`]): one atomic
-//! read-modify-write to take it and one to release it. When the store gains scoped reads
-//! (`store.read()`: one reader registration per scope, then plain loads per get), only
-//! this file changes: `HeapReader` holds the scope and `AssetRef` becomes a plain `&T`;
-//! the types' names, lifetimes and methods stay as they are.
+//! [`HeapAssets::read`](super::HeapAssets::read): one read scope of the store
+//! ([`Store::read`]: one reader registration when it opens, then plain loads per get, no
+//! atomic read-modify-write). [`AssetRef`] is what a get returns: a plain `&T` from a
+//! reader, or the value's slot read guard for a one-off
+//! [`HeapAssets::get`](super::HeapAssets::get), which takes and releases the guard (two
+//! atomic read-modify-writes).
 
 use core::ops::Deref;
 
 use super::assets::AssetId;
-use crate::{Handle, Ref, Store};
+use crate::{Handle, ReadScope, Ref, Store};
 
-/// A read view of a [`HeapAssets`](super::HeapAssets) store. `Sync`: share it with
-/// `par_iter` bodies.
-///
-/// Today each get takes the value's slot read guard (an atomic read-modify-write to take
-/// it and one to release it). Once the store has scoped reads, a `HeapReader` will be one
-/// read scope (one registration per system run) and each get plain loads; its API will
-/// not change.
+/// A read view of a [`HeapAssets`](super::HeapAssets) store: one read scope
+/// ([`ReadScope`]), so each get is plain loads. `Sync`: share it with `par_iter` bodies.
+/// While it lives, the values it can see neither move nor change; drop it before the
+/// same thread writes or removes values of the store (that waits for every scope).
 ///
 /// # How `Res` and `ResMut` map onto it
 ///
 /// `Res<HeapAssets<T>>` is shared access: readers in parallel systems, each through a
-/// `HeapReader` (one scope per system run once scopes exist). `ResMut<HeapAssets<T>>` is
+/// `HeapReader` (one scope per system run). `ResMut<HeapAssets<T>>` is
 /// exclusive access: the scheduler runs no reader of the resource meanwhile, so inserts,
 /// writes and removes never wait for a reader of the app (they can still meet the
 /// compactor, which holds a block for one copy at most, and readers outside the app that
@@ -45,14 +42,17 @@ use crate::{Handle, Ref, Store};
 /// assert_eq!(*reader.get(&h).unwrap(), 5);
 /// ```
 pub struct HeapReader<'a, T> {
-    store: &'a Store<T>,
+    scope: ReadScope<'a, T>,
     /// The store's identity, checked against owning handles.
     key: usize,
 }
 
 impl<'a, T: Send + Sync> HeapReader<'a, T> {
     pub(super) fn new(store: &'a Store<T>, key: usize) -> Self {
-        Self { store, key }
+        Self {
+            scope: store.read(),
+            key,
+        }
     }
 
     /// The value of `id`, or `None` if it was removed (or belongs to another store).
@@ -72,7 +72,8 @@ impl<'a, T: Send + Sync> HeapReader<'a, T> {
     /// assert!(assets.read().get(id).is_none());
     /// ```
     pub fn get(&self, id: impl AssetId<T>) -> Option<AssetRef<'_, T>> {
-        get_one(self.store, self.key, id.parts())
+        let value = self.scope.get(mine(self.key, id.parts())?)?;
+        Some(AssetRef(Held::Scoped(value)))
     }
 
     /// Every value with its id. Values added or removed meanwhile may or may not be
@@ -91,7 +92,9 @@ impl<'a, T: Send + Sync> HeapReader<'a, T> {
     /// assert_eq!(total, 6);
     /// ```
     pub fn iter(&self) -> impl Iterator<Item = (Handle<T>, AssetRef<'_, T>)> + '_ {
-        self.store.iter().map(|(h, r)| (h, AssetRef(r)))
+        self.scope
+            .iter()
+            .map(|(h, value)| (h, AssetRef(Held::Scoped(value))))
     }
 }
 
@@ -101,7 +104,9 @@ pub(super) fn get_one<T: Send + Sync>(
     key: usize,
     parts: (Handle<T>, Option<usize>),
 ) -> Option<AssetRef<'_, T>> {
-    store.get(mine(key, parts)?).map(AssetRef)
+    store
+        .get(mine(key, parts)?)
+        .map(|r| AssetRef(Held::Guard(r)))
 }
 
 /// The plain id, unless it comes from an owning handle of another store (`key`).
@@ -114,13 +119,22 @@ pub(super) fn mine<T>(key: usize, (id, owner): (Handle<T>, Option<usize>)) -> Op
 
 /// A value read from a [`HeapAssets`](super::HeapAssets) store; dereferences to `&T`.
 /// While it lives the value neither moves nor changes.
-pub struct AssetRef<'a, T>(Ref<'a, T>);
+pub struct AssetRef<'a, T>(Held<'a, T>);
+
+/// What keeps an [`AssetRef`]'s value in place: the reader's scope, or a guard.
+enum Held<'a, T> {
+    Scoped(&'a T),
+    Guard(Ref<'a, T>),
+}
 
 impl<T> Deref for AssetRef<'_, T> {
     type Target = T;
     #[inline]
     fn deref(&self) -> &T {
-        &self.0
+        match &self.0 {
+            Held::Scoped(value) => value,
+            Held::Guard(r) => r,
+        }
     }
 }
 
