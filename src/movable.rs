@@ -171,7 +171,11 @@ impl Heap {
         undo: impl FnOnce(NonNull<u8>),
     ) -> Result<RawHandle, HandleError> {
         let Some(class) = size_class::class_for(layout.size(), layout.align()) else {
-            return self.alloc_large_movable(layout, tag, init, undo);
+            let h = self.alloc_large_movable(layout, tag, init, undo)?;
+            // Profiler hook: recorded (by handle) before the handle is returned.
+            #[cfg(feature = "profiling")]
+            self.profiler.on_alloc_handle(h, layout.size());
+            return Ok(h);
         };
         let inner = self.inner();
         let block = inner.alloc_block(class, layout.size(), SpanKind::Movable)?;
@@ -205,6 +209,9 @@ impl Heap {
         // Release, and last: the compactor moves a block only once it sees its owner
         // (Acquire), and then also sees the live counts.
         meta.owner.store(h.index() + 1, Ordering::Release);
+        // Profiler hook: by handle, so compaction moves need no update.
+        #[cfg(feature = "profiling")]
+        self.profiler.on_alloc_handle(h, layout.size());
         Ok(h)
     }
 
@@ -292,6 +299,9 @@ impl Heap {
             table.try_remove(h)?
         };
         let (block, _) = untag(tagged);
+        // Profiler hook: the handle is dead now (its generation moved on).
+        #[cfg(feature = "profiling")]
+        self.profiler.on_free(crate::profile::Key::Handle(h));
         let inner = self.inner();
         if inner.span_of(block).is_none() {
             // SAFETY: a movable block outside every span is a large movable block.
