@@ -43,10 +43,17 @@ fn classic_leak_two_allocations_one_freed() {
         "the site names the test function:\n{}",
         leaks[0].site
     );
+    let site = &leaks[0].site;
     assert!(
-        !leaks[0].site.mentions("tidyheap::profile::"),
-        "the profiler's own frames are left out:\n{}",
-        leaks[0].site
+        !site.mentions("trace_unsynchronized") && !site.mentions("capture"),
+        "the profiler's own frames are left out:\n{site}"
+    );
+    assert!(
+        site.frames()[0]
+            .symbols
+            .iter()
+            .any(|s| s.name.as_deref().is_some_and(|n| n.ends_with("alloc"))),
+        "the site starts at the heap's entry point:\n{site}"
     );
     let report = heap.profile_report(3).to_string();
     assert!(report.contains("1 block still live, 128 B"), "{report}");
@@ -500,4 +507,25 @@ fn reports_at_drop_and_at_exit_when_asked() {
             "not asked for: {stderr}"
         );
     }
+}
+
+#[test]
+fn blocks_placed_on_a_node_are_tracked() {
+    let heap = Heap::new();
+    let small = heap.alloc_on_node(l(100), 0).unwrap();
+    let large = heap.alloc_on_node(l(1 << 20), 0).unwrap();
+    let mut got: Vec<_> = heap.leaks().iter().map(|x| (x.address, x.size)).collect();
+    got.sort();
+    let mut want = vec![
+        (Some(small.as_ptr().addr()), 100),
+        (Some(large.as_ptr().addr()), 1 << 20),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+    // SAFETY: both came from `heap` with these layouts.
+    unsafe {
+        heap.dealloc(small, l(100));
+        heap.dealloc(large, l(1 << 20));
+    }
+    assert!(heap.leaks().is_empty());
 }

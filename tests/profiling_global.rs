@@ -142,3 +142,37 @@ fn top_sites_see_this_threads_hot_loop() {
     );
     assert!(top.by_count[0].allocations >= 20_000);
 }
+
+#[inline(never)]
+fn leak_a_box_for_the_exit_report() {
+    Box::leak(Box::new([9u8; 300]));
+}
+
+/// The child side of `global_reports_at_exit`: leaks a box, exits normally.
+#[test]
+fn global_exit_child() {
+    if std::env::var_os("PROFILING_GLOBAL_CHILD").is_some() {
+        leak_a_box_for_the_exit_report();
+    }
+}
+
+#[test]
+fn global_reports_at_exit_when_asked() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "global_exit_child", "--test-threads=1"])
+        .env("PROFILING_GLOBAL_CHILD", "1")
+        .env("TIDYHEAP_PROFILE_REPORT", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the child exits normally: {out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report = stderr
+        .split_once("tidyheap profile")
+        .expect("a report at exit")
+        .1;
+    assert!(report.contains("300 B in 1 block"), "{stderr}");
+    assert!(
+        report.contains("leak_a_box_for_the_exit_report"),
+        "{stderr}"
+    );
+}

@@ -340,32 +340,16 @@ struct Resolver {
     sites: HashMap<usize, Arc<AllocationSite>>,
 }
 
-/// Name prefixes of the profiler's own frames (and the unwinder's), left out of sites.
-const OWN_FRAMES: [&str; 2] = ["backtrace::", "tidyheap::profile::"];
-
 impl Resolver {
     fn site(&mut self, snap: &Snapshot, i: usize) -> Arc<AllocationSite> {
         if let Some(s) = self.sites.get(&i) {
             return s.clone();
         }
         let (.., start, end) = snap.sites[i];
-        let mut frames: Vec<Frame> = snap.stacks[start..end]
+        let frames: Vec<Frame> = snap.stacks[start..end]
             .iter()
             .map(|&ip| self.frame(ip))
             .collect();
-        // The capture starts inside the profiler: drop its frames (and unnamed ones
-        // among them, like the unwinder's own).
-        let own = frames
-            .iter()
-            .take_while(|f| {
-                f.symbols.iter().all(|s| {
-                    s.name
-                        .as_deref()
-                        .is_none_or(|n| OWN_FRAMES.iter().any(|p| n.starts_with(p)))
-                })
-            })
-            .count();
-        frames.drain(..own);
         let site = Arc::new(AllocationSite { frames });
         self.sites.insert(i, site.clone());
         site

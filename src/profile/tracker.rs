@@ -1,6 +1,5 @@
 //! The per-heap profiler: the hooks the entry layers call, sampling, stack capture.
 
-use core::ffi::c_void;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -121,9 +120,13 @@ impl Profiler {
 
     /// The hook after a raw-pointer allocation: `p` (null for a failed one) of `size`
     /// requested bytes.
+    ///
+    /// Sampling is decided here, before any thread-local access (a `__tls_get_addr`
+    /// call from this library) or stack frame for the capture: an allocation of the
+    /// profiler's own may so take a sample's turn, but it is still not recorded.
     #[inline(never)]
     pub(crate) fn on_alloc_ptr(&self, p: *mut u8, size: usize) {
-        if !p.is_null() {
+        if !p.is_null() && self.sampled(size) {
             self.record(Key::Addr(p.addr()), size);
         }
     }
@@ -131,21 +134,23 @@ impl Profiler {
     /// The hook after a movable block's handle was issued.
     #[inline(never)]
     pub(crate) fn on_alloc_handle(&self, h: crate::RawHandle, size: usize) {
-        self.record(Key::Handle(h), size);
+        if self.sampled(size) {
+            self.record(Key::Handle(h), size);
+        }
     }
 
+    /// Records a sampled allocation, unless this thread is inside the profiler.
+    #[cold]
+    #[inline(never)]
     fn record(&self, key: Key, size: usize) {
         let Some(_busy) = Busy::enter() else {
             return;
         };
-        if !self.sampled(size) {
-            return;
-        }
-        let mut frames = [0usize; MAX_FRAMES];
-        let n = capture(&mut frames[..self.config.max_frames.min(MAX_FRAMES)]);
+        let mut frames = [0usize; CAPTURED];
+        let stack = capture(&mut frames, self.config.max_frames);
         let recorded = {
             let mut t = self.lock();
-            let ok = t.insert(key, size, &frames[..n]);
+            let ok = t.insert(key, size, stack);
             if ok {
                 self.bucket(key).fetch_add(1, Ordering::Relaxed);
             }
@@ -259,20 +264,36 @@ impl Drop for Profiler {
     }
 }
 
-/// Captures the calling thread's return addresses into `frames`, innermost first;
-/// returns how many. Allocation-free (the unwinder walks the stack in place).
-fn capture(frames: &mut [usize]) -> usize {
-    let mut n = 0;
-    if frames.is_empty() {
-        return 0;
+/// Frames captured at most: the kept ones plus room for the profiler's own.
+const CAPTURED: usize = MAX_FRAMES + 16;
+
+/// Captures the calling thread's return addresses, innermost first, and returns the
+/// site's part: the frames after the profiler's own (the unwinder's, this function's,
+/// `Profiler::record`'s and the hook's), at most `keep` of them. Allocation-free (the
+/// unwinder walks the stack in place).
+///
+/// The profiler's frames are found by the start address of their function (from the
+/// unwind tables, so without debug info), not by name. If none is found (no unwind
+/// info for them), every frame is kept.
+fn capture(frames: &mut [usize; CAPTURED], keep: usize) -> &[usize] {
+    if keep == 0 {
+        return &[];
     }
+    let own = [
+        Profiler::record as *const () as usize,
+        Profiler::on_alloc_ptr as *const () as usize,
+        Profiler::on_alloc_handle as *const () as usize,
+    ];
+    let (mut n, mut first) = (0, 0);
     backtrace::trace(|frame| {
-        let ip: *mut c_void = frame.ip();
-        frames[n] = ip.addr();
+        if own.contains(&frame.symbol_address().addr()) {
+            first = n + 1;
+        }
+        frames[n] = frame.ip().addr();
         n += 1;
-        n < frames.len()
+        n < CAPTURED && n - first < keep
     });
-    n
+    &frames[first.min(n)..n.min(first + keep)]
 }
 
 #[cfg(test)]
