@@ -83,3 +83,39 @@ extern "C" fn at_exit() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `report_sites` no other test uses: marks this test's profilers.
+    const MARK: usize = 424_242;
+
+    /// (listed profilers, listed profilers of this test).
+    fn listed() -> (usize, usize) {
+        let listed = LISTED.lock().unwrap();
+        let live: Vec<usize> = listed.iter().copied().filter(|&a| a != 0).collect();
+        let ours = live
+            .iter()
+            // SAFETY: listed profilers are alive while the lock is held (see `LISTED`).
+            .filter(|&&a| unsafe { (*core::ptr::with_exposed_provenance::<Profiler>(a)).config }.report_sites == MARK)
+            .count();
+        (live.len(), ours)
+    }
+
+    #[test]
+    fn dropped_profilers_leave_the_list_even_after_it_overflowed() {
+        let config = ProfilingConfig::new().with_report_sites(MARK);
+        let ps: Vec<Box<Profiler>> = (0..SLOTS + 8)
+            .map(|_| Box::new(Profiler::new(config)))
+            .collect();
+        for (i, p) in ps.iter().enumerate() {
+            // A first record lists the profiler (no memory is behind the address).
+            p.on_alloc_ptr(core::ptr::without_provenance_mut(16 * (i + 1)), 8);
+        }
+        let (all, ours) = listed();
+        assert!(all <= SLOTS && ours > 0, "{all} listed, {ours} of ours");
+        drop(ps);
+        assert_eq!(listed().1, 0, "no dropped profiler stays listed");
+    }
+}

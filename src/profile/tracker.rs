@@ -301,6 +301,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sampling_rules() {
+        let with = |sampling| Profiler::new(ProfilingConfig::new().with_sampling(sampling));
+        let p = with(Sampling::EveryBytes(100));
+        // Running totals 50, 100, 150, 150, 350, 360: multiples of 100 passed twice.
+        let picks = [50, 50, 50, 0, 200, 10].map(|s| p.sampled(s));
+        assert_eq!(picks, [false, true, false, false, true, false]);
+        let p = with(Sampling::EveryNth(3));
+        assert_eq!(
+            [0; 7].map(|_| p.sampled(8)),
+            [true, false, false, true, false, false, true]
+        );
+        for all in [
+            Sampling::EveryAllocation,
+            Sampling::EveryNth(0),
+            Sampling::EveryNth(1),
+        ] {
+            let p = with(all);
+            assert!([0, 1, 1 << 40].iter().all(|&s| p.sampled(s)));
+        }
+        for bytes in [0, 1] {
+            let p = with(Sampling::EveryBytes(bytes));
+            assert_eq!([0, 1, 7].map(|s| p.sampled(s)), [false, true, true]);
+        }
+    }
+
+    #[test]
     fn nested_quiet_sections_keep_the_thread_busy() {
         quietly(|| {
             quietly(|| ());
