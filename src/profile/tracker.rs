@@ -284,10 +284,16 @@ fn capture(frames: &mut [usize; CAPTURED], keep: usize) -> &[usize] {
         Profiler::on_alloc_ptr as *const () as usize,
         Profiler::on_alloc_handle as *const () as usize,
     ];
-    let (mut n, mut first) = (0, 0);
+    let (mut n, mut first, mut searching) = (0, 0, true);
     backtrace::trace(|frame| {
-        if own.contains(&frame.symbol_address().addr()) {
-            first = n + 1;
+        // Looking a frame's function up costs an unwind-table search: only in the
+        // first frames, and only until the first frame after the profiler's.
+        if searching {
+            if own.contains(&frame.symbol_address().addr()) {
+                first = n + 1;
+            } else if first > 0 || n + 1 == CAPTURED - MAX_FRAMES {
+                searching = false;
+            }
         }
         frames[n] = frame.ip().addr();
         n += 1;
