@@ -27,10 +27,13 @@
 //!   `backtrace` crate's unwinder into a buffer on the stack (return addresses only, no
 //!   allocation) and records it under the profiler's lock: the block's key, size and
 //!   site (a distinct stack; equal stacks share one site and its counters). Symbols,
-//!   files and lines are looked up only when a report is built.
+//!   files and lines are looked up only when a report is built. Sites live as long as
+//!   the heap (their counters count since its creation), so the profiler's memory grows
+//!   with the number of distinct allocating stacks, not with the allocations.
 //! * **Keys.** Raw-pointer blocks are keyed by address; a free takes the record out
 //!   before the block can be reused, and a realloc moves the record to the new address
-//!   with the new size (keeping the original site). Movable blocks are keyed by their
+//!   with the new size (keeping the original site; a block that was not recorded stays
+//!   unrecorded). Movable blocks are keyed by their
 //!   handle, so compaction moves them without touching the profiler; a report asks the
 //!   handle table for their current address.
 //! * **Sampling** ([`Sampling`]): every allocation (the default, so a leak report is
