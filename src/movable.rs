@@ -68,6 +68,7 @@ use crate::handle::{RawHandle, SlotPin, SlotRead, SlotWrite};
 use crate::heap::{Heap, layout_for};
 use crate::pool::heap::HeapInner;
 use crate::pool::span::{Span, SpanKind};
+use crate::pool::thread_cache::{self, HEAP_SLOT, ThreadCache};
 use crate::size_class;
 use crate::{AllocError, HandleError};
 
@@ -80,6 +81,9 @@ const LOW_MASK: usize = (1 << LOW_BITS) - 1;
 const ADDR_MASK: usize = ((1 << HIGH_SHIFT) - 1) & !LOW_MASK;
 
 const _: () = assert!(size_class::MIN_SIZE >= 1 << LOW_BITS);
+// Every thread-cache record has a lane of the handle table (`lane_of`).
+#[cfg(not(tidyheap_loom))]
+const _: () = assert!(crate::pool::heap::MAX_THREAD_CACHES <= crate::handle::LANES);
 const _: () = assert!(crate::os::PAGE_SIZE >= 1 << LOW_BITS);
 
 /// A store tag: 20 bits (see the module docs). 0 is the raw handles' tag.
@@ -263,7 +267,16 @@ impl Heap {
             return self.alloc_large_movable(layout, tag, init, undo);
         };
         let inner = self.inner();
-        let block = inner.alloc_block(class, layout.size(), SpanKind::Movable)?;
+        // The thread's record, looked up once (one thread-local access): its block
+        // cache serves the block and its lane the slot. A miss looks again.
+        let tc = thread_cache::current_fast_at(inner, HEAP_SLOT);
+        let block = match tc
+            .and_then(|tc| inner.alloc_cached(tc, class, layout.size(), SpanKind::Movable))
+        {
+            Some(b) => b,
+            None => inner.alloc_block(class, layout.size(), SpanKind::Movable)?,
+        };
+        let tc = tc.or_else(|| thread_cache::current_fast_at(inner, HEAP_SLOT));
         // Event hook: alloc before the owner is published to the compactor.
         emit!(
             self,
@@ -276,7 +289,13 @@ impl Heap {
         // The length is written before the slot is published, so a compactor that
         // takes the slot (after `insert`'s Release) reads this block's own length.
         meta.set_len(layout.size());
-        let h = match self.handles().insert(tag_ptr(block, tag)) {
+        let tagged = tag_ptr(block, tag);
+        let h = match tc {
+            // SAFETY: the lane is `tc`'s, the record this thread owns (`lane_of`).
+            Some(tc) => unsafe { self.handles().insert_in(inner.lane_of(tc), tagged) },
+            None => self.handles().insert(tagged),
+        };
+        let h = match h {
             Ok(h) => h,
             Err(e) => {
                 undo(block);
@@ -368,21 +387,49 @@ impl Heap {
         if peek_tag(slot.ptr()) != Some(tag) {
             return Err(HandleError::Stale);
         }
-        let tagged = if tag != RAW_TAG {
+        let inner = self.inner();
+        // The thread's record, looked up once: its block cache takes the block and its
+        // lane (module `handle::table::lanes`) the slot.
+        let tc = thread_cache::current_fast_at(inner, HEAP_SLOT);
+        let (tagged, retired) = if tag != RAW_TAG {
             // A store's value: not while a read scope of the store is open.
             remove_scoped(table, scopes_of(tag), h, wait, || {
                 scope::mine::check(tag, &|| {
                     format!("removing {h:?} (remove / dropping an Owned)")
                 });
             })?
-        } else if wait {
-            table.remove(h)?
         } else {
-            table.try_remove(h)?
+            // Raw handles: the shared path, which also recycles the slot.
+            let tagged = if wait {
+                table.remove(h)?
+            } else {
+                table.try_remove(h)?
+            };
+            self.free_vacated(tagged, None, before_free);
+            return Ok(());
         };
+        self.free_vacated(tagged, tc, before_free);
+        // SAFETY:
+        // - we vacated the slot just now (`remove_scoped`) and gave it to nobody;
+        // - the lane is `tc`'s, the record this thread owns (`lane_of`).
+        unsafe {
+            table.recycle(tc.map(|tc| inner.lane_of(tc)), h.index(), retired);
+        }
+        Ok(())
+    }
+
+    /// Frees the block of a slot the caller has just vacated (`tagged` is the slot's
+    /// last pointer) after `before_free`, through `tc`, the calling thread's record, if
+    /// it has one: one page-map lookup.
+    fn free_vacated(
+        &self,
+        tagged: NonNull<u8>,
+        tc: Option<&ThreadCache>,
+        before_free: impl FnOnce(NonNull<u8>),
+    ) {
         let (block, _) = untag(tagged);
         let inner = self.inner();
-        if inner.span_of(block).is_none() {
+        let Some(span) = inner.span_of(block) else {
             // SAFETY: a movable block outside every span is a large movable block.
             let (len, header) = unsafe { large_header_of(block) };
             // Event hook: the slot is vacant (no move can race); free before unmapping.
@@ -395,9 +442,12 @@ impl Heap {
                 let map = large_layout(len, header).expect("validated when allocated");
                 inner.large.dealloc_counted(block.sub(header), map, len);
             }
-            return Ok(());
-        }
-        let (span, i) = inner.movable_block(block);
+            return;
+        };
+        debug_assert_eq!(span.kind(), SpanKind::Movable);
+        let i = span
+            .block_index(block.as_ptr().addr())
+            .expect("a movable block starts a block");
         // SAFETY: movable span, valid index.
         let meta = unsafe { span.meta(i) };
         let len = meta.len();
@@ -407,10 +457,21 @@ impl Heap {
         meta.owner.store(0, Ordering::Release);
         span.live.fetch_sub(1, Ordering::Relaxed);
         before_free(block);
-        // SAFETY: the slot is vacant, so nobody else can reach the block; it is a live
-        // movable block of `span.class()` allocated for `len` bytes.
-        unsafe { inner.free_block(block, span.class(), len, SpanKind::Movable) };
-        Ok(())
+        let class = span.class();
+        match tc {
+            Some(tc) => {
+                // SAFETY:
+                // - the slot is vacant, so nobody else can reach the block; it is a live
+                //   movable block of `class` allocated for `len` bytes;
+                // - `tc` is this thread's record.
+                if unsafe { inner.free_cached(tc, block, class, len, SpanKind::Movable) } {
+                    inner.overflow(tc, class, SpanKind::Movable);
+                }
+            }
+            // SAFETY:
+            // - as above: a live movable block of `class` for `len` bytes, ours alone.
+            None => unsafe { inner.free_block(block, class, len, SpanKind::Movable) },
+        }
     }
 
     /// The number of large movable blocks and the sum of their requested lengths, found

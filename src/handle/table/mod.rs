@@ -3,6 +3,7 @@
 
 mod access;
 mod free_list;
+mod lanes;
 mod segments;
 #[cfg(all(test, not(tidyheap_loom)))]
 mod tests;
@@ -23,6 +24,8 @@ use crate::{AllocError, HandleError};
 use free_list::NIL;
 pub use segments::MAX_SLOTS;
 use segments::free_segment;
+
+pub(crate) use lanes::LANES;
 pub(crate) use segments::{SEGMENTS, locate, segment_len};
 
 /// What `insert` answers once every one of a table's indexes has been issued.
@@ -136,6 +139,10 @@ pub struct HandleTable {
     /// Indexes `>= max_slots` are never issued.
     max_slots: u32,
     counters: Counters,
+    /// The per-thread lanes (module `lanes`), null until first used.
+    lanes: AtomicPtr<lanes::Lane>,
+    /// Lanes `[0, lanes_used)` may have been used (`len` sums them).
+    lanes_used: AtomicUsize,
 }
 
 impl HandleTable {
@@ -159,6 +166,8 @@ impl HandleTable {
                 len: AtomicUsize::new(0),
                 retired: AtomicUsize::new(0),
             },
+            lanes: AtomicPtr::new(ptr::null_mut()),
+            lanes_used: AtomicUsize::new(0),
         }
     }
 
@@ -393,37 +402,42 @@ impl HandleTable {
         Ok(block)
     }
 
-    /// Frees the slot of `guard`, a write guard on `h`, and returns the block address:
-    /// the remove of a value that read scopes may see (see `handle::scope`), which takes
-    /// the write guard first, checks the scopes, and only then vacates. On `Busy` (a pin
-    /// is held) nothing changed and the guard is handed back.
-    pub(crate) fn remove_written<'a>(
+    /// Vacates the slot of `guard`, a write guard on `h`, and returns the block address
+    /// and whether the slot was retired: the remove of a value that read scopes may see
+    /// (see `handle::scope`), which takes the write guard first, checks the scopes, and
+    /// only then vacates. The caller then hands the slot back with
+    /// [`recycle`](Self::recycle). On `Busy` (a pin is held) nothing changed and the
+    /// guard is handed back.
+    pub(crate) fn vacate_written<'a>(
         &'a self,
         h: RawHandle,
         guard: SlotWrite<'a>,
-    ) -> Result<NonNull<u8>, SlotWrite<'a>> {
+    ) -> Result<(NonNull<u8>, bool), SlotWrite<'a>> {
         let slot = guard.slot();
         debug_assert_eq!(slot.generation(), h.generation().get());
         // SAFETY:
         // - `guard` is the write guard on this slot at `h`'s generation; on success the
         //   guard is given up below without unlocking (the vacate released it).
-        let (block, retired) = match unsafe { slot.vacate_written(h.generation().get()) } {
-            Ok(r) => r,
-            Err(_) => return Err(guard),
-        };
-        guard.forget_vacated();
-        self.counters.len.fetch_sub(1, Relaxed);
-        if retired {
-            self.counters.retired.fetch_add(1, Relaxed);
-        } else {
-            self.push_free(h.index(), slot);
+        match unsafe { slot.vacate_written(h.generation().get()) } {
+            Ok(r) => {
+                guard.forget_vacated();
+                Ok(r)
+            }
+            Err(_) => Err(guard),
         }
-        Ok(block)
     }
 
-    /// Number of occupied slots (exact at quiescence).
+    /// Number of occupied slots (exact at quiescence): the shared count plus what each
+    /// thread's lane counted (module `lanes`).
     pub fn len(&self) -> usize {
-        self.counters.len.load(Relaxed)
+        let n = self
+            .counters
+            .len
+            .load(Relaxed)
+            .wrapping_add(self.lanes_net());
+        // Mid-flight (a slot inserted on one lane, removed on another) the sum can dip
+        // below zero for a moment.
+        n.min(isize::MAX as usize)
     }
 
     /// True if no slot is occupied.
@@ -477,9 +491,16 @@ impl Default for HandleTable {
 }
 
 impl Drop for HandleTable {
-    /// Releases the segments. Blocks still referenced by occupied slots are not freed:
-    /// the table never owned them.
+    /// Releases the segments and lanes. Blocks still referenced by occupied slots are
+    /// not freed: the table never owned them.
     fn drop(&mut self) {
+        let lanes = self.lanes.load(Acquire);
+        if !lanes.is_null() {
+            // SAFETY:
+            // - installed from `alloc_lanes` and released once, here; `&mut self` means
+            //   no lane reference outlives this call.
+            unsafe { lanes::free_lanes(lanes) };
+        }
         for (seg, base) in self.segments.iter().enumerate() {
             let base = base.load(Acquire);
             if !base.is_null() {

@@ -2,6 +2,7 @@ use core::ptr::{self, NonNull};
 
 use super::segments::{SEGMENTS, locate, segment_len, segment_start};
 use super::*;
+use crate::HandleError;
 use crate::handle::guard::{SlotMove, SlotPin, SlotRead, SlotWrite};
 use crate::handle::lease;
 use crate::sync::Ordering::Relaxed;
@@ -168,4 +169,142 @@ fn max_slots_is_an_error_not_a_panic() {
     assert_eq!(t.len(), 3);
     t.remove(hs[0]).unwrap();
     assert_eq!(t.insert(dangling(4)).unwrap().index(), 0);
+}
+
+/// Inserts through `lane`.
+fn ins(t: &HandleTable, lane: usize, n: usize) -> RawHandle {
+    // SAFETY: the test thread is the only thread, so it owns every lane.
+    unsafe { t.insert_in(lane, dangling(n)) }.unwrap()
+}
+
+/// Removes `h` the way a store does: write guard, vacate, recycle through `lane`.
+fn remove_in(
+    t: &HandleTable,
+    lane: Option<usize>,
+    h: RawHandle,
+) -> Result<NonNull<u8>, HandleError> {
+    let g = t.write(h)?;
+    let (block, retired) = t.vacate_written(h, g).map_err(|_| HandleError::Busy)?;
+    // SAFETY: we just vacated the slot; the test thread owns every lane.
+    unsafe { t.recycle(lane, h.index(), retired) };
+    Ok(block)
+}
+
+/// issued = |occupied| + |free list| + Σ|stash| + retired, each index in exactly one.
+fn assert_accounted(t: &HandleTable) {
+    let occupied: Vec<u32> = t.iter().map(|h| h.index()).collect();
+    let mut all: Vec<u32> = occupied.clone();
+    all.extend(t.free_list());
+    all.extend(t.stashed());
+    let before = all.len();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), before, "an index is in two places");
+    assert_eq!(all.len() + t.retired(), t.issued() as usize);
+    assert_eq!(t.len(), occupied.len());
+}
+
+#[test]
+fn lanes_reuse_their_own_slots_and_never_issue_one_twice() {
+    // Differential: random inserts / removes over three lanes and the shared path
+    // against a model of the live handles; stale handles must never resolve.
+    for seed in 1..=6u64 {
+        let t = HandleTable::new();
+        let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut live: Vec<(RawHandle, usize)> = Vec::new();
+        let mut dead: Vec<RawHandle> = Vec::new();
+        for step in 0..4000 {
+            let lane = match next() % 4 {
+                3 => None,
+                l => Some(l as usize),
+            };
+            if live.is_empty() || next() % 5 < 3 {
+                let h = match lane {
+                    // SAFETY: this thread owns every lane.
+                    Some(l) => ins(&t, l, step),
+                    None => t.insert(dangling(step)).unwrap(),
+                };
+                assert!(
+                    live.iter().all(|(o, _)| o.index() != h.index()),
+                    "seed {seed}: index {} handed out twice",
+                    h.index()
+                );
+                live.push((h, step));
+            } else {
+                let (h, step) = live.swap_remove((next() % live.len() as u64) as usize);
+                assert_eq!(remove_in(&t, lane, h), Ok(dangling(step)));
+                dead.push(h);
+            }
+            if step % 97 == 0 {
+                for &h in &dead {
+                    assert!(
+                        t.read(h).is_err() && !t.contains(h),
+                        "seed {seed}: stale {h:?} resolved"
+                    );
+                }
+                dead.clear();
+                assert_accounted(&t);
+            }
+        }
+        for (h, step) in live.drain(..) {
+            assert_eq!(t.read(h).unwrap().ptr(), dangling(step));
+        }
+        assert_accounted(&t);
+    }
+}
+
+#[test]
+fn a_full_stash_returns_a_batch_that_other_lanes_reuse() {
+    let t = HandleTable::new();
+    let hs: Vec<_> = (0..40).map(|i| ins(&t, 0, i)).collect();
+    for &h in &hs {
+        remove_in(&t, Some(0), h).unwrap();
+    }
+    assert!(
+        !t.free_list().is_empty(),
+        "the stash overflowed into the shared list"
+    );
+    assert!(t.stashed().len() <= 28);
+    assert_accounted(&t);
+    // Lane 1 has no stash: it takes a batch off the shared list instead of fresh indexes.
+    let issued = t.issued();
+    let again: Vec<_> = (0..10).map(|i| ins(&t, 1, i)).collect();
+    assert_eq!(t.issued(), issued);
+    for h in &again {
+        assert!(hs.iter().any(|o| o.index() == h.index()));
+        assert!(hs.iter().all(|o| *o != *h), "a new generation each time");
+    }
+    for &h in &hs {
+        assert!(t.read(h).is_err());
+    }
+    assert_accounted(&t);
+}
+
+#[test]
+fn lanes_keep_leased_windows_and_retire_exhausted_indexes() {
+    let first = 1_000_400;
+    let t = leased_table_from(first);
+    let mut h = ins(&t, 2, 0);
+    assert_eq!(h.index(), first);
+    lease::set_windows_used(first, lease::TEST_WINDOWS);
+    for _ in 0..lease::WINDOW / 2 - 1 {
+        remove_in(&t, Some(2), h).unwrap();
+        h = ins(&t, 2, 0);
+        assert_eq!(h.index(), first);
+    }
+    remove_in(&t, Some(2), h).unwrap();
+    lease::set_windows_used(first + 1, lease::TEST_WINDOWS);
+    let moved = ins(&t, 2, 1);
+    assert_eq!(moved.index(), first + 2);
+    assert_eq!(t.retired(), 2);
+    assert_eq!(t.len(), 1);
+    assert!(t.read(h).is_err());
+    remove_in(&t, Some(2), moved).unwrap();
+    assert_eq!(t.len(), 0);
 }
