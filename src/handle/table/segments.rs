@@ -87,35 +87,6 @@ pub(super) unsafe fn free_segment(seg: usize, base: *mut Slot) {
 }
 
 impl HandleTable {
-    /// Every issued slot with its index, walking the installed segments as slices (no
-    /// per-index segment lookup): the scan behind scoped iteration. Slots issued after
-    /// the call may or may not be visited.
-    pub(crate) fn slots(&self) -> impl Iterator<Item = (u32, &Slot)> + '_ {
-        let end = u64::from(self.counters.issued.load(Acquire));
-        (0..SEGMENTS)
-            .take_while(move |&seg| segment_start(seg) < end)
-            .filter_map(move |seg| {
-                let start = segment_start(seg);
-                let base = self.segments[seg].load(Acquire);
-                if base.is_null() {
-                    return None;
-                }
-                let len = (segment_len(seg) as u64).min(end - start) as usize;
-                // SAFETY:
-                // - `base` is an installed segment of `segment_len(seg) >= len` initialised
-                //   slots (published by the installing CAS, which we Acquired), freed only
-                //   when the table drops, so they outlive `&self`.
-                let slots = unsafe { core::slice::from_raw_parts(base, len) };
-                Some((start as u32, slots))
-            })
-            .flat_map(|(start, slots)| {
-                slots
-                    .iter()
-                    .enumerate()
-                    .map(move |(i, slot)| (start + i as u32, slot))
-            })
-    }
-
     /// Claims the next never-used index, installing its segment first if needed (so a
     /// failed reservation consumes no index).
     pub(super) fn issue_fresh(&self) -> Result<(u32, &Slot), HandleError> {
