@@ -49,6 +49,8 @@ use crate::handle::{Handle, RawHandle, SlotRead, SlotWrite};
 use crate::heap::Heap;
 use crate::movable::{MAX_TAG, Tag, new_store_tag, peek_tag, skip_store_tags_to, untag};
 
+#[cfg(all(test, tidyheap_loom))]
+mod loom_members;
 mod members;
 mod scope;
 use members::Members;
@@ -287,7 +289,7 @@ impl<T: Send + Sync> Store<T> {
             inner: Arc::new(StoreInner {
                 heap,
                 tag,
-                members: Members::default(),
+                members: Members::new(),
                 _values: PhantomData,
             }),
         })

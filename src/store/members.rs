@@ -33,10 +33,8 @@
 //! next insert of the store into that slot adopts the entry (only `len` counts it
 //! meanwhile).
 
-use core::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
 use crate::handle::{locate, segment_len};
+use crate::sync::{AtomicBool, AtomicUsize, Ordering, UnsafeCell};
 
 /// The dense list and its position map; only touched under [`Members::lock`].
 #[derive(Default)]
@@ -59,8 +57,7 @@ impl Dense {
 }
 
 /// A store's members (see the module docs).
-#[derive(Default)]
-pub(super) struct Members {
+pub(crate) struct Members {
     lock: AtomicBool,
     /// `dense.list.len()`, stored (not added to) under the lock.
     len: AtomicUsize,
@@ -70,10 +67,17 @@ pub(super) struct Members {
 // SAFETY: `dense` is only touched under `lock` (Acquire to take, Release to give back),
 // which makes the accesses of different threads ordered; the rest is atomic.
 unsafe impl Sync for Members {}
-// SAFETY: a `Vec` of integers and atomics: nothing tied to a thread.
-unsafe impl Send for Members {}
 
 impl Members {
+    /// No members.
+    pub(crate) fn new() -> Self {
+        Self {
+            lock: AtomicBool::new(false),
+            len: AtomicUsize::new(0),
+            dense: UnsafeCell::new(Dense::default()),
+        }
+    }
+
     /// Runs `f` on the list under the lock.
     fn with<R>(&self, f: impl FnOnce(&mut Dense) -> R) -> R {
         let mut backoff = crate::sync::Backoff::new();
@@ -82,11 +86,8 @@ impl Members {
             .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
-            if backoff.is_completed() {
-                std::thread::yield_now();
-            } else {
-                backoff.snooze();
-            }
+            // Spins briefly, then yields (the lock is held for a push or a copy).
+            backoff.snooze();
         }
         /// Gives the lock back even if `f` panics (an allocation failure).
         struct Unlock<'a>(&'a AtomicBool);
@@ -96,16 +97,18 @@ impl Members {
             }
         }
         let _unlock = Unlock(&self.lock);
-        // SAFETY: we hold the lock, so nobody else touches `dense` until it is released.
-        let dense = unsafe { &mut *self.dense.get() };
-        let r = f(dense);
-        self.len.store(dense.list.len(), Ordering::Relaxed);
-        r
+        self.dense.with_mut(|dense| {
+            // SAFETY: we hold the lock, so nobody else touches `dense` until we release it.
+            let dense = unsafe { &mut *dense };
+            let r = f(dense);
+            self.len.store(dense.list.len(), Ordering::Relaxed);
+            r
+        })
     }
 
     /// Adds slot `index`, which now holds a value of the store (nothing if it is a
     /// member already: see "A forged handle" in the module docs).
-    pub(super) fn add(&self, index: u32) {
+    pub(crate) fn add(&self, index: u32) {
         self.with(|d| {
             let n = d.list.len() as u32;
             let p = d.pos_mut(index);
@@ -117,7 +120,7 @@ impl Members {
     }
 
     /// Removes slot `index`, whose value the store has just removed.
-    pub(super) fn remove(&self, index: u32) {
+    pub(crate) fn remove(&self, index: u32) {
         self.with(|d| {
             let p = core::mem::take(d.pos_mut(index));
             if p == 0 {
@@ -132,12 +135,12 @@ impl Members {
     }
 
     /// A copy of the list.
-    pub(super) fn snapshot(&self) -> Vec<u32> {
+    pub(crate) fn snapshot(&self) -> Vec<u32> {
         self.with(|d| d.list.clone())
     }
 
     /// Number of members.
-    pub(super) fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len.load(Ordering::Relaxed)
     }
 }

@@ -98,11 +98,17 @@ struct Counters {
 /// `A` with a different tag. (A 32-bit tag could only be fooled by 2^32 free-list
 /// operations landing between one popper's load and its compare-exchange.)
 ///
+/// Stores on a heap skip the shared list on most operations: each thread reuses slots
+/// through its own *lane* (a stash of vacant slots that moves to and from the shared
+/// list in batches of 14, one compare-exchange each, and a count of its own inserts and
+/// removes that `len` sums). See `handle/table/lanes.rs`.
+///
 /// # Invariants (at quiescence; tested)
 ///
 /// ```text
-/// issued = |occupied| + |free list| + retired      (every issued index is in exactly one)
-/// len    = |occupied|,   capacity = Σ installed segment lengths ≥ issued
+/// issued = |occupied| + |free list| + Σ|lane stash| + retired   (each index in exactly one)
+/// len    = shared len + Σ lane net = |occupied|
+/// capacity = Σ installed segment lengths ≥ issued
 /// installed segments form a prefix: segment i installed ⇒ segments < i installed
 /// ```
 ///
