@@ -1,5 +1,5 @@
-//! Store tags: a block address and its owner's 20-bit tag in one slot pointer (see
-//! "Store tags" in the [parent module](super)).
+//! Store tags: the 20-bit owner tag carried in the unused bits of a slot's pointer (see
+//! "Store tags" in the [module docs](super)).
 
 use core::ptr::NonNull;
 use std::sync::atomic::Ordering;
@@ -24,7 +24,7 @@ pub(crate) type Tag = u32;
 /// The largest tag, which is also the most stores one process can ever create.
 pub(crate) const MAX_TAG: Tag = (1 << (64 - HIGH_SHIFT + LOW_BITS)) - 1;
 
-/// The tag of raw handles made by [`Heap::alloc_handle`](crate::Heap::alloc_handle).
+/// The tag of raw handles made by [`Heap::alloc_handle`].
 pub(crate) const RAW_TAG: Tag = 0;
 
 /// The next store tag to hand out, process-wide; `MAX_TAG + 1` once all are taken.
@@ -33,7 +33,7 @@ static NEXT_TAG: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::ne
 /// Takes the next tag from `counter`, or `None` once `MAX_TAG` has been handed out.
 /// The counter never moves past `MAX_TAG + 1`, so exhaustion is permanent and no tag is
 /// ever handed out twice; a refused call changes nothing.
-fn take_tag(counter: &std::sync::atomic::AtomicU32) -> Option<Tag> {
+pub(super) fn take_tag(counter: &std::sync::atomic::AtomicU32) -> Option<Tag> {
     counter
         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
             (t <= MAX_TAG).then(|| t + 1)
@@ -99,59 +99,4 @@ pub(crate) fn untag(p: NonNull<u8>) -> (NonNull<u8>, Tag) {
 #[inline(always)]
 pub(crate) fn peek_tag(p: *mut u8) -> Option<Tag> {
     (!p.is_null()).then(|| tag_of(p.addr()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tags_round_trip() {
-        let b = NonNull::new(0x7fff_1234_5670 as *mut u8).unwrap();
-        for tag in [0, 1, 0xF, 0x10, 0xBEEF, 0x1_2345, MAX_TAG] {
-            let t = tag_ptr(b, tag);
-            assert_eq!(untag(t), (b, tag));
-            assert_eq!(peek_tag(t.as_ptr()), Some(tag));
-        }
-        assert_eq!(MAX_TAG, 0xF_FFFF);
-        assert_eq!(peek_tag(core::ptr::null_mut()), None);
-    }
-
-    #[test]
-    fn untag_of_a_free_list_link_never_panics() {
-        // A racy peek can read a vacant slot's free-list link (a small index).
-        for link in [1usize, 5, 15, 16, 17, u32::MAX as usize] {
-            let p = NonNull::new(core::ptr::without_provenance_mut::<u8>(link)).unwrap();
-            let (addr, _) = untag(p);
-            assert_ne!(addr.as_ptr().addr(), 0);
-        }
-    }
-
-    #[test]
-    #[should_panic(expected = "cannot carry store tag")]
-    fn misaligned_blocks_cannot_be_tagged() {
-        let b = NonNull::new(0x7fff_1234_5678 as *mut u8).unwrap();
-        let _ = tag_ptr(b, 1);
-    }
-
-    #[test]
-    fn tag_counter_stops_at_the_maximum_for_good() {
-        let c = std::sync::atomic::AtomicU32::new(MAX_TAG - 1);
-        assert_eq!(take_tag(&c), Some(MAX_TAG - 1));
-        assert_eq!(take_tag(&c), Some(MAX_TAG));
-        for _ in 0..3 {
-            assert_eq!(take_tag(&c), None, "exhaustion is permanent");
-        }
-        assert_eq!(
-            c.load(Ordering::Relaxed),
-            MAX_TAG + 1,
-            "refusals do not move the counter, so it never wraps"
-        );
-        let c = std::sync::atomic::AtomicU32::new(u32::MAX);
-        assert_eq!(
-            take_tag(&c),
-            None,
-            "even a counter past the end never wraps"
-        );
-    }
 }
