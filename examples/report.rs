@@ -884,6 +884,17 @@ fn workload_rows(t: &mut Table) {
                         b,
                     );
                 }
+                if let (Some(a), Some(b)) = (tidy.held_frag(), o.held_frag()) {
+                    t.add(
+                        other,
+                        &label,
+                        "end frag (1 − live/(RSS rise − LazyFree))",
+                        Better::Lower,
+                        Unit::Frag,
+                        a,
+                        b,
+                    );
+                }
             }
         }
     }
