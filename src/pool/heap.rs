@@ -1,8 +1,13 @@
 //! The heap core: size-class pools over arenas, with central lists and thread caches.
 //!
 //! ```text
+//! movable:
 //! alloc(class) ─▶ thread cache list ──miss──▶ central list (lock-free batch) ──empty──▶ arena (lock): carve from spans
 //! free(block)  ─▶ thread cache list ──over limit──▶ central list ──full──▶ home to its span (its arena's lock)
+//! fixed (thread-owned spans, see `pool::remote`):
+//! alloc(class) ─▶ thread cache list ──miss──▶ own remote list (one swap) ──empty──▶ arena (lock): an owned span
+//! free(block)  ─▶ span owned by this thread? ── yes ─▶ thread cache list ──over limit──▶ half home (arena lock)
+//!                                           └── no ──▶ owner's remote list (one CAS), or home if unowned
 //! ```
 //!
 //! `HeapInner` lives at a stable address (inside a `static` for the global allocator, or
@@ -75,6 +80,8 @@ pub const DEFAULT_THREAD_CACHE_BYTES: usize = 2 << 20;
 const CARVE_BYTES: usize = 32 * 1024;
 /// Bytes of free blocks a central list may hold per class before batches go home.
 const CENTRAL_BYTES_PER_CLASS: usize = 1 << 20;
+/// Bytes of free blocks a thread's fixed list of one class may hold (see `list_limit`).
+const FIXED_LIST_BYTES: usize = 256 * 1024;
 
 /// Tuning knobs of a heap. `HeapConfig::DEFAULT` is what `Heap::new()` uses.
 ///

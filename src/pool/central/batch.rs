@@ -147,6 +147,7 @@ impl Batch {
 
     /// The first block (the one [`Batch::split_first`] gives out).
     #[inline]
+    #[cfg(test)]
     pub(crate) fn head(&self) -> NonNull<u8> {
         self.head
     }

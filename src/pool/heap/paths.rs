@@ -1,15 +1,16 @@
 //! The allocation and free paths of pool blocks: the inlined hits on the thread cache,
 //! and the cold misses (refill, overflow, the uncached path, going home to the span).
 
-use core::ptr::NonNull;
+use core::ptr::{self, NonNull};
 use std::sync::atomic::Ordering;
 
-use super::{CARVE_BYTES, CENTRAL_BYTES_PER_CLASS, HeapInner, stamp_word};
+use super::{CARVE_BYTES, CENTRAL_BYTES_PER_CLASS, FIXED_LIST_BYTES, HeapInner, stamp_word};
 use crate::AllocError;
 use crate::pool::central::Batch;
 #[cfg(feature = "hardened")]
 use crate::pool::hardened;
 use crate::pool::lock::MutexGuard;
+use crate::pool::pagemap;
 use crate::pool::poison;
 use crate::pool::span::SpanKind;
 use crate::pool::thread_cache::{self, ThreadCache, bump};
@@ -124,18 +125,27 @@ impl HeapInner {
         // SAFETY: this thread owns its record.
         let local = unsafe { tc.local() };
         let list = &mut local.lists[kind as usize][class];
-        let b = if let Some(batch) = self.central[kind as usize][class].pop() {
+        // Fixed blocks come back through the remote list (their spans are this record's);
+        // movable ones through the central list.
+        let remote = match kind {
+            SpanKind::Fixed => tc.remote.0[class].take(),
+            SpanKind::Movable => ptr::null_mut(),
+        };
+        let b = if !remote.is_null() {
+            // SAFETY: the taken chain is ours: free fixed blocks of `class`, of spans
+            // this record owned when they were pushed.
+            let rest = unsafe { list.push_chain(remote) };
+            // SAFETY: what the list had no room for is ours too, and free.
+            unsafe { self.return_chain_home(rest) };
+            bump(&c.batches_in, 1);
+            list.pop().expect("a non-empty remote list yields a block")
+        } else if kind == SpanKind::Movable
+            && let Some(batch) = self.central[kind as usize][class].pop()
+        {
             bump(&c.batches_in, 1);
             let (first, rest) = batch.split_first();
             if let Some(rest) = rest {
-                let head = rest.head();
                 list.adopt(rest);
-                if kind == SpanKind::Fixed {
-                    // The batch's head carried the central list's link in word 1: give
-                    // it its free stamp back (the other blocks kept theirs).
-                    // SAFETY: the block is free, ours, and at least 16 bytes.
-                    unsafe { stamp_word(head).write(self.key.load(Ordering::Relaxed)) };
-                }
             }
             first
         } else {
@@ -146,7 +156,7 @@ impl HeapInner {
             let want = self
                 .batch(class)
                 .min((CARVE_BYTES / size_class::size(class)).max(1));
-            arena.take_blocks(&self.source, class, kind, want, |b| {
+            arena.take_blocks_for(&self.source, class, kind, tc, want, |b| {
                 // SAFETY: fresh blocks are free and now ours; a batch is below the
                 // list's limit, so the list never fills here.
                 let full = unsafe { list.push(b) };
@@ -243,6 +253,9 @@ impl HeapInner {
         let Some(tc) = thread_cache::current_fast_at(self, slot) else {
             return false;
         };
+        if kind == SpanKind::Fixed && !self.is_local(tc, block) {
+            return false;
+        }
         // SAFETY: forwarded from the caller.
         if unsafe { self.free_cached(tc, block, class, size, kind) } {
             self.overflow(tc, class, kind);
@@ -312,9 +325,9 @@ impl HeapInner {
     /// already free. Then [`HeapInner::misuse`] names the problem and aborts. On the hot
     /// path this is a load, a compare and a store.
     ///
-    /// A double free goes unseen only while the first free's block heads a batch in a
-    /// central list (word 1 then holds the list's link) — or, with odds of 2^-64 per
-    /// free, a live block holding the key by chance is reported as freed twice.
+    /// No list that holds free fixed blocks (thread lists, remote lists, span home
+    /// lists) writes word 1, so every double free is seen — except that, with odds of
+    /// 2^-64 per free, a live block holding the key by chance is reported as freed twice.
     ///
     /// # Safety
     ///
@@ -400,36 +413,102 @@ impl HeapInner {
         size: usize,
         kind: SpanKind,
     ) {
-        match self.thread_cache() {
+        let tc = self.thread_cache();
+        if kind == SpanKind::Fixed {
+            let owner = self.owner_of(block);
+            if !tc.is_some_and(|tc| ptr::eq(owner, tc)) {
+                // SAFETY: forwarded from the caller.
+                unsafe { self.free_remote(tc, owner, block, class, size) };
+                return;
+            }
+        }
+        match tc {
             Some(tc) => {
                 // SAFETY: forwarded from the caller.
                 if unsafe { self.free_cached(tc, block, class, size, kind) } {
                     self.overflow(tc, class, kind);
                 }
             }
-            // SAFETY: forwarded from the caller.
-            None => unsafe { self.free_uncached(block, class, size, kind) },
+            None => {
+                debug_assert_eq!(kind, SpanKind::Movable, "fixed frees took free_remote");
+                // SAFETY: forwarded from the caller.
+                unsafe { self.free_uncached(block, class, size) }
+            }
         }
     }
 
+    /// The owner record of fixed `block`'s span (null: none, or not a block of ours).
+    #[inline]
+    pub(super) fn owner_of(&self, block: NonNull<u8>) -> *mut ThreadCache {
+        self.span_of(block)
+            .map_or(ptr::null_mut(), |s| s.owner.load(Ordering::Relaxed))
+    }
+
+    /// Whether fixed `block`'s span is owned by `tc`, so that its free takes the local
+    /// path (see `pool::remote`): a page-map lookup and one compare. A foreign pointer
+    /// is not local (its span's owner is no record of ours), so its free goes to the
+    /// checked slow path.
+    #[inline(always)]
+    pub(crate) fn is_local(&self, tc: &ThreadCache, block: NonNull<u8>) -> bool {
+        match pagemap::lookup(block.as_ptr() as usize) {
+            // SAFETY: page-map entries point at live span records; the owner is an atomic.
+            Some(s) => ptr::eq(unsafe { s.as_ref() }.owner.load(Ordering::Relaxed), tc),
+            None => false,
+        }
+    }
+
+    /// Frees fixed `block`, whose span `tc` (this thread's record, if any) does not own:
+    /// onto the remote list of its owner, or home when it has none (see `pool::remote`).
+    ///
     /// # Safety
     ///
-    /// As [`HeapInner::free_block`].
+    /// As [`HeapInner::free_block`], for a fixed block; `owner` is its span's owner as
+    /// read after the block was handed out.
     #[cold]
     #[inline(never)]
-    pub(super) unsafe fn free_uncached(
+    unsafe fn free_remote(
         &self,
+        tc: Option<&ThreadCache>,
+        owner: *mut ThreadCache,
         block: NonNull<u8>,
         class: usize,
         size: usize,
-        kind: SpanKind,
     ) {
-        if kind == SpanKind::Fixed {
-            // SAFETY: forwarded from the caller.
-            unsafe { self.stamp_free(block, class, size) };
-        }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.stamp_free(block, class, size) };
         poison::free_class(block, class);
-        let c = &self.shared[kind as usize];
+        let fixed = SpanKind::Fixed as usize;
+        match tc {
+            Some(tc) => {
+                bump(&tc.counters[fixed].frees, 1);
+                bump(&tc.counters[fixed].free_bytes, size as u64);
+            }
+            None => {
+                self.shared[fixed].frees.fetch_add(1, Ordering::Relaxed);
+                let b = &self.shared[fixed].free_bytes;
+                b.fetch_add(size as u64, Ordering::Relaxed);
+            }
+        }
+        match NonNull::new(owner) {
+            // SAFETY: the owner is a record of this heap (alive as long as it), and the
+            // dead block is ours to hand over.
+            Some(o) => unsafe { o.as_ref().remote.0[class].push(block) },
+            // SAFETY: the dead block is ours; its span is owned by nobody.
+            None => unsafe { self.return_home(Batch::from_block(block)) },
+        }
+    }
+
+    /// A movable block freed by a thread without a record (fixed ones take
+    /// `free_remote`): home to its span.
+    ///
+    /// # Safety
+    ///
+    /// As [`HeapInner::free_block`], for a movable block.
+    #[cold]
+    #[inline(never)]
+    pub(super) unsafe fn free_uncached(&self, block: NonNull<u8>, class: usize, size: usize) {
+        poison::free_class(block, class);
+        let c = &self.shared[SpanKind::Movable as usize];
         c.frees.fetch_add(1, Ordering::Relaxed);
         c.free_bytes.fetch_add(size as u64, Ordering::Relaxed);
         // SAFETY: the dead block is ours.
@@ -445,10 +524,15 @@ impl HeapInner {
         let local = unsafe { tc.local() };
         local.resync(kind as usize, class);
         let list = &mut local.lists[kind as usize][class];
-        let n = self.batch(class).min(list.len() - 1);
+        // Fixed lists are long (see `list_limit`) and go home by halves; movable ones
+        // pass a batch to the central list.
+        let n = match kind {
+            SpanKind::Fixed => list.len() / 2,
+            SpanKind::Movable => self.batch(class).min(list.len() - 1),
+        };
         if let Some(b) = list.take_batch(n) {
             bump(&tc.counters[kind as usize].batches_out, 1);
-            self.give_central(b, class, kind);
+            self.give_back(b, class, kind);
         }
         local.resync(kind as usize, class);
         if local.cached_bytes > self.config.thread_cache_bytes as isize {
@@ -477,16 +561,34 @@ impl HeapInner {
                 }
                 if let Some(b) = l.take_batch(give) {
                     bump(&tc.counters[k as usize].batches_out, 1);
-                    self.give_central(b, c, k);
+                    self.give_back(b, c, k);
                 }
                 local.resync(k as usize, c);
             }
         }
     }
 
-    /// Blocks a thread's list of `class` holds at most: two batches.
-    pub(crate) fn list_limit(&self, class: usize) -> u16 {
-        (2 * self.batch(class)).max(2) as u16
+    /// Blocks a thread's list of `class`/`kind` holds at most. Movable: two batches.
+    /// Fixed: [`FIXED_LIST_BYTES`] worth (at least two batches), since its blocks have
+    /// nowhere to go but home to their spans (under the arena lock): the longer list is
+    /// the page-local free list of mimalloc's design, kept by the thread.
+    pub(crate) fn list_limit(&self, kind: SpanKind, class: usize) -> u16 {
+        let batches = (2 * self.batch(class)).max(2);
+        match kind {
+            SpanKind::Fixed => (FIXED_LIST_BYTES / size_class::size(class))
+                .clamp(batches, usize::from(u16::MAX)) as u16,
+            SpanKind::Movable => batches as u16,
+        }
+    }
+
+    /// Gives blocks a thread's list lets go of back: fixed ones home to their spans (the
+    /// thread owns those spans), movable ones to the central list.
+    pub(super) fn give_back(&self, batch: Batch, class: usize, kind: SpanKind) {
+        match kind {
+            // SAFETY: the batch's blocks are free and ours.
+            SpanKind::Fixed => unsafe { self.return_home(batch) },
+            SpanKind::Movable => self.give_central(batch, class, kind),
+        }
     }
 
     pub(super) fn give_central(&self, batch: Batch, class: usize, kind: SpanKind) {
@@ -512,11 +614,21 @@ impl HeapInner {
     ///
     /// The batch's blocks are free blocks of this heap that nobody uses.
     pub(crate) unsafe fn return_home(&self, batch: Batch) {
-        let (head, _tail, count) = batch.into_raw_parts();
-        let mut cur = head.as_ptr();
+        let (head, _tail, _count) = batch.into_raw_parts();
+        // SAFETY: forwarded from the caller; a batch's chain ends in null (B1).
+        unsafe { self.return_chain_home(head.as_ptr()) }
+    }
+
+    /// Returns every block of the null-terminated chain (through word 0) from `chain`
+    /// to its span, like [`HeapInner::return_home`].
+    ///
+    /// # Safety
+    ///
+    /// The chain's blocks are free blocks of this heap that nobody else uses.
+    pub(crate) unsafe fn return_chain_home(&self, chain: *mut u8) {
+        let mut cur = chain;
         let mut locked: Option<(u32, MutexGuard<'_, crate::pool::arena::ArenaState>)> = None;
-        for _ in 0..count {
-            let block = NonNull::new(cur).expect("batch count matches its chain");
+        while let Some(block) = NonNull::new(cur) {
             // SAFETY: the block is free and ours; read its link before it is reused.
             cur = unsafe { block.cast::<*mut u8>().read() };
             let span = self.span_of(block).expect("a pool block maps to its span");

@@ -56,9 +56,9 @@ impl HeapInner {
                 // SAFETY: we just claimed the record.
                 let local = unsafe { rec.local() };
                 self.unpark(local);
-                for k in &mut local.lists {
-                    for (class, list) in k.iter_mut().enumerate() {
-                        list.set_up(self.list_limit(class));
+                for k in SpanKind::ALL {
+                    for (class, list) in local.lists[k as usize].iter_mut().enumerate() {
+                        list.set_up(self.list_limit(k, class));
                     }
                 }
                 rec.arena.store(self.next_arena() as u32, Ordering::Relaxed);
@@ -101,8 +101,9 @@ impl HeapInner {
     }
 
     /// Parks `cache` for the next thread (see `thread_cache`): its movable blocks go to
-    /// the central lists, its fixed lists stay (trimmed to `PARK_BYTES`), its counters
-    /// fold into the shared ones, and it is unclaimed.
+    /// the central lists, its remote lists home, its fixed lists stay (trimmed to
+    /// `PARK_BYTES`), its counters fold into the shared ones, and it is unclaimed. Frees
+    /// of its spans' blocks go on landing on its remote lists (see `pool::remote`).
     ///
     /// # Safety
     ///
@@ -118,6 +119,8 @@ impl HeapInner {
                 self.give_central(b, class, SpanKind::Movable);
             }
         }
+        // SAFETY: forwarded: we own the record.
+        unsafe { self.drain_remote(cache, u128::MAX) };
         local.resync_all();
         let fixed = SpanKind::Fixed as usize;
         let room = PARKED_TOTAL_BYTES.saturating_sub(self.parked_bytes.load(Ordering::Relaxed));
@@ -127,8 +130,9 @@ impl HeapInner {
                 break;
             }
             let list = &mut local.lists[fixed][class];
-            while let Some(b) = list.take_batch(self.batch(class)) {
-                self.give_central(b, class, SpanKind::Fixed);
+            while let Some(b) = list.take_batch(usize::MAX) {
+                // SAFETY: the batch's blocks are free and ours.
+                unsafe { self.return_home(b) };
             }
             local.resync(fixed, class);
         }
@@ -146,6 +150,21 @@ impl HeapInner {
         let p = core::mem::take(&mut local.parked);
         if p != 0 {
             self.parked_bytes.fetch_sub(p, Ordering::Relaxed);
+        }
+    }
+
+    /// Brings the blocks on `cache`'s remote lists of the classes whose bit is set in
+    /// `classes` home.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns `cache` (a taker must be; see `pool::remote`).
+    unsafe fn drain_remote(&self, cache: &ThreadCache, classes: u128) {
+        for (class, list) in cache.remote.0.iter().enumerate() {
+            if classes & (1 << class) != 0 {
+                // SAFETY: the taken chain is ours: free fixed blocks of this heap.
+                unsafe { self.return_chain_home(list.take()) };
+            }
         }
     }
 
@@ -171,6 +190,10 @@ impl HeapInner {
         kind: Option<SpanKind>,
         classes: u128,
     ) {
+        if kind.is_none_or(|want| want == SpanKind::Fixed) {
+            // SAFETY: forwarded: we own the record.
+            unsafe { self.drain_remote(cache, classes) };
+        }
         // SAFETY: forwarded: we own the record.
         let local = unsafe { cache.local() };
         for k in SpanKind::ALL {
