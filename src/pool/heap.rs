@@ -80,8 +80,9 @@ pub const DEFAULT_THREAD_CACHE_BYTES: usize = 2 << 20;
 const CARVE_BYTES: usize = 32 * 1024;
 /// Bytes of free blocks a central list may hold per class before batches go home.
 const CENTRAL_BYTES_PER_CLASS: usize = 1 << 20;
-/// Bytes of free blocks a thread's fixed list of one class may hold (see `list_limit`).
-const FIXED_LIST_BYTES: usize = 256 * 1024;
+/// Bytes of free blocks a thread's fixed list of one class may hold, at most (see
+/// `list_limit`; also at most half the thread-cache budget).
+const FIXED_LIST_BYTES: usize = 1 << 20;
 
 /// Tuning knobs of a heap. `HeapConfig::DEFAULT` is what `Heap::new()` uses.
 ///
@@ -100,7 +101,8 @@ pub struct HeapConfig {
     pub batch: usize,
     /// Bytes of free blocks a thread may cache before it flushes to the central lists.
     /// Checked when one of its lists refills or overflows (never on the hot path), so a
-    /// thread may hold up to one list's worth more per class in between.
+    /// thread may hold up to one list's worth more per class in between (a fixed list
+    /// holds up to half this budget, at most 1 MiB).
     pub thread_cache_bytes: usize,
     /// Configuration of the direct-mapping path for large blocks.
     pub large: LargeConfig,

@@ -569,14 +569,17 @@ impl HeapInner {
     }
 
     /// Blocks a thread's list of `class`/`kind` holds at most. Movable: two batches.
-    /// Fixed: [`FIXED_LIST_BYTES`] worth (at least two batches), since its blocks have
-    /// nowhere to go but home to their spans (under the arena lock): the longer list is
-    /// the page-local free list of mimalloc's design, kept by the thread.
+    /// Fixed: [`FIXED_LIST_BYTES`] worth, or half the cache budget if less (at least two
+    /// batches), since its blocks have nowhere to go but home to their spans (under the
+    /// arena lock): the longer list plays the part of mimalloc's page-local free lists,
+    /// kept by the thread.
     pub(crate) fn list_limit(&self, kind: SpanKind, class: usize) -> u16 {
         let batches = (2 * self.batch(class)).max(2);
+        let bytes = FIXED_LIST_BYTES.min(self.config.thread_cache_bytes / 2);
         match kind {
-            SpanKind::Fixed => (FIXED_LIST_BYTES / size_class::size(class))
-                .clamp(batches, usize::from(u16::MAX)) as u16,
+            SpanKind::Fixed => {
+                (bytes / size_class::size(class)).clamp(batches, usize::from(u16::MAX)) as u16
+            }
             SpanKind::Movable => batches as u16,
         }
     }
