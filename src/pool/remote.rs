@@ -19,7 +19,11 @@
 //!
 //! One list per (owner record, class), not per span: the owner collects everything
 //! freed to it for a class with one swap on a miss, without walking its spans, and the
-//! hot paths never touch it.
+//! hot paths never touch it. The freeing side batches too (snmalloc's remote cache, in
+//! small): a thread collects the blocks it frees for one owner and class in its record's
+//! *outgoing* chain (`thread_cache::Outgoing`) and pushes the chain with one CAS when it
+//! holds a batch, when a block for another owner comes, or when the thread flushes
+//! (exit, `trim`). So a producer/consumer pair pays one CAS per batch, not per block.
 //!
 //! # Owners that go away
 //!
@@ -32,7 +36,8 @@
 //! `owner` only routes frees. Every block is, at each moment, in exactly one place — a
 //! user's hands, one thread's list, one remote list, or its span's home list — and it
 //! moves between them only through this list's atomic head, a record's claim flag, or the
-//! arena lock. Blocks on a remote list are *out* of their span (like cached ones), so a
+//! arena lock. (An outgoing chain is part of its thread's record: the thread's list of
+//! blocks on their way.) Blocks on a remote list are *out* of their span (like cached ones), so a
 //! span with pending remote frees is never empty, retired or purged.
 //!
 //! # The list
@@ -40,12 +45,12 @@
 //! A Treiber stack linked through word 0 of the blocks, with a whole-list take:
 //!
 //! ```text
-//! push(b):  loop { h = head.load; b.w0 = h; CAS head: h → b }      // b is the pusher's until the CAS
-//! take():   if head.load == null { return null }; head.swap(null)   // the taker owns the chain
+//! push(b…t): loop { h = head.load; t.w0 = h; CAS head: h → b }     // the chain is the pusher's until the CAS
+//! take():    if head.load == null { return null }; head.swap(null)  // the taker owns the chain
 //! ```
 //!
-//! No thread reads a word of a block it does not own: `push` writes only its own block
-//! before publishing it (if the head went `A → … → A` meanwhile, `A` is still the top at
+//! No thread reads a word of a block it does not own: `push_chain` writes only its own
+//! chain's tail before publishing it (if the head went `A → … → A` meanwhile, `A` is still the top at
 //! the CAS, so the link is right: no ABA), and `take` walks the chain only after the swap
 //! that made it the owner. Orderings: the CAS is `Release` (the link write happens before
 //! the block is visible), the swap `Acquire`; every push's CAS is a read-modify-write of
@@ -81,16 +86,29 @@ impl RemoteList {
     ///
     /// `block` is a free pool block (at least 16 bytes, 16-aligned) that the caller owns
     /// and hands over: nobody else uses it from now on.
-    #[inline]
+    #[cfg(all(test, tidyheap_loom))]
     pub(crate) unsafe fn push(&self, block: NonNull<u8>) {
+        // SAFETY: forwarded from the caller: a chain of one block.
+        unsafe { self.push_chain(block, block) }
+    }
+
+    /// Pushes the chain `head → … → tail` (linked through word 0; `tail`'s word 0 is
+    /// overwritten) with one CAS.
+    ///
+    /// # Safety
+    ///
+    /// The chain's blocks are free pool blocks (at least 16 bytes, 16-aligned) that the
+    /// caller owns and hands over, and `tail` is reachable from `head`.
+    #[inline]
+    pub(crate) unsafe fn push_chain(&self, head: NonNull<u8>, tail: NonNull<u8>) {
         let mut h = self.head.load(Ordering::Relaxed);
         loop {
-            // SAFETY: the block is the caller's until the CAS below publishes it; word 0
-            // is inside it and pointer-aligned.
-            unsafe { block.cast::<*mut u8>().write(h) };
+            // SAFETY: the chain is the caller's until the CAS below publishes it; word 0
+            // of `tail` is inside it and pointer-aligned.
+            unsafe { tail.cast::<*mut u8>().write(h) };
             match self.head.compare_exchange_weak(
                 h,
-                block.as_ptr(),
+                head.as_ptr(),
                 Ordering::Release,
                 Ordering::Relaxed,
             ) {

@@ -260,10 +260,52 @@ pub(crate) fn bump(c: &AtomicU64, n: u64) {
     c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
 }
 
+/// Fixed blocks of one class that this record's thread freed for another record, not
+/// yet pushed onto that record's remote list (see `pool::remote`).
+///
+/// Invariant: `len` blocks are chained from `head` through word 0 to `tail` (both null
+/// when `len == 0`), all of spans whose owner was `owner` when they were freed.
+/// All zero is empty.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub(crate) owner: *mut ThreadCache,
+    head: *mut u8,
+    tail: *mut u8,
+    len: u32,
+}
+
+impl Outgoing {
+    /// Adds `block` (for the current `owner`); returns the chain's length.
+    ///
+    /// # Safety
+    ///
+    /// `block` is a free fixed block of this chain's class that the caller hands over.
+    pub(crate) unsafe fn add(&mut self, block: NonNull<u8>) -> u32 {
+        // SAFETY: the block is dead, ours, and at least 16 bytes.
+        unsafe { block.cast::<*mut u8>().write(self.head) };
+        if self.head.is_null() {
+            self.tail = block.as_ptr();
+        }
+        self.head = block.as_ptr();
+        self.len += 1;
+        self.len
+    }
+
+    /// Takes the chain: `(head, tail)`, or `None` when empty.
+    pub(crate) fn take(&mut self) -> Option<(NonNull<u8>, NonNull<u8>)> {
+        let head = NonNull::new(self.head)?;
+        let tail = NonNull::new(self.tail).expect("a non-empty chain has a tail");
+        (self.head, self.tail, self.len) = (ptr::null_mut(), ptr::null_mut(), 0);
+        Some((head, tail))
+    }
+}
+
 /// The owner-only part of a record: the lists and the byte budget's view of them.
 #[derive(Debug)]
 pub(crate) struct Local {
     pub(crate) lists: [[FreeList; NUM_CLASSES]; 2],
+    /// Remote frees on their way, per class (see [`Outgoing`]).
+    pub(crate) outgoing: [Outgoing; NUM_CLASSES],
     /// Bytes of blocks on the lists as of each list's last sync (L3): exact for every
     /// list the cold paths visited last, off by at most `limit` blocks for the others.
     pub(crate) cached_bytes: isize,

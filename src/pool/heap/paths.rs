@@ -13,7 +13,7 @@ use crate::pool::lock::MutexGuard;
 use crate::pool::pagemap;
 use crate::pool::poison;
 use crate::pool::span::SpanKind;
-use crate::pool::thread_cache::{self, ThreadCache, bump};
+use crate::pool::thread_cache::{self, Outgoing, ThreadCache, bump};
 use crate::size_class::{self, NUM_CLASSES};
 
 impl HeapInner {
@@ -489,12 +489,39 @@ impl HeapInner {
                 b.fetch_add(size as u64, Ordering::Relaxed);
             }
         }
-        match NonNull::new(owner) {
+        match (NonNull::new(owner), tc) {
+            (Some(_), Some(tc)) => {
+                // SAFETY: this thread owns its record.
+                let out = &mut unsafe { tc.local() }.outgoing[class];
+                if out.owner != owner {
+                    // SAFETY: the chain's blocks are dead and ours.
+                    unsafe { Self::send(out, class) };
+                    out.owner = owner;
+                }
+                // SAFETY: the dead block is ours to hand over.
+                if unsafe { out.add(block) } >= self.batch(class) as u32 {
+                    // SAFETY: as above.
+                    unsafe { Self::send(out, class) };
+                }
+            }
             // SAFETY: the owner is a record of this heap (alive as long as it), and the
             // dead block is ours to hand over.
-            Some(o) => unsafe { o.as_ref().remote.0[class].push(block) },
+            (Some(o), None) => unsafe { o.as_ref().remote.0[class].push_chain(block, block) },
             // SAFETY: the dead block is ours; its span is owned by nobody.
-            None => unsafe { self.return_home(Batch::from_block(block)) },
+            (None, _) => unsafe { self.return_home(Batch::from_block(block)) },
+        }
+    }
+
+    /// Pushes `out`'s chain (if any) onto its owner's remote list of `class`.
+    ///
+    /// # Safety
+    ///
+    /// `out` belongs to the caller's record, whose thread the caller is (or owns).
+    pub(super) unsafe fn send(out: &mut Outgoing, class: usize) {
+        if let Some((head, tail)) = out.take() {
+            // SAFETY: a non-empty chain has an owner, a record of this heap (alive as long
+            // as it); the chain's blocks are dead and ours to hand over.
+            unsafe { (*out.owner).remote.0[class].push_chain(head, tail) };
         }
     }
 

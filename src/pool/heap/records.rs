@@ -120,7 +120,10 @@ impl HeapInner {
             }
         }
         // SAFETY: forwarded: we own the record.
-        unsafe { self.drain_remote(cache, u128::MAX) };
+        unsafe {
+            Self::send_outgoing(local, u128::MAX);
+            self.drain_remote(cache, u128::MAX);
+        }
         local.resync_all();
         let fixed = SpanKind::Fixed as usize;
         let room = PARKED_TOTAL_BYTES.saturating_sub(self.parked_bytes.load(Ordering::Relaxed));
@@ -150,6 +153,21 @@ impl HeapInner {
         let p = core::mem::take(&mut local.parked);
         if p != 0 {
             self.parked_bytes.fetch_sub(p, Ordering::Relaxed);
+        }
+    }
+
+    /// Pushes a record's outgoing remote frees of the classes whose bit is set in
+    /// `classes` to their owners.
+    ///
+    /// # Safety
+    ///
+    /// `local` is the owner-only part of a record the caller owns.
+    unsafe fn send_outgoing(local: &mut thread_cache::Local, classes: u128) {
+        for (class, out) in local.outgoing.iter_mut().enumerate() {
+            if classes & (1 << class) != 0 {
+                // SAFETY: forwarded.
+                unsafe { Self::send(out, class) };
+            }
         }
     }
 
@@ -196,6 +214,10 @@ impl HeapInner {
         }
         // SAFETY: forwarded: we own the record.
         let local = unsafe { cache.local() };
+        if kind.is_none_or(|want| want == SpanKind::Fixed) {
+            // SAFETY: `local` is the record's, which we own.
+            unsafe { Self::send_outgoing(local, classes) };
+        }
         for k in SpanKind::ALL {
             if kind.is_some_and(|want| want != k) {
                 continue;

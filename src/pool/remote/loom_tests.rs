@@ -53,24 +53,30 @@ fn assert_each_once(mut got: Vec<usize>, mut want: Vec<usize>) {
     assert_eq!(got, want, "every block exactly once");
 }
 
-/// Two remote freers push while the owner collects: nothing lost, nothing twice.
+/// Two remote freers push (one a single block, one an outgoing chain of two, as
+/// `HeapInner::send` does) while the owner collects: nothing lost, nothing twice.
 #[test]
 fn loom_remote_frees_race_owner_collection() {
     loom::model(|| {
         let b = blocks(3);
         let list = Arc::new(RemoteList::new());
-        let freers: Vec<_> = [vec![b[0], b[1]], vec![b[2]]]
-            .into_iter()
-            .map(|mine| {
-                let list = list.clone();
-                thread::spawn(move || {
-                    for a in mine {
-                        // SAFETY: each block is pushed once, by the thread that owns it.
-                        unsafe { list.push(ptr(a)) };
-                    }
-                })
+        let single = {
+            let (list, a) = (list.clone(), b[2]);
+            // SAFETY: the block is pushed once, by the thread that owns it.
+            thread::spawn(move || unsafe { list.push(ptr(a)) })
+        };
+        let chain = {
+            let (list, x, y) = (list.clone(), b[0], b[1]);
+            thread::spawn(move || {
+                // SAFETY: both blocks are this thread's; it links them, then hands the
+                // chain over once.
+                unsafe {
+                    ptr(x).cast::<*mut u8>().write(y as *mut u8);
+                    list.push_chain(ptr(x), ptr(y));
+                }
             })
-            .collect();
+        };
+        let freers = [single, chain];
         let mut got = drain(list.take());
         for f in freers {
             f.join().unwrap();
