@@ -376,8 +376,8 @@ fn global_alloc_zeroed(heap: &HeapInner, layout: Layout) -> *mut u8 {
     })
 }
 
-/// `Global::dealloc`, out of line. Like `global_alloc`, the hit path (a list push)
-/// cannot panic; the rest is in cold calls that guard against unwinding. Debug builds
+/// `Global::dealloc`, out of line. Like `global_alloc`, the hit path (a list push, for a
+/// block of a span this thread's record owns: see `pool::remote`) cannot panic; the rest is in cold calls that guard against unwinding. Debug builds
 /// always take the checked path (`HeapInner::dealloc` checks the layout).
 ///
 /// # Safety
@@ -389,6 +389,7 @@ unsafe fn global_dealloc(heap: &HeapInner, ptr: *mut u8, layout: Layout) {
         && let Some(p) = NonNull::new(ptr)
         && let Some(class) = size_class::class_for_small(layout.size(), layout.align())
         && let Some(tc) = thread_cache::current_fast_at(heap, GLOBAL_SLOT)
+        && heap.is_local(tc, p)
     {
         if crate::pool::heap::CHECK_EVERY_FREE {
             heap.misuse(p, class);

@@ -18,13 +18,14 @@
 //! chunk cursor per node, so a chunk holds spans of one node only and is bound to it
 //! once. The three NUMA call sites are marked `NUMA:`.
 
-use core::ptr::NonNull;
+use core::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::lock::{Mutex, MutexGuard};
 use super::pagemap;
 use super::poison;
 use super::span::{ListId, Span, SpanKind, SpanList};
+use super::thread_cache::ThreadCache;
 use crate::AllocError;
 use crate::numa::placement::NodePlacement;
 use crate::numa::{MAX_NODES, Topology};
@@ -46,6 +47,9 @@ pub(crate) const MIN_RETAIN_BYTES: usize = 1 << 20;
 /// current demand at every purge (every compaction pass): about 64 passes (a second at
 /// 60 frames a second) for two thirds of the gap.
 const HIGH_WATER_DECAY: usize = 64;
+/// Partial spans a fixed refill looks at for one it may take (see
+/// [`Arena::fixed_span_for`]) before it starts a new span.
+const OWNER_WALK: usize = 16;
 
 /// Where span regions and records come from. One per heap, behind its own lock.
 #[derive(Debug)]
@@ -299,11 +303,62 @@ impl Arena {
         class: usize,
         kind: SpanKind,
     ) -> Result<&'a Span, AllocError> {
-        let k = kind as usize;
-        if let Some(s) = NonNull::new(st.partial[k][class].head) {
+        if let Some(s) = NonNull::new(st.partial[kind as usize][class].head) {
             // SAFETY: list members are live spans of this heap, which `source` outlives.
             return Ok(unsafe { &*s.as_ptr() });
         }
+        self.fresh_span(st, source, class, kind)
+    }
+
+    /// A fixed span of `class` with room for a refill on behalf of record `owner` (null:
+    /// a thread without a record): one of the first [`OWNER_WALK`] partial spans that is
+    /// unowned, owned by `owner`, or owned by a parked record (adopted), else a new one.
+    /// A non-null `owner` becomes the span's owner (see `pool::remote`). The span is on
+    /// the partial list on return.
+    fn fixed_span_for<'a>(
+        &self,
+        st: &mut ArenaState,
+        source: &'a SpanSource,
+        class: usize,
+        owner: *const ThreadCache,
+    ) -> Result<&'a Span, AllocError> {
+        let mut cur = st.partial[SpanKind::Fixed as usize][class].head;
+        let mut found = None;
+        for _ in 0..OWNER_WALK {
+            let Some(s) = NonNull::new(cur) else { break };
+            // SAFETY: list members are live spans of this heap, which `source` outlives.
+            let span: &'a Span = unsafe { &*s.as_ptr() };
+            let o = span.owner.load(Ordering::Relaxed);
+            // SAFETY: a non-null owner is a record in the heap's record table, which
+            // lives as long as the heap (and so as `source`); its claim flag is atomic.
+            let parked = !o.is_null() && !unsafe { &*o }.claimed.load(Ordering::Relaxed);
+            if ptr::eq(o, owner) || o.is_null() || parked {
+                found = Some(span);
+                break;
+            }
+            // SAFETY: the arena lock is held (we have `st`); the span is on this list.
+            cur = unsafe { span.state().next };
+        }
+        let span = match found {
+            Some(s) => s,
+            None => self.fresh_span(st, source, class, SpanKind::Fixed)?,
+        };
+        if !owner.is_null() {
+            span.owner.store(owner.cast_mut(), Ordering::Relaxed);
+        }
+        Ok(span)
+    }
+
+    /// A span of `class`/`kind` made or reused from the empty lists, initialised and
+    /// pushed on the partial list.
+    fn fresh_span<'a>(
+        &self,
+        st: &mut ArenaState,
+        source: &'a SpanSource,
+        class: usize,
+        kind: SpanKind,
+    ) -> Result<&'a Span, AllocError> {
+        let k = kind as usize;
         let bytes = size_class::span_bytes(class);
         let units = bytes / SPAN_UNIT;
         // Committed empty spans first (no page faults), then purged ones, then new.
@@ -351,20 +406,39 @@ impl Arena {
         Ok(span)
     }
 
-    /// Takes up to `want` blocks of `class`/`kind`, calling `sink` with each; returns how
-    /// many were taken (0 only with an error).
+    /// Takes up to `want` blocks of `class`/`kind` for a thread without a record,
+    /// calling `sink` with each; returns how many were taken (0 only with an error).
+    /// Fixed blocks come from spans no live record owns.
     pub(crate) fn take_blocks(
         &self,
         source: &SpanSource,
         class: usize,
         kind: SpanKind,
         want: usize,
+        sink: impl FnMut(NonNull<u8>),
+    ) -> Result<usize, AllocError> {
+        self.take_blocks_for(source, class, kind, ptr::null(), want, sink)
+    }
+
+    /// [`Arena::take_blocks`] for the refill of record `owner` (null: no record): fixed
+    /// blocks come from spans `owner` owns or now adopts (see [`Arena::fixed_span_for`]).
+    pub(crate) fn take_blocks_for(
+        &self,
+        source: &SpanSource,
+        class: usize,
+        kind: SpanKind,
+        owner: *const ThreadCache,
+        want: usize,
         mut sink: impl FnMut(NonNull<u8>),
     ) -> Result<usize, AllocError> {
         let mut st = self.lock();
         let mut got = 0;
         while got < want {
-            let span = match self.span_with_room(&mut st, source, class, kind) {
+            let span = match kind {
+                SpanKind::Fixed => self.fixed_span_for(&mut st, source, class, owner),
+                SpanKind::Movable => self.span_with_room(&mut st, source, class, kind),
+            };
+            let span = match span {
                 Ok(s) => s,
                 Err(e) if got == 0 => return Err(e),
                 Err(_) => break,

@@ -10,5 +10,6 @@ pub(crate) mod heap;
 pub(crate) mod lock;
 pub(crate) mod pagemap;
 pub(crate) mod poison;
+pub(crate) mod remote;
 pub(crate) mod span;
 pub(crate) mod thread_cache;

@@ -38,9 +38,10 @@
 
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU16, AtomicU32, Ordering};
 
 use super::poison;
+use super::thread_cache::ThreadCache;
 use crate::size_class::{self, MAX_POOL_ALIGN};
 
 /// What a span serves: raw-pointer blocks that never move, or handle-addressed blocks
@@ -194,6 +195,13 @@ pub struct Span {
     /// (DESIGN invariant 7). Wraps after 2^32 lives, far more than a region can have in
     /// the time a plan lives (a plan is re-validated on every pass).
     pub(crate) incarnation: AtomicU32,
+    /// Fixed spans: the thread-cache record that owns the span (see `pool::remote`), or
+    /// null. Written under the arena lock (by a refill taking blocks, and by `init`);
+    /// read without it by frees, which only route on it: a free of a block of this span
+    /// happens after the block was handed out, and so after the owner that handed it out
+    /// was set, and the owner changes while blocks are out only by adoption of a parked
+    /// record's span, where either value routes the block to a place that keeps it.
+    pub(crate) owner: AtomicPtr<ThreadCache>,
     pub(crate) state: UnsafeCell<SpanState>,
 }
 
@@ -217,6 +225,7 @@ impl Span {
             capacity: AtomicU32::new(0),
             live: AtomicU32::new(0),
             incarnation: AtomicU32::new(0),
+            owner: AtomicPtr::new(ptr::null_mut()),
             state: UnsafeCell::new(SpanState {
                 free: ptr::null_mut(),
                 free_count: 0,
@@ -297,6 +306,7 @@ impl Span {
         self.first_block.store(first as u32, Ordering::Relaxed);
         self.capacity.store(cap as u32, Ordering::Relaxed);
         self.live.store(0, Ordering::Relaxed);
+        self.owner.store(ptr::null_mut(), Ordering::Relaxed);
         // Release: a thread that learns of a block of this life (through the arena lock
         // or a slot pointer published after it) also sees the new incarnation.
         self.incarnation.fetch_add(1, Ordering::Release);

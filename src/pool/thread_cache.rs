@@ -16,6 +16,12 @@
 //! path's only check is the flags of its own decrement, and the cache's byte budget is
 //! only looked at on the cold paths (refill, overflow), from lengths synced there.
 //!
+//! A fixed free first checks that the block's span is owned by this record (a page-map
+//! lookup and a compare, see `pool::remote`); a block of another record's span goes to
+//! that record's remote list instead, and the owner collects it on a miss. Fixed lists
+//! are long (`HeapInner::list_limit`): their blocks go home to their spans, not to a
+//! central list, when a list overflows.
+//!
 //! # Finding the record: one thread-local access
 //!
 //! A thread finds its record through a small thread-local table of
@@ -53,6 +59,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use super::central::Batch;
 use super::heap::HeapInner;
+use super::remote::RemoteLists;
 use crate::size_class::{self, NUM_CLASSES};
 use crate::stats::PoolCounters;
 
@@ -151,6 +158,28 @@ impl FreeList {
         Some(batch)
     }
 
+    /// Pushes blocks of the null-terminated chain (through word 0) from `chain` while
+    /// the list keeps room for one more (L2); returns the rest of the chain (null when
+    /// every block was taken).
+    ///
+    /// # Safety
+    ///
+    /// The chain's blocks are free blocks of this list's class that nobody else uses,
+    /// and the list is set up.
+    pub(crate) unsafe fn push_chain(&mut self, chain: *mut u8) -> *mut u8 {
+        let mut cur = chain;
+        while self.room > 1
+            && let Some(b) = NonNull::new(cur)
+        {
+            // SAFETY: the block is ours (caller); read its link before relinking it.
+            cur = unsafe { b.cast::<*mut u8>().read() };
+            // SAFETY: as above; `room > 1`, so the list does not fill.
+            let full = unsafe { self.push(b) };
+            debug_assert!(!full);
+        }
+        cur
+    }
+
     /// Adopts every block of `batch` (the list must be empty, and the batch shorter
     /// than the limit, so L2 holds after).
     pub(crate) fn adopt(&mut self, batch: Batch) {
@@ -231,10 +260,52 @@ pub(crate) fn bump(c: &AtomicU64, n: u64) {
     c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
 }
 
+/// Fixed blocks of one class that this record's thread freed for another record, not
+/// yet pushed onto that record's remote list (see `pool::remote`).
+///
+/// Invariant: `len` blocks are chained from `head` through word 0 to `tail` (both null
+/// when `len == 0`), all of spans whose owner was `owner` when they were freed.
+/// All zero is empty.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub(crate) owner: *mut ThreadCache,
+    head: *mut u8,
+    tail: *mut u8,
+    len: u32,
+}
+
+impl Outgoing {
+    /// Adds `block` (for the current `owner`); returns the chain's length.
+    ///
+    /// # Safety
+    ///
+    /// `block` is a free fixed block of this chain's class that the caller hands over.
+    pub(crate) unsafe fn add(&mut self, block: NonNull<u8>) -> u32 {
+        // SAFETY: the block is dead, ours, and at least 16 bytes.
+        unsafe { block.cast::<*mut u8>().write(self.head) };
+        if self.head.is_null() {
+            self.tail = block.as_ptr();
+        }
+        self.head = block.as_ptr();
+        self.len += 1;
+        self.len
+    }
+
+    /// Takes the chain: `(head, tail)`, or `None` when empty.
+    pub(crate) fn take(&mut self) -> Option<(NonNull<u8>, NonNull<u8>)> {
+        let head = NonNull::new(self.head)?;
+        let tail = NonNull::new(self.tail).expect("a non-empty chain has a tail");
+        (self.head, self.tail, self.len) = (ptr::null_mut(), ptr::null_mut(), 0);
+        Some((head, tail))
+    }
+}
+
 /// The owner-only part of a record: the lists and the byte budget's view of them.
 #[derive(Debug)]
 pub(crate) struct Local {
     pub(crate) lists: [[FreeList; NUM_CLASSES]; 2],
+    /// Remote frees on their way, per class (see [`Outgoing`]).
+    pub(crate) outgoing: [Outgoing; NUM_CLASSES],
     /// Bytes of blocks on the lists as of each list's last sync (L3): exact for every
     /// list the cold paths visited last, off by at most `limit` blocks for the others.
     pub(crate) cached_bytes: isize,
@@ -274,10 +345,14 @@ pub(crate) struct ThreadCache {
     pub(crate) movable_epoch: AtomicU64,
     pub(crate) counters: [Counters; 2],
     local: core::cell::UnsafeCell<Local>,
+    /// Fixed blocks of this record's spans freed by other threads, per class (see
+    /// `pool::remote`): pushed by anyone, taken by the record's owner.
+    pub(crate) remote: RemoteLists,
 }
 
 // SAFETY: `local` is only touched by the claiming thread (or by whoever claims the
-// record after that thread released it); everything else is atomic.
+// record after that thread released it); everything else is atomic (the remote lists
+// too).
 unsafe impl Sync for ThreadCache {}
 
 impl ThreadCache {

@@ -1,0 +1,697 @@
+//! The allocation and free paths of pool blocks: the inlined hits on the thread cache,
+//! and the cold misses (refill, overflow, the uncached path, going home to the span).
+
+use core::ptr::{self, NonNull};
+use std::sync::atomic::Ordering;
+
+use super::{CARVE_BYTES, CENTRAL_BYTES_PER_CLASS, FIXED_LIST_BYTES, HeapInner, stamp_word};
+use crate::AllocError;
+use crate::pool::central::Batch;
+#[cfg(feature = "hardened")]
+use crate::pool::hardened;
+use crate::pool::lock::MutexGuard;
+use crate::pool::pagemap;
+use crate::pool::poison;
+use crate::pool::span::SpanKind;
+use crate::pool::thread_cache::{self, Outgoing, ThreadCache, bump};
+use crate::size_class::{self, NUM_CLASSES};
+
+impl HeapInner {
+    /// Allocates one block of `class`/`kind` for a request of `size` bytes.
+    #[inline(always)]
+    pub(crate) fn alloc_block(
+        &self,
+        class: usize,
+        size: usize,
+        kind: SpanKind,
+    ) -> Result<NonNull<u8>, AllocError> {
+        match self.alloc_hit(class, size, kind) {
+            Some(b) => Ok(b),
+            None => self.alloc_miss(class, size, kind),
+        }
+    }
+
+    /// The hot path: one thread-local access, a list pop and two counter adds. `None`
+    /// when the record is not in its fast slot or the list is empty (see `alloc_miss`).
+    #[inline(always)]
+    pub(crate) fn alloc_hit(
+        &self,
+        class: usize,
+        size: usize,
+        kind: SpanKind,
+    ) -> Option<NonNull<u8>> {
+        self.alloc_hit_at(self.fast_slot, class, size, kind)
+    }
+
+    /// [`HeapInner::alloc_hit`] with the heap's fast slot known to the caller.
+    #[inline(always)]
+    pub(crate) fn alloc_hit_at(
+        &self,
+        slot: usize,
+        class: usize,
+        size: usize,
+        kind: SpanKind,
+    ) -> Option<NonNull<u8>> {
+        debug_assert!(class < NUM_CLASSES);
+        let tc = thread_cache::current_fast_at(self, slot)?;
+        self.alloc_cached(tc, class, size, kind)
+    }
+
+    /// [`HeapInner::alloc_hit`] with this thread's record `tc` already looked up.
+    #[inline(always)]
+    pub(crate) fn alloc_cached(
+        &self,
+        tc: &ThreadCache,
+        class: usize,
+        size: usize,
+        kind: SpanKind,
+    ) -> Option<NonNull<u8>> {
+        debug_assert!(class < NUM_CLASSES);
+        if kind == SpanKind::Movable {
+            self.honor_movable_epoch(tc);
+        }
+        // SAFETY: this thread owns its record; `class` is a class.
+        let b = unsafe { tc.list(kind as usize, class) }.pop()?;
+        let c = &tc.counters[kind as usize];
+        bump(&c.allocs, 1);
+        bump(&c.alloc_bytes, size as u64);
+        self.hand_out(b, class, size, kind);
+        Some(b)
+    }
+
+    /// The index of record `tc` in this heap's record table: the lane of the heap's
+    /// handle table that its owner uses (`handle::table::lanes`).
+    #[inline(always)]
+    pub(crate) fn lane_of(&self, tc: &ThreadCache) -> usize {
+        let base = self.caches.load(Ordering::Relaxed);
+        (core::ptr::from_ref(tc).addr() - base.addr()) / size_of::<ThreadCache>()
+    }
+
+    /// A fixed block of `class` from `tc`'s list, counted; `None` if the list is empty.
+    #[inline(always)]
+    pub(crate) fn pop_cached(
+        &self,
+        tc: &ThreadCache,
+        class: usize,
+        size: usize,
+    ) -> Option<NonNull<u8>> {
+        // SAFETY: this thread owns its record; `class` is a class.
+        let b = unsafe { tc.list(SpanKind::Fixed as usize, class) }.pop()?;
+        let c = &tc.counters[SpanKind::Fixed as usize];
+        bump(&c.allocs, 1);
+        bump(&c.alloc_bytes, size as u64);
+        self.hand_out(b, class, size, SpanKind::Fixed);
+        Some(b)
+    }
+
+    /// Everything `alloc_hit` does not serve: finding or claiming the record, a refill,
+    /// or the uncached path.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn alloc_miss(
+        &self,
+        class: usize,
+        size: usize,
+        kind: SpanKind,
+    ) -> Result<NonNull<u8>, AllocError> {
+        let Some(tc) = self.thread_cache() else {
+            return self.alloc_uncached(class, size, kind);
+        };
+        if kind == SpanKind::Movable {
+            self.honor_movable_epoch(tc);
+        }
+        // SAFETY: this thread owns its record; `class` is a class.
+        let Some(b) = unsafe { tc.list(kind as usize, class) }.pop() else {
+            return self.refill(tc, class, size, kind);
+        };
+        let c = &tc.counters[kind as usize];
+        bump(&c.allocs, 1);
+        bump(&c.alloc_bytes, size as u64);
+        self.hand_out(b, class, size, kind);
+        Ok(b)
+    }
+
+    /// The list of `class` was empty: takes a batch from the central list, or carves
+    /// one from the thread's arena; serves the first block and counts the allocation.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn refill(
+        &self,
+        tc: &ThreadCache,
+        class: usize,
+        size: usize,
+        kind: SpanKind,
+    ) -> Result<NonNull<u8>, AllocError> {
+        let c = &tc.counters[kind as usize];
+        // SAFETY: this thread owns its record.
+        let local = unsafe { tc.local() };
+        let list = &mut local.lists[kind as usize][class];
+        // Fixed blocks come back through the remote list (their spans are this record's);
+        // movable ones through the central list.
+        let remote = match kind {
+            SpanKind::Fixed => tc.remote.0[class].take(),
+            SpanKind::Movable => ptr::null_mut(),
+        };
+        let b = if !remote.is_null() {
+            // SAFETY: the taken chain is ours: free fixed blocks of `class`, of spans
+            // this record owned when they were pushed.
+            let rest = unsafe { list.push_chain(remote) };
+            // SAFETY: what the list had no room for is ours too, and free.
+            unsafe { self.return_chain_home(rest) };
+            bump(&c.batches_in, 1);
+            list.pop().expect("a non-empty remote list yields a block")
+        } else if kind == SpanKind::Movable
+            && let Some(batch) = self.central[kind as usize][class].pop()
+        {
+            bump(&c.batches_in, 1);
+            let (first, rest) = batch.split_first();
+            if let Some(rest) = rest {
+                list.adopt(rest);
+            }
+            first
+        } else {
+            let arena = &self.arenas[tc.arena.load(Ordering::Relaxed) as usize];
+            // Carving writes a link into every block, faulting its pages in: carve at
+            // most `CARVE_BYTES` at a time, so a thread that allocates a few large
+            // blocks does not commit a whole batch of them.
+            let want = self
+                .batch(class)
+                .min((CARVE_BYTES / size_class::size(class)).max(1));
+            arena.take_blocks_for(&self.source, class, kind, tc, want, |b| {
+                // SAFETY: fresh blocks are free and now ours; a batch is below the
+                // list's limit, so the list never fills here.
+                let full = unsafe { list.push(b) };
+                debug_assert!(!full);
+            })?;
+            list.pop().expect("a refill yields at least one block")
+        };
+        local.resync(kind as usize, class);
+        bump(&c.misses, 1);
+        bump(&c.allocs, 1);
+        bump(&c.alloc_bytes, size as u64);
+        if local.cached_bytes > self.config.thread_cache_bytes as isize {
+            self.shrink(tc);
+        }
+        self.hand_out(b, class, size, kind);
+        Ok(b)
+    }
+
+    #[cold]
+    #[inline(never)]
+    pub(super) fn alloc_uncached(
+        &self,
+        class: usize,
+        size: usize,
+        kind: SpanKind,
+    ) -> Result<NonNull<u8>, AllocError> {
+        self.ensure_key();
+        let arena = &self.arenas[self.next_arena()];
+        let mut out = None;
+        arena.take_blocks(&self.source, class, kind, 1, |b| out = Some(b))?;
+        let c = &self.shared[kind as usize];
+        c.allocs.fetch_add(1, Ordering::Relaxed);
+        c.alloc_bytes.fetch_add(size as u64, Ordering::Relaxed);
+        c.misses.fetch_add(1, Ordering::Relaxed);
+        let b = out.expect("take_blocks returned one block");
+        self.hand_out(b, class, size, kind);
+        Ok(b)
+    }
+
+    /// Frees a block of `class`/`kind` that was allocated for `size` bytes.
+    ///
+    /// # Safety
+    ///
+    /// `block` is a live block of this heap of that class and kind, and dead from now on.
+    #[inline(always)]
+    pub(crate) unsafe fn free_block(
+        &self,
+        block: NonNull<u8>,
+        class: usize,
+        size: usize,
+        kind: SpanKind,
+    ) {
+        // SAFETY: forwarded from the caller.
+        if !unsafe { self.free_hit(block, class, size, kind) } {
+            // SAFETY: forwarded from the caller; `free_hit` left the block alone.
+            unsafe { self.free_miss(block, class, size, kind) }
+        }
+    }
+
+    /// The hot path: one thread-local access, a list push whose decrement is also the
+    /// overflow check, and two counter adds. `false` (the block untouched) when the
+    /// record is not in its fast slot.
+    ///
+    /// # Safety
+    ///
+    /// As [`HeapInner::free_block`].
+    #[inline(always)]
+    pub(crate) unsafe fn free_hit(
+        &self,
+        block: NonNull<u8>,
+        class: usize,
+        size: usize,
+        kind: SpanKind,
+    ) -> bool {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.free_hit_at(self.fast_slot, block, class, size, kind) }
+    }
+
+    /// [`HeapInner::free_hit`] with the heap's fast slot known to the caller.
+    ///
+    /// # Safety
+    ///
+    /// As [`HeapInner::free_block`].
+    #[inline(always)]
+    pub(crate) unsafe fn free_hit_at(
+        &self,
+        slot: usize,
+        block: NonNull<u8>,
+        class: usize,
+        size: usize,
+        kind: SpanKind,
+    ) -> bool {
+        debug_assert!(class < NUM_CLASSES);
+        let Some(tc) = thread_cache::current_fast_at(self, slot) else {
+            return false;
+        };
+        if kind == SpanKind::Fixed && !self.is_local(tc, block) {
+            return false;
+        }
+        // SAFETY: forwarded from the caller.
+        if unsafe { self.free_cached(tc, block, class, size, kind) } {
+            self.overflow(tc, class, kind);
+        }
+        true
+    }
+
+    /// Pushes the block on `tc`'s list and counts the free; `true` when the list is now
+    /// full and the caller must call [`HeapInner::overflow`] before anything else
+    /// touches it.
+    ///
+    /// # Safety
+    ///
+    /// As [`HeapInner::free_block`]; `tc` is this thread's record.
+    #[inline(always)]
+    #[must_use]
+    pub(crate) unsafe fn free_cached(
+        &self,
+        tc: &ThreadCache,
+        block: NonNull<u8>,
+        class: usize,
+        size: usize,
+        kind: SpanKind,
+    ) -> bool {
+        if kind == SpanKind::Fixed {
+            // SAFETY: forwarded from the caller: a block of this heap of `class`.
+            unsafe { self.stamp_free(block, class, size) };
+        }
+        poison::free_class(block, class);
+        if kind == SpanKind::Movable {
+            self.honor_movable_epoch(tc);
+        }
+        let c = &tc.counters[kind as usize];
+        bump(&c.frees, 1);
+        bump(&c.free_bytes, size as u64);
+        // SAFETY: this thread owns its record; `class` is a class.
+        let list = unsafe { tc.list(kind as usize, class) };
+        // SAFETY: the caller hands us the dead block.
+        unsafe { list.push(block) }
+    }
+
+    /// `block` of `class`/`kind` goes to the caller for a request of `size` bytes: ASan
+    /// may see all of it, and a fixed block loses its free stamp (see
+    /// [`HeapInner::stamp_free`]), so only a free puts the key back into it, and gets
+    /// its canary (`hardened`).
+    #[inline(always)]
+    pub(super) fn hand_out(&self, block: NonNull<u8>, class: usize, size: usize, kind: SpanKind) {
+        #[cfg(not(feature = "hardened"))]
+        let _ = size;
+        poison::live_class(block, class);
+        if kind == SpanKind::Fixed {
+            // SAFETY: the block is ours until returned and at least 16 bytes (16-aligned),
+            // so word 1 is in bounds and aligned.
+            unsafe { stamp_word(block).write(0) };
+            #[cfg(feature = "hardened")]
+            // SAFETY: the block is ours, of `class`, and `size` fits its class.
+            unsafe {
+                let key = self.key.load(Ordering::Relaxed);
+                hardened::write_canary(key, block, size_class::size(class), size)
+            };
+        }
+    }
+
+    /// The always-on double-free check of a fixed block being freed: a free fixed block
+    /// carries the heap's random key in word 1 (written here; cleared when the block is
+    /// handed out again, see [`hand_out`]), so finding the key there means the block is
+    /// already free. Then [`HeapInner::misuse`] names the problem and aborts. On the hot
+    /// path this is a load, a compare and a store.
+    ///
+    /// No list that holds free fixed blocks (thread lists, remote lists, span home
+    /// lists) writes word 1, so every double free is seen — except that, with odds of
+    /// 2^-64 per free, a live block holding the key by chance is reported as freed twice.
+    ///
+    /// # Safety
+    ///
+    /// `block` points to at least 16 readable and writable bytes (a pool block); with
+    /// `hardened`, it is a block of `class` handed out for `size` bytes.
+    #[inline(always)]
+    pub(crate) unsafe fn stamp_free(&self, block: NonNull<u8>, class: usize, size: usize) {
+        #[cfg(not(feature = "hardened"))]
+        let _ = size;
+        let key = self.key.load(Ordering::Relaxed);
+        let w = stamp_word(block);
+        // SAFETY: forwarded from the caller: word 1 is in bounds and 8-aligned.
+        if unsafe { w.read() } == key {
+            self.stamped_free(block, class);
+        }
+        #[cfg(feature = "hardened")]
+        // SAFETY: forwarded from the caller: a live block of `class` asked for as
+        // `size`, so the canary and the zeroed range are inside it.
+        unsafe {
+            hardened::check_canary(key, block, size_class::size(class), size);
+            hardened::zero_on_free(block, size_class::size(class));
+        }
+        // SAFETY: as above; the block is dead from now on, word 1 is the heap's.
+        unsafe { w.write(key) };
+    }
+
+    /// A block being freed carries the free stamp: a double free, unless the pointer is
+    /// not a fixed block of this heap's of `class` at all (then that is reported).
+    #[cold]
+    #[inline(never)]
+    pub(super) fn stamped_free(&self, block: NonNull<u8>, class: usize) -> ! {
+        self.misuse(block, class);
+        crate::misuse::fatal!(
+            "double free of {block:p} ({} B class)",
+            size_class::size(class)
+        )
+    }
+
+    /// Checks that `block` is the start of a block of a fixed span of this heap of
+    /// `class` (the class of the layout it is freed with), or aborts with a message
+    /// naming the problem. See [`crate::misuse`].
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn misuse(&self, block: NonNull<u8>, class: usize) {
+        let size = size_class::size(class);
+        let Some(span) = self.span_of(block) else {
+            crate::misuse::fatal!(
+                "free of {block:p}, which is not a block of this heap (freed with a layout \
+                 of the {size} B class)"
+            )
+        };
+        if span.kind() != SpanKind::Fixed {
+            crate::misuse::fatal!(
+                "free of {block:p} as a fixed block, but it is a movable (handle) block"
+            )
+        }
+        if span.class() != class {
+            crate::misuse::fatal!(
+                "free of {block:p} with a layout of the {size} B class, but the block is of \
+                 the {} B class (wrong layout passed to dealloc)",
+                span.block_size()
+            )
+        }
+        if span.block_index(block.as_ptr() as usize).is_none() {
+            crate::misuse::fatal!(
+                "free of {block:p}, which is not the start of a block ({size} B class)"
+            )
+        }
+    }
+
+    /// Everything `free_hit` does not serve: finding or claiming the record, or the
+    /// uncached path.
+    ///
+    /// # Safety
+    ///
+    /// As [`HeapInner::free_block`].
+    #[cold]
+    #[inline(never)]
+    pub(super) unsafe fn free_miss(
+        &self,
+        block: NonNull<u8>,
+        class: usize,
+        size: usize,
+        kind: SpanKind,
+    ) {
+        let tc = self.thread_cache();
+        if kind == SpanKind::Fixed {
+            let owner = self.owner_of(block);
+            if !tc.is_some_and(|tc| ptr::eq(owner, tc)) {
+                // SAFETY: forwarded from the caller.
+                unsafe { self.free_remote(tc, owner, block, class, size) };
+                return;
+            }
+        }
+        match tc {
+            Some(tc) => {
+                // SAFETY: forwarded from the caller.
+                if unsafe { self.free_cached(tc, block, class, size, kind) } {
+                    self.overflow(tc, class, kind);
+                }
+            }
+            None => {
+                debug_assert_eq!(kind, SpanKind::Movable, "fixed frees took free_remote");
+                // SAFETY: forwarded from the caller.
+                unsafe { self.free_uncached(block, class, size) }
+            }
+        }
+    }
+
+    /// The owner record of fixed `block`'s span (null: none, or not a block of ours).
+    #[inline]
+    pub(super) fn owner_of(&self, block: NonNull<u8>) -> *mut ThreadCache {
+        self.span_of(block)
+            .map_or(ptr::null_mut(), |s| s.owner.load(Ordering::Relaxed))
+    }
+
+    /// Whether fixed `block`'s span is owned by `tc`, so that its free takes the local
+    /// path (see `pool::remote`): a page-map lookup and one compare. A foreign pointer
+    /// is not local (its span's owner is no record of ours), so its free goes to the
+    /// checked slow path.
+    #[inline(always)]
+    pub(crate) fn is_local(&self, tc: &ThreadCache, block: NonNull<u8>) -> bool {
+        match pagemap::lookup(block.as_ptr() as usize) {
+            // SAFETY: page-map entries point at live span records; the owner is an atomic.
+            Some(s) => ptr::eq(unsafe { s.as_ref() }.owner.load(Ordering::Relaxed), tc),
+            None => false,
+        }
+    }
+
+    /// Frees fixed `block`, whose span `tc` (this thread's record, if any) does not own:
+    /// onto the remote list of its owner, or home when it has none (see `pool::remote`).
+    ///
+    /// # Safety
+    ///
+    /// As [`HeapInner::free_block`], for a fixed block; `owner` is its span's owner as
+    /// read after the block was handed out.
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_remote(
+        &self,
+        tc: Option<&ThreadCache>,
+        owner: *mut ThreadCache,
+        block: NonNull<u8>,
+        class: usize,
+        size: usize,
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.stamp_free(block, class, size) };
+        poison::free_class(block, class);
+        let fixed = SpanKind::Fixed as usize;
+        match tc {
+            Some(tc) => {
+                bump(&tc.counters[fixed].frees, 1);
+                bump(&tc.counters[fixed].free_bytes, size as u64);
+            }
+            None => {
+                self.shared[fixed].frees.fetch_add(1, Ordering::Relaxed);
+                let b = &self.shared[fixed].free_bytes;
+                b.fetch_add(size as u64, Ordering::Relaxed);
+            }
+        }
+        match (NonNull::new(owner), tc) {
+            (Some(_), Some(tc)) => {
+                // SAFETY: this thread owns its record.
+                let out = &mut unsafe { tc.local() }.outgoing[class];
+                if out.owner != owner {
+                    // SAFETY: the chain's blocks are dead and ours.
+                    unsafe { Self::send(out, class) };
+                    out.owner = owner;
+                }
+                // SAFETY: the dead block is ours to hand over.
+                if unsafe { out.add(block) } >= self.batch(class) as u32 {
+                    // SAFETY: as above.
+                    unsafe { Self::send(out, class) };
+                }
+            }
+            // SAFETY: the owner is a record of this heap (alive as long as it), and the
+            // dead block is ours to hand over.
+            (Some(o), None) => unsafe { o.as_ref().remote.0[class].push_chain(block, block) },
+            // SAFETY: the dead block is ours; its span is owned by nobody.
+            (None, _) => unsafe { self.return_home(Batch::from_block(block)) },
+        }
+    }
+
+    /// Pushes `out`'s chain (if any) onto its owner's remote list of `class`.
+    ///
+    /// # Safety
+    ///
+    /// `out` belongs to the caller's record, whose thread the caller is (or owns).
+    pub(super) unsafe fn send(out: &mut Outgoing, class: usize) {
+        if let Some((head, tail)) = out.take() {
+            // SAFETY: a non-empty chain has an owner, a record of this heap (alive as long
+            // as it); the chain's blocks are dead and ours to hand over.
+            unsafe { (*out.owner).remote.0[class].push_chain(head, tail) };
+        }
+    }
+
+    /// A movable block freed by a thread without a record (fixed ones take
+    /// `free_remote`): home to its span.
+    ///
+    /// # Safety
+    ///
+    /// As [`HeapInner::free_block`], for a movable block.
+    #[cold]
+    #[inline(never)]
+    pub(super) unsafe fn free_uncached(&self, block: NonNull<u8>, class: usize, size: usize) {
+        poison::free_class(block, class);
+        let c = &self.shared[SpanKind::Movable as usize];
+        c.frees.fetch_add(1, Ordering::Relaxed);
+        c.free_bytes.fetch_add(size as u64, Ordering::Relaxed);
+        // SAFETY: the dead block is ours.
+        unsafe { self.return_home(Batch::from_block(block)) };
+    }
+
+    /// The list of `class` is full: moves a batch to the central list (or home when
+    /// the central list is full), then checks the cache's byte budget.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn overflow(&self, tc: &ThreadCache, class: usize, kind: SpanKind) {
+        // SAFETY: this thread owns its record.
+        let local = unsafe { tc.local() };
+        local.resync(kind as usize, class);
+        let list = &mut local.lists[kind as usize][class];
+        // Fixed lists are long (see `list_limit`) and go home by halves; movable ones
+        // pass a batch to the central list.
+        let n = match kind {
+            SpanKind::Fixed => list.len() / 2,
+            SpanKind::Movable => self.batch(class).min(list.len() - 1),
+        };
+        if let Some(b) = list.take_batch(n) {
+            bump(&tc.counters[kind as usize].batches_out, 1);
+            self.give_back(b, class, kind);
+        }
+        local.resync(kind as usize, class);
+        if local.cached_bytes > self.config.thread_cache_bytes as isize {
+            self.shrink(tc);
+        }
+    }
+
+    /// The byte view says the cache is over budget: makes the view exact and, if it
+    /// still is, halves every list, biggest classes first, until it is not.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn shrink(&self, tc: &ThreadCache) {
+        // SAFETY: this thread owns its record.
+        let local = unsafe { tc.local() };
+        local.resync_all();
+        let budget = self.config.thread_cache_bytes as isize;
+        for k in SpanKind::ALL {
+            for c in (0..NUM_CLASSES).rev() {
+                if local.cached_bytes <= budget {
+                    return;
+                }
+                let l = &mut local.lists[k as usize][c];
+                let give = l.len() - l.len() / 2;
+                if give == 0 {
+                    continue;
+                }
+                if let Some(b) = l.take_batch(give) {
+                    bump(&tc.counters[k as usize].batches_out, 1);
+                    self.give_back(b, c, k);
+                }
+                local.resync(k as usize, c);
+            }
+        }
+    }
+
+    /// Blocks a thread's list of `class`/`kind` holds at most. Movable: two batches.
+    /// Fixed: [`FIXED_LIST_BYTES`] worth, or half the cache budget if less (at least two
+    /// batches), since its blocks have nowhere to go but home to their spans (under the
+    /// arena lock): the longer list plays the part of mimalloc's page-local free lists,
+    /// kept by the thread.
+    pub(crate) fn list_limit(&self, kind: SpanKind, class: usize) -> u16 {
+        let batches = (2 * self.batch(class)).max(2);
+        let bytes = FIXED_LIST_BYTES.min(self.config.thread_cache_bytes / 2);
+        match kind {
+            SpanKind::Fixed => {
+                (bytes / size_class::size(class)).clamp(batches, usize::from(u16::MAX)) as u16
+            }
+            SpanKind::Movable => batches as u16,
+        }
+    }
+
+    /// Gives blocks a thread's list lets go of back: fixed ones home to their spans (the
+    /// thread owns those spans), movable ones to the central list.
+    pub(super) fn give_back(&self, batch: Batch, class: usize, kind: SpanKind) {
+        match kind {
+            // SAFETY: the batch's blocks are free and ours.
+            SpanKind::Fixed => unsafe { self.return_home(batch) },
+            SpanKind::Movable => self.give_central(batch, class, kind),
+        }
+    }
+
+    pub(super) fn give_central(&self, batch: Batch, class: usize, kind: SpanKind) {
+        let central = &self.central[kind as usize][class];
+        let bytes = self.batch(class) * size_class::size(class);
+        let cap = (CENTRAL_BYTES_PER_CLASS / bytes).max(4);
+        let batch = if central.batches() < cap {
+            match central.push(batch) {
+                Ok(()) => return,
+                Err(b) => b,
+            }
+        } else {
+            batch
+        };
+        // SAFETY: the batch's blocks are free and ours.
+        unsafe { self.return_home(batch) };
+    }
+
+    /// Returns every block of `batch` to its span, locking each owning arena once per
+    /// run of blocks that share it.
+    ///
+    /// # Safety
+    ///
+    /// The batch's blocks are free blocks of this heap that nobody uses.
+    pub(crate) unsafe fn return_home(&self, batch: Batch) {
+        let (head, _tail, _count) = batch.into_raw_parts();
+        // SAFETY: forwarded from the caller; a batch's chain ends in null (B1).
+        unsafe { self.return_chain_home(head.as_ptr()) }
+    }
+
+    /// Returns every block of the null-terminated chain (through word 0) from `chain`
+    /// to its span, like [`HeapInner::return_home`].
+    ///
+    /// # Safety
+    ///
+    /// The chain's blocks are free blocks of this heap that nobody else uses.
+    pub(crate) unsafe fn return_chain_home(&self, chain: *mut u8) {
+        let mut cur = chain;
+        let mut locked: Option<(u32, MutexGuard<'_, crate::pool::arena::ArenaState>)> = None;
+        while let Some(block) = NonNull::new(cur) {
+            // SAFETY: the block is free and ours; read its link before it is reused.
+            cur = unsafe { block.cast::<*mut u8>().read() };
+            let span = self.span_of(block).expect("a pool block maps to its span");
+            let arena = &self.arenas[span.arena as usize];
+            if locked.as_ref().is_none_or(|(a, _)| *a != span.arena) {
+                // Never hold two arena locks: release the previous one first.
+                drop(locked.take());
+                locked = Some((span.arena, arena.lock()));
+            }
+            let (_, st) = locked.as_mut().expect("locked above");
+            // SAFETY: we hold the span's arena lock and the block is a dead out block.
+            unsafe { arena.put_block(st, span, block) };
+        }
+    }
+}
