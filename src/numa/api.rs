@@ -105,12 +105,18 @@ impl Heap {
         let arena = &inner.arenas[numa.arena_in_node(index, self.arena_count())];
         let mut out = None;
         arena.take_blocks(&inner.source, class, SpanKind::Fixed, 1, |b| out = Some(b))?;
+        let block = out.expect("take_blocks returned one block");
+        // Like every allocation: the heap's key set (it may be this heap's first block),
+        // the free stamp cleared (else its free would read as a double free), ASan's
+        // view and the `hardened` canary set for `layout.size()`.
+        inner.ensure_key();
+        inner.hand_out(block, class, layout.size(), SpanKind::Fixed);
         let c = &inner.shared[SpanKind::Fixed as usize];
         c.allocs.fetch_add(1, Ordering::Relaxed);
         c.alloc_bytes
             .fetch_add(layout.size() as u64, Ordering::Relaxed);
         c.misses.fetch_add(1, Ordering::Relaxed);
-        Ok(out.expect("take_blocks returned one block"))
+        Ok(block)
     }
 
     /// Moves the physical pages under `[ptr, ptr + len)` to node `node`, keeping every

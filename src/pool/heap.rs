@@ -300,7 +300,7 @@ impl HeapInner {
 
     /// Sets the free-stamp key if it is not set yet. Called before the heap hands out its
     /// first block (on claiming a record, and on the uncached path).
-    fn ensure_key(&self) {
+    pub(crate) fn ensure_key(&self) {
         if self.key.load(Ordering::Relaxed) == 0 {
             let k = crate::misuse::random_key(self as *const Self as u64);
             let _ = self

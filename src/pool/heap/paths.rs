@@ -323,7 +323,7 @@ impl HeapInner {
     /// [`HeapInner::stamp_free`]), so only a free puts the key back into it, and gets
     /// its canary (`hardened`).
     #[inline(always)]
-    pub(super) fn hand_out(&self, block: NonNull<u8>, class: usize, size: usize, kind: SpanKind) {
+    pub(crate) fn hand_out(&self, block: NonNull<u8>, class: usize, size: usize, kind: SpanKind) {
         #[cfg(not(feature = "hardened"))]
         let _ = size;
         poison::live_class(block, class);
