@@ -66,6 +66,7 @@ use crate::events::Pool;
 use crate::handle::scope::{self, remove_scoped, scopes_of};
 use crate::handle::{RawHandle, SlotPin, SlotRead, SlotWrite};
 use crate::heap::{Heap, layout_for};
+use crate::numa::migration::on_guarded_read;
 use crate::pool::heap::HeapInner;
 use crate::pool::span::{Span, SpanKind};
 use crate::size_class;
@@ -664,7 +665,9 @@ impl Heap {
             Err(HandleError::Busy) if self.peek_raw(h) => table.read(h)?,
             r => r?,
         };
+        // NUMA: the reader sample hook (`numa::migration`).
         self.make_read(guard)
+            .inspect(|g| on_guarded_read(self, h, g.ptr))
     }
 
     /// Whether `h`'s slot holds a raw-handle block, by a peek without a guard (exact
@@ -681,7 +684,9 @@ impl Heap {
     ///
     /// [`HandleError::Busy`] if a writer (or the compactor) holds it, else as `read`.
     pub fn try_read(&self, h: RawHandle) -> Result<ReadGuard<'_>, HandleError> {
+        // NUMA: the reader sample hook (`numa::migration`).
         self.make_read(self.handles().try_read(h)?)
+            .inspect(|g| on_guarded_read(self, h, g.ptr))
     }
 
     /// The block address and length behind a guarded raw-handle slot pointer, or

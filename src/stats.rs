@@ -236,6 +236,13 @@ pub struct NumaStats {
     pub migrated_pages: u64,
     /// Pages those calls could not move.
     pub migration_failures: u64,
+    /// Reads of handle blocks sampled for compactor migration (always 0 with one node:
+    /// see [`NumaMigration`](crate::numa::NumaMigration)).
+    pub read_samples: u64,
+    /// Handle blocks the compactor moved to the node of their most frequent reader.
+    pub compactor_migrated_blocks: u64,
+    /// Requested bytes of those blocks.
+    pub compactor_migrated_bytes: u64,
 }
 
 impl NumaStats {

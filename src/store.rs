@@ -49,6 +49,7 @@ use crate::handle::scope::{mine, scopes_of, write_scoped};
 use crate::handle::{Handle, RawHandle, SlotRead, SlotWrite};
 use crate::heap::Heap;
 use crate::movable::{MAX_TAG, Tag, new_store_tag, peek_tag, skip_store_tags_to, untag};
+use crate::numa::migration::on_guarded_read;
 
 mod scope;
 pub use scope::ReadScope;
@@ -357,7 +358,10 @@ impl<T: Send + Sync> Store<T> {
             Err(HandleError::Busy) if self.inner.peek_mine(h.raw()) => table.read(h.raw()).ok()?,
             Err(_) => return None,
         };
-        self.make_ref(g).ok()
+        // NUMA: the reader sample hook (`numa::migration`).
+        self.make_ref(g)
+            .inspect(|r| on_guarded_read(&self.inner.heap, h.raw(), r.ptr.cast()))
+            .ok()
     }
 
     /// Like [`Store::get`], but never waits.
@@ -381,7 +385,9 @@ impl<T: Send + Sync> Store<T> {
     /// ```
     pub fn try_get(&self, h: Handle<T>) -> Result<Ref<'_, T>, HandleError> {
         let g = self.inner.heap.handles().try_read(h.raw())?;
+        // NUMA: the reader sample hook (`numa::migration`).
         self.make_ref(g)
+            .inspect(|r| on_guarded_read(&self.inner.heap, h.raw(), r.ptr.cast()))
     }
 
     fn make_ref<'a>(&'a self, g: SlotRead<'a>) -> Result<Ref<'a, T>, HandleError> {

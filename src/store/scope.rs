@@ -16,6 +16,7 @@ use super::{Store, StoreInner};
 use crate::HandleError;
 use crate::handle::scope::{Scopes, mine, scoped_get, scopes_of, try_scoped_get};
 use crate::handle::{Handle, HandleTable, RawHandle};
+use crate::numa::migration::{on_scope_open, on_scoped_read};
 
 /// An open read scope of a [`Store`]: resolves handles to `&T` with no atomic
 /// read-modify-write per get. Made by [`Store::read`]; closes when dropped.
@@ -101,6 +102,8 @@ impl<T> Store<T> {
         let scopes = scopes_of(inner.tag);
         let nested = mine::enter(inner.tag);
         scopes.open(nested);
+        // NUMA: arms this thread's read sampling while some heap samples.
+        on_scope_open();
         ReadScope {
             inner,
             table: inner.heap.handles(),
@@ -144,7 +147,11 @@ impl<'a, T> ReadScope<'a, T> {
         };
         // SAFETY: the scope keeps the value in place, initialised and unwritten for
         // as long as `&self` lives (module `handle::scope`); `owns` checked the tag.
-        self.inner.owns(p).map(|p| unsafe { p.as_ref() })
+        self.inner
+            .owns(p)
+            // NUMA: the reader sample hook (`numa::migration`).
+            .inspect(|p| on_scoped_read(&self.inner.heap, h.raw(), p.cast()))
+            .map(|p| unsafe { p.as_ref() })
     }
 
     /// Like [`ReadScope::get`], but never waits.
@@ -168,6 +175,8 @@ impl<'a, T> ReadScope<'a, T> {
         // SAFETY: as in `get`.
         self.inner
             .owns(p)
+            // NUMA: the reader sample hook (`numa::migration`).
+            .inspect(|p| on_scoped_read(&self.inner.heap, h.raw(), p.cast()))
             .map(|p| unsafe { p.as_ref() })
             .ok_or(HandleError::Stale)
     }
