@@ -59,7 +59,7 @@
 use core::alloc::Layout;
 use core::ops::{Deref, DerefMut};
 use core::ptr::NonNull;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU16, Ordering};
 
 #[cfg(feature = "events")]
 use crate::events::Pool;
@@ -174,6 +174,8 @@ struct LargeHeader {
     len: usize,
     /// Header bytes (also the mapping's alignment).
     header: usize,
+    /// NUMA: the block's reader vote (`numa::readers`); 0 until a read is sampled.
+    vote: AtomicU16,
 }
 
 const LARGE_MAGIC: u64 = u64::from_le_bytes(*b"tidyLRG1");
@@ -191,15 +193,16 @@ fn large_layout(len: usize, header: usize) -> Result<Layout, AllocError> {
     Layout::from_size_align(total, header).map_err(|_| AllocError::TooLarge { size: len })
 }
 
-/// Reads the header of large movable block `block`.
+/// The header of large movable block `block`.
 ///
 /// # Safety
 ///
-/// `block` is a live large movable block of some heap.
-unsafe fn large_header_of(block: NonNull<u8>) -> (usize, usize) {
+/// `block` is a live large movable block of some heap, and stays live while the
+/// reference is used.
+unsafe fn large_header_ref<'a>(block: NonNull<u8>) -> &'a LargeHeader {
     // SAFETY: a live large movable block's header is stored in the last
     // `size_of::<LargeHeader>()` bytes of the header area right in front of it (which
-    // is at least a page, so it is mapped and 8-aligned).
+    // is at least a page, so it is mapped and 8-aligned); the caller keeps it live.
     let h = unsafe {
         &*block
             .as_ptr()
@@ -207,7 +210,29 @@ unsafe fn large_header_of(block: NonNull<u8>) -> (usize, usize) {
             .cast::<LargeHeader>()
     };
     debug_assert_eq!(h.magic, LARGE_MAGIC, "not a large movable block");
+    h
+}
+
+/// Reads the header of large movable block `block`: its length and header bytes.
+///
+/// # Safety
+///
+/// `block` is a live large movable block of some heap.
+pub(crate) unsafe fn large_header_of(block: NonNull<u8>) -> (usize, usize) {
+    // SAFETY: forwarded from the caller.
+    let h = unsafe { large_header_ref(block) };
     (h.len, h.header)
+}
+
+/// NUMA: the reader vote of large movable block `block` (see `numa::readers`).
+///
+/// # Safety
+///
+/// `block` is a live large movable block of some heap, and stays live while the
+/// reference is used.
+pub(crate) unsafe fn large_vote<'a>(block: NonNull<u8>) -> &'a AtomicU16 {
+    // SAFETY: forwarded from the caller.
+    unsafe { &large_header_ref(block).vote }
 }
 
 impl HeapInner {
@@ -326,6 +351,7 @@ impl Heap {
                     magic: LARGE_MAGIC,
                     len: layout.size(),
                     header,
+                    vote: AtomicU16::new(0),
                 });
         }
         // Event hook: alloc before the handle exists.

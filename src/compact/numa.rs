@@ -18,6 +18,11 @@
 //!           old copy home to its span; votes of both places cleared
 //! ```
 //!
+//! Large handle blocks (outside the pools) are queued by the read hook when their vote
+//! (in the block's header) reaches the threshold; after the pool blocks, a pass pins
+//! each queued block and, if its pages are not on the reader's node, moves them with
+//! `move_pages` (address and contents unchanged). Its vote is reset either way.
+//!
 //! A block moves only under its slot's move lock, as every compaction move (DESIGN
 //! invariant 2); what was collected is only a hint, re-validated at the move. Blocks go
 //! into spans that serve allocation (partial lists), never into a compaction source
@@ -30,9 +35,12 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::{Budget, CompactionReport, Planned};
+use crate::HandleError;
 use crate::handle::MoveSkip;
 use crate::heap::Heap;
-use crate::numa::readers::{Vote, owner_tag};
+use crate::movable::{large_header_of, large_vote, untag};
+use crate::numa::readers::{Vote, owner_tag, take_vote};
+use crate::numa::{migrate_to_node, node_of_address};
 use crate::pool::span::{Span, SpanKind};
 use crate::size_class::NUM_CLASSES;
 
@@ -143,6 +151,8 @@ impl Heap {
             }
         }
         let observers = self.compactor().observers();
+        // What the pool candidates left of the budget, for large blocks.
+        let left = (max_blocks - blocks, max_bytes - bytes);
         for m in &found {
             let source = m.span.span();
             let idx = inner.source.span_index(source);
@@ -172,6 +182,77 @@ impl Heap {
                 }
             }
         }
+        self.migrate_large(budget, start, left, report);
+    }
+
+    /// Moves the pages of the queued large blocks to their readers' nodes, within what
+    /// is left of the blocks and bytes (`left`) and of the time budget.
+    fn migrate_large(
+        &self,
+        budget: Budget,
+        start: Instant,
+        mut left: (u64, u64),
+        report: &mut CompactionReport,
+    ) {
+        let m = &self.compactor().numa;
+        let queued = m.take_large();
+        if queued.is_empty() {
+            return;
+        }
+        let inner = self.inner();
+        let numa = &inner.source.numa;
+        let threshold = m.threshold();
+        let mut later = Vec::new();
+        for (k, &h) in queued.iter().enumerate() {
+            if left.0 == 0 || budget.time.is_some_and(|t| start.elapsed() >= t) {
+                later.extend_from_slice(&queued[k..]);
+                break;
+            }
+            // A pin keeps the block (and its address) without excluding readers or
+            // writers: the kernel moves pages under concurrent access.
+            let pin = match self.handles().try_pin(h) {
+                Ok(p) => p,
+                Err(HandleError::Busy) => {
+                    later.push(h);
+                    continue;
+                }
+                // Freed since: nothing to do.
+                Err(_) => continue,
+            };
+            let (block, _) = untag(pin.ptr());
+            if inner.span_of(block).is_some() {
+                continue;
+            }
+            // SAFETY: the pin keeps this large movable block live (it lies in no span).
+            let (len, _) = unsafe { large_header_of(block) };
+            if len as u64 > left.1 {
+                later.push(h);
+                break;
+            }
+            // SAFETY: as above; the sample is reset whatever happens next.
+            let v = take_vote(unsafe { large_vote(block) });
+            if v.count < threshold || v.tag != owner_tag(h.index(), h.generation().get()) {
+                continue;
+            }
+            let Some(node) = numa.topology().node_id(v.node) else {
+                continue;
+            };
+            if node_of_address(block.as_ptr()) == Ok(node) {
+                // Already there (its mapping may prefer that node).
+                continue;
+            }
+            match migrate_to_node(block.as_ptr(), len, node) {
+                Ok(mig) => {
+                    numa.migrated(&mig);
+                    numa.compactor_moved(len);
+                    report.numa_blocks_moved += 1;
+                    report.numa_bytes_moved += len as u64;
+                    left = (left.0 - 1, left.1 - len as u64);
+                }
+                Err(_) => numa.compactor_failed(),
+            }
+        }
+        m.queue_large(later);
     }
 
     /// Moves one misplaced block into an arena of its reader's node. `Ok(None)`: the

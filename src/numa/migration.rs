@@ -8,14 +8,21 @@
 //! and a branch while the thread's *countdown* is 0, which it is until the thread reads
 //! while some heap in the process samples (a heap with more than one node and migration
 //! on): a guarded read then also loads the global count of such heaps, and a scope open
-//! arms the countdown. So on a one-node machine a scoped get pays one thread-local load,
-//! a guarded get that plus one relaxed load of a global, and nothing is ever recorded.
+//! arms the countdown. So on a one-node machine a scoped get pays one thread-local load
+//! and a branch, a guarded get that plus one relaxed load of a global, and nothing is
+//! ever recorded:
 //!
-//! An armed countdown drops by one per read; at 1 the read is *sampled* (out of line):
+//! ```text
+//! mov  %fs:COUNTDOWN, %eax ; test %eax, %eax ; jne tick     (scoped get, one node)
+//! ```
+//!
+//! An armed thread calls `tick` (out of line) on every read: the countdown drops by
+//! one, and at 1 the read is *sampled*:
 //! if the block's heap samples, the reader's node is recorded in the block's vote (module
 //! `readers`) and the countdown restarts at the heap's
-//! [`sample_period`](NumaMigration::sample_period). Blocks outside the pools (large
-//! handle blocks, zero-sized values) are not sampled.
+//! [`sample_period`](NumaMigration::sample_period). A large handle block (outside the
+//! pools) keeps its vote in its header, and is queued for the next pass when its vote
+//! reaches the threshold.
 //!
 //! # Migrating (the compactor)
 //!
@@ -23,7 +30,10 @@
 //! blocks whose vote names another node than their span's arena's (see `compact::numa`):
 //! a block moves, under its slot's move lock as every compaction move (DESIGN invariant
 //! 2), into a span with room of the same class in an arena of the reader's node, and its
-//! vote is reset. The rest of the budget defragments as before.
+//! vote is reset. A queued large block whose pages are not on its reader's node has
+//! them moved there with `move_pages` (its address, and every byte, unchanged: DESIGN
+//! invariant 1 would allow no less), under a pin. The rest of the budget defragments as
+//! before.
 
 use core::cell::Cell;
 use core::ptr::NonNull;
@@ -32,7 +42,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering};
 use parking_lot::Mutex;
 
 use super::NumaError;
-use super::readers::{ReaderMap, owner_tag};
+use super::readers::{ReaderMap, owner_tag, record_in};
 use crate::Heap;
 use crate::handle::RawHandle;
 
@@ -139,7 +149,13 @@ pub(crate) struct MigrationState {
     period: AtomicU32,
     threshold: AtomicU8,
     pub(crate) readers: ReaderMap,
+    /// Large handle blocks whose vote reached the threshold, for the next pass (at most
+    /// `MAX_LARGE_PENDING`; more wait until their vote reaches it again).
+    large: Mutex<Vec<RawHandle>>,
 }
+
+/// Most large blocks waiting for a pass.
+const MAX_LARGE_PENDING: usize = 256;
 
 impl MigrationState {
     pub(crate) fn new(multi_node: bool) -> Self {
@@ -155,6 +171,7 @@ impl MigrationState {
             period: AtomicU32::new(s.sample_period),
             threshold: AtomicU8::new(s.threshold),
             readers: ReaderMap::new(),
+            large: Mutex::new(Vec::new()),
         };
         state.set_sampling(multi_node);
         state
@@ -194,6 +211,21 @@ impl MigrationState {
     pub(crate) fn threshold(&self) -> u8 {
         self.threshold.load(Ordering::Relaxed)
     }
+
+    /// The large blocks waiting for a pass, taken.
+    pub(crate) fn take_large(&self) -> Vec<RawHandle> {
+        core::mem::take(&mut *self.large.lock())
+    }
+
+    /// Queues large blocks for the next pass (those a pass could not look at yet).
+    pub(crate) fn queue_large(&self, hs: impl IntoIterator<Item = RawHandle>) {
+        let mut q = self.large.lock();
+        for h in hs {
+            if q.len() < MAX_LARGE_PENDING && !q.contains(&h) {
+                q.push(h);
+            }
+        }
+    }
 }
 
 impl Drop for MigrationState {
@@ -206,23 +238,17 @@ impl Drop for MigrationState {
 /// `heap`. See the module docs for what it costs.
 #[inline(always)]
 pub(crate) fn on_guarded_read(heap: &Heap, h: RawHandle, block: NonNull<u8>) {
-    let c = COUNTDOWN.get();
-    if c > 1 {
-        COUNTDOWN.set(c - 1);
-    } else if c == 1 || SAMPLING_HEAPS.load(Ordering::Relaxed) != 0 {
-        sample(heap, h, block);
+    if COUNTDOWN.get() != 0 || SAMPLING_HEAPS.load(Ordering::Relaxed) != 0 {
+        tick(heap, h, block);
     }
 }
 
 /// Hook of scoped gets: after a read scope resolved `block`, the block of `h` in `heap`.
-/// One thread-local load while the thread is not armed.
+/// One thread-local load and a branch while the thread is not armed.
 #[inline(always)]
 pub(crate) fn on_scoped_read(heap: &Heap, h: RawHandle, block: NonNull<u8>) {
-    let c = COUNTDOWN.get();
-    if c > 1 {
-        COUNTDOWN.set(c - 1);
-    } else if c == 1 {
-        sample(heap, h, block);
+    if COUNTDOWN.get() != 0 {
+        tick(heap, h, block);
     }
 }
 
@@ -231,6 +257,18 @@ pub(crate) fn on_scoped_read(heap: &Heap, h: RawHandle, block: NonNull<u8>) {
 pub(crate) fn on_scope_open() {
     if COUNTDOWN.get() == 0 && SAMPLING_HEAPS.load(Ordering::Relaxed) != 0 {
         COUNTDOWN.set(1);
+    }
+}
+
+/// A read by an armed thread (or the first read while some heap samples): counts down,
+/// and samples at 1. Out of line, so the hooks stay a load and a branch.
+#[inline(never)]
+fn tick(heap: &Heap, h: RawHandle, block: NonNull<u8>) {
+    let c = COUNTDOWN.get();
+    if c > 1 {
+        COUNTDOWN.set(c - 1);
+    } else {
+        sample(heap, h, block);
     }
 }
 
@@ -251,20 +289,29 @@ fn sample(heap: &Heap, h: RawHandle, block: NonNull<u8>) {
         return;
     };
     let inner = heap.inner();
+    let numa = &inner.source.numa;
+    let reader = numa.topology().current_index();
+    let tag = owner_tag(h.index(), h.generation().get());
     // The caller's guard or scope keeps the block live, so its span keeps its class.
     let Some(span) = inner.span_of(block) else {
+        // SAFETY: the caller's guard or scope keeps the block live; a movable block in
+        // no span is a large movable block (zero-sized values get pool blocks).
+        let vote = unsafe { crate::movable::large_vote(block) };
+        numa.sampled();
+        if record_in(vote, tag, reader, m.threshold()) {
+            m.queue_large([h]);
+        }
         return;
     };
     let Some(i) = span.block_index(block.as_ptr().addr()) else {
         return;
     };
-    let numa = &inner.source.numa;
     numa.sampled();
     map.record(
         inner.source.span_index(span),
         i,
-        owner_tag(h.index(), h.generation().get()),
-        numa.topology().current_index(),
+        tag,
+        reader,
         numa.arena_node(span.arena),
         m.threshold(),
     );

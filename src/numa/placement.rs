@@ -61,6 +61,7 @@ pub(crate) struct NodePlacement {
     /// Handle blocks the compactor moved to their reader's node, and their bytes.
     compactor_blocks: AtomicU64,
     compactor_bytes: AtomicU64,
+    compactor_failures: AtomicU64,
 }
 
 impl NodePlacement {
@@ -79,6 +80,7 @@ impl NodePlacement {
             samples: AtomicU64::new(0),
             compactor_blocks: AtomicU64::new(0),
             compactor_bytes: AtomicU64::new(0),
+            compactor_failures: AtomicU64::new(0),
         }
     }
 
@@ -167,6 +169,11 @@ impl NodePlacement {
             .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
+    /// Counts a large handle block the kernel would not move to its reader's node.
+    pub(crate) fn compactor_failed(&self) {
+        self.compactor_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The NUMA part of a heap snapshot, given the per-arena snapshot.
     pub(crate) fn stats(&self, arenas: &[ArenaStats]) -> NumaStats {
         let t = self.topology();
@@ -197,6 +204,7 @@ impl NodePlacement {
             read_samples: self.samples.load(Ordering::Relaxed),
             compactor_migrated_blocks: self.compactor_blocks.load(Ordering::Relaxed),
             compactor_migrated_bytes: self.compactor_bytes.load(Ordering::Relaxed),
+            compactor_migration_failures: self.compactor_failures.load(Ordering::Relaxed),
         }
     }
 }

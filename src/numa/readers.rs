@@ -106,6 +106,20 @@ impl Vote {
     }
 }
 
+/// Records one sample from node `reader` in the vote `e` of a large block owned by tag
+/// `tag`; true when the vote just reached `threshold` (worth the compactor's look).
+pub(crate) fn record_in(e: &AtomicU16, tag: u8, reader: usize, threshold: u8) -> bool {
+    let old = Vote::decode(e.load(Ordering::Relaxed));
+    let v = old.after(reader, tag);
+    e.store(v.encode(), Ordering::Relaxed);
+    v.count >= threshold && (old.count < threshold || old.tag != tag)
+}
+
+/// Takes the vote `e` of a large block, leaving it cleared.
+pub(crate) fn take_vote(e: &AtomicU16) -> Vote {
+    Vote::decode(e.swap(0, Ordering::Relaxed))
+}
+
 /// The owner tag of the block of the handle with slot `index` and `generation`: a new
 /// occupant of the same slot (whose generation is 2 higher) gets another tag, so a
 /// block freed and re-allocated at once into the same slot and place does not inherit
