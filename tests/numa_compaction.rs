@@ -627,6 +627,10 @@ fn large_blocks_move_their_pages() {
             }
         });
         heap.free_handle(gone).unwrap();
+        // A pass with too little time leaves the large block queued.
+        let r = heap.compact(Budget::time(std::time::Duration::from_micros(1)));
+        assert_eq!(r.numa_blocks_moved, 0, "{r:?}");
+        assert_eq!(heap.stats().numa.compactor_migration_failures, 0);
         let r = heap.compact(Budget::UNLIMITED);
         let s = heap.stats().numa;
         let reader_node = topo.node_of_cpu(1);

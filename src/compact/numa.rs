@@ -32,7 +32,7 @@
 
 use core::ptr::NonNull;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{Budget, CompactionReport, Planned};
 use crate::HandleError;
@@ -225,9 +225,14 @@ impl Heap {
             }
             // SAFETY: the pin keeps this large movable block live (it lies in no span).
             let (len, _) = unsafe { large_header_of(block) };
-            if len as u64 > left.1 {
+            // `move_pages` copies every page: within the bytes left, and within the
+            // time left at a conservative 1 GiB/s.
+            let too_slow = budget.time.is_some_and(|t| {
+                start.elapsed() + Duration::from_secs_f64(len as f64 / f64::from(1u32 << 30)) > t
+            });
+            if len as u64 > left.1 || too_slow {
                 later.push(h);
-                break;
+                continue;
             }
             // SAFETY: as above; the sample is reset whatever happens next.
             let v = take_vote(unsafe { large_vote(block) });
