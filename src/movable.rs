@@ -691,9 +691,10 @@ impl Heap {
             Err(HandleError::Busy) if self.peek_raw(h) => table.read(h)?,
             r => r?,
         };
+        let g = self.make_read(guard)?;
         // NUMA: the reader sample hook (`numa::migration`).
-        self.make_read(guard)
-            .inspect(|g| on_guarded_read(self, h, g.ptr))
+        on_guarded_read(self, h, g.ptr);
+        Ok(g)
     }
 
     /// Whether `h`'s slot holds a raw-handle block, by a peek without a guard (exact
@@ -710,9 +711,10 @@ impl Heap {
     ///
     /// [`HandleError::Busy`] if a writer (or the compactor) holds it, else as `read`.
     pub fn try_read(&self, h: RawHandle) -> Result<ReadGuard<'_>, HandleError> {
+        let g = self.make_read(self.handles().try_read(h)?)?;
         // NUMA: the reader sample hook (`numa::migration`).
-        self.make_read(self.handles().try_read(h)?)
-            .inspect(|g| on_guarded_read(self, h, g.ptr))
+        on_guarded_read(self, h, g.ptr);
+        Ok(g)
     }
 
     /// The block address and length behind a guarded raw-handle slot pointer, or

@@ -358,10 +358,10 @@ impl<T: Send + Sync> Store<T> {
             Err(HandleError::Busy) if self.inner.peek_mine(h.raw()) => table.read(h.raw()).ok()?,
             Err(_) => return None,
         };
+        let r = self.make_ref(g).ok()?;
         // NUMA: the reader sample hook (`numa::migration`).
-        self.make_ref(g)
-            .inspect(|r| on_guarded_read(&self.inner.heap, h.raw(), r.ptr.cast()))
-            .ok()
+        on_guarded_read(&self.inner.heap, h.raw(), r.ptr.cast());
+        Some(r)
     }
 
     /// Like [`Store::get`], but never waits.
@@ -385,9 +385,10 @@ impl<T: Send + Sync> Store<T> {
     /// ```
     pub fn try_get(&self, h: Handle<T>) -> Result<Ref<'_, T>, HandleError> {
         let g = self.inner.heap.handles().try_read(h.raw())?;
+        let r = self.make_ref(g)?;
         // NUMA: the reader sample hook (`numa::migration`).
-        self.make_ref(g)
-            .inspect(|r| on_guarded_read(&self.inner.heap, h.raw(), r.ptr.cast()))
+        on_guarded_read(&self.inner.heap, h.raw(), r.ptr.cast());
+        Ok(r)
     }
 
     fn make_ref<'a>(&'a self, g: SlotRead<'a>) -> Result<Ref<'a, T>, HandleError> {

@@ -145,13 +145,12 @@ impl<'a, T> ReadScope<'a, T> {
             }
             Err(_) => return None,
         };
+        let p = self.inner.owns(p)?;
+        // NUMA: the reader sample hook (`numa::migration`).
+        on_scoped_read(&self.inner.heap, h.raw(), p.cast());
         // SAFETY: the scope keeps the value in place, initialised and unwritten for
         // as long as `&self` lives (module `handle::scope`); `owns` checked the tag.
-        self.inner
-            .owns(p)
-            // NUMA: the reader sample hook (`numa::migration`).
-            .inspect(|p| on_scoped_read(&self.inner.heap, h.raw(), p.cast()))
-            .map(|p| unsafe { p.as_ref() })
+        Some(unsafe { p.as_ref() })
     }
 
     /// Like [`ReadScope::get`], but never waits.
@@ -172,13 +171,11 @@ impl<'a, T> ReadScope<'a, T> {
     #[inline]
     pub fn try_get(&self, h: Handle<T>) -> Result<&T, HandleError> {
         let p = try_scoped_get(self.table, h.raw())?;
+        let p = self.inner.owns(p).ok_or(HandleError::Stale)?;
+        // NUMA: the reader sample hook (`numa::migration`).
+        on_scoped_read(&self.inner.heap, h.raw(), p.cast());
         // SAFETY: as in `get`.
-        self.inner
-            .owns(p)
-            // NUMA: the reader sample hook (`numa::migration`).
-            .inspect(|p| on_scoped_read(&self.inner.heap, h.raw(), p.cast()))
-            .map(|p| unsafe { p.as_ref() })
-            .ok_or(HandleError::Stale)
+        Ok(unsafe { p.as_ref() })
     }
 
     /// Whether `h` names a value of this store.
