@@ -8,13 +8,10 @@
 //! and a branch while the thread's *countdown* is 0, which it is until the thread reads
 //! while some heap in the process samples (a heap with more than one node and migration
 //! on): a guarded read then also loads the global count of such heaps, and a scope open
-//! arms the countdown. So on a one-node machine a scoped get pays one thread-local load
-//! and a branch, a guarded get that plus one relaxed load of a global, and nothing is
-//! ever recorded:
-//!
-//! ```text
-//! mov  %fs:COUNTDOWN, %eax ; test %eax, %eax ; jne tick     (scoped get, one node)
-//! ```
+//! arms the countdown (and a scope opened by an unarmed thread never samples: its gets
+//! test one field of the scope). So on a one-node machine a scoped get pays one test of
+//! a field of its scope, a guarded get a thread-local load and one relaxed load of a
+//! global, and nothing is ever recorded.
 //!
 //! An armed thread calls `tick` (out of line) on every read: the countdown drops by
 //! one, and at 1 the read is *sampled*:
@@ -256,16 +253,21 @@ pub(crate) fn on_scoped_read(heap: &Heap, h: RawHandle, block: NonNull<u8>) {
     }
 }
 
-/// Hook of scope opens: arms the thread's countdown while some heap samples.
+/// Hook of scope opens: arms the thread's countdown while some heap samples, and tells
+/// whether the scope's gets should call [`on_scoped_read`] (so that a scope opened
+/// while nothing samples tests one field of its own per get, not a thread-local).
 #[inline(always)]
-pub(crate) fn on_scope_open() {
+pub(crate) fn on_scope_open() -> bool {
     if COUNTDOWN.get() == 0 && SAMPLING_HEAPS.load(Ordering::Relaxed) != 0 {
         COUNTDOWN.set(1);
     }
+    COUNTDOWN.get() != 0
 }
 
 /// A read by an armed thread (or the first read while some heap samples): counts down,
-/// and samples at 1. Out of line, so the hooks stay a load and a branch.
+/// and samples at 1. Out of line and cold (laid out away from the caller's loop), so
+/// the hooks stay a load and a branch.
+#[cold]
 #[inline(never)]
 fn tick(heap: &Heap, h: RawHandle, block: NonNull<u8>) {
     let c = COUNTDOWN.get();

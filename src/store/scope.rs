@@ -63,6 +63,9 @@ pub struct ReadScope<'a, T> {
     inner: &'a StoreInner<T>,
     table: &'a HandleTable,
     scopes: &'static Scopes,
+    /// NUMA: this thread samples reads (decided when the scope opened; see
+    /// `numa::migration`), so gets call the sample hook.
+    sampling: bool,
     /// Not `Send`: the thread's record of its open scopes must see the close.
     _not_send: PhantomData<*const ()>,
 }
@@ -102,12 +105,12 @@ impl<T> Store<T> {
         let scopes = scopes_of(inner.tag);
         let nested = mine::enter(inner.tag);
         scopes.open(nested);
-        // NUMA: arms this thread's read sampling while some heap samples.
-        on_scope_open();
         ReadScope {
             inner,
             table: inner.heap.handles(),
             scopes,
+            // NUMA: arms this thread's read sampling while some heap samples.
+            sampling: on_scope_open(),
             _not_send: PhantomData,
         }
     }
@@ -146,8 +149,10 @@ impl<'a, T> ReadScope<'a, T> {
             Err(_) => return None,
         };
         let p = self.inner.owns(p)?;
-        // NUMA: the reader sample hook (`numa::migration`).
-        on_scoped_read(&self.inner.heap, h.raw(), p.cast());
+        if self.sampling {
+            // NUMA: the reader sample hook (`numa::migration`).
+            on_scoped_read(&self.inner.heap, h.raw(), p.cast());
+        }
         // SAFETY: the scope keeps the value in place, initialised and unwritten for
         // as long as `&self` lives (module `handle::scope`); `owns` checked the tag.
         Some(unsafe { p.as_ref() })
@@ -172,8 +177,10 @@ impl<'a, T> ReadScope<'a, T> {
     pub fn try_get(&self, h: Handle<T>) -> Result<&T, HandleError> {
         let p = try_scoped_get(self.table, h.raw())?;
         let p = self.inner.owns(p).ok_or(HandleError::Stale)?;
-        // NUMA: the reader sample hook (`numa::migration`).
-        on_scoped_read(&self.inner.heap, h.raw(), p.cast());
+        if self.sampling {
+            // NUMA: the reader sample hook (`numa::migration`).
+            on_scoped_read(&self.inner.heap, h.raw(), p.cast());
+        }
         // SAFETY: as in `get`.
         Ok(unsafe { p.as_ref() })
     }
