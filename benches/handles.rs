@@ -20,6 +20,10 @@
 //!   of `live` (10 000) entries; one element = one insert + remove pair. `box` (system
 //!   allocator `Box::new` + drop) is a reference point.
 //!
+//! * `handle_reinsert/<peer>/<live>`: on `live` (10 000) entries, remove the entry at a
+//!   random position and insert a new value (which reuses the freed slot), `BATCH` times
+//!   per iteration; one element = one remove + insert pair, same positions for every peer.
+//!
 //! * `handle_iterate/<peer>/<live>`: sum every value of a container of `live` (10 000)
 //!   entries; `tidyheap_scoped_shared_heap` iterates a store whose heap also holds
 //!   another store of the same size.
@@ -339,6 +343,87 @@ fn handle_insert_remove(c: &mut Criterion, background: usize) {
     group.finish();
 }
 
+/// Replaces `keys[i]` for each `i` in the next `BATCH` positions of `order` (a ring) by
+/// `remove_insert(keys[i], value)`.
+fn bench_reinsert<K: Copy>(
+    b: &mut criterion::Bencher<'_>,
+    keys: &mut [K],
+    order: &[u32],
+    mut remove_insert: impl FnMut(K, u64) -> K,
+) {
+    let mut pos = 0;
+    b.iter(|| {
+        for &i in &order[pos..pos + BATCH] {
+            let k = &mut keys[i as usize];
+            *k = remove_insert(*k, black_box(u64::from(i)));
+        }
+        pos = (pos + BATCH) % order.len();
+    });
+}
+
+fn handle_reinsert(c: &mut Criterion, n: usize, order_len: usize) {
+    let mut group = c.benchmark_group("handle_reinsert");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    let order = random_order(n, order_len, 11);
+
+    let store: Store<u64> = Store::new();
+    let mut hs: Vec<Handle<u64>> = (0..n as u64).map(|i| store.insert(i)).collect();
+    group.bench_function(BenchmarkId::new("tidyheap_store", n), |b| {
+        bench_reinsert(b, &mut hs, &order, |h, v| {
+            black_box(store.remove(h).expect("live handle"));
+            store.insert(v)
+        })
+    });
+    drop(hs);
+    drop(store);
+
+    let mut sm: SlotMap<DefaultKey, u64> = SlotMap::new();
+    let mut keys: Vec<DefaultKey> = (0..n as u64).map(|i| sm.insert(i)).collect();
+    group.bench_function(BenchmarkId::new("slotmap", n), |b| {
+        bench_reinsert(b, &mut keys, &order, |k, v| {
+            black_box(sm.remove(k).expect("live key"));
+            sm.insert(v)
+        })
+    });
+
+    let mut smb: SlotMap<DefaultKey, Box<u64>> = SlotMap::new();
+    let mut keys: Vec<DefaultKey> = (0..n as u64).map(|i| smb.insert(Box::new(i))).collect();
+    group.bench_function(BenchmarkId::new("slotmap_box", n), |b| {
+        bench_reinsert(b, &mut keys, &order, |k, v| {
+            black_box(smb.remove(k).expect("live key"));
+            smb.insert(Box::new(v))
+        })
+    });
+
+    let mut td = thunderdome::Arena::new();
+    let mut keys: Vec<thunderdome::Index> = (0..n as u64).map(|i| td.insert(i)).collect();
+    group.bench_function(BenchmarkId::new("thunderdome", n), |b| {
+        bench_reinsert(b, &mut keys, &order, |k, v| {
+            black_box(td.remove(k).expect("live key"));
+            td.insert(v)
+        })
+    });
+
+    let mut ga = generational_arena::Arena::new();
+    let mut keys: Vec<generational_arena::Index> = (0..n as u64).map(|i| ga.insert(i)).collect();
+    group.bench_function(BenchmarkId::new("generational_arena", n), |b| {
+        bench_reinsert(b, &mut keys, &order, |k, v| {
+            black_box(ga.remove(k).expect("live key"));
+            ga.insert(v)
+        })
+    });
+
+    let mut sl = slab::Slab::new();
+    let mut keys: Vec<usize> = (0..n as u64).map(|i| sl.insert(i)).collect();
+    group.bench_function(BenchmarkId::new("slab", n), |b| {
+        bench_reinsert(b, &mut keys, &order, |k, v| {
+            black_box(sl.remove(k));
+            sl.insert(v)
+        })
+    });
+    group.finish();
+}
+
 fn handle_iterate(c: &mut Criterion, n: usize) {
     let mut group = c.benchmark_group("handle_iterate");
     group.throughput(Throughput::Elements(n as u64));
@@ -421,10 +506,12 @@ fn main() {
     if bench {
         handle_get(&mut c, &[10_000, 100_000, 1_000_000], 1 << 20);
         handle_insert_remove(&mut c, 10_000);
+        handle_reinsert(&mut c, 10_000, 1 << 16);
         handle_iterate(&mut c, 10_000);
     } else {
         handle_get(&mut c, &[1_000], 4 * BATCH);
         handle_insert_remove(&mut c, 100);
+        handle_reinsert(&mut c, 100, 4 * BATCH);
         handle_iterate(&mut c, 100);
     }
     c.final_summary();

@@ -17,7 +17,8 @@
 //!
 //! Arguments: `peer size count` (defaults `tidyheap 64 1000000`); peers are
 //! `tidyheap` (a `Heap` value), `tidyheap_global` (a static `tidyheap::Global` through
-//! `GlobalAlloc`), `system` (glibc) and `mimalloc`.
+//! `GlobalAlloc`), `system` (glibc) and `mimalloc`; with the `profiling` feature also
+//! `tidyheap_sampled` (a `Heap` recording one allocation in 1000).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -43,6 +44,20 @@ fn run(peer: &str, layout: Layout, n: u64) {
     match peer {
         "tidyheap" => {
             let heap = Heap::new();
+            let alloc = |l| heap.alloc(l).map_or(core::ptr::null_mut(), NonNull::as_ptr);
+            // SAFETY: `p` is a live block of `heap` allocated with `layout`.
+            let free = |p: *mut u8| unsafe { heap.dealloc(NonNull::new(p).unwrap(), layout) };
+            pairs(1, layout, alloc, free);
+            pairs(n, layout, alloc, free);
+        }
+        // With the `profiling` feature: a heap recording one allocation in 1000.
+        #[cfg(feature = "profiling")]
+        "tidyheap_sampled" => {
+            use tidyheap::profile::{ProfilingConfig, Sampling};
+            let heap = Heap::with_profiling(
+                tidyheap::HeapConfig::DEFAULT,
+                ProfilingConfig::new().with_sampling(Sampling::EveryNth(1000)),
+            );
             let alloc = |l| heap.alloc(l).map_or(core::ptr::null_mut(), NonNull::as_ptr);
             // SAFETY: `p` is a live block of `heap` allocated with `layout`.
             let free = |p: *mut u8| unsafe { heap.dealloc(NonNull::new(p).unwrap(), layout) };

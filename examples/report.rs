@@ -753,13 +753,18 @@ fn measure(w: &dyn Workload, runs: usize) -> Vec<(&'static str, Outcome)> {
 fn compaction_notes(t: &mut Table, label: &str, res: &[(&'static str, Outcome)]) {
     // Gross: bytes the passes released, counting memory released, reused and released
     // again each time. Net: what the run ends up holding less than the same heap without
-    // compaction (end RSS rise of the probed runs), the memory compaction actually saves.
-    let end_rss = |name: &str| res.iter().find(|(p, _)| *p == name).map(|(_, o)| o.end_rss);
+    // compaction (end RSS rise of the probed runs, less lazily freed pages), the memory
+    // compaction actually saves.
+    let end_rss = |name: &str| {
+        res.iter()
+            .find(|(p, _)| *p == name)
+            .map(|(_, o)| o.held_rss())
+    };
     let baseline = end_rss("tidyheap_nocompact");
     t.notes.push(String::new());
     t.notes.push(format!(
         "Compaction cost, {label} (median timed run; released = gross bytes the passes \
-         handed back, saved = end RSS rise below the no-compaction run's; \
+         handed back, saved = end RSS rise, less lazily freed pages, below the no-compaction run's; \
          mimalloc_bumpalo reclaims nothing):"
     ));
     t.notes.push(String::new());
@@ -778,7 +783,7 @@ fn compaction_notes(t: &mut Table, label: &str, res: &[(&'static str, Outcome)])
         }
         let saved = baseline
             .filter(|_| !c.cpu.is_zero())
-            .map(|b| b.saturating_sub(o.end_rss));
+            .map(|b| b.saturating_sub(o.held_rss()));
         t.notes.push(format!(
             "| {peer} | {} | {:.1} µs | {:.1} µs | {:.1} MiB | {} | {} | {} |",
             fmt_value(o.ops_per_sec(), Unit::PerSec),

@@ -134,21 +134,52 @@ unsafe fn resize(
     Ok(NonNull::slice_from_raw_parts(p, new_full.size()))
 }
 
+/// `resize` with the profiler's record moved along (feature `profiling`).
+macro_rules! profiled_resize {
+    ($a:expr, $ptr:expr, $old:expr, $new:expr, $zero:expr) => {{
+        #[cfg(feature = "profiling")]
+        let taken = $a.profiler.before_realloc($ptr.as_ptr());
+        let r = resize($a.inner(), $ptr, $old, $new, $zero);
+        #[cfg(feature = "profiling")]
+        $a.profiler.after_realloc(
+            taken,
+            $ptr.as_ptr(),
+            r.map_or(ptr::null_mut(), |b| b.cast::<u8>().as_ptr()),
+            r.map_or(0, |b| b.len()),
+        );
+        r
+    }};
+}
+
 /// Generates the `Allocator` methods for a type with `fn inner(&self) -> &HeapInner`.
 macro_rules! allocator_methods {
     () => {
         #[inline]
         fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-            allocate(self.inner(), layout, false)
+            let r = allocate(self.inner(), layout, false);
+            // Profiler hook: recorded at the usable size it is accounted at.
+            #[cfg(feature = "profiling")]
+            if let Ok(b) = r {
+                self.profiler.on_alloc_ptr(b.cast().as_ptr(), b.len());
+            }
+            r
         }
 
         #[inline]
         fn allocate_zeroed(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-            allocate(self.inner(), layout, true)
+            let r = allocate(self.inner(), layout, true);
+            #[cfg(feature = "profiling")]
+            if let Ok(b) = r {
+                self.profiler.on_alloc_ptr(b.cast().as_ptr(), b.len());
+            }
+            r
         }
 
         #[inline]
         unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+            // Profiler hook: the record goes before the block can be reused.
+            #[cfg(feature = "profiling")]
+            self.profiler.on_free_ptr(ptr.as_ptr());
             // SAFETY: the `Allocator::deallocate` contract: `ptr` is currently allocated
             // by this allocator and `layout` fits it.
             unsafe { deallocate(self.inner(), ptr, layout) }
@@ -162,7 +193,7 @@ macro_rules! allocator_methods {
         ) -> Result<NonNull<[u8]>, AllocError> {
             // SAFETY: the `Allocator::grow` contract: `ptr` is currently allocated by this
             // allocator and `old_layout` fits it.
-            unsafe { resize(self.inner(), ptr, old_layout, new_layout, false) }
+            unsafe { profiled_resize!(self, ptr, old_layout, new_layout, false) }
         }
 
         unsafe fn grow_zeroed(
@@ -172,7 +203,7 @@ macro_rules! allocator_methods {
             new_layout: Layout,
         ) -> Result<NonNull<[u8]>, AllocError> {
             // SAFETY: as in `grow`.
-            unsafe { resize(self.inner(), ptr, old_layout, new_layout, true) }
+            unsafe { profiled_resize!(self, ptr, old_layout, new_layout, true) }
         }
 
         unsafe fn shrink(
@@ -182,7 +213,7 @@ macro_rules! allocator_methods {
             new_layout: Layout,
         ) -> Result<NonNull<[u8]>, AllocError> {
             // SAFETY: as in `grow`.
-            unsafe { resize(self.inner(), ptr, old_layout, new_layout, false) }
+            unsafe { profiled_resize!(self, ptr, old_layout, new_layout, false) }
         }
     };
 }

@@ -77,6 +77,9 @@ use crate::sync::const_fn_unless_loom;
 /// a thread with a generous stack.
 pub struct Global {
     inner: HeapInner,
+    /// The allocation profiler (`src/profile/`).
+    #[cfg(feature = "profiling")]
+    pub(crate) profiler: crate::profile::Profiler,
 }
 
 impl Global {
@@ -108,6 +111,33 @@ impl Global {
         pub fn with_config(config: HeapConfig) -> Self {
             Self {
                 inner: HeapInner::new(config, GLOBAL_SLOT),
+                #[cfg(feature = "profiling")]
+                profiler: crate::profile::Profiler::new(crate::profile::ProfilingConfig::DEFAULT),
+            }
+        }
+    }
+
+    const_fn_unless_loom! {
+        #[cfg(feature = "profiling")]
+        /// A global allocator with `config` whose allocations are profiled with
+        /// `profiling` (feature `profiling`; [`Global::new`] and [`Global::with_config`]
+        /// record every allocation).
+        ///
+        /// # Examples
+        ///
+        /// ```
+        /// use tidyheap::profile::{ProfilingConfig, Sampling};
+        /// use tidyheap::{Global, HeapConfig};
+        /// static A: Global = Global::with_profiling(
+        ///     HeapConfig::DEFAULT,
+        ///     ProfilingConfig::new().with_sampling(Sampling::EveryBytes(1 << 20)),
+        /// );
+        /// assert_eq!(A.profiling_config().sampling, Sampling::EveryBytes(1 << 20));
+        /// ```
+        pub fn with_profiling(config: HeapConfig, profiling: crate::profile::ProfilingConfig) -> Self {
+            Self {
+                inner: HeapInner::new(config, GLOBAL_SLOT),
+                profiler: crate::profile::Profiler::new(profiling),
             }
         }
     }
@@ -222,6 +252,10 @@ impl core::fmt::Debug for Global {
 
 impl Drop for Global {
     fn drop(&mut self) {
+        // Profiler hook: the at-drop report (the profiler leaves the exit list when it
+        // is dropped, after this).
+        #[cfg(feature = "profiling")]
+        self.finish_profiling();
         // SAFETY:
         // - `&mut self`: nobody else can use the heap now, and by the type's contract
         //   (see "Where a `Global` may live") it has not moved since it was registered,
@@ -262,16 +296,26 @@ fn no_unwind<R>(f: impl FnOnce() -> R) -> R {
 unsafe impl GlobalAlloc for Global {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        global_alloc(&self.inner, layout)
+        let p = global_alloc(&self.inner, layout);
+        // Profiler hook (it never unwinds): recorded before the pointer is returned.
+        #[cfg(feature = "profiling")]
+        self.profiler.on_alloc_ptr(p, layout.size());
+        p
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        global_alloc_zeroed(&self.inner, layout)
+        let p = global_alloc_zeroed(&self.inner, layout);
+        #[cfg(feature = "profiling")]
+        self.profiler.on_alloc_ptr(p, layout.size());
+        p
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // Profiler hook: the record goes before the block can be reused.
+        #[cfg(feature = "profiling")]
+        self.profiler.on_free_ptr(ptr);
         // SAFETY: the caller guarantees `ptr` is a live block of this allocator
         // allocated with `layout` (the `GlobalAlloc::dealloc` contract).
         unsafe { global_dealloc(&self.inner, ptr, layout) }
@@ -279,8 +323,14 @@ unsafe impl GlobalAlloc for Global {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // Profiler hook: the record moves with the block (see `Heap::realloc`).
+        #[cfg(feature = "profiling")]
+        let taken = self.profiler.before_realloc(ptr);
         // SAFETY: forwarded from the caller (the `GlobalAlloc::realloc` contract).
-        unsafe { global_realloc(&self.inner, ptr, layout, new_size) }
+        let p = unsafe { global_realloc(&self.inner, ptr, layout, new_size) };
+        #[cfg(feature = "profiling")]
+        self.profiler.after_realloc(taken, ptr, p, new_size);
+        p
     }
 }
 

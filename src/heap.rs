@@ -51,6 +51,10 @@ pub struct Heap {
     /// The event sink (`src/events.rs`), set only while the heap is built.
     #[cfg(feature = "events")]
     pub(crate) events: Option<std::sync::Arc<dyn crate::events::HeapEvents>>,
+    /// The allocation profiler (`src/profile/`), boxed so that it stays at one address
+    /// (the at-exit list holds it) while the heap value moves.
+    #[cfg(feature = "profiling")]
+    pub(crate) profiler: Box<crate::profile::Profiler>,
 }
 
 // SAFETY: `HeapInner` is designed for shared use across threads (atomics, locks and
@@ -126,6 +130,10 @@ impl Heap {
             compactor: Compactor::new(multi_node),
             #[cfg(feature = "events")]
             events: None,
+            #[cfg(feature = "profiling")]
+            profiler: Box::new(crate::profile::Profiler::new(
+                crate::profile::ProfilingConfig::DEFAULT,
+            )),
         })
     }
 
@@ -169,6 +177,9 @@ impl Heap {
     #[inline]
     pub fn alloc(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
         let p = self.inner().alloc_at(HEAP_SLOT, layout)?;
+        // Profiler hook: recorded before the pointer is returned.
+        #[cfg(feature = "profiling")]
+        self.profiler.on_alloc_ptr(p.as_ptr(), layout.size());
         // Event hook: alloc before the pointer is returned.
         emit!(
             self,
@@ -216,6 +227,9 @@ impl Heap {
     /// ```
     pub fn alloc_zeroed(&self, layout: Layout) -> Result<NonNull<u8>, AllocError> {
         let p = self.inner().alloc_zeroed(layout)?;
+        // Profiler hook: recorded before the pointer is returned.
+        #[cfg(feature = "profiling")]
+        self.profiler.on_alloc_ptr(p.as_ptr(), layout.size());
         // Event hook: alloc before the pointer is returned.
         emit!(
             self,
@@ -248,6 +262,9 @@ impl Heap {
             self,
             on_free(self.raw_pool(ptr), ptr.as_ptr().addr(), layout.size())
         );
+        // Profiler hook: the record goes before the block can be reused.
+        #[cfg(feature = "profiling")]
+        self.profiler.on_free_ptr(ptr.as_ptr());
         // SAFETY: forwarded from the caller.
         unsafe { self.inner().dealloc_at(HEAP_SLOT, ptr, layout) }
     }
@@ -279,8 +296,19 @@ impl Heap {
             self,
             on_free(self.raw_pool(ptr), ptr.as_ptr().addr(), layout.size())
         );
+        // Profiler hook: the record is taken out before the old block can be reused,
+        // and put back at the new address (or the old one, on failure).
+        #[cfg(feature = "profiling")]
+        let taken = self.profiler.before_realloc(ptr.as_ptr());
         // SAFETY: forwarded from the caller.
         let r = unsafe { self.inner().realloc(ptr, layout, new_size) };
+        #[cfg(feature = "profiling")]
+        self.profiler.after_realloc(
+            taken,
+            ptr.as_ptr(),
+            r.as_ref().map_or(core::ptr::null_mut(), |p| p.as_ptr()),
+            new_size,
+        );
         #[cfg(feature = "events")]
         {
             let (p, size) = r.map_or((ptr, layout.size()), |p| (p, new_size));
@@ -383,6 +411,9 @@ impl Drop for Heap {
     fn drop(&mut self) {
         // Event hook: the heap's blocks die with it.
         emit!(self, on_heap_drop());
+        // Profiler hook: the at-drop report, while handles still resolve.
+        #[cfg(feature = "profiling")]
+        self.finish_profiling();
         // SAFETY: we own the heap; nobody can use it after drop (no outstanding
         // borrows), and its blocks die with it per the type's contract.
         unsafe {

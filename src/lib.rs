@@ -19,6 +19,8 @@ pub mod numa;
 mod occupancy;
 pub mod os;
 pub(crate) mod pool;
+#[cfg(feature = "profiling")]
+pub mod profile;
 pub mod shm;
 pub mod size_class;
 pub mod stats;

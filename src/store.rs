@@ -42,7 +42,6 @@ use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
 use core::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::HandleError;
 use crate::handle::scope::{mine, scopes_of, write_scoped};
@@ -51,7 +50,11 @@ use crate::heap::Heap;
 use crate::movable::{MAX_TAG, Tag, new_store_tag, peek_tag, skip_store_tags_to, untag};
 use crate::numa::migration::on_guarded_read;
 
+#[cfg(all(test, tidyheap_loom))]
+mod loom_members;
+mod members;
 mod scope;
+use members::Members;
 pub use scope::ReadScope;
 
 /// The most stores one process can ever create (2^20 − 1 = 1 048 575), counting every
@@ -70,7 +73,8 @@ pub fn __skip_store_ids_to(next: u32) {
 struct StoreInner<T> {
     heap: Arc<Heap>,
     tag: Tag,
-    len: AtomicUsize,
+    /// The store's slots (module `members`): iteration and the length.
+    members: Members,
     _values: PhantomData<T>,
 }
 
@@ -79,11 +83,12 @@ impl<T> StoreInner<T> {
     fn take(&self, h: Handle<T>, wait: bool) -> Result<T, HandleError> {
         let mut out = None;
         self.heap.free_movable(h.raw(), self.tag, wait, |block| {
+            // The slot is vacant and not yet reusable: it leaves the list now.
+            self.members.remove(h.index());
             // SAFETY: the block held an initialised `T` and is now exclusively ours
             // (its slot is vacant); reading moves the value out exactly once.
             out = Some(unsafe { block.cast::<T>().read() });
         })?;
-        self.len.fetch_sub(1, Ordering::Relaxed);
         Ok(out.expect("free_movable runs the hook on success"))
     }
 
@@ -101,6 +106,20 @@ impl<T> StoreInner<T> {
             .handles()
             .get(h)
             .is_some_and(|s| peek_tag(s.ptr()) == Some(self.tag))
+    }
+
+    /// The handles of the store's values, from a copy of its member list (module
+    /// `members`): each slot's current generation, if occupied. A slot reused by another
+    /// store since the copy fails the tag check of whoever resolves the handle.
+    fn handles(&self) -> impl Iterator<Item = RawHandle> + '_ {
+        let table = self.heap.handles();
+        self.members
+            .snapshot()
+            .into_iter()
+            .filter_map(move |index| {
+                let generation = table.slot(index)?.generation();
+                (generation & 1 == 1).then(|| RawHandle::from_odd(index, generation))
+            })
     }
 }
 
@@ -133,8 +152,7 @@ impl<T> Drop for DropRest<'_, T> {
 
 impl<T> Drop for StoreInner<T> {
     fn drop(&mut self) {
-        let table = self.heap.handles();
-        let mine: Vec<RawHandle> = table.iter().filter(|h| self.peek_mine(*h)).collect();
+        let mine: Vec<RawHandle> = self.handles().collect();
         // Nobody else can reach this store any more, so no guard on its values is held
         // (at most the compactor's move lock, briefly): this drops each remaining value
         // exactly once.
@@ -192,7 +210,7 @@ impl<T: Send + Sync> Default for Store<T> {
 impl<T> Store<T> {
     /// Number of values.
     pub fn len(&self) -> usize {
-        self.inner.len.load(Ordering::Relaxed)
+        self.inner.members.len()
     }
 
     /// Whether the store holds no value.
@@ -272,7 +290,7 @@ impl<T: Send + Sync> Store<T> {
             inner: Arc::new(StoreInner {
                 heap,
                 tag,
-                len: AtomicUsize::new(0),
+                members: Members::new(),
                 _values: PhantomData,
             }),
         })
@@ -317,7 +335,7 @@ impl<T: Send + Sync> Store<T> {
         );
         match r {
             Ok(h) => {
-                self.inner.len.fetch_add(1, Ordering::Relaxed);
+                self.inner.members.add(h.index());
                 Ok(Handle::from_raw(h))
             }
             Err(e) => Err((
@@ -528,11 +546,10 @@ impl<T: Send + Sync> Store<T> {
     /// Every value with its handle, each behind a shared guard. Values inserted or
     /// removed during the iteration may or may not be seen.
     ///
-    /// Walks the heap's whole handle table: with many stores on one heap, that is the
-    /// handles of all of them, but the values of other stores are never touched: each
-    /// slot's store tag is checked before any guard is taken, so iterating never waits
-    /// for (or blocks) another store's guards. It does wait, like [`Store::get`], while
-    /// another thread writes one of this store's values.
+    /// Visits this store's values only (from a copy of the store's own list of slots),
+    /// never other stores' handles on the same heap, and never waits for (or blocks)
+    /// another store's guards. It does wait, like [`Store::get`], while another thread
+    /// writes one of this store's values.
     ///
     /// # Panics
     ///
@@ -550,7 +567,7 @@ impl<T: Send + Sync> Store<T> {
     /// ```
     pub fn iter(&self) -> impl Iterator<Item = (Handle<T>, Ref<'_, T>)> + '_ {
         let table = self.inner.heap.handles();
-        table.iter().filter_map(move |raw| {
+        self.inner.handles().filter_map(move |raw| {
             if !self.inner.peek_mine(raw) {
                 return None;
             }

@@ -161,6 +161,7 @@ fn kernel<P: Peer>(peer: &P, scale: &Scale, script: &Script, probe: bool) -> Out
     }
     let mut elapsed = start.elapsed();
     let end_rss = probe.sample();
+    let end_lazy_free = probe.lazy_free_rise();
     let own_frag = probe.is_on().then(|| peer.own_fragmentation()).flatten();
     let start = Instant::now();
     for &(p, size) in &recs {
@@ -175,6 +176,7 @@ fn kernel<P: Peer>(peer: &P, scale: &Scale, script: &Script, probe: bool) -> Out
         ops: script.ops(),
         peak_rss: probe.peak(),
         end_rss,
+        end_lazy_free,
         end_live: live,
         own_frag,
         compaction: None,

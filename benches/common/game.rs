@@ -490,6 +490,7 @@ fn kernel<A: Assets, S: Scratch>(
     let elapsed = start.elapsed();
     black_box(sink);
     let end_rss = probe.sample();
+    let end_lazy_free = probe.lazy_free_rise();
     let own_frag = probe.is_on().then(|| assets.own_frag()).flatten();
     let compaction = Some(assets.compaction());
     for a in live {
@@ -500,6 +501,7 @@ fn kernel<A: Assets, S: Scratch>(
         ops: g.frames as u64,
         peak_rss: probe.peak(),
         end_rss,
+        end_lazy_free,
         end_live: live_bytes,
         own_frag,
         compaction,

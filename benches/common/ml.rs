@@ -115,6 +115,7 @@ fn kernel<P: Peer>(peer: &P, w: &Ml, probe: bool) -> Outcome {
     }
     let elapsed = start.elapsed();
     let end_rss = probe.sample();
+    let end_lazy_free = probe.lazy_free_rise();
     let end_live = t.iter().map(|&(_, s)| s).sum();
     for &(p, size) in &t {
         if !p.is_null() {
@@ -127,6 +128,7 @@ fn kernel<P: Peer>(peer: &P, w: &Ml, probe: bool) -> Outcome {
         ops: w.sizes.len() as u64,
         peak_rss: probe.peak(),
         end_rss,
+        end_lazy_free,
         end_live,
         own_frag: None,
         compaction: None,

@@ -89,6 +89,10 @@ pub struct Outcome {
     pub peak_rss: usize,
     /// RSS rise over the baseline at the workload's end point (0 unless probed).
     pub end_rss: usize,
+    /// Of that rise, pages given back with `MADV_FREE` that the kernel has not taken
+    /// yet (`LazyFree` in `/proc/self/smaps_rollup`): resident, but the kernel reclaims
+    /// them without a write-back the moment it needs memory (0 unless probed).
+    pub end_lazy_free: usize,
     /// Requested bytes live at the end point.
     pub end_live: usize,
     /// The allocator's own fragmentation figure at the end point, where it has one
@@ -150,6 +154,18 @@ impl Outcome {
             .then(|| 1.0 - self.end_live as f64 / self.end_rss as f64)
     }
 
+    /// RSS rise at the end point less the lazily freed pages in it.
+    pub fn held_rss(&self) -> usize {
+        self.end_rss.saturating_sub(self.end_lazy_free)
+    }
+
+    /// `1 - live / held_rss`: fragmentation counting only the memory the kernel cannot
+    /// take back without asking. `None` when not probed or nothing is live.
+    pub fn held_frag(&self) -> Option<f64> {
+        (self.held_rss() > 0 && self.end_live > 0)
+            .then(|| 1.0 - self.end_live as f64 / self.held_rss() as f64)
+    }
+
     /// Operations per second.
     pub fn ops_per_sec(&self) -> f64 {
         self.ops as f64 / self.elapsed.as_secs_f64()
@@ -160,13 +176,16 @@ impl Outcome {
         let mib = |b: usize| b as f64 / f64::from(1 << 20);
         let frag = |f: Option<f64>| f.map_or_else(|| "-".to_string(), |f| format!("{f:.3}"));
         format!(
-            "{:>12.3e} ops/s  peak RSS +{:>8.1} MiB  end RSS +{:>8.1} MiB  live {:>8.1} MiB  \
-             frag (RSS) {:>6}  frag (own) {:>6}",
+            "{:>12.3e} ops/s  peak RSS +{:>8.1} MiB  end RSS +{:>8.1} MiB  (lazily freed \
+             {:>5.1} MiB)  live {:>8.1} MiB  frag (RSS) {:>6}  frag (RSS − lazy) {:>6}  \
+             frag (own) {:>6}",
             self.ops_per_sec(),
             mib(self.peak_rss),
             mib(self.end_rss),
+            mib(self.end_lazy_free),
             mib(self.end_live),
             frag(self.rss_frag()),
+            frag(self.held_frag()),
             frag(self.own_frag),
         ) + &self
             .compaction
@@ -183,6 +202,8 @@ pub struct Probe {
     statm: Option<File>,
     base: usize,
     peak: usize,
+    /// `LazyFree` when the probe started.
+    lazy_base: usize,
 }
 
 impl Probe {
@@ -192,6 +213,7 @@ impl Probe {
             statm: None,
             base: 0,
             peak: 0,
+            lazy_base: 0,
         }
     }
 
@@ -204,6 +226,7 @@ impl Probe {
             statm: Some(statm),
             base: 0,
             peak: 0,
+            lazy_base: lazy_free(),
         };
         p.base = p.resident();
         p
@@ -237,6 +260,16 @@ impl Probe {
         d
     }
 
+    /// The rise of lazily freed pages (`MADV_FREE`d, not yet taken by the kernel) since
+    /// the probe started; 0 for a disabled probe. Reads `/proc/self/smaps_rollup`
+    /// (slow, and it allocates): call it once, at the end point.
+    pub fn lazy_free_rise(&self) -> usize {
+        if self.statm.is_none() {
+            return 0;
+        }
+        lazy_free().saturating_sub(self.lazy_base)
+    }
+
     /// Whether this probe samples at all.
     pub fn is_on(&self) -> bool {
         self.statm.is_some()
@@ -246,6 +279,19 @@ impl Probe {
     pub fn peak(&self) -> usize {
         self.peak
     }
+}
+
+/// `LazyFree` of this process in bytes, from `/proc/self/smaps_rollup` (0 where the
+/// kernel does not report it).
+fn lazy_free() -> usize {
+    std::fs::read_to_string("/proc/self/smaps_rollup")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("LazyFree:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// The median of `v` (sorted in place); `v` must not be empty.

@@ -155,11 +155,13 @@ impl Workload for Web {
 fn finish(start: Instant, script: &Script, mut probe: Probe) -> Outcome {
     let elapsed = start.elapsed();
     let end_rss = probe.sample();
+    let end_lazy_free = probe.lazy_free_rise();
     Outcome {
         elapsed,
         ops: script.sizes.len() as u64,
         peak_rss: probe.peak(),
         end_rss,
+        end_lazy_free,
         end_live: 0,
         own_frag: None,
         compaction: None,

@@ -63,14 +63,28 @@
 //! Readers and writers wait at most one block copy: the move lock is held only for the
 //! copy and a few stores.
 //!
+//! # When to plan
+//!
+//! A budgeted pass plans only when the heap's fragmentation (from counters, no span
+//! walk) is at least `CompactionPolicy::min_fragmentation`, and keeps a plan only if it
+//! would release at least `1 / MIN_GAIN_SHARE` of the committed movable bytes: a
+//! packed heap keeps holes no plan can remove (class rounding, span tails, one partly
+//! used span per class). A dropped plan makes the next ones wait 1, 2, 4, … up to
+//! `MAX_BACKOFF` passes, unless fragmentation rises by `REPLAN_RISE` meanwhile. A full
+//! compaction always plans.
+//!
 //! # Giving memory back
 //!
-//! Emptied spans leave the class lists; at the end of every pass that emptied some, the
-//! heap's retained empty spans are decommitted (`MADV_DONTNEED`), so committed bytes fall.
+//! Emptied spans leave the class lists for the arena's empty list and stay committed;
+//! each pass purges (`MADV_FREE`), within what is left of its time budget, the spans
+//! empty for longer than `CompactionPolicy::purge_delay_passes` beyond the arena's
+//! retention (`Arena::purge_for_pass`); `trim` and a full compaction give back everything
+//! (`MADV_DONTNEED`).
 //!
-//! Before planning, the compactor asks every thread to flush its cached movable blocks
-//! home (an epoch bump honoured on each thread's next movable operation), flushes its
-//! own, and drains the central lists, so cached free blocks do not keep spans alive.
+//! Once a plan is kept, the compactor asks every thread to flush its cached free blocks
+//! of the planned classes home (an epoch bump honoured on each thread's next movable
+//! operation), flushes its own, and drains the central lists, so cached free blocks do
+//! not keep sources alive.
 
 mod background;
 #[cfg(all(test, tidyheap_loom))]
@@ -99,7 +113,7 @@ use crate::numa::migration::MigrationState;
 use crate::pool::arena::Arena;
 use crate::pool::heap::HeapInner;
 use crate::pool::span::{Span, SpanKind, geometry};
-use crate::size_class::NUM_CLASSES;
+use crate::size_class::{self, NUM_CLASSES};
 
 /// A span as a plan saw it: valid for the plan only while the span's incarnation is
 /// still `incarnation` (see the module docs).
@@ -138,6 +152,49 @@ struct Plan {
     cursor: (usize, usize),
     /// Spans that served as targets during the current full compaction.
     were_targets: Vec<Planned>,
+    /// After a budgeted plan was dropped as not worth it: budgeted passes left before
+    /// planning is tried again, the length of the current wait, and the fragmentation
+    /// the dropped plan saw (see [`Plan::may_plan`]).
+    idle: u32,
+    backoff: u32,
+    idle_fragmentation: f64,
+}
+
+/// A budgeted plan goes ahead only if evacuating its sources would release at least
+/// `min_fragmentation / GAIN_DIVISOR` of the committed movable bytes
+/// ([`CompactionPolicy::min_fragmentation`]).
+///
+/// Every class keeps some holes however well it is packed (blocks rounded up to their
+/// class, the tail of each span, one partly used span per class), so a heap that is
+/// packed as tight as it goes still reads above `min_fragmentation` when its classes
+/// are many or its blocks big. Without this gate each pass would plan again, walk every
+/// span and flush the threads' caches of the planned classes, only to move the few
+/// blocks freed since the last pass.
+const GAIN_DIVISOR: f64 = 4.0;
+/// The longest wait, in budgeted passes, between two plans that were not worth it.
+const MAX_BACKOFF: u32 = 32;
+/// A rise in fragmentation since the last dropped plan that makes the next pass plan
+/// again without waiting.
+const REPLAN_RISE: f64 = 0.02;
+
+impl Plan {
+    /// Whether a budgeted pass that sees `fragmentation` may build a plan now, counting
+    /// down the wait after a dropped one.
+    fn may_plan(&mut self, fragmentation: f64) -> bool {
+        if self.idle == 0 || fragmentation >= self.idle_fragmentation + REPLAN_RISE {
+            self.idle = 0;
+            return true;
+        }
+        self.idle -= 1;
+        false
+    }
+
+    /// A plan was not worth it: wait twice as long as last time before the next one.
+    fn back_off(&mut self, fragmentation: f64) {
+        self.backoff = (self.backoff * 2).clamp(1, MAX_BACKOFF);
+        self.idle = self.backoff;
+        self.idle_fragmentation = fragmentation;
+    }
 }
 
 // SAFETY: the span pointers refer to records of the heap that owns this plan and
@@ -535,9 +592,19 @@ impl Heap {
         let policy = *self.compactor().policy.lock();
         // A budgeted pass plans only when enough of the heap is holes; a full compaction
         // always does.
-        if !plan.active && (full || report.fragmentation_before >= policy.min_fragmentation) {
+        let frag = report.fragmentation_before;
+        if !plan.active && (full || (frag >= policy.min_fragmentation && plan.may_plan(frag))) {
             emit!(self, on_pass_phase(PassPhase::Plan));
-            self.build_plan(plan, full);
+            let min_gain = if full {
+                0
+            } else {
+                (c0 as f64 * policy.min_fragmentation / GAIN_DIVISOR) as usize
+            };
+            if self.build_plan(plan, full, min_gain) {
+                report.plans = 1;
+            } else {
+                plan.back_off(frag);
+            }
         }
         emit!(self, on_pass_phase(PassPhase::Moves));
         let observers = self.compactor().observers();
@@ -639,7 +706,10 @@ impl Heap {
         }
     }
 
-    fn build_plan(&self, plan: &mut Plan, full: bool) {
+    /// Plans the evacuation of every class with more spans than its live blocks need,
+    /// unless it would release less than `min_gain` bytes: then it returns false before
+    /// touching any span.
+    fn build_plan(&self, plan: &mut Plan, full: bool, min_gain: usize) -> bool {
         let inner = self.inner();
         plan.sources.clear();
         plan.cursor = (0, 0);
@@ -649,17 +719,35 @@ impl Heap {
         inner.for_each_movable_span(|s| {
             by_group[inner.plan_group(s)].push((Planned::of(s), s.live.load(Ordering::Relaxed)));
         });
-        const { assert!(NUM_CLASSES <= 128, "class masks are u128") };
-        let mut evacuated: u128 = 0;
-        for (group, mut spans) in by_group.into_iter().enumerate() {
+        // Per (node, class) group: the spans to keep (densest first) and how many to
+        // evacuate; the gate counts the gain over every group.
+        let mut gain = 0;
+        for (group, spans) in by_group.iter_mut().enumerate() {
             let class = group % NUM_CLASSES;
             let cap = geometry(class, SpanKind::Movable).1 as u64;
             let live: u64 = spans.iter().map(|&(_, l)| u64::from(l)).sum();
             let needed = live.div_ceil(cap) as usize;
             if spans.len() <= needed {
+                spans.clear();
                 continue;
             }
             spans.sort_by_key(|&(_, l)| core::cmp::Reverse(l));
+            gain += (spans.len() - needed) * size_class::span_bytes(class);
+        }
+        if gain < min_gain {
+            return false;
+        }
+        plan.backoff = 0;
+        const { assert!(NUM_CLASSES <= 128, "class masks are u128") };
+        let mut evacuated: u128 = 0;
+        for (group, spans) in by_group.into_iter().enumerate() {
+            if spans.is_empty() {
+                continue;
+            }
+            let class = group % NUM_CLASSES;
+            let cap = geometry(class, SpanKind::Movable).1 as u64;
+            let live: u64 = spans.iter().map(|&(_, l)| u64::from(l)).sum();
+            let needed = live.div_ceil(cap) as usize;
             let (targets, rest) = spans.split_at(needed);
             // The spans were seen under their arena locks, released since: each source
             // is re-validated as it starts evacuating.
@@ -700,6 +788,7 @@ impl Heap {
             }
             inner.drain_central(Some(SpanKind::Movable));
         }
+        true
     }
 
     fn finish_plan(&self, plan: &mut Plan) {

@@ -118,6 +118,14 @@ impl Heap {
             return done;
         }
         let inner = self.inner();
+        // Touch every owner slot first: independent loads, so their cache misses
+        // overlap each other and the walk of the targets' free lists below, instead of
+        // each move waiting for its own.
+        for &(_, index, _) in batch.blocks() {
+            if let Some(slot) = table.slot(index) {
+                core::hint::black_box(slot.ptr());
+            }
+        }
         // Reserve a destination per candidate.
         let mut dest: [Option<(Planned, NonNull<u8>)>; MAX_BATCH] = [None; MAX_BATCH];
         let mut reserved = 0;

@@ -90,8 +90,11 @@ impl Budget {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CompactionPolicy {
     /// A budgeted pass builds a new plan only when the movable heap's fragmentation
-    /// (`1 − live / committed` of serving movable spans) is at least this; below it the
-    /// pass only purges. `0.0` plans every time; a value above 1 (or NaN) never.
+    /// (`1 − live / committed` of serving movable spans) is at least this, and keeps it
+    /// only if it would give back at least a quarter of this share of the committed
+    /// movable bytes (a packed heap keeps holes no plan removes: class rounding, span
+    /// tails). Otherwise the pass only purges, and planning waits a few passes before
+    /// it tries again. `0.0` plans every time; a value above 1 (or NaN) never.
     pub min_fragmentation: f64,
     /// Passes a span must have been empty before a pass purges it.
     pub purge_delay_passes: u64,
@@ -145,6 +148,10 @@ pub struct CompactionReport {
     pub committed_after: usize,
     /// Whether the current plan was finished (nothing left to gain in it).
     pub complete: bool,
+    /// Plans this pass kept (summed over a full compaction's passes): 0 when it went on
+    /// with a plan made earlier, or when no plan was worth making (see
+    /// [`CompactionPolicy::min_fragmentation`]).
+    pub plans: u64,
     /// Wall time of the pass.
     pub elapsed: Duration,
 }
@@ -165,6 +172,7 @@ impl CompactionReport {
         self.bytes_released += r.bytes_released;
         self.skipped_busy += r.skipped_busy;
         self.skipped_pinned += r.skipped_pinned;
+        self.plans += r.plans;
         self.fragmentation_after = r.fragmentation_after;
         self.committed_after = r.committed_after;
         self.complete = r.complete;

@@ -8,6 +8,7 @@ use loom::thread;
 
 use super::chunk::{self, ChunkList, Counters, FreeStack};
 use super::*;
+use crate::os::PAGE_SIZE;
 
 fn tiny_config(lanes: usize) -> FrameConfig {
     FrameConfig::new()

@@ -5,6 +5,7 @@
 use core::alloc::Layout;
 
 use super::*;
+use crate::os::PAGE_SIZE;
 
 fn small_arena(frames_in_flight: usize, lanes: usize) -> FrameArena {
     FrameArena::with_config(

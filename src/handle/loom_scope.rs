@@ -209,7 +209,9 @@ fn loom_scope_vs_remover() {
         let remover = {
             let (t, scopes) = (t.clone(), scopes.clone());
             thread::spawn(move || {
-                let p = remove_scoped(&t, &scopes, h, true, || ()).unwrap();
+                let (p, retired) = remove_scoped(&t, &scopes, h, true, || ()).unwrap();
+                // SAFETY: we vacated the slot just now; no lane.
+                unsafe { t.recycle(None, h.index(), retired) };
                 // SAFETY: the slot is vacant and no scope that saw it is open: ours.
                 unsafe { set(p, POISON) };
                 p

@@ -94,6 +94,8 @@ mod slot;
 mod table;
 
 #[cfg(all(test, tidyheap_loom))]
+mod loom_lanes;
+#[cfg(all(test, tidyheap_loom))]
 mod loom_scope;
 #[cfg(all(test, tidyheap_loom))]
 mod loom_tests;
@@ -109,6 +111,7 @@ use slotmap::KeyData;
 pub use guard::{SlotMove, SlotPin, SlotRead, SlotWrite};
 pub use slot::{MAX_PINS, MAX_READERS, MoveSkip, Slot, SlotState};
 pub use table::{HandleTable, Iter, MAX_SLOTS};
+pub(crate) use table::{LANES, locate, segment_len};
 
 /// An untyped generational handle: a slot index and the generation the slot had when the
 /// handle was issued.

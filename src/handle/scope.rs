@@ -350,7 +350,8 @@ fn write_scoped_for<'a>(
 
 /// Removes `h`, a handle of the group `scopes` counts, once no scope of the group is
 /// open (see [`write_scoped`]): takes the write guard, checks the scopes, then vacates.
-/// Returns the block address, now the caller's.
+/// Returns the block address, now the caller's, and whether the slot was retired; the
+/// caller hands the vacant slot back with [`HandleTable::recycle`].
 ///
 /// # Errors
 ///
@@ -361,11 +362,11 @@ pub(crate) fn remove_scoped(
     h: RawHandle,
     wait: bool,
     before_wait: impl Fn(),
-) -> Result<NonNull<u8>, HandleError> {
+) -> Result<(NonNull<u8>, bool), HandleError> {
     loop {
         let g = write_scoped_for(table, scopes, h, wait, true, &before_wait)?;
-        match table.remove_written(h, g) {
-            Ok(block) => return Ok(block),
+        match table.vacate_written(h, g) {
+            Ok(r) => return Ok(r),
             Err(g) => {
                 // Pinned: pins are brief (nothing in a store holds one across calls).
                 let slot = g.slot();

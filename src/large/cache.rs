@@ -44,7 +44,8 @@ use core::ptr::NonNull;
 use core::time::Duration;
 use std::sync::atomic::Ordering;
 
-use super::{Counters, Geometry, LargeAllocator};
+use super::mapping::Geometry;
+use super::{Counters, LargeAllocator};
 use crate::os::{self, PAGE_SIZE};
 
 /// Mappings the cache holds at most.

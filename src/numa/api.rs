@@ -76,6 +76,15 @@ impl Heap {
     /// # Ok::<(), NumaError>(())
     /// ```
     pub fn alloc_on_node(&self, layout: Layout, node: u32) -> Result<NonNull<u8>, NumaError> {
+        let p = self.place_on_node(layout, node)?;
+        // Profiler hook: recorded before the pointer is returned.
+        #[cfg(feature = "profiling")]
+        self.profiler.on_alloc_ptr(p.as_ptr(), layout.size());
+        Ok(p)
+    }
+
+    /// The allocation of [`Heap::alloc_on_node`].
+    fn place_on_node(&self, layout: Layout, node: u32) -> Result<NonNull<u8>, NumaError> {
         if node >= super::MAX_NODE_ID {
             return Err(NumaError::NodeOutOfRange { node });
         }

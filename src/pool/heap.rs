@@ -617,6 +617,19 @@ impl HeapInner {
     ) -> Option<NonNull<u8>> {
         debug_assert!(class < NUM_CLASSES);
         let tc = thread_cache::current_fast_at(self, slot)?;
+        self.alloc_cached(tc, class, size, kind)
+    }
+
+    /// [`HeapInner::alloc_hit`] with this thread's record `tc` already looked up.
+    #[inline(always)]
+    pub(crate) fn alloc_cached(
+        &self,
+        tc: &ThreadCache,
+        class: usize,
+        size: usize,
+        kind: SpanKind,
+    ) -> Option<NonNull<u8>> {
+        debug_assert!(class < NUM_CLASSES);
         if kind == SpanKind::Movable {
             self.honor_movable_epoch(tc);
         }
@@ -627,6 +640,14 @@ impl HeapInner {
         bump(&c.alloc_bytes, size as u64);
         self.hand_out(b, class, size, kind);
         Some(b)
+    }
+
+    /// The index of record `tc` in this heap's record table: the lane of the heap's
+    /// handle table that its owner uses (`handle::table::lanes`).
+    #[inline(always)]
+    pub(crate) fn lane_of(&self, tc: &ThreadCache) -> usize {
+        let base = self.caches.load(Ordering::Relaxed);
+        (core::ptr::from_ref(tc).addr() - base.addr()) / size_of::<ThreadCache>()
     }
 
     /// A fixed block of `class` from `tc`'s list, counted; `None` if the list is empty.

@@ -199,7 +199,9 @@ impl<'a, T> ReadScope<'a, T> {
     }
 
     /// Every value of the store with its handle, with no atomic read-modify-write per
-    /// item. Values inserted during the iteration may or may not be seen.
+    /// item. Visits this store's slots only (a copy of its list, taken when the
+    /// iteration starts), never other stores' handles on the same heap. Values inserted
+    /// during the iteration may or may not be seen.
     ///
     /// # Panics
     ///
@@ -217,9 +219,12 @@ impl<'a, T> ReadScope<'a, T> {
     /// assert_eq!(all, [0, 1, 2]);
     /// ```
     pub fn iter(&self) -> impl Iterator<Item = (Handle<T>, &T)> + '_ {
-        self.table
-            .slots()
-            .filter_map(move |(index, slot)| match slot.scoped_entry() {
+        let table = self.table;
+        self.inner
+            .members
+            .snapshot()
+            .into_iter()
+            .filter_map(move |index| match table.slot(index)?.scoped_entry() {
                 Ok((generation, p)) => {
                     let p = self.inner.owns(p)?;
                     let h = Handle::from_raw(RawHandle::from_odd(index, generation));
@@ -247,7 +252,7 @@ impl<'a, T> ReadScope<'a, T> {
     /// assert_eq!(s.read().len(), 1);
     /// ```
     pub fn len(&self) -> usize {
-        self.inner.len.load(core::sync::atomic::Ordering::Relaxed)
+        self.inner.members.len()
     }
 
     /// Whether the store holds no value.

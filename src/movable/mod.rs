@@ -57,7 +57,6 @@
 //! address under the slot's move lock, header included.
 
 use core::alloc::Layout;
-use core::ops::{Deref, DerefMut};
 use core::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
 
@@ -69,102 +68,23 @@ use crate::heap::{Heap, layout_for};
 use crate::numa::migration::on_guarded_read;
 use crate::pool::heap::HeapInner;
 use crate::pool::span::{Span, SpanKind};
+use crate::pool::thread_cache::{self, HEAP_SLOT, ThreadCache};
 use crate::size_class;
 use crate::{AllocError, HandleError};
 
-/// Address bits above this one carry the tag's high 16 bits.
-const HIGH_SHIFT: u32 = 48;
-/// Bits below this one carry the tag's low 4 bits (movable blocks are 16-byte aligned).
-const LOW_BITS: u32 = 4;
-const LOW_MASK: usize = (1 << LOW_BITS) - 1;
-/// The bits of a slot pointer that hold the block address.
-const ADDR_MASK: usize = ((1 << HIGH_SHIFT) - 1) & !LOW_MASK;
+mod guards;
+mod tag;
 
-const _: () = assert!(size_class::MIN_SIZE >= 1 << LOW_BITS);
-const _: () = assert!(crate::os::PAGE_SIZE >= 1 << LOW_BITS);
+pub use guards::{PinGuard, ReadGuard, WriteGuard};
+#[cfg(test)]
+use tag::take_tag;
+pub(crate) use tag::{
+    MAX_TAG, RAW_TAG, Tag, new_store_tag, peek_tag, skip_store_tags_to, tag_ptr, untag,
+};
 
-/// A store tag: 20 bits (see the module docs). 0 is the raw handles' tag.
-pub(crate) type Tag = u32;
-
-/// The largest tag, which is also the most stores one process can ever create.
-pub(crate) const MAX_TAG: Tag = (1 << (64 - HIGH_SHIFT + LOW_BITS)) - 1;
-
-/// The tag of raw handles made by [`Heap::alloc_handle`].
-pub(crate) const RAW_TAG: Tag = 0;
-
-/// The next store tag to hand out, process-wide; `MAX_TAG + 1` once all are taken.
-static NEXT_TAG: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(RAW_TAG + 1);
-
-/// Takes the next tag from `counter`, or `None` once `MAX_TAG` has been handed out.
-/// The counter never moves past `MAX_TAG + 1`, so exhaustion is permanent and no tag is
-/// ever handed out twice; a refused call changes nothing.
-fn take_tag(counter: &std::sync::atomic::AtomicU32) -> Option<Tag> {
-    counter
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
-            (t <= MAX_TAG).then(|| t + 1)
-        })
-        .ok()
-}
-
-/// A fresh store tag, unique in the process.
-///
-/// # Errors
-///
-/// [`HandleError::StoresExhausted`] once [`MAX_TAG`] stores have been created.
-pub(crate) fn new_store_tag() -> Result<Tag, HandleError> {
-    take_tag(&NEXT_TAG).ok_or(HandleError::StoresExhausted)
-}
-
-/// Moves the process-wide tag counter forward to `next` (never back): the tags below
-/// are never handed out. Lets tests reach exhaustion without creating a million stores;
-/// it cannot make a tag repeat.
-pub(crate) fn skip_store_tags_to(next: u32) {
-    NEXT_TAG.fetch_max(next.min(MAX_TAG + 1), Ordering::Relaxed);
-}
-
-/// `block` carrying `tag`.
-///
-/// # Panics
-///
-/// If `block` is above 2^48 or not 16-byte aligned (no movable block is), or `tag` is
-/// above [`MAX_TAG`].
-#[inline(always)]
-pub(crate) fn tag_ptr(block: NonNull<u8>, tag: Tag) -> NonNull<u8> {
-    assert!(
-        block.as_ptr().addr() & !ADDR_MASK == 0 && tag <= MAX_TAG,
-        "tidyheap: block {block:p} cannot carry store tag {tag}"
-    );
-    let tag = tag as usize;
-    // OR-ing bits into a non-zero address keeps it non-zero.
-    block.map_addr(|a| a | ((tag >> LOW_BITS) << HIGH_SHIFT) | (tag & LOW_MASK))
-}
-
-/// The tag bits of a slot pointer.
-#[inline(always)]
-fn tag_of(addr: usize) -> Tag {
-    (((addr >> HIGH_SHIFT) << LOW_BITS) | (addr & LOW_MASK)) as Tag
-}
-
-/// Splits a slot pointer into the block address and its tag.
-///
-/// For a pointer that [`tag_ptr`] made, this is exact. Anything else (a racy peek at a
-/// vacant slot's free-list link) gives a tag and an address that match no live block's,
-/// never a panic.
-#[inline(always)]
-pub(crate) fn untag(p: NonNull<u8>) -> (NonNull<u8>, Tag) {
-    let tag = tag_of(p.as_ptr().addr());
-    (
-        p.map_addr(|a| core::num::NonZeroUsize::new(a.get() & ADDR_MASK).unwrap_or(a)),
-        tag,
-    )
-}
-
-/// The tag of slot pointer `p` read without a guard (see "Store tags" in the module
-/// docs): `None` for a null pointer.
-#[inline(always)]
-pub(crate) fn peek_tag(p: *mut u8) -> Option<Tag> {
-    (!p.is_null()).then(|| tag_of(p.addr()))
-}
+// Every thread-cache record has a lane of the handle table (`lane_of`).
+#[cfg(not(tidyheap_loom))]
+const _: () = assert!(crate::pool::heap::MAX_THREAD_CACHES <= crate::handle::LANES);
 
 /// The header in front of a large movable block.
 #[repr(C)]
@@ -286,10 +206,23 @@ impl Heap {
         undo: impl FnOnce(NonNull<u8>),
     ) -> Result<RawHandle, HandleError> {
         let Some(class) = size_class::class_for(layout.size(), layout.align()) else {
-            return self.alloc_large_movable(layout, tag, init, undo);
+            let h = self.alloc_large_movable(layout, tag, init, undo)?;
+            // Profiler hook: recorded (by handle) before the handle is returned.
+            #[cfg(feature = "profiling")]
+            self.profiler.on_alloc_handle(h, layout.size());
+            return Ok(h);
         };
         let inner = self.inner();
-        let block = inner.alloc_block(class, layout.size(), SpanKind::Movable)?;
+        // The thread's record, looked up once (one thread-local access): its block
+        // cache serves the block and its lane the slot. A miss looks again.
+        let tc = thread_cache::current_fast_at(inner, HEAP_SLOT);
+        let block = match tc
+            .and_then(|tc| inner.alloc_cached(tc, class, layout.size(), SpanKind::Movable))
+        {
+            Some(b) => b,
+            None => inner.alloc_block(class, layout.size(), SpanKind::Movable)?,
+        };
+        let tc = tc.or_else(|| thread_cache::current_fast_at(inner, HEAP_SLOT));
         // Event hook: alloc before the owner is published to the compactor.
         emit!(
             self,
@@ -302,7 +235,13 @@ impl Heap {
         // The length is written before the slot is published, so a compactor that
         // takes the slot (after `insert`'s Release) reads this block's own length.
         meta.set_len(layout.size());
-        let h = match self.handles().insert(tag_ptr(block, tag)) {
+        let tagged = tag_ptr(block, tag);
+        let h = match tc {
+            // SAFETY: the lane is `tc`'s, the record this thread owns (`lane_of`).
+            Some(tc) => unsafe { self.handles().insert_in(inner.lane_of(tc), tagged) },
+            None => self.handles().insert(tagged),
+        };
+        let h = match h {
             Ok(h) => h,
             Err(e) => {
                 undo(block);
@@ -320,6 +259,9 @@ impl Heap {
         // Release, and last: the compactor moves a block only once it sees its owner
         // (Acquire), and then also sees the live counts.
         meta.owner.store(h.index() + 1, Ordering::Release);
+        // Profiler hook: by handle, so compaction moves need no update.
+        #[cfg(feature = "profiling")]
+        self.profiler.on_alloc_handle(h, layout.size());
         Ok(h)
     }
 
@@ -395,21 +337,55 @@ impl Heap {
         if peek_tag(slot.ptr()) != Some(tag) {
             return Err(HandleError::Stale);
         }
-        let tagged = if tag != RAW_TAG {
+        let inner = self.inner();
+        // The thread's record, looked up once: its block cache takes the block and its
+        // lane (module `handle::table::lanes`) the slot.
+        let tc = thread_cache::current_fast_at(inner, HEAP_SLOT);
+        let (tagged, retired) = if tag != RAW_TAG {
             // A store's value: not while a read scope of the store is open.
             remove_scoped(table, scopes_of(tag), h, wait, || {
                 scope::mine::check(tag, &|| {
                     format!("removing {h:?} (remove / dropping an Owned)")
                 });
             })?
-        } else if wait {
-            table.remove(h)?
         } else {
-            table.try_remove(h)?
+            // Raw handles: the shared path, which also recycles the slot.
+            let tagged = if wait {
+                table.remove(h)?
+            } else {
+                table.try_remove(h)?
+            };
+            // Profiler hook: the handle is dead now (its generation moved on).
+            #[cfg(feature = "profiling")]
+            self.profiler.on_free(crate::profile::Key::Handle(h));
+            self.free_vacated(tagged, None, before_free);
+            return Ok(());
         };
+        // Profiler hook: the handle is dead now (its generation moved on).
+        #[cfg(feature = "profiling")]
+        self.profiler.on_free(crate::profile::Key::Handle(h));
+        self.free_vacated(tagged, tc, before_free);
+        // SAFETY:
+        // - we vacated the slot just now (`remove_scoped`) and gave it to nobody;
+        // - the lane is `tc`'s, the record this thread owns (`lane_of`).
+        unsafe {
+            table.recycle(tc.map(|tc| inner.lane_of(tc)), h.index(), retired);
+        }
+        Ok(())
+    }
+
+    /// Frees the block of a slot the caller has just vacated (`tagged` is the slot's
+    /// last pointer) after `before_free`, through `tc`, the calling thread's record, if
+    /// it has one: one page-map lookup.
+    fn free_vacated(
+        &self,
+        tagged: NonNull<u8>,
+        tc: Option<&ThreadCache>,
+        before_free: impl FnOnce(NonNull<u8>),
+    ) {
         let (block, _) = untag(tagged);
         let inner = self.inner();
-        if inner.span_of(block).is_none() {
+        let Some(span) = inner.span_of(block) else {
             // SAFETY: a movable block outside every span is a large movable block.
             let (len, header) = unsafe { large_header_of(block) };
             // Event hook: the slot is vacant (no move can race); free before unmapping.
@@ -422,9 +398,12 @@ impl Heap {
                 let map = large_layout(len, header).expect("validated when allocated");
                 inner.large.dealloc_counted(block.sub(header), map, len);
             }
-            return Ok(());
-        }
-        let (span, i) = inner.movable_block(block);
+            return;
+        };
+        debug_assert_eq!(span.kind(), SpanKind::Movable);
+        let i = span
+            .block_index(block.as_ptr().addr())
+            .expect("a movable block starts a block");
         // SAFETY: movable span, valid index.
         let meta = unsafe { span.meta(i) };
         let len = meta.len();
@@ -434,10 +413,21 @@ impl Heap {
         meta.owner.store(0, Ordering::Release);
         span.live.fetch_sub(1, Ordering::Relaxed);
         before_free(block);
-        // SAFETY: the slot is vacant, so nobody else can reach the block; it is a live
-        // movable block of `span.class()` allocated for `len` bytes.
-        unsafe { inner.free_block(block, span.class(), len, SpanKind::Movable) };
-        Ok(())
+        let class = span.class();
+        match tc {
+            Some(tc) => {
+                // SAFETY:
+                // - the slot is vacant, so nobody else can reach the block; it is a live
+                //   movable block of `class` allocated for `len` bytes;
+                // - `tc` is this thread's record.
+                if unsafe { inner.free_cached(tc, block, class, len, SpanKind::Movable) } {
+                    inner.overflow(tc, class, SpanKind::Movable);
+                }
+            }
+            // SAFETY:
+            // - as above: a live movable block of `class` for `len` bytes, ours alone.
+            None => unsafe { inner.free_block(block, class, len, SpanKind::Movable) },
+        }
     }
 
     /// The number of large movable blocks and the sum of their requested lengths, found
@@ -818,155 +808,5 @@ impl Heap {
     }
 }
 
-fn fmt_guard(
-    f: &mut core::fmt::Formatter<'_>,
-    name: &str,
-    ptr: NonNull<u8>,
-    len: usize,
-) -> core::fmt::Result {
-    f.debug_struct(name)
-        .field("ptr", &ptr)
-        .field("len", &len)
-        .finish()
-}
-
-/// Shared access to a movable block's bytes; the block neither moves nor is freed
-/// while the guard lives.
-#[must_use = "the guard releases the block when dropped"]
-pub struct ReadGuard<'a> {
-    _guard: SlotRead<'a>,
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-impl Deref for ReadGuard<'_> {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        // SAFETY: the read guard keeps the block in place and writers out; the block's
-        // first `len` bytes were initialised when it was allocated.
-        unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl core::fmt::Debug for ReadGuard<'_> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        fmt_guard(f, "ReadGuard", self.ptr, self.len)
-    }
-}
-
-/// Exclusive access to a movable block's bytes.
-#[must_use = "the guard releases the block when dropped"]
-pub struct WriteGuard<'a> {
-    _guard: SlotWrite<'a>,
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-impl Deref for WriteGuard<'_> {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        // SAFETY: the write guard gives exclusive access; `len` bytes are initialised.
-        unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl DerefMut for WriteGuard<'_> {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `deref`, and `&mut self` makes this the only view.
-        unsafe { core::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl core::fmt::Debug for WriteGuard<'_> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        fmt_guard(f, "WriteGuard", self.ptr, self.len)
-    }
-}
-
-/// A pin on a movable block: its address is stable while the pin lives. Accessing the
-/// bytes through [`PinGuard::as_ptr`] is `unsafe` and must be synchronised with any
-/// readers and writers by the caller.
-#[must_use = "the pin is released when dropped"]
-pub struct PinGuard<'a> {
-    _guard: SlotPin<'a>,
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-impl PinGuard<'_> {
-    /// The block's address, stable while the pin lives.
-    pub fn as_ptr(&self) -> NonNull<u8> {
-        self.ptr
-    }
-
-    /// The block's requested length.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the block is zero-sized.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-impl core::fmt::Debug for PinGuard<'_> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        fmt_guard(f, "PinGuard", self.ptr, self.len)
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tags_round_trip() {
-        let b = NonNull::new(0x7fff_1234_5670 as *mut u8).unwrap();
-        for tag in [0, 1, 0xF, 0x10, 0xBEEF, 0x1_2345, MAX_TAG] {
-            let t = tag_ptr(b, tag);
-            assert_eq!(untag(t), (b, tag));
-            assert_eq!(peek_tag(t.as_ptr()), Some(tag));
-        }
-        assert_eq!(MAX_TAG, 0xF_FFFF);
-        assert_eq!(peek_tag(core::ptr::null_mut()), None);
-    }
-
-    #[test]
-    fn untag_of_a_free_list_link_never_panics() {
-        // A racy peek can read a vacant slot's free-list link (a small index).
-        for link in [1usize, 5, 15, 16, 17, u32::MAX as usize] {
-            let p = NonNull::new(core::ptr::without_provenance_mut::<u8>(link)).unwrap();
-            let (addr, _) = untag(p);
-            assert_ne!(addr.as_ptr().addr(), 0);
-        }
-    }
-
-    #[test]
-    #[should_panic(expected = "cannot carry store tag")]
-    fn misaligned_blocks_cannot_be_tagged() {
-        let b = NonNull::new(0x7fff_1234_5678 as *mut u8).unwrap();
-        let _ = tag_ptr(b, 1);
-    }
-
-    #[test]
-    fn tag_counter_stops_at_the_maximum_for_good() {
-        let c = std::sync::atomic::AtomicU32::new(MAX_TAG - 1);
-        assert_eq!(take_tag(&c), Some(MAX_TAG - 1));
-        assert_eq!(take_tag(&c), Some(MAX_TAG));
-        for _ in 0..3 {
-            assert_eq!(take_tag(&c), None, "exhaustion is permanent");
-        }
-        assert_eq!(
-            c.load(Ordering::Relaxed),
-            MAX_TAG + 1,
-            "refusals do not move the counter, so it never wraps"
-        );
-        let c = std::sync::atomic::AtomicU32::new(u32::MAX);
-        assert_eq!(
-            take_tag(&c),
-            None,
-            "even a counter past the end never wraps"
-        );
-    }
-}
+mod tests;

@@ -1,0 +1,110 @@
+//! Loom model of a store's member list (`members`) against scoped iteration: a reader
+//! iterates the store in a scope (copy of the list, then plain loads per slot) while
+//! another thread removes a value (write guard, scope check, vacate, list removal, slot
+//! back to its lane) and then inserts one, which reuses that very slot from its lane's
+//! stash (occupy, list add). The reader must see the value that stays exactly once,
+//! never a freed value, and never an item twice; the list must end exact. Values are loom cells: a read the scope does not
+//! order against the remover's poisoning fails as a data race.
+
+use core::ptr::NonNull;
+
+use loom::sync::Arc;
+use loom::thread;
+
+use super::members::Members;
+use crate::handle::HandleTable;
+use crate::handle::scope::{Scopes, remove_scoped};
+use crate::sync::UnsafeCell;
+
+type Cell = UnsafeCell<u64>;
+
+/// Written over a removed value before its block is freed.
+const POISON: u64 = 0xDEAD;
+
+fn block(value: u64) -> NonNull<u8> {
+    NonNull::from(Box::leak(Box::new(Cell::new(value)))).cast()
+}
+
+/// Inserts `value` through `lane` and lists it, as `Store::insert` does.
+fn insert(t: &HandleTable, m: &Members, lane: usize, value: u64) -> u32 {
+    // SAFETY: each lane is used by one thread at a time (lanes change hands only across
+    // spawn and join).
+    let h = unsafe { t.insert_in(lane, block(value)) }.unwrap();
+    m.add(h.index());
+    h.index()
+}
+
+#[test]
+fn loom_member_removal_and_insert_vs_scoped_iteration() {
+    // The remover's wait for the reader's scope and the list's spin lock are yield
+    // loops: give the model more branches than loom's default.
+    let mut model = loom::model::Builder::new();
+    model.max_branches = 100_000;
+    model.check(|| {
+        let t = Arc::new(HandleTable::new());
+        let m = Arc::new(Members::new());
+        let scopes = Arc::new(Scopes::new());
+        let a = insert(&t, &m, 0, 1);
+        let b = insert(&t, &m, 0, 2);
+        let ha = t.iter().find(|h| h.index() == a).unwrap();
+        let reader = {
+            let (t, m, scopes) = (t.clone(), m.clone(), scopes.clone());
+            thread::spawn(move || {
+                scopes.open(false);
+                let mut seen = Vec::new();
+                for index in m.snapshot() {
+                    if let Ok((_, p)) = t.slot(index).unwrap().scoped_entry() {
+                        // SAFETY: the open scope keeps the value alive and unwritten.
+                        let v = unsafe { p.cast::<Cell>().as_ref().with(|v| *v) };
+                        seen.push((index, v));
+                    }
+                }
+                scopes.close();
+                seen
+            })
+        };
+        let remover = {
+            let (t, m, scopes) = (t.clone(), m.clone(), scopes.clone());
+            thread::spawn(move || -> u32 {
+                let (p, retired) = remove_scoped(&t, &scopes, ha, true, || ()).unwrap();
+                m.remove(ha.index());
+                // SAFETY: the slot is vacant and no scope that saw it is open: ours.
+                unsafe { p.cast::<Cell>().as_ref().with_mut(|v| *v = POISON) };
+                // SAFETY: we vacated the slot; this thread owns lane 1.
+                unsafe { t.recycle(Some(1), ha.index(), retired) };
+                // SAFETY: nobody can reach the block any more.
+                drop(unsafe { Box::from_raw(p.cast::<Cell>().as_ptr()) });
+                insert(&t, &m, 1, 3)
+            })
+        };
+        let seen = reader.join().unwrap();
+        let c = remover.join().unwrap();
+        assert_eq!(c, a, "the insert reuses the slot its lane just stashed");
+        let mut indexes: Vec<u32> = seen.iter().map(|&(i, _)| i).collect();
+        indexes.sort_unstable();
+        indexes.dedup();
+        assert_eq!(indexes.len(), seen.len(), "an item seen twice: {seen:?}");
+        assert!(
+            seen.contains(&(b, 2)),
+            "the value that stays was missed: {seen:?}"
+        );
+        for &(i, v) in &seen {
+            assert!(
+                (i, v) == (a, 1) || (i, v) == (b, 2) || (i, v) == (c, 3),
+                "{seen:?}"
+            );
+        }
+        let mut now = m.snapshot();
+        now.sort_unstable();
+        let mut want = vec![b, c];
+        want.sort_unstable();
+        assert_eq!(now, want);
+        assert_eq!(m.len(), 2);
+        for h in t.iter().collect::<Vec<_>>() {
+            let g = t.write(h).unwrap();
+            let (p, _) = t.vacate_written(h, g).ok().unwrap();
+            // SAFETY: the slot is vacant and every thread is done.
+            drop(unsafe { Box::from_raw(p.cast::<Cell>().as_ptr()) });
+        }
+    });
+}
