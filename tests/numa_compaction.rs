@@ -1,8 +1,8 @@
 //! Compactor-driven NUMA migration of handle blocks (issue 16 item 3), under an injected
 //! two-node topology (node 0 = CPU 0, node 1 = CPU 1) with threads pinned to "nodes":
 //! blocks read from node 1 move into node-1 arenas, keep their contents, and never move
-//! under an open read scope or a guard; stale handles stay stale; one-node heaps never
-//! sample. Tests that cannot pin to CPUs 0 and 1 print why they skip.
+//! under an open read scope or a guard; stale handles stay stale; one-node heaps and
+//! scoped gets never sample. Tests that cannot pin to CPUs 0 and 1 print why they skip.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -148,8 +148,8 @@ fn blocks_read_from_node_1_move_to_node_1() {
     for &(h, ..) in &raws {
         assert_eq!(heap.node_of_handle(h), Ok(Some(0)));
     }
-    // Node 1 reads: values half through guards, half through a scope; raw blocks
-    // through guards.
+    // Node 1 reads: values half through guards, half through a scope (not sampled: they
+    // stay); raw blocks through guards.
     on_cpu(1, || {
         for _ in 0..12 {
             for (k, &(h, i)) in values.iter().enumerate() {
@@ -165,16 +165,18 @@ fn blocks_read_from_node_1_move_to_node_1() {
         }
     });
     let before = heap.stats().numa;
-    assert!(before.read_samples >= 12 * 500, "{before:?}");
+    assert!(before.read_samples >= 12 * 350, "{before:?}");
     assert_eq!(before.compactor_migrated_blocks, 0);
     let moved = migrate_all(&heap, Budget::blocks(32));
-    assert_eq!(moved, (values.len() + raws.len()) as u64);
+    assert_eq!(moved, (values.len() / 2 + raws.len()) as u64);
     let after = heap.stats().numa;
     assert_eq!(after.compactor_migrated_blocks, moved);
-    let bytes: usize = raws.iter().map(|r| r.2).sum::<usize>() + values.len() * 64;
+    let bytes: usize = raws.iter().map(|r| r.2).sum::<usize>() + values.len() / 2 * 64;
     assert_eq!(after.compactor_migrated_bytes, bytes as u64);
-    for &(h, i) in &values {
-        assert_eq!(heap.node_of_handle(h.raw()), Ok(Some(1)));
+    for (k, &(h, i)) in values.iter().enumerate() {
+        // Only the guarded half was sampled.
+        let node = if k % 2 == 0 { 1 } else { 0 };
+        assert_eq!(heap.node_of_handle(h.raw()), Ok(Some(node)), "value {k}");
         assert_eq!(*store.get(h).unwrap(), value(i));
     }
     for &(h, i) in &local {
@@ -216,8 +218,8 @@ fn scopes_and_guards_hold_blocks_in_place() {
             assert!(heap.read(raw).is_ok());
         }
     });
-    // A guard held on another thread on one value. Everything reads from node 1 (the
-    // scope's gets are sampled too), so the votes only grow.
+    // A guard held on another thread on one value. Everything reads from node 1, so the
+    // votes only grow.
     let release = AtomicBool::new(false);
     on_cpu(1, || {
         let (held_tx, held_rx) = mpsc::channel();

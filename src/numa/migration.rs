@@ -3,18 +3,20 @@
 //! # Sampling (the read hooks)
 //!
 //! Guarded reads ([`Heap::read`](crate::Heap::read), [`Store::get`](crate::Store::get)
-//! and their `try_` forms) and scoped gets ([`ReadScope::get`](crate::ReadScope::get) /
-//! `try_get`) call a hook after they resolved a block. The hook is one thread-local load
-//! and a branch while the thread's *countdown* is 0, which it is until the thread reads
-//! while some heap in the process samples (a heap with more than one node and migration
-//! on): a guarded read then also loads the global count of such heaps, and a scope open
-//! arms the countdown (and a scope opened by an unarmed thread never samples: its gets
-//! test one field of the scope). So on a one-node machine a scoped get pays one test of
-//! a field of its scope, a guarded get a thread-local load and one relaxed load of a
-//! global, and nothing is ever recorded.
+//! and their `try_` forms) call a hook after they resolved a block. The hook is one
+//! relaxed load of the global count of heaps that sample (a heap with more than one node
+//! and migration on) and a branch: so on a one-node machine a guarded get pays one load
+//! and a branch, and nothing is ever recorded.
 //!
-//! An armed thread calls `tick` (out of line) on every read: the countdown drops by
-//! one, and at 1 the read is *sampled*:
+//! Scoped gets ([`ReadScope::get`](crate::ReadScope::get) / `try_get`) do not sample:
+//! a hook there, even one test of a field of the scope, made one-node scoped gets about
+//! twice as slow in `cargo bench --bench handles` (the read loop keeps more values live
+//! and spills). Migration follows guarded reads: a block read only through scopes keeps
+//! the vote its guarded reads gave it.
+//!
+//! While some heap samples, every guarded read calls `tick` (out of line): the thread's
+//! countdown drops by one, and at 1 (or 0: the thread's first such read) the read is
+//! *sampled*:
 //! if the block's heap samples, the reader's node is recorded in the block's vote (module
 //! `readers`) and the countdown restarts at the heap's
 //! [`sample_period`](NumaMigration::sample_period). A large handle block (outside the
@@ -52,6 +54,10 @@ pub const MAX_SAMPLE_PERIOD: u32 = 1 << 20;
 /// A heap whose topology has more than one node starts with [`NumaMigration::DEFAULT`];
 /// a one-node heap with it turned off (and with one node, turning it on changes nothing:
 /// every block is on the only node, and reads are never sampled).
+///
+/// Migration follows guarded reads ([`Heap::read`], [`Store::get`](crate::Store::get)
+/// and their `try_` forms): scoped gets ([`ReadScope::get`](crate::ReadScope::get)) are
+/// not sampled, so a block read only through read scopes is not moved toward its reader.
 ///
 /// # Examples
 ///
@@ -239,34 +245,14 @@ impl Drop for MigrationState {
 /// `heap`. See the module docs for what it costs.
 #[inline(always)]
 pub(crate) fn on_guarded_read(heap: &Heap, h: RawHandle, block: NonNull<u8>) {
-    if COUNTDOWN.get() != 0 || SAMPLING_HEAPS.load(Ordering::Relaxed) != 0 {
+    if SAMPLING_HEAPS.load(Ordering::Relaxed) != 0 {
         tick(heap, h, block);
     }
 }
 
-/// Hook of scoped gets: after a read scope resolved `block`, the block of `h` in `heap`.
-/// One thread-local load and a branch while the thread is not armed.
-#[inline(always)]
-pub(crate) fn on_scoped_read(heap: &Heap, h: RawHandle, block: NonNull<u8>) {
-    if COUNTDOWN.get() != 0 {
-        tick(heap, h, block);
-    }
-}
-
-/// Hook of scope opens: arms the thread's countdown while some heap samples, and tells
-/// whether the scope's gets should call [`on_scoped_read`] (so that a scope opened
-/// while nothing samples tests one field of its own per get, not a thread-local).
-#[inline(always)]
-pub(crate) fn on_scope_open() -> bool {
-    if COUNTDOWN.get() == 0 && SAMPLING_HEAPS.load(Ordering::Relaxed) != 0 {
-        COUNTDOWN.set(1);
-    }
-    COUNTDOWN.get() != 0
-}
-
-/// A read by an armed thread (or the first read while some heap samples): counts down,
-/// and samples at 1. Out of line and cold (laid out away from the caller's loop), so
-/// the hooks stay a load and a branch.
+/// A guarded read while some heap samples: counts down, and samples at 1 (or 0). Out of
+/// line and cold (laid out away from the caller's loop), so the hook stays a load and a
+/// branch.
 #[cold]
 #[inline(never)]
 fn tick(heap: &Heap, h: RawHandle, block: NonNull<u8>) {
@@ -298,9 +284,9 @@ fn sample(heap: &Heap, h: RawHandle, block: NonNull<u8>) {
     let numa = &inner.source.numa;
     let reader = numa.topology().current_index();
     let tag = owner_tag(h.index(), h.generation().get());
-    // The caller's guard or scope keeps the block live, so its span keeps its class.
+    // The caller's guard keeps the block live, so its span keeps its class.
     let Some(span) = inner.span_of(block) else {
-        // SAFETY: the caller's guard or scope keeps the block live; a movable block in
+        // SAFETY: the caller's guard keeps the block live; a movable block in
         // no span is a large movable block (zero-sized values get pool blocks).
         let vote = unsafe { crate::movable::large_vote(block) };
         numa.sampled();

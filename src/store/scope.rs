@@ -16,7 +16,6 @@ use super::{Store, StoreInner};
 use crate::HandleError;
 use crate::handle::scope::{Scopes, mine, scoped_get, scopes_of, try_scoped_get};
 use crate::handle::{Handle, HandleTable, RawHandle};
-use crate::numa::migration::{on_scope_open, on_scoped_read};
 
 /// An open read scope of a [`Store`]: resolves handles to `&T` with no atomic
 /// read-modify-write per get. Made by [`Store::read`]; closes when dropped.
@@ -63,9 +62,6 @@ pub struct ReadScope<'a, T> {
     inner: &'a StoreInner<T>,
     table: &'a HandleTable,
     scopes: &'static Scopes,
-    /// NUMA: this thread samples reads (decided when the scope opened; see
-    /// `numa::migration`), so gets call the sample hook.
-    sampling: bool,
     /// Not `Send`: the thread's record of its open scopes must see the close.
     _not_send: PhantomData<*const ()>,
 }
@@ -109,8 +105,6 @@ impl<T> Store<T> {
             inner,
             table: inner.heap.handles(),
             scopes,
-            // NUMA: arms this thread's read sampling while some heap samples.
-            sampling: on_scope_open(),
             _not_send: PhantomData,
         }
     }
@@ -148,14 +142,9 @@ impl<'a, T> ReadScope<'a, T> {
             }
             Err(_) => return None,
         };
-        let p = self.inner.owns(p)?;
-        if self.sampling {
-            // NUMA: the reader sample hook (`numa::migration`).
-            on_scoped_read(&self.inner.heap, h.raw(), p.cast());
-        }
         // SAFETY: the scope keeps the value in place, initialised and unwritten for
         // as long as `&self` lives (module `handle::scope`); `owns` checked the tag.
-        Some(unsafe { p.as_ref() })
+        self.inner.owns(p).map(|p| unsafe { p.as_ref() })
     }
 
     /// Like [`ReadScope::get`], but never waits.
@@ -176,13 +165,11 @@ impl<'a, T> ReadScope<'a, T> {
     #[inline]
     pub fn try_get(&self, h: Handle<T>) -> Result<&T, HandleError> {
         let p = try_scoped_get(self.table, h.raw())?;
-        let p = self.inner.owns(p).ok_or(HandleError::Stale)?;
-        if self.sampling {
-            // NUMA: the reader sample hook (`numa::migration`).
-            on_scoped_read(&self.inner.heap, h.raw(), p.cast());
-        }
         // SAFETY: as in `get`.
-        Ok(unsafe { p.as_ref() })
+        self.inner
+            .owns(p)
+            .map(|p| unsafe { p.as_ref() })
+            .ok_or(HandleError::Stale)
     }
 
     /// Whether `h` names a value of this store.
