@@ -65,7 +65,7 @@ use crate::events::Pool;
 use crate::handle::scope::{self, remove_scoped, scopes_of};
 use crate::handle::{RawHandle, SlotPin, SlotRead, SlotWrite};
 use crate::heap::{Heap, layout_for};
-use crate::numa::migration::on_guarded_read;
+use crate::numa::migration::{any_sampling, on_guarded_read};
 use crate::pool::heap::HeapInner;
 use crate::pool::span::{Span, SpanKind};
 use crate::pool::thread_cache::{self, HEAP_SLOT, ThreadCache};
@@ -676,15 +676,30 @@ impl Heap {
     /// In debug builds, if this thread holds a write guard on `h` (in release builds it
     /// deadlocks).
     pub fn read(&self, h: RawHandle) -> Result<ReadGuard<'_>, HandleError> {
+        // NUMA: the reader sample hook (`numa::migration`), tested first so that a read
+        // with no sampling heap keeps nothing live for it.
+        if any_sampling() {
+            return self.read_sampled(h);
+        }
+        self.read_unsampled(h)
+    }
+
+    /// [`Heap::read`] while some heap samples reads: the read, then the sample hook.
+    #[inline(never)]
+    fn read_sampled(&self, h: RawHandle) -> Result<ReadGuard<'_>, HandleError> {
+        let g = self.read_unsampled(h)?;
+        on_guarded_read(self, h, g.ptr);
+        Ok(g)
+    }
+
+    #[inline(always)]
+    fn read_unsampled(&self, h: RawHandle) -> Result<ReadGuard<'_>, HandleError> {
         let table = self.handles();
         let guard = match table.try_read(h) {
             Err(HandleError::Busy) if self.peek_raw(h) => table.read(h)?,
             r => r?,
         };
-        let g = self.make_read(guard)?;
-        // NUMA: the reader sample hook (`numa::migration`).
-        on_guarded_read(self, h, g.ptr);
-        Ok(g)
+        self.make_read(guard)
     }
 
     /// Whether `h`'s slot holds a raw-handle block, by a peek without a guard (exact
@@ -701,8 +716,17 @@ impl Heap {
     ///
     /// [`HandleError::Busy`] if a writer (or the compactor) holds it, else as `read`.
     pub fn try_read(&self, h: RawHandle) -> Result<ReadGuard<'_>, HandleError> {
+        // NUMA: the reader sample hook (`numa::migration`), as in `read`.
+        if any_sampling() {
+            return self.try_read_sampled(h);
+        }
+        self.make_read(self.handles().try_read(h)?)
+    }
+
+    /// [`Heap::try_read`] while some heap samples reads: the read, then the sample hook.
+    #[inline(never)]
+    fn try_read_sampled(&self, h: RawHandle) -> Result<ReadGuard<'_>, HandleError> {
         let g = self.make_read(self.handles().try_read(h)?)?;
-        // NUMA: the reader sample hook (`numa::migration`).
         on_guarded_read(self, h, g.ptr);
         Ok(g)
     }

@@ -3,10 +3,10 @@
 //! # Sampling (the read hooks)
 //!
 //! Guarded reads ([`Heap::read`](crate::Heap::read), [`Store::get`](crate::Store::get)
-//! and their `try_` forms) call a hook after they resolved a block. The hook is one
-//! relaxed load of the global count of heaps that sample (a heap with more than one node
-//! and migration on) and a branch: so on a one-node machine a guarded get pays one load
-//! and a branch, and nothing is ever recorded.
+//! and their `try_` forms) first test the global count of heaps that sample (a heap
+//! with more than one node and migration on): one relaxed load and a branch, so on a
+//! one-node machine nothing else is paid and nothing is ever recorded. While it is not 0
+//! they take an out-of-line path that calls a hook after they resolved a block.
 //!
 //! Scoped gets ([`ReadScope::get`](crate::ReadScope::get) / `try_get`) do not sample:
 //! a hook there, even one test of a field of the scope, made one-node scoped gets about
@@ -241,18 +241,23 @@ impl Drop for MigrationState {
     }
 }
 
-/// Hook of guarded reads: after a read guard resolved `block`, the block of `h` in
-/// `heap`. See the module docs for what it costs.
+/// Whether guarded reads call [`on_guarded_read`]: some heap in the process samples.
+/// One relaxed load.
+#[inline(always)]
+pub(crate) fn any_sampling() -> bool {
+    SAMPLING_HEAPS.load(Ordering::Relaxed) != 0
+}
+
+/// Hook of guarded reads, called only while [`any_sampling`] (the read tests it first
+/// and takes an out-of-line path): after a read guard resolved `block`, the block of `h`
+/// in `heap`.
 #[inline(always)]
 pub(crate) fn on_guarded_read(heap: &Heap, h: RawHandle, block: NonNull<u8>) {
-    if SAMPLING_HEAPS.load(Ordering::Relaxed) != 0 {
-        tick(heap, h, block);
-    }
+    tick(heap, h, block);
 }
 
 /// A guarded read while some heap samples: counts down, and samples at 1 (or 0). Out of
-/// line and cold (laid out away from the caller's loop), so the hook stays a load and a
-/// branch.
+/// line and cold: most reads only count down.
 #[cold]
 #[inline(never)]
 fn tick(heap: &Heap, h: RawHandle, block: NonNull<u8>) {
