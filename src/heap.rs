@@ -114,6 +114,11 @@ impl Heap {
     ///
     /// [`AllocError::OutOfMemory`] if the bookkeeping cannot be mapped.
     pub fn try_with_config(config: HeapConfig) -> Result<Self, AllocError> {
+        let multi_node = config
+            .topology
+            .unwrap_or_else(crate::numa::Topology::system)
+            .node_count()
+            > 1;
         let mem = os::reserve(size_of::<HeapInner>(), align_of::<HeapInner>())?;
         let inner = mem.cast::<HeapInner>();
         // SAFETY: `mem` is a fresh mapping large and aligned enough for a HeapInner.
@@ -122,7 +127,7 @@ impl Heap {
             inner,
             // Process-unique handles: a handle of another heap never resolves here.
             handles: HandleTable::new().with_process_unique_handles(),
-            compactor: Compactor::new(),
+            compactor: Compactor::new(multi_node),
             #[cfg(feature = "events")]
             events: None,
             #[cfg(feature = "profiling")]

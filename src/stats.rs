@@ -236,6 +236,18 @@ pub struct NumaStats {
     pub migrated_pages: u64,
     /// Pages those calls could not move.
     pub migration_failures: u64,
+    /// Reads of handle blocks sampled for compactor migration (always 0 with one node:
+    /// see [`NumaMigration`](crate::numa::NumaMigration)).
+    pub read_samples: u64,
+    /// Handle blocks the compactor moved to the node of their most frequent reader:
+    /// pool blocks copied into a span of that node, and large blocks whose pages moved
+    /// there (`move_pages`, also counted in `migrations`).
+    pub compactor_migrated_blocks: u64,
+    /// Requested bytes of those blocks.
+    pub compactor_migrated_bytes: u64,
+    /// Large handle blocks the kernel would not move to their reader's node (a node it
+    /// lacks, or a sandbox forbidding `move_pages`).
+    pub compactor_migration_failures: u64,
 }
 
 impl NumaStats {

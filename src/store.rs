@@ -48,6 +48,7 @@ use crate::handle::scope::{mine, scopes_of, write_scoped};
 use crate::handle::{Handle, RawHandle, SlotRead, SlotWrite};
 use crate::heap::Heap;
 use crate::movable::{MAX_TAG, Tag, new_store_tag, peek_tag, skip_store_tags_to, untag};
+use crate::numa::migration::{any_sampling, on_guarded_read};
 
 #[cfg(all(test, tidyheap_loom))]
 mod loom_members;
@@ -369,6 +370,24 @@ impl<T: Send + Sync> Store<T> {
     /// assert_eq!(*a + *b, 14);
     /// ```
     pub fn get(&self, h: Handle<T>) -> Option<Ref<'_, T>> {
+        // NUMA: the reader sample hook (`numa::migration`), tested first so that a get
+        // with no sampling heap keeps nothing live for it.
+        if any_sampling() {
+            return self.get_sampled(h);
+        }
+        self.get_unsampled(h)
+    }
+
+    /// [`Store::get`] while some heap samples reads: the get, then the sample hook.
+    #[inline(never)]
+    fn get_sampled(&self, h: Handle<T>) -> Option<Ref<'_, T>> {
+        let r = self.get_unsampled(h)?;
+        on_guarded_read(&self.inner.heap, h.raw(), r.ptr.cast());
+        Some(r)
+    }
+
+    #[inline(always)]
+    fn get_unsampled(&self, h: Handle<T>) -> Option<Ref<'_, T>> {
         let table = self.inner.heap.handles();
         let g = match table.try_read(h.raw()) {
             Ok(g) => g,
@@ -398,8 +417,19 @@ impl<T: Send + Sync> Store<T> {
     /// # Ok::<(), HandleError>(())
     /// ```
     pub fn try_get(&self, h: Handle<T>) -> Result<Ref<'_, T>, HandleError> {
-        let g = self.inner.heap.handles().try_read(h.raw())?;
-        self.make_ref(g)
+        // NUMA: the reader sample hook (`numa::migration`), as in `get`.
+        if any_sampling() {
+            return self.try_get_sampled(h);
+        }
+        self.make_ref(self.inner.heap.handles().try_read(h.raw())?)
+    }
+
+    /// [`Store::try_get`] while some heap samples reads: the get, then the sample hook.
+    #[inline(never)]
+    fn try_get_sampled(&self, h: Handle<T>) -> Result<Ref<'_, T>, HandleError> {
+        let r = self.make_ref(self.inner.heap.handles().try_read(h.raw())?)?;
+        on_guarded_read(&self.inner.heap, h.raw(), r.ptr.cast());
+        Ok(r)
     }
 
     fn make_ref<'a>(&'a self, g: SlotRead<'a>) -> Result<Ref<'a, T>, HandleError> {

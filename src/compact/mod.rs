@@ -2,8 +2,9 @@
 //!
 //! # Policy
 //!
-//! Per size class, let `L` be the live blocks in movable spans and `C` a span's block
-//! capacity. `⌈L / C⌉` spans suffice, so the densest `⌈L / C⌉` spans become *targets*
+//! Per size class (and, with more than one NUMA node, per node: blocks never change node
+//! by defragmenting; see `numa` for moves that do), let `L` be the live blocks in
+//! movable spans and `C` a span's block capacity. `⌈L / C⌉` spans suffice, so the densest `⌈L / C⌉` spans become *targets*
 //! and every other span of the class becomes a *source*, evacuated sparsest first
 //! (fewest blocks to move per span freed). Targets have room for every source block by
 //! construction. Sources leave the arena's refill lists while they are evacuated
@@ -89,6 +90,7 @@ mod background;
 #[cfg(all(test, tidyheap_loom))]
 mod loom_move;
 mod moves;
+mod numa;
 mod report;
 
 use core::ptr::NonNull;
@@ -107,6 +109,7 @@ pub use report::{
 #[cfg(feature = "events")]
 use crate::events::PassPhase;
 use crate::heap::Heap;
+use crate::numa::migration::MigrationState;
 use crate::pool::arena::Arena;
 use crate::pool::heap::HeapInner;
 use crate::pool::span::{Span, SpanKind, geometry};
@@ -142,7 +145,8 @@ struct Plan {
     active: bool,
     /// Sources, in evacuation order.
     sources: Vec<Planned>,
-    /// Targets per class; the last one is filled first.
+    /// Targets per plan group (`HeapInner::plan_group`: class, and node with more than
+    /// one); the last one is filled first.
     targets: Vec<Vec<Planned>>,
     /// Next source and next block index in it.
     cursor: (usize, usize),
@@ -206,15 +210,19 @@ pub(crate) struct Compactor {
     /// Copied on write, so a pass calls observers without holding this lock.
     observers: RwLock<Observers>,
     has_observers: AtomicBool,
+    /// NUMA migration of handle blocks: settings and reader samples.
+    pub(crate) numa: MigrationState,
 }
 
 impl Compactor {
-    pub(crate) fn new() -> Self {
+    /// A compactor for a heap whose topology has more than one node if `multi_node`.
+    pub(crate) fn new(multi_node: bool) -> Self {
         Self {
             plan: Mutex::new(Plan::default()),
             policy: Mutex::new(CompactionPolicy::DEFAULT),
             observers: RwLock::new(Arc::new([])),
             has_observers: AtomicBool::new(false),
+            numa: MigrationState::new(multi_node),
         }
     }
 
@@ -316,6 +324,14 @@ impl HeapInner {
                 }
             }
         }
+    }
+
+    /// The plan group of a movable span: its class, and with more than one node its
+    /// arena's node (`class + NUM_CLASSES · node`). A plan moves blocks only within a
+    /// group, so defragmenting never takes a block off the node it was placed or
+    /// migrated on.
+    fn plan_group(&self, span: &Span) -> usize {
+        span.class() + NUM_CLASSES * self.source.numa.arena_node(span.arena)
     }
 
     /// Committed bytes of movable spans serving a class, and the live bytes of movable
@@ -593,6 +609,11 @@ impl Heap {
         emit!(self, on_pass_phase(PassPhase::Moves));
         let observers = self.compactor().observers();
         let table = self.handles();
+        // NUMA: a share of the budget moves blocks to the node that reads them (a no-op
+        // with one node or with migration off).
+        if let Some(m) = self.compactor().numa.migrating() {
+            self.migrate_misplaced(numa::share(budget, m.budget_share), start, &mut report);
+        }
         'sources: while plan.cursor.0 < plan.sources.len() {
             let planned = plan.sources[plan.cursor.0];
             let Some((scan, carved)) = Scan::start(inner, &planned) else {
@@ -601,7 +622,7 @@ impl Heap {
                 continue;
             };
             let span = planned.span();
-            let class = span.class();
+            let group = inner.plan_group(span);
             while plan.cursor.1 < carved {
                 // Gather the next batch of live blocks within the budget (time is checked
                 // once per batch: a batch copies at most `MAX_BATCH_BYTES`).
@@ -630,7 +651,7 @@ impl Heap {
                     }
                     plan.cursor.1 += 1;
                 }
-                let done = self.move_batch(table, span, &batch, &mut plan.targets[class]);
+                let done = self.move_batch(table, span, &batch, &mut plan.targets[group]);
                 report.blocks_moved += done.moved() as u64;
                 report.bytes_moved += done.events().map(|e| e.size as u64).sum::<u64>();
                 report.skipped_busy += done.busy;
@@ -691,15 +712,18 @@ impl Heap {
     fn build_plan(&self, plan: &mut Plan, full: bool, min_gain: usize) -> bool {
         let inner = self.inner();
         plan.sources.clear();
-        plan.targets = vec![Vec::new(); NUM_CLASSES];
         plan.cursor = (0, 0);
-        let mut by_class: Vec<Vec<(Planned, u32)>> = vec![Vec::new(); NUM_CLASSES];
+        let groups = NUM_CLASSES * inner.source.numa.topology().node_count();
+        plan.targets = vec![Vec::new(); groups];
+        let mut by_group: Vec<Vec<(Planned, u32)>> = vec![Vec::new(); groups];
         inner.for_each_movable_span(|s| {
-            by_class[s.class()].push((Planned::of(s), s.live.load(Ordering::Relaxed)));
+            by_group[inner.plan_group(s)].push((Planned::of(s), s.live.load(Ordering::Relaxed)));
         });
-        // Per class: the spans to keep (densest first) and how many to evacuate.
+        // Per (node, class) group: the spans to keep (densest first) and how many to
+        // evacuate; the gate counts the gain over every group.
         let mut gain = 0;
-        for (class, spans) in by_class.iter_mut().enumerate() {
+        for (group, spans) in by_group.iter_mut().enumerate() {
+            let class = group % NUM_CLASSES;
             let cap = geometry(class, SpanKind::Movable).1 as u64;
             let live: u64 = spans.iter().map(|&(_, l)| u64::from(l)).sum();
             let needed = live.div_ceil(cap) as usize;
@@ -716,10 +740,11 @@ impl Heap {
         plan.backoff = 0;
         const { assert!(NUM_CLASSES <= 128, "class masks are u128") };
         let mut evacuated: u128 = 0;
-        for (class, spans) in by_class.into_iter().enumerate() {
+        for (group, spans) in by_group.into_iter().enumerate() {
             if spans.is_empty() {
                 continue;
             }
+            let class = group % NUM_CLASSES;
             let cap = geometry(class, SpanKind::Movable).1 as u64;
             let live: u64 = spans.iter().map(|&(_, l)| u64::from(l)).sum();
             let needed = live.div_ceil(cap) as usize;
@@ -743,7 +768,7 @@ impl Heap {
             }
             evacuated |= 1 << class;
             plan.sources.extend(sources);
-            plan.targets[class] = targets.iter().rev().map(|&(p, _)| p).collect();
+            plan.targets[group] = targets.iter().rev().map(|&(p, _)| p).collect();
             if full {
                 plan.were_targets.extend(targets.iter().map(|&(p, _)| p));
             }

@@ -156,12 +156,16 @@ impl Heap {
         // Move.
         let mut old_blocks = [NonNull::dangling(); MAX_BATCH];
         let mut used = 0;
+        // We scan `source`: its incarnation cannot change under this pass.
+        let life = source.incarnation();
         for &(i, index, _) in batch.blocks() {
             let Some((target, new)) = dest.get(used).copied().flatten() else {
                 break;
             };
-            match self.move_one(table, source, i, index, target.span(), new) {
+            match self.move_one(table, source, life, i, index, target.span(), new) {
                 Ok(ev) => {
+                    // NUMA: the block's reader vote goes with it (no-op with one node).
+                    self.carry_vote(source, i, target.span(), new);
                     old_blocks[done.moved] = source.block(i);
                     done.events[done.moved] = Some(ev);
                     done.moved += 1;
@@ -195,11 +199,14 @@ impl Heap {
     }
 
     /// Moves block `i` of `source`, owned by slot `index`, into `new`, a reserved block
-    /// of `target`.
-    fn move_one(
+    /// of `target`, if `source` is still in its life `life` (the incarnation the caller
+    /// planned with) once the block's slot is locked.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn move_one(
         &self,
         table: &HandleTable,
         source: &Span,
+        life: u32,
         i: usize,
         index: u32,
         target: &Span,
@@ -213,6 +220,13 @@ impl Heap {
             return Err(MoveSkip::Gone);
         }
         let mut mv = table.try_lock_move(index, tagged)?;
+        // The slot still addresses `old`, so `old` is a live block of `source` until we
+        // unlock and the span cannot be re-initialised meanwhile; it is the planned life
+        // only if the incarnation still matches (DESIGN invariant 7): else `i` and the
+        // side table may describe another geometry.
+        if source.incarnation() != life {
+            return Err(MoveSkip::Gone);
+        }
         // A store's block is not moved while a read scope of the store is open: checked
         // after taking the move lock (module `handle::scope`); dropping `mv` unlocks.
         if tag != RAW_TAG && !scopes_of(tag).admits_writer() {

@@ -129,6 +129,11 @@ pub struct CompactionReport {
     /// Bytes handed back to the OS at the end of the pass: empty spans purged, and
     /// large mappings the large-block cache held past their age.
     pub bytes_released: u64,
+    /// Of `blocks_moved`, blocks moved to the node of their most frequent reader
+    /// ([`NumaMigration`](crate::numa::NumaMigration)).
+    pub numa_blocks_moved: u64,
+    /// Of `bytes_moved`, the bytes of those blocks.
+    pub numa_bytes_moved: u64,
     /// Blocks skipped because a guard was held on them (retried later).
     pub skipped_busy: u64,
     /// Blocks skipped because they were pinned.
@@ -161,6 +166,8 @@ impl CompactionReport {
         self.ran |= r.ran;
         self.blocks_moved += r.blocks_moved;
         self.bytes_moved += r.bytes_moved;
+        self.numa_blocks_moved += r.numa_blocks_moved;
+        self.numa_bytes_moved += r.numa_bytes_moved;
         self.spans_emptied += r.spans_emptied;
         self.bytes_released += r.bytes_released;
         self.skipped_busy += r.skipped_busy;

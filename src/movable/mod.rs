@@ -58,13 +58,14 @@
 
 use core::alloc::Layout;
 use core::ptr::NonNull;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU16, Ordering};
 
 #[cfg(feature = "events")]
 use crate::events::Pool;
 use crate::handle::scope::{self, remove_scoped, scopes_of};
 use crate::handle::{RawHandle, SlotPin, SlotRead, SlotWrite};
 use crate::heap::{Heap, layout_for};
+use crate::numa::migration::{any_sampling, on_guarded_read};
 use crate::pool::heap::HeapInner;
 use crate::pool::span::{Span, SpanKind};
 use crate::pool::thread_cache::{self, HEAP_SLOT, ThreadCache};
@@ -93,6 +94,8 @@ struct LargeHeader {
     len: usize,
     /// Header bytes (also the mapping's alignment).
     header: usize,
+    /// NUMA: the block's reader vote (`numa::readers`); 0 until a read is sampled.
+    vote: AtomicU16,
 }
 
 const LARGE_MAGIC: u64 = u64::from_le_bytes(*b"tidyLRG1");
@@ -110,15 +113,16 @@ fn large_layout(len: usize, header: usize) -> Result<Layout, AllocError> {
     Layout::from_size_align(total, header).map_err(|_| AllocError::TooLarge { size: len })
 }
 
-/// Reads the header of large movable block `block`.
+/// The header of large movable block `block`.
 ///
 /// # Safety
 ///
-/// `block` is a live large movable block of some heap.
-unsafe fn large_header_of(block: NonNull<u8>) -> (usize, usize) {
+/// `block` is a live large movable block of some heap, and stays live while the
+/// reference is used.
+unsafe fn large_header_ref<'a>(block: NonNull<u8>) -> &'a LargeHeader {
     // SAFETY: a live large movable block's header is stored in the last
     // `size_of::<LargeHeader>()` bytes of the header area right in front of it (which
-    // is at least a page, so it is mapped and 8-aligned).
+    // is at least a page, so it is mapped and 8-aligned); the caller keeps it live.
     let h = unsafe {
         &*block
             .as_ptr()
@@ -126,7 +130,29 @@ unsafe fn large_header_of(block: NonNull<u8>) -> (usize, usize) {
             .cast::<LargeHeader>()
     };
     debug_assert_eq!(h.magic, LARGE_MAGIC, "not a large movable block");
+    h
+}
+
+/// Reads the header of large movable block `block`: its length and header bytes.
+///
+/// # Safety
+///
+/// `block` is a live large movable block of some heap.
+pub(crate) unsafe fn large_header_of(block: NonNull<u8>) -> (usize, usize) {
+    // SAFETY: forwarded from the caller.
+    let h = unsafe { large_header_ref(block) };
     (h.len, h.header)
+}
+
+/// NUMA: the reader vote of large movable block `block` (see `numa::readers`).
+///
+/// # Safety
+///
+/// `block` is a live large movable block of some heap, and stays live while the
+/// reference is used.
+pub(crate) unsafe fn large_vote<'a>(block: NonNull<u8>) -> &'a AtomicU16 {
+    // SAFETY: forwarded from the caller.
+    unsafe { &large_header_ref(block).vote }
 }
 
 impl HeapInner {
@@ -267,6 +293,7 @@ impl Heap {
                     magic: LARGE_MAGIC,
                     len: layout.size(),
                     header,
+                    vote: AtomicU16::new(0),
                 });
         }
         // Event hook: alloc before the handle exists.
@@ -649,6 +676,24 @@ impl Heap {
     /// In debug builds, if this thread holds a write guard on `h` (in release builds it
     /// deadlocks).
     pub fn read(&self, h: RawHandle) -> Result<ReadGuard<'_>, HandleError> {
+        // NUMA: the reader sample hook (`numa::migration`), tested first so that a read
+        // with no sampling heap keeps nothing live for it.
+        if any_sampling() {
+            return self.read_sampled(h);
+        }
+        self.read_unsampled(h)
+    }
+
+    /// [`Heap::read`] while some heap samples reads: the read, then the sample hook.
+    #[inline(never)]
+    fn read_sampled(&self, h: RawHandle) -> Result<ReadGuard<'_>, HandleError> {
+        let g = self.read_unsampled(h)?;
+        on_guarded_read(self, h, g.ptr);
+        Ok(g)
+    }
+
+    #[inline(always)]
+    fn read_unsampled(&self, h: RawHandle) -> Result<ReadGuard<'_>, HandleError> {
         let table = self.handles();
         let guard = match table.try_read(h) {
             Err(HandleError::Busy) if self.peek_raw(h) => table.read(h)?,
@@ -671,7 +716,19 @@ impl Heap {
     ///
     /// [`HandleError::Busy`] if a writer (or the compactor) holds it, else as `read`.
     pub fn try_read(&self, h: RawHandle) -> Result<ReadGuard<'_>, HandleError> {
+        // NUMA: the reader sample hook (`numa::migration`), as in `read`.
+        if any_sampling() {
+            return self.try_read_sampled(h);
+        }
         self.make_read(self.handles().try_read(h)?)
+    }
+
+    /// [`Heap::try_read`] while some heap samples reads: the read, then the sample hook.
+    #[inline(never)]
+    fn try_read_sampled(&self, h: RawHandle) -> Result<ReadGuard<'_>, HandleError> {
+        let g = self.make_read(self.handles().try_read(h)?)?;
+        on_guarded_read(self, h, g.ptr);
+        Ok(g)
     }
 
     /// The block address and length behind a guarded raw-handle slot pointer, or

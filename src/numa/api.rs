@@ -5,10 +5,12 @@ use core::ptr::NonNull;
 use std::sync::atomic::Ordering;
 
 use super::sys::{self, Migration};
-use super::{NumaError, Topology};
-use crate::Heap;
+use super::{NumaError, NumaMigration, Topology};
+use crate::handle::RawHandle;
+use crate::movable::untag;
 use crate::pool::span::SpanKind;
 use crate::size_class;
+use crate::{HandleError, Heap};
 
 impl Heap {
     /// The topology this heap places its arenas by: the injected
@@ -130,9 +132,9 @@ impl Heap {
     /// [`LargeAllocator::alloc_on_node`](crate::LargeAllocator::alloc_on_node) and
     /// [`numa::bind`](super::bind) to change it).
     ///
-    /// Handle-addressed blocks move between nodes through the compactor instead (not
-    /// built yet); migrating their pages here is harmless but is undone by the next
-    /// compaction that copies them.
+    /// Handle-addressed blocks move between nodes through the compactor instead (see
+    /// [`Heap::set_numa_migration`]); migrating their pages here is harmless but is
+    /// undone by the next compaction that copies them.
     ///
     /// # Errors
     ///
@@ -167,5 +169,76 @@ impl Heap {
         let m = sys::migrate_to_node(ptr, len, node)?;
         self.inner().source.numa.migrated(&m);
         Ok(m)
+    }
+
+    /// Sets how compaction passes move handle blocks to the node of the thread that
+    /// reads them most (see [`NumaMigration`] and [`crate::numa`]). Takes effect from
+    /// the next read and the next pass. With one node the setting is kept but changes
+    /// nothing: reads are never sampled.
+    ///
+    /// # Errors
+    ///
+    /// [`NumaError::InvalidMigration`] if a parameter is out of range; the previous
+    /// setting stays.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tidyheap::{Heap, numa::NumaMigration};
+    /// let heap = Heap::new();
+    /// heap.set_numa_migration(NumaMigration { sample_period: 8, ..NumaMigration::DEFAULT })?;
+    /// assert_eq!(heap.numa_migration().sample_period, 8);
+    /// assert!(heap.set_numa_migration(NumaMigration { sample_period: 0, ..NumaMigration::OFF }).is_err());
+    /// # Ok::<(), tidyheap::numa::NumaError>(())
+    /// ```
+    pub fn set_numa_migration(&self, migration: NumaMigration) -> Result<(), NumaError> {
+        self.compactor().numa.set(migration)
+    }
+
+    /// The current migration setting: [`NumaMigration::DEFAULT`] for a new heap with
+    /// more than one node, [`NumaMigration::OFF`] with one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tidyheap::{Heap, numa::NumaMigration};
+    /// let heap = Heap::new();
+    /// if heap.topology().node_count() == 1 {
+    ///     assert_eq!(heap.numa_migration(), NumaMigration::OFF);
+    /// }
+    /// ```
+    pub fn numa_migration(&self) -> NumaMigration {
+        self.compactor().numa.settings()
+    }
+
+    /// The node id of the arena whose span holds the block of `h` (a raw handle, or a
+    /// store's handle as [`Handle::raw`](crate::Handle::raw)), or `None` for a block
+    /// outside the pools (a large block: ask [`numa::node_of_address`](super::node_of_address)
+    /// for its pages). Where the span's pages actually are is the kernel's business (its
+    /// chunk is bound to that node with a preferred policy).
+    ///
+    /// # Errors
+    ///
+    /// [`HandleError::Stale`] if `h` is not live in this heap; [`HandleError::Busy`] if a
+    /// writer (or the compactor) holds it right now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let heap = tidyheap::Heap::new();
+    /// let h = heap.alloc_handle(64, 8)?;
+    /// assert_eq!(heap.node_of_handle(h)?, Some(0));
+    /// heap.free_handle(h)?;
+    /// assert!(heap.node_of_handle(h).is_err());
+    /// # Ok::<(), tidyheap::HandleError>(())
+    /// ```
+    pub fn node_of_handle(&self, h: RawHandle) -> Result<Option<u32>, HandleError> {
+        let guard = self.handles().try_read(h)?;
+        let (block, _) = untag(guard.ptr());
+        let inner = self.inner();
+        let numa = &inner.source.numa;
+        Ok(inner
+            .span_of(block)
+            .and_then(|s| numa.topology().node_id(numa.arena_node(s.arena))))
     }
 }

@@ -18,6 +18,10 @@
 //!   the free [`migrate_to_node`]) move the pages of fixed or large memory with
 //!   `move_pages`, keeping addresses and contents (raw pointers never move: DESIGN
 //!   invariant 1 holds, only physical frames change).
+//! * **Compactor migration** ([`NumaMigration`], module `migration`): with more than
+//!   one node, 1 in N reads of a handle block records the reader's node; each compaction
+//!   pass spends a share of its budget moving blocks read mostly from another node into
+//!   spans of that node's arenas ([`Heap::set_numa_migration`](crate::Heap::set_numa_migration)).
 //! * **Stats**: [`NumaStats`](crate::NumaStats) in [`HeapStats`](crate::HeapStats):
 //!   per node arenas, threads, committed bytes and local/remote spans; bind failures
 //!   and migrations.
@@ -46,12 +50,15 @@
 //! ```
 
 mod api;
+pub(crate) mod migration;
 pub(crate) mod placement;
+pub(crate) mod readers;
 mod sys;
 mod topology;
 
 use core::fmt;
 
+pub use migration::{MAX_SAMPLE_PERIOD, NumaMigration};
 pub use sys::{
     CpuLocation, Migration, NodePolicy, bind, current_cpu, migrate_to_node, node_of_address,
 };
@@ -119,6 +126,11 @@ pub enum NumaError {
     },
     /// Allocating the block failed before any placement.
     Alloc(AllocError),
+    /// A [`NumaMigration`] parameter was out of range; nothing was changed.
+    InvalidMigration {
+        /// Which parameter, and its range.
+        reason: &'static str,
+    },
 }
 
 impl fmt::Display for NumaError {
@@ -148,6 +160,9 @@ impl fmt::Display for NumaError {
             Self::Os { op, errno } => write!(f, "{op} failed: {}", os(errno)),
             Self::InvalidTopology { reason } => write!(f, "invalid topology: {reason}"),
             Self::Alloc(e) => write!(f, "allocation failed: {e}"),
+            Self::InvalidMigration { reason } => {
+                write!(f, "invalid NUMA migration setting: {reason}")
+            }
         }
     }
 }

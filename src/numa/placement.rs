@@ -56,6 +56,12 @@ pub(crate) struct NodePlacement {
     migrations: AtomicU64,
     migrated_pages: AtomicU64,
     migration_failures: AtomicU64,
+    /// Reads sampled for compactor migration (`numa::migration`).
+    samples: AtomicU64,
+    /// Handle blocks the compactor moved to their reader's node, and their bytes.
+    compactor_blocks: AtomicU64,
+    compactor_bytes: AtomicU64,
+    compactor_failures: AtomicU64,
 }
 
 impl NodePlacement {
@@ -71,6 +77,10 @@ impl NodePlacement {
             migrations: AtomicU64::new(0),
             migrated_pages: AtomicU64::new(0),
             migration_failures: AtomicU64::new(0),
+            samples: AtomicU64::new(0),
+            compactor_blocks: AtomicU64::new(0),
+            compactor_bytes: AtomicU64::new(0),
+            compactor_failures: AtomicU64::new(0),
         }
     }
 
@@ -147,6 +157,23 @@ impl NodePlacement {
             .fetch_add(m.failed as u64, Ordering::Relaxed);
     }
 
+    /// Counts one sampled read.
+    pub(crate) fn sampled(&self) {
+        self.samples.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one handle block of `bytes` the compactor moved to its reader's node.
+    pub(crate) fn compactor_moved(&self, bytes: usize) {
+        self.compactor_blocks.fetch_add(1, Ordering::Relaxed);
+        self.compactor_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a large handle block the kernel would not move to its reader's node.
+    pub(crate) fn compactor_failed(&self) {
+        self.compactor_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The NUMA part of a heap snapshot, given the per-arena snapshot.
     pub(crate) fn stats(&self, arenas: &[ArenaStats]) -> NumaStats {
         let t = self.topology();
@@ -174,6 +201,10 @@ impl NodePlacement {
             migrations: self.migrations.load(Ordering::Relaxed),
             migrated_pages: self.migrated_pages.load(Ordering::Relaxed),
             migration_failures: self.migration_failures.load(Ordering::Relaxed),
+            read_samples: self.samples.load(Ordering::Relaxed),
+            compactor_migrated_blocks: self.compactor_blocks.load(Ordering::Relaxed),
+            compactor_migrated_bytes: self.compactor_bytes.load(Ordering::Relaxed),
+            compactor_migration_failures: self.compactor_failures.load(Ordering::Relaxed),
         }
     }
 }

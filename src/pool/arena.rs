@@ -39,7 +39,7 @@ const CHUNK_BYTES: usize = 64 << 20;
 /// Most chunks a heap can reserve (4 TiB of address space).
 const MAX_CHUNKS: usize = 1 << 16;
 /// Most span records a heap can hold.
-const MAX_SPANS: usize = 1 << 22;
+pub(crate) const MAX_SPANS: usize = 1 << 22;
 /// Bytes of empty spans an arena always keeps committed for quick reuse, whatever its
 /// recent demand.
 pub(crate) const MIN_RETAIN_BYTES: usize = 1 << 20;
@@ -101,6 +101,15 @@ impl SpanSource {
         let start = self.table.load(Ordering::Acquire) as usize;
         let p = span as *const Span as usize;
         start != 0 && p >= start && p < start + MAX_SPANS * size_of::<Span>()
+    }
+
+    /// NUMA: the index of `span` in the span table (below [`MAX_SPANS`]): a stable key of
+    /// the region for the heap's life (`crate::numa::readers` keys block samples by it).
+    #[inline]
+    pub(crate) fn span_index(&self, span: &Span) -> usize {
+        debug_assert!(self.owns(span));
+        let start = self.table.load(Ordering::Relaxed) as usize;
+        (span as *const Span as usize - start) / size_of::<Span>()
     }
 
     /// A fresh span region of `bytes` for `arena`, registered in the page map.
