@@ -188,7 +188,12 @@ fn zero_size_requests_get_unique_freeable_blocks() {
     for align in [1, 8, 16, 64, 4096] {
         let l = Layout::from_size_align(0, align).unwrap();
         let usable = heap.usable_size(l);
-        assert!(usable >= align.min(16), "a real block");
+        if cfg!(feature = "hardened") {
+            // A block is as long as asked for: its class's slack holds the canary.
+            assert_eq!(usable, 0);
+        } else {
+            assert!(usable >= align.min(16), "a real block");
+        }
         let blocks: Vec<_> = (0..300).map(|_| heap.alloc(l).unwrap()).collect();
         let distinct: HashSet<_> = blocks.iter().map(|p| p.as_ptr() as usize).collect();
         assert_eq!(
@@ -877,4 +882,30 @@ fn threads_exiting_together_park_a_bounded_total() {
     heap.trim();
     let s = heap.stats();
     assert_eq!((s.spans, s.committed_bytes), (0, 0));
+}
+
+/// Through the `Allocator` adapter a block may be freed with any size from its request
+/// up to the length `allocate` returned (the contract's "fits"). With `hardened` a
+/// zero-size block used to come back as its whole class, and a free with a size in
+/// between looked for a canary that was never written ("canary corrupted"); CI runs
+/// this file with `hardened`.
+#[test]
+fn a_block_frees_with_any_size_up_to_the_length_allocate_returned() {
+    use allocator_api2::alloc::Allocator;
+    let heap = Heap::new();
+    for (size, align) in [(0, 1), (0, 16), (1, 1), (100, 8), (4000, 64)] {
+        let layout = Layout::from_size_align(size, align).unwrap();
+        let first = (&heap).allocate(layout).unwrap();
+        let usable = first.len();
+        assert!(usable >= size);
+        // SAFETY: `first` came from this allocator with `layout`.
+        unsafe { (&heap).deallocate(first.cast(), layout) };
+        for s in size..=usable {
+            let p = (&heap).allocate(layout).unwrap().cast::<u8>();
+            // SAFETY: `p` came from this allocator with `layout`, which returned
+            // `usable` bytes; `s` lies between the two, so the layout fits the block.
+            unsafe { (&heap).deallocate(p, Layout::from_size_align(s, align).unwrap()) };
+        }
+    }
+    assert_eq!(heap.stats().fixed.live_bytes(), 0);
 }

@@ -69,9 +69,13 @@ impl TidyheapDiagnosticsPlugin {
     /// `tidyheap/numa_migrated_pages`: pages moved between nodes, ever.
     pub const NUMA_MIGRATED_PAGES: DiagnosticPath =
         DiagnosticPath::const_new("tidyheap/numa_migrated_pages");
+    /// `tidyheap/numa_compactor_migrated_bytes`: bytes of handle blocks the compactor
+    /// moved to the node that reads them, ever.
+    pub const NUMA_COMPACTOR_MIGRATED_BYTES: DiagnosticPath =
+        DiagnosticPath::const_new("tidyheap/numa_compactor_migrated_bytes");
 
     /// Every path with its suffix.
-    pub const PATHS: [(DiagnosticPath, &'static str); 11] = [
+    pub const PATHS: [(DiagnosticPath, &'static str); 12] = [
         (Self::LIVE_BYTES, "B"),
         (Self::COMMITTED_BYTES, "B"),
         (Self::FRAGMENTATION, ""),
@@ -83,6 +87,7 @@ impl TidyheapDiagnosticsPlugin {
         (Self::NUMA_LOCAL_SPAN_BYTES, "B"),
         (Self::NUMA_REMOTE_SPAN_BYTES, "B"),
         (Self::NUMA_MIGRATED_PAGES, ""),
+        (Self::NUMA_COMPACTOR_MIGRATED_BYTES, "B"),
     ];
 }
 
@@ -132,6 +137,7 @@ fn measure(mut diagnostics: Diagnostics, stats: Res<TidyheapStats>) {
         stats.numa_local_span_bytes as f64,
         stats.numa_remote_span_bytes as f64,
         stats.numa_migrated_pages as f64,
+        stats.numa_compactor_migrated_bytes as f64,
     ];
     for ((path, _), value) in TidyheapDiagnosticsPlugin::PATHS.iter().zip(values) {
         diagnostics.add_measurement(path, || value);

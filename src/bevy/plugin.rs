@@ -180,6 +180,9 @@ pub struct TidyheapStats {
     pub numa_remote_span_bytes: u64,
     /// NUMA: pages moved by `Heap::migrate_to_node`, ever.
     pub numa_migrated_pages: u64,
+    /// NUMA: bytes of handle blocks the compactor moved to the node that reads them,
+    /// ever (0 on a one-node machine).
+    pub numa_compactor_migrated_bytes: u64,
 }
 
 /// Pool fragmentation of `heap` from its counters (no span walk): `1 − live /
@@ -234,6 +237,7 @@ pub(super) fn report(
     stats.numa_local_span_bytes = numa.nodes.iter().map(|n| n.local_span_bytes).sum();
     stats.numa_remote_span_bytes = numa.nodes.iter().map(|n| n.remote_span_bytes).sum();
     stats.numa_migrated_pages = numa.migrated_pages;
+    stats.numa_compactor_migrated_bytes = numa.compactor_migrated_bytes;
     stats.reports += 1;
     stats.frame = frame;
     stats.total_passes += frame.passes;

@@ -26,7 +26,8 @@ fn pattern(key: u64, block: NonNull<u8>) -> [u8; CANARY_BYTES] {
 #[inline(always)]
 fn canary_len(class_size: usize, size: usize) -> usize {
     if size == 0 {
-        // A zero-size request may use its whole class (`Heap::usable_size`).
+        // A zero-size block has no bytes to overrun (its usable size is 0 here), and
+        // gets no canary.
         return 0;
     }
     class_size.saturating_sub(size).min(CANARY_BYTES)

@@ -453,8 +453,11 @@ impl HeapInner {
     #[inline]
     pub(crate) fn usable_size(&self, layout: Layout) -> usize {
         match size_class::class_for(layout.size(), layout.align()) {
-            // `hardened`: the class's slack after the request holds the canary.
-            Some(_) if cfg!(feature = "hardened") && layout.size() != 0 => layout.size(),
+            // `hardened`: the class's slack after the request holds the canary, so a block
+            // is exactly as long as asked for (also a zero-size one: were it its whole
+            // class, a free with any size up to the class would be a valid fit and would
+            // look for a canary that was never written).
+            Some(_) if cfg!(feature = "hardened") => layout.size(),
             Some(c) => size_class::size(c),
             None => self.large.usable_size(layout),
         }
