@@ -91,9 +91,9 @@ mod background;
 mod loom_move;
 mod moves;
 mod numa;
+mod plan;
 mod report;
 
-use core::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -112,94 +112,9 @@ use crate::heap::Heap;
 use crate::numa::migration::MigrationState;
 use crate::pool::arena::Arena;
 use crate::pool::heap::HeapInner;
-use crate::pool::span::{Span, SpanKind, geometry};
-use crate::size_class::{self, NUM_CLASSES};
-
-/// A span as a plan saw it: valid for the plan only while the span's incarnation is
-/// still `incarnation` (see the module docs).
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Planned {
-    span: NonNull<Span>,
-    incarnation: u32,
-}
-
-impl Planned {
-    fn of(span: &Span) -> Self {
-        Self {
-            span: NonNull::from(span),
-            incarnation: span.incarnation(),
-        }
-    }
-
-    fn span(&self) -> &Span {
-        // SAFETY: span records live in the heap's span table, at stable addresses, for
-        // the heap's life, and a plan lives inside its heap. What the record describes
-        // may have changed: callers re-validate `incarnation` under the arena lock.
-        unsafe { self.span.as_ref() }
-    }
-}
-
-/// A compaction plan in progress.
-#[derive(Default)]
-struct Plan {
-    active: bool,
-    /// Sources, in evacuation order.
-    sources: Vec<Planned>,
-    /// Targets per plan group (`HeapInner::plan_group`: class, and node with more than
-    /// one); the last one is filled first.
-    targets: Vec<Vec<Planned>>,
-    /// Next source and next block index in it.
-    cursor: (usize, usize),
-    /// Spans that served as targets during the current full compaction.
-    were_targets: Vec<Planned>,
-    /// After a budgeted plan was dropped as not worth it: budgeted passes left before
-    /// planning is tried again, the length of the current wait, and the fragmentation
-    /// the dropped plan saw (see [`Plan::may_plan`]).
-    idle: u32,
-    backoff: u32,
-    idle_fragmentation: f64,
-}
-
-/// A budgeted plan goes ahead only if evacuating its sources would release at least
-/// `min_fragmentation / GAIN_DIVISOR` of the committed movable bytes
-/// ([`CompactionPolicy::min_fragmentation`]).
-///
-/// Every class keeps some holes however well it is packed (blocks rounded up to their
-/// class, the tail of each span, one partly used span per class), so a heap that is
-/// packed as tight as it goes still reads above `min_fragmentation` when its classes
-/// are many or its blocks big. Without this gate each pass would plan again, walk every
-/// span and flush the threads' caches of the planned classes, only to move the few
-/// blocks freed since the last pass.
-const GAIN_DIVISOR: f64 = 4.0;
-/// The longest wait, in budgeted passes, between two plans that were not worth it.
-const MAX_BACKOFF: u32 = 32;
-/// A rise in fragmentation since the last dropped plan that makes the next pass plan
-/// again without waiting.
-const REPLAN_RISE: f64 = 0.02;
-
-impl Plan {
-    /// Whether a budgeted pass that sees `fragmentation` may build a plan now, counting
-    /// down the wait after a dropped one.
-    fn may_plan(&mut self, fragmentation: f64) -> bool {
-        if self.idle == 0 || fragmentation >= self.idle_fragmentation + REPLAN_RISE {
-            self.idle = 0;
-            return true;
-        }
-        self.idle -= 1;
-        false
-    }
-
-    /// A plan was not worth it: wait twice as long as last time before the next one.
-    fn back_off(&mut self, fragmentation: f64) {
-        self.backoff = (self.backoff * 2).clamp(1, MAX_BACKOFF);
-        self.idle = self.backoff;
-        self.idle_fragmentation = fragmentation;
-    }
-}
-
-// SAFETY: the span pointers refer to records of the heap that owns this plan and
-// outlives it; they are only followed by the thread holding the plan's mutex.
-unsafe impl Send for Plan {}
+use crate::pool::span::{Span, SpanKind};
+use crate::size_class::NUM_CLASSES;
+use plan::{GAIN_DIVISOR, Plan, Planned, plan_worth_repeating};
 
 type Observers = Arc<[Arc<dyn CompactionObserver>]>;
 
@@ -705,113 +620,4 @@ impl Heap {
             obs.iter().for_each(|o| o.on_move(&ev));
         }
     }
-
-    /// Plans the evacuation of every class with more spans than its live blocks need,
-    /// unless it would release less than `min_gain` bytes: then it returns false before
-    /// touching any span.
-    fn build_plan(&self, plan: &mut Plan, full: bool, min_gain: usize) -> bool {
-        let inner = self.inner();
-        plan.sources.clear();
-        plan.cursor = (0, 0);
-        let groups = NUM_CLASSES * inner.source.numa.topology().node_count();
-        plan.targets = vec![Vec::new(); groups];
-        let mut by_group: Vec<Vec<(Planned, u32)>> = vec![Vec::new(); groups];
-        inner.for_each_movable_span(|s| {
-            by_group[inner.plan_group(s)].push((Planned::of(s), s.live.load(Ordering::Relaxed)));
-        });
-        // Per (node, class) group: the spans to keep (densest first) and how many to
-        // evacuate; the gate counts the gain over every group.
-        let mut gain = 0;
-        for (group, spans) in by_group.iter_mut().enumerate() {
-            let class = group % NUM_CLASSES;
-            let cap = geometry(class, SpanKind::Movable).1 as u64;
-            let live: u64 = spans.iter().map(|&(_, l)| u64::from(l)).sum();
-            let needed = live.div_ceil(cap) as usize;
-            if spans.len() <= needed {
-                spans.clear();
-                continue;
-            }
-            spans.sort_by_key(|&(_, l)| core::cmp::Reverse(l));
-            gain += (spans.len() - needed) * size_class::span_bytes(class);
-        }
-        if gain < min_gain {
-            return false;
-        }
-        plan.backoff = 0;
-        const { assert!(NUM_CLASSES <= 128, "class masks are u128") };
-        let mut evacuated: u128 = 0;
-        for (group, spans) in by_group.into_iter().enumerate() {
-            if spans.is_empty() {
-                continue;
-            }
-            let class = group % NUM_CLASSES;
-            let cap = geometry(class, SpanKind::Movable).1 as u64;
-            let live: u64 = spans.iter().map(|&(_, l)| u64::from(l)).sum();
-            let needed = live.div_ceil(cap) as usize;
-            let (targets, rest) = spans.split_at(needed);
-            // The spans were seen under their arena locks, released since: each source
-            // is re-validated as it starts evacuating.
-            let sources: Vec<Planned> = rest
-                .iter()
-                .rev()
-                .map(|&(p, _)| p)
-                .filter(|p| !(full && plan.were_targets.contains(p)))
-                .filter(|p| {
-                    let arena = &inner.arenas[p.span().arena as usize];
-                    let mut st = arena.lock();
-                    // SAFETY: lock held; the span belongs to this arena.
-                    unsafe { arena.start_evacuation(&mut st, p.span(), p.incarnation) }
-                })
-                .collect();
-            if sources.is_empty() {
-                continue;
-            }
-            evacuated |= 1 << class;
-            plan.sources.extend(sources);
-            plan.targets[group] = targets.iter().rev().map(|&(p, _)| p).collect();
-            if full {
-                plan.were_targets.extend(targets.iter().map(|&(p, _)| p));
-            }
-        }
-        plan.active = true;
-        if evacuated != 0 {
-            // Free blocks cached by threads keep sources from emptying: ask every
-            // thread to flush the evacuated classes (honoured on its next movable
-            // operation), flush ours, and send the central lists' batches home.
-            let [lo, hi] = &inner.movable_flush_classes;
-            lo.store(evacuated as u64, Ordering::Relaxed);
-            hi.store((evacuated >> 64) as u64, Ordering::Relaxed);
-            inner.movable_epoch.fetch_add(1, Ordering::Relaxed);
-            if let Some(tc) = inner.thread_cache() {
-                // SAFETY: the calling thread owns its record.
-                unsafe { inner.flush_classes(tc, Some(SpanKind::Movable), evacuated) };
-            }
-            inner.drain_central(Some(SpanKind::Movable));
-        }
-        true
-    }
-
-    fn finish_plan(&self, plan: &mut Plan) {
-        let inner = self.inner();
-        for p in plan.sources.drain(plan.cursor.0.min(plan.sources.len())..) {
-            let span = p.span();
-            let arena = &inner.arenas[span.arena as usize];
-            let mut st = arena.lock();
-            if span.incarnation() == p.incarnation {
-                // SAFETY: lock held; the span belongs to this arena and nobody scans it
-                // (scans end before their pass does).
-                unsafe { arena.end_evacuation(&mut st, span) };
-            }
-        }
-        plan.sources.clear();
-        plan.targets.clear();
-        plan.cursor = (0, 0);
-        plan.active = false;
-    }
-}
-
-/// A full compaction plans again only if the last plan finished and did something:
-/// blocks skipped because they were busy get their retry from the next plan.
-fn plan_worth_repeating(r: &CompactionReport) -> bool {
-    r.complete && (r.blocks_moved > 0 || r.skipped_busy > 0)
 }

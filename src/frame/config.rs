@@ -3,7 +3,7 @@
 use core::fmt;
 
 #[cfg(doc)]
-use super::FrameArena;
+use super::{Frame, FrameArena, FrameShared};
 use crate::os::PAGE_SIZE;
 
 /// How a [`FrameArena`] behaves: frames in flight, chunk size, trimming, lanes.

@@ -406,10 +406,10 @@ impl Heap {
     ///
     /// # Errors
     ///
-    /// [`HandleError::Alloc`] with [`AllocError::InvalidAlignment`] for a
-    /// non-power-of-two `align`, [`AllocError::TooLarge`] if the size overflows,
-    /// [`AllocError::CommitLimit`] past the heap's commit limit, or
-    /// [`AllocError::OutOfMemory`].
+    /// [`HandleError::Alloc`] with [`AllocError::InvalidAlignment`](crate::AllocError::InvalidAlignment) for a
+    /// non-power-of-two `align`, [`AllocError::TooLarge`](crate::AllocError::TooLarge) if the size overflows,
+    /// [`AllocError::CommitLimit`](crate::AllocError::CommitLimit) past the heap's commit limit, or
+    /// [`AllocError::OutOfMemory`](crate::AllocError::OutOfMemory).
     ///
     /// # Examples
     ///

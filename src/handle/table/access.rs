@@ -157,7 +157,7 @@ impl HandleTable {
     }
 
     /// For the compactor: takes slot `index` exclusively if it still owns the block at
-    /// `expected` and nobody holds it. Never waits (see [`Slot::try_lock_move`]).
+    /// `expected` and nobody holds it. Never waits (see [`Slot::try_lock_move`](crate::handle::Slot::try_lock_move)).
     ///
     /// # Errors
     ///

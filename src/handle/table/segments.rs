@@ -20,7 +20,7 @@ const FIRST_SHIFT: u32 = 1;
 pub(crate) const SEGMENTS: usize = (33 - FIRST_SHIFT) as usize;
 
 /// The most slots a table can hold: indexes run from 0 to `u32::MAX - 1`, because
-/// `u32::MAX` is the index of [`RawHandle::NULL`].
+/// `u32::MAX` is the index of [`RawHandle::NULL`](crate::handle::RawHandle::NULL).
 pub const MAX_SLOTS: u32 = u32::MAX;
 
 /// `(segment, offset)` of `index`; see "Segments" on [`HandleTable`].
