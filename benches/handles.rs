@@ -35,6 +35,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
+
+#[path = "common/insert_remove.rs"]
+mod insert_remove;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use slotmap::{DefaultKey, SlotMap};
@@ -207,125 +210,76 @@ fn handle_get(c: &mut Criterion, sizes: &[usize], order_len: usize) {
 }
 
 fn handle_insert_remove(c: &mut Criterion, background: usize) {
+    use insert_remove::pairs;
     let mut group = c.benchmark_group("handle_insert_remove");
     group.throughput(Throughput::Elements(BATCH as u64));
-
-    let store: Store<u64> = Store::new();
-    let _keep: Vec<Handle<u64>> = (0..background as u64).map(|i| store.insert(i)).collect();
-    let mut hs: Vec<Handle<u64>> = Vec::with_capacity(BATCH);
-    group.bench_function(BenchmarkId::new("tidyheap_store", background), |b| {
-        b.iter(|| {
-            for i in 0..BATCH as u64 {
-                hs.push(store.insert(black_box(i)));
-            }
-            let mut sum = 0u64;
-            for h in hs.drain(..) {
-                sum = sum.wrapping_add(store.remove(h).expect("live handle"));
-            }
-            sum
-        })
-    });
-
-    let heap = Heap::new();
-    let _keep_raw: Vec<RawHandle> = (0..background as u64)
-        .map(|i| heap.insert_bytes(&i.to_ne_bytes()).expect("alloc"))
-        .collect();
-    let mut raw: Vec<RawHandle> = Vec::with_capacity(BATCH);
-    group.bench_function(BenchmarkId::new("tidyheap_raw", background), |b| {
-        b.iter(|| {
-            for i in 0..BATCH as u64 {
-                raw.push(
-                    heap.insert_bytes(&black_box(i).to_ne_bytes())
-                        .expect("alloc"),
-                );
-            }
-            for h in raw.drain(..) {
-                heap.free_handle(h).expect("live handle");
-            }
-        })
-    });
-
-    let mut sm: SlotMap<DefaultKey, u64> = SlotMap::new();
-    let _keep_sm: Vec<DefaultKey> = (0..background as u64).map(|i| sm.insert(i)).collect();
-    let mut keys: Vec<DefaultKey> = Vec::with_capacity(BATCH);
-    group.bench_function(BenchmarkId::new("slotmap", background), |b| {
-        b.iter(|| {
-            for i in 0..BATCH as u64 {
-                keys.push(sm.insert(black_box(i)));
-            }
-            let mut sum = 0u64;
-            for k in keys.drain(..) {
-                sum = sum.wrapping_add(sm.remove(k).expect("live key"));
-            }
-            sum
-        })
-    });
-
-    let mut smb: SlotMap<DefaultKey, Box<u64>> = SlotMap::new();
-    let _keep_smb: Vec<DefaultKey> = (0..background as u64)
-        .map(|i| smb.insert(Box::new(i)))
-        .collect();
-    group.bench_function(BenchmarkId::new("slotmap_box", background), |b| {
-        b.iter(|| {
-            for i in 0..BATCH as u64 {
-                keys.push(smb.insert(Box::new(black_box(i))));
-            }
-            let mut sum = 0u64;
-            for k in keys.drain(..) {
-                sum = sum.wrapping_add(*smb.remove(k).expect("live key"));
-            }
-            sum
-        })
-    });
-
-    let mut td = thunderdome::Arena::new();
-    let _keep_td: Vec<thunderdome::Index> = (0..background as u64).map(|i| td.insert(i)).collect();
-    let mut tdk: Vec<thunderdome::Index> = Vec::with_capacity(BATCH);
-    group.bench_function(BenchmarkId::new("thunderdome", background), |b| {
-        b.iter(|| {
-            for i in 0..BATCH as u64 {
-                tdk.push(td.insert(black_box(i)));
-            }
-            let mut sum = 0u64;
-            for k in tdk.drain(..) {
-                sum = sum.wrapping_add(td.remove(k).expect("live key"));
-            }
-            sum
-        })
-    });
-
-    let mut ga = generational_arena::Arena::new();
-    let _keep_ga: Vec<generational_arena::Index> =
-        (0..background as u64).map(|i| ga.insert(i)).collect();
-    let mut gak: Vec<generational_arena::Index> = Vec::with_capacity(BATCH);
-    group.bench_function(BenchmarkId::new("generational_arena", background), |b| {
-        b.iter(|| {
-            for i in 0..BATCH as u64 {
-                gak.push(ga.insert(black_box(i)));
-            }
-            let mut sum = 0u64;
-            for k in gak.drain(..) {
-                sum = sum.wrapping_add(ga.remove(k).expect("live key"));
-            }
-            sum
-        })
-    });
-
-    let mut sl = slab::Slab::new();
-    let _keep_sl: Vec<usize> = (0..background as u64).map(|i| sl.insert(i)).collect();
-    let mut slk: Vec<usize> = Vec::with_capacity(BATCH);
-    group.bench_function(BenchmarkId::new("slab", background), |b| {
-        b.iter(|| {
-            for i in 0..BATCH as u64 {
-                slk.push(sl.insert(black_box(i)));
-            }
-            let mut sum = 0u64;
-            for k in slk.drain(..) {
-                sum = sum.wrapping_add(sl.remove(k));
-            }
-            sum
-        })
-    });
+    let g = &mut group;
+    pairs(
+        g,
+        "tidyheap_store",
+        background,
+        BATCH,
+        Store::<u64>::new(),
+        |s, i| s.insert(i),
+        |s, h| s.remove(h).expect("live handle"),
+    );
+    pairs(
+        g,
+        "tidyheap_raw",
+        background,
+        BATCH,
+        Heap::new(),
+        |heap, i| heap.insert_bytes(&i.to_ne_bytes()).expect("alloc"),
+        |heap, h| {
+            heap.free_handle(h).expect("live handle");
+            0
+        },
+    );
+    pairs(
+        g,
+        "slotmap",
+        background,
+        BATCH,
+        SlotMap::<DefaultKey, u64>::new(),
+        |m, i| m.insert(i),
+        |m, k| m.remove(k).expect("live key"),
+    );
+    pairs(
+        g,
+        "slotmap_box",
+        background,
+        BATCH,
+        SlotMap::<DefaultKey, Box<u64>>::new(),
+        |m, i| m.insert(Box::new(i)),
+        |m, k| *m.remove(k).expect("live key"),
+    );
+    pairs(
+        g,
+        "thunderdome",
+        background,
+        BATCH,
+        thunderdome::Arena::new(),
+        |a, i| a.insert(i),
+        |a, k| a.remove(k).expect("live key"),
+    );
+    pairs(
+        g,
+        "generational_arena",
+        background,
+        BATCH,
+        generational_arena::Arena::new(),
+        |a, i| a.insert(i),
+        |a, k| a.remove(k).expect("live key"),
+    );
+    pairs(
+        g,
+        "slab",
+        background,
+        BATCH,
+        slab::Slab::new(),
+        |s, i| s.insert(i),
+        |s, k| s.remove(k),
+    );
 
     let mut boxes: Vec<Box<u64>> = Vec::with_capacity(BATCH);
     group.bench_function(BenchmarkId::new("box", background), |b| {

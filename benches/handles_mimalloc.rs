@@ -7,12 +7,15 @@
 //! `cargo bench --bench handles_mimalloc`; `cargo test --bench handles_mimalloc` runs
 //! each once on small sizes.
 
-use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{BenchmarkId, Criterion, Throughput};
+use criterion::{Criterion, Throughput};
 use slotmap::{DefaultKey, SlotMap};
-use tidyheap::{Handle, Store};
+use tidyheap::Store;
+
+#[path = "common/insert_remove.rs"]
+mod insert_remove;
+use insert_remove::pairs;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -30,54 +33,34 @@ fn main() {
     let mut group = c.benchmark_group("handle_insert_remove_mimalloc");
     group.throughput(Throughput::Elements(BATCH as u64));
 
-    let store: Store<u64> = Store::new();
-    let _keep: Vec<Handle<u64>> = (0..background as u64).map(|i| store.insert(i)).collect();
-    let mut hs: Vec<Handle<u64>> = Vec::with_capacity(BATCH);
-    group.bench_function(BenchmarkId::new("tidyheap_store", background), |b| {
-        b.iter(|| {
-            for i in 0..BATCH as u64 {
-                hs.push(store.insert(black_box(i)));
-            }
-            let mut sum = 0u64;
-            for h in hs.drain(..) {
-                sum = sum.wrapping_add(store.remove(h).expect("live handle"));
-            }
-            sum
-        })
-    });
-
-    let mut keys: Vec<DefaultKey> = Vec::with_capacity(BATCH);
-    let mut smb: SlotMap<DefaultKey, Box<u64>> = SlotMap::new();
-    let _keep_smb: Vec<DefaultKey> = (0..background as u64)
-        .map(|i| smb.insert(Box::new(i)))
-        .collect();
-    group.bench_function(BenchmarkId::new("slotmap_box", background), |b| {
-        b.iter(|| {
-            for i in 0..BATCH as u64 {
-                keys.push(smb.insert(Box::new(black_box(i))));
-            }
-            let mut sum = 0u64;
-            for k in keys.drain(..) {
-                sum = sum.wrapping_add(*smb.remove(k).expect("live key"));
-            }
-            sum
-        })
-    });
-
-    let mut sm: SlotMap<DefaultKey, u64> = SlotMap::new();
-    let _keep_sm: Vec<DefaultKey> = (0..background as u64).map(|i| sm.insert(i)).collect();
-    group.bench_function(BenchmarkId::new("slotmap", background), |b| {
-        b.iter(|| {
-            for i in 0..BATCH as u64 {
-                keys.push(sm.insert(black_box(i)));
-            }
-            let mut sum = 0u64;
-            for k in keys.drain(..) {
-                sum = sum.wrapping_add(sm.remove(k).expect("live key"));
-            }
-            sum
-        })
-    });
+    let g = &mut group;
+    pairs(
+        g,
+        "tidyheap_store",
+        background,
+        BATCH,
+        Store::<u64>::new(),
+        |s, i| s.insert(i),
+        |s, h| s.remove(h).expect("live handle"),
+    );
+    pairs(
+        g,
+        "slotmap_box",
+        background,
+        BATCH,
+        SlotMap::<DefaultKey, Box<u64>>::new(),
+        |m, i| m.insert(Box::new(i)),
+        |m, k| *m.remove(k).expect("live key"),
+    );
+    pairs(
+        g,
+        "slotmap",
+        background,
+        BATCH,
+        SlotMap::<DefaultKey, u64>::new(),
+        |m, i| m.insert(i),
+        |m, k| m.remove(k).expect("live key"),
+    );
     group.finish();
     c.final_summary();
 }
