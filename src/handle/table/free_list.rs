@@ -37,11 +37,17 @@ impl HandleTable {
 
     /// Pushes the vacant slot `index`, which the caller owns, on the free list.
     pub(super) fn push_free(&self, index: u32, slot: &Slot) {
+        self.push_chain(index, slot);
+    }
+
+    /// Pushes a chain of vacant slots the caller owns, already linked from slot `first`
+    /// to `last`, on the free list with one compare-exchange.
+    pub(super) fn push_chain(&self, first: u32, last: &Slot) {
         let mut head = self.counters.free.load(Relaxed);
         loop {
-            slot.set_next_free(head as u32);
-            let new = (head & !0xFFFF_FFFF).wrapping_add(1 << 32) | u64::from(index);
-            // Release publishes the link and the slot's vacant state to the next popper.
+            last.set_next_free(head as u32);
+            let new = (head & !0xFFFF_FFFF).wrapping_add(1 << 32) | u64::from(first);
+            // Release publishes the links and the slots' vacant state to the next popper.
             match self
                 .counters
                 .free

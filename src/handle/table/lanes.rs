@@ -34,7 +34,7 @@ use crate::HandleError;
 use crate::handle::RawHandle;
 use crate::sync::{
     AtomicUsize,
-    Ordering::{AcqRel, Acquire, Relaxed, Release},
+    Ordering::{AcqRel, Acquire, Relaxed},
     UnsafeCell,
 };
 use core::ptr::NonNull;
@@ -337,21 +337,7 @@ impl HandleTable {
         for pair in batch.windows(2) {
             slot(pair[0]).set_next_free(pair[1]);
         }
-        let (first, last) = (batch[0], slot(batch[batch.len() - 1]));
-        let mut head = self.counters.free.load(Relaxed);
-        loop {
-            last.set_next_free(head as u32);
-            let new = (head & !0xFFFF_FFFF).wrapping_add(1 << 32) | u64::from(first);
-            // Release publishes the links and the slots' vacant state to the next popper.
-            match self
-                .counters
-                .free
-                .compare_exchange_weak(head, new, Release, Relaxed)
-            {
-                Ok(_) => return,
-                Err(now) => head = now,
-            }
-        }
+        self.push_chain(batch[0], slot(batch[batch.len() - 1]));
     }
 
     /// The stashed slots of every lane. Only meaningful at quiescence.
