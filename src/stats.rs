@@ -236,8 +236,8 @@ pub struct NumaStats {
     pub migrated_pages: u64,
     /// Pages those calls could not move.
     pub migration_failures: u64,
-    /// Reads of handle blocks sampled for compactor migration (always 0 with one node:
-    /// see [`NumaMigration`](crate::numa::NumaMigration)).
+    /// Reads of handle blocks sampled for compactor migration, guarded and scoped
+    /// (always 0 with one node: see [`NumaMigration`](crate::numa::NumaMigration)).
     pub read_samples: u64,
     /// Handle blocks the compactor moved to the node of their most frequent reader:
     /// pool blocks copied into a span of that node, and large blocks whose pages moved

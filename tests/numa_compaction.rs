@@ -1,8 +1,9 @@
 //! Compactor-driven NUMA migration of handle blocks (issue 16 item 3), under an injected
 //! two-node topology (node 0 = CPU 0, node 1 = CPU 1) with threads pinned to "nodes":
-//! blocks read from node 1 move into node-1 arenas, keep their contents, and never move
-//! under an open read scope or a guard; stale handles stay stale; one-node heaps and
-//! scoped gets never sample. Tests that cannot pin to CPUs 0 and 1 print why they skip.
+//! blocks read from node 1 (through guards or read scopes) move into node-1 arenas, keep
+//! their contents, and never move under an open read scope or a guard; stale handles stay
+//! stale; one-node heaps never sample. Tests that cannot pin to CPUs 0 and 1 print why
+//! they skip.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -148,8 +149,8 @@ fn blocks_read_from_node_1_move_to_node_1() {
     for &(h, ..) in &raws {
         assert_eq!(heap.node_of_handle(h), Ok(Some(0)));
     }
-    // Node 1 reads: values half through guards, half through a scope (not sampled: they
-    // stay); raw blocks through guards.
+    // Node 1 reads: values half through guards, half through scopes; raw blocks
+    // through guards.
     on_cpu(1, || {
         for _ in 0..12 {
             for (k, &(h, i)) in values.iter().enumerate() {
@@ -168,15 +169,13 @@ fn blocks_read_from_node_1_move_to_node_1() {
     assert!(before.read_samples >= 12 * 350, "{before:?}");
     assert_eq!(before.compactor_migrated_blocks, 0);
     let moved = migrate_all(&heap, Budget::blocks(32));
-    assert_eq!(moved, (values.len() / 2 + raws.len()) as u64);
+    assert_eq!(moved, (values.len() + raws.len()) as u64);
     let after = heap.stats().numa;
     assert_eq!(after.compactor_migrated_blocks, moved);
-    let bytes: usize = raws.iter().map(|r| r.2).sum::<usize>() + values.len() / 2 * 64;
+    let bytes: usize = raws.iter().map(|r| r.2).sum::<usize>() + values.len() * 64;
     assert_eq!(after.compactor_migrated_bytes, bytes as u64);
     for (k, &(h, i)) in values.iter().enumerate() {
-        // Only the guarded half was sampled.
-        let node = if k % 2 == 0 { 1 } else { 0 };
-        assert_eq!(heap.node_of_handle(h.raw()), Ok(Some(node)), "value {k}");
+        assert_eq!(heap.node_of_handle(h.raw()), Ok(Some(1)), "value {k}");
         assert_eq!(*store.get(h).unwrap(), value(i));
     }
     for &(h, i) in &local {
@@ -194,6 +193,81 @@ fn blocks_read_from_node_1_move_to_node_1() {
     // The samples were reset by the moves: nothing more to do.
     assert_eq!(heap.compact(Budget::UNLIMITED).numa_blocks_moved, 0);
     assert_eq!(heap.walk().movable_live_blocks, store.len() + raws.len());
+}
+
+/// Values read only through read scopes (`get`, `try_get`, `contains`, `iter`) from
+/// node 1 end up in node-1 arenas with their contents, whatever the sample period;
+/// values of the same store read through scopes from node 0 stay; a handle of another
+/// store resolves to nothing through a scope, sampling or not.
+#[test]
+fn values_read_through_scopes_move_to_their_reader() {
+    if !two_cpus() {
+        return;
+    }
+    for period in [1, 64] {
+        let heap = two_node_heap();
+        heap.set_numa_migration(NumaMigration {
+            sample_period: period,
+            ..heap.numa_migration()
+        })
+        .unwrap();
+        let store: Store<[u64; 8]> = Store::new_in(heap.clone());
+        let listed: Store<[u64; 8]> = Store::new_in(heap.clone());
+        let (far, near, foreign) = on_cpu(0, || {
+            let far: Vec<_> = (0..200u64).map(|i| (store.insert(value(i)), i)).collect();
+            let near: Vec<_> = (200..300u64).map(|i| (store.insert(value(i)), i)).collect();
+            for i in 0..50u64 {
+                listed.insert(value(i));
+            }
+            (far, near, listed.insert(value(7)))
+        });
+        let samples = heap.stats().numa.read_samples;
+        // Many small scopes (as systems open them each frame): sampling scopes are
+        // picked per scope.
+        let rounds = 40 * period as usize;
+        on_cpu(1, || {
+            for r in 0..rounds {
+                let scope = store.read();
+                assert_eq!(scope.get(foreign), None);
+                assert_eq!(scope.try_get(foreign), Err(HandleError::Stale));
+                for (k, &(h, i)) in far.iter().enumerate() {
+                    match (r + k) % 3 {
+                        0 => assert_eq!(scope.get(h), Some(&value(i))),
+                        1 => assert_eq!(scope.try_get(h), Ok(&value(i))),
+                        _ => assert!(scope.contains(h)),
+                    }
+                }
+                drop(scope);
+                let scope = listed.read();
+                assert_eq!(scope.iter().count(), 51);
+            }
+        });
+        on_cpu(0, || {
+            for _ in 0..rounds {
+                let scope = store.read();
+                for &(h, i) in &near {
+                    assert_eq!(scope.get(h), Some(&value(i)));
+                }
+            }
+        });
+        let after = heap.stats().numa.read_samples;
+        assert!(after - samples >= 8 * 350, "{after} {samples}");
+        let moved = migrate_all(&heap, Budget::UNLIMITED);
+        assert_eq!(moved, far.len() as u64 + 51, "period {period}");
+        for &(h, i) in &far {
+            assert_eq!(heap.node_of_handle(h.raw()), Ok(Some(1)));
+            assert_eq!(store.read().get(h), Some(&value(i)));
+        }
+        for &(h, i) in &near {
+            assert_eq!(heap.node_of_handle(h.raw()), Ok(Some(0)));
+            assert_eq!(*store.get(h).unwrap(), value(i));
+        }
+        let scope = listed.read();
+        for (h, v) in scope.iter() {
+            assert_eq!(heap.node_of_handle(h.raw()), Ok(Some(1)));
+            assert_eq!(v[1], v[0] + 1);
+        }
+    }
 }
 
 /// A value under an open read scope never moves (the scope sees it unchanged, at the same
