@@ -230,6 +230,9 @@ pub struct NumaStats {
     /// Chunks of span memory the kernel refused to bind to their node (they are used
     /// anyway, placed by the kernel's default policy).
     pub bind_failures: u64,
+    /// Threads that the scheduler had moved to another node and that were switched to
+    /// an arena of that node for their new spans (on a refill: see [`crate::numa`]).
+    pub thread_moves: u64,
     /// Calls of [`Heap::migrate_to_node`](crate::Heap::migrate_to_node).
     pub migrations: u64,
     /// Pages those calls left on their target node (moved, or there already).
