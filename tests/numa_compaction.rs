@@ -9,69 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
+mod numa_common;
+use numa_common::{migrate_all, on_cpu, pin, two_cpus, two_node_heap, two_nodes, value};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tidyheap::numa::{NumaError, NumaMigration, Topology};
 use tidyheap::{Budget, HandleError, Heap, HeapConfig, RawHandle, Store};
-
-/// Pins the calling thread to `cpu`; false if the kernel refuses.
-fn pin(cpu: usize) -> bool {
-    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET stays within it for
-    // cpu < CPU_SETSIZE, checked first; sched_setaffinity reads the set we pass.
-    unsafe {
-        if cpu >= libc::CPU_SETSIZE as usize {
-            return false;
-        }
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) == 0
-    }
-}
-
-/// Whether CPUs 0 and 1 can both be pinned to (checked on a scratch thread).
-fn two_cpus() -> bool {
-    let ok = std::thread::spawn(|| pin(0) && pin(1)).join().unwrap();
-    if !ok {
-        println!("skipped: needs CPUs 0 and 1 to pin threads to");
-    }
-    ok
-}
-
-fn two_nodes() -> &'static Topology {
-    Box::leak(Box::new(
-        Topology::from_nodes(&[(0, &[0]), (1, &[1])]).unwrap(),
-    ))
-}
-
-/// A two-node heap (two arenas: arena 0 on node 0, arena 1 on node 1) that samples every
-/// read.
-fn two_node_heap() -> Arc<Heap> {
-    let heap = Heap::with_config(HeapConfig {
-        arenas: 2,
-        topology: Some(two_nodes()),
-        ..HeapConfig::DEFAULT
-    });
-    assert_eq!(heap.numa_migration(), NumaMigration::DEFAULT);
-    heap.set_numa_migration(NumaMigration {
-        sample_period: 1,
-        budget_share: 0.5,
-        ..NumaMigration::DEFAULT
-    })
-    .unwrap();
-    Arc::new(heap)
-}
-
-/// Runs `f` on a thread pinned to `cpu` and returns its result.
-fn on_cpu<R: Send>(cpu: usize, f: impl FnOnce() -> R + Send) -> R {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            assert!(pin(cpu));
-            f()
-        })
-        .join()
-        .unwrap()
-    })
-}
 
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -83,30 +26,6 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
             x as u8
         })
         .collect()
-}
-
-fn value(i: u64) -> [u64; 8] {
-    core::array::from_fn(|k| i.wrapping_mul(37).wrapping_add(k as u64))
-}
-
-/// Passes with `budget` until one migrates nothing; returns the blocks migrated, and
-/// checks each pass kept to its share of the block budget.
-fn migrate_all(heap: &Heap, budget: Budget) -> u64 {
-    let mut total = 0;
-    for _ in 0..10_000 {
-        let r = heap.compact(budget);
-        assert!(r.ran);
-        if let Some(b) = budget.blocks {
-            assert!(r.numa_blocks_moved <= (b / 2) as u64, "{r:?}");
-            assert!(r.blocks_moved <= b as u64, "{r:?}");
-        }
-        assert!(r.numa_blocks_moved <= r.blocks_moved);
-        total += r.numa_blocks_moved;
-        if r.numa_blocks_moved == 0 && r.skipped_busy == 0 {
-            return total;
-        }
-    }
-    panic!("migration did not settle");
 }
 
 /// Values and raw blocks made on node 0 and read from node 1 end up in node-1 arenas
@@ -193,81 +112,6 @@ fn blocks_read_from_node_1_move_to_node_1() {
     // The samples were reset by the moves: nothing more to do.
     assert_eq!(heap.compact(Budget::UNLIMITED).numa_blocks_moved, 0);
     assert_eq!(heap.walk().movable_live_blocks, store.len() + raws.len());
-}
-
-/// Values read only through read scopes (`get`, `try_get`, `contains`, `iter`) from
-/// node 1 end up in node-1 arenas with their contents, whatever the sample period;
-/// values of the same store read through scopes from node 0 stay; a handle of another
-/// store resolves to nothing through a scope, sampling or not.
-#[test]
-fn values_read_through_scopes_move_to_their_reader() {
-    if !two_cpus() {
-        return;
-    }
-    for period in [1, 64] {
-        let heap = two_node_heap();
-        heap.set_numa_migration(NumaMigration {
-            sample_period: period,
-            ..heap.numa_migration()
-        })
-        .unwrap();
-        let store: Store<[u64; 8]> = Store::new_in(heap.clone());
-        let listed: Store<[u64; 8]> = Store::new_in(heap.clone());
-        let (far, near, foreign) = on_cpu(0, || {
-            let far: Vec<_> = (0..200u64).map(|i| (store.insert(value(i)), i)).collect();
-            let near: Vec<_> = (200..300u64).map(|i| (store.insert(value(i)), i)).collect();
-            for i in 0..50u64 {
-                listed.insert(value(i));
-            }
-            (far, near, listed.insert(value(7)))
-        });
-        let samples = heap.stats().numa.read_samples;
-        // Many small scopes (as systems open them each frame): sampling scopes are
-        // picked per scope.
-        let rounds = 40 * period as usize;
-        on_cpu(1, || {
-            for r in 0..rounds {
-                let scope = store.read();
-                assert_eq!(scope.get(foreign), None);
-                assert_eq!(scope.try_get(foreign), Err(HandleError::Stale));
-                for (k, &(h, i)) in far.iter().enumerate() {
-                    match (r + k) % 3 {
-                        0 => assert_eq!(scope.get(h), Some(&value(i))),
-                        1 => assert_eq!(scope.try_get(h), Ok(&value(i))),
-                        _ => assert!(scope.contains(h)),
-                    }
-                }
-                drop(scope);
-                let scope = listed.read();
-                assert_eq!(scope.iter().count(), 51);
-            }
-        });
-        on_cpu(0, || {
-            for _ in 0..rounds {
-                let scope = store.read();
-                for &(h, i) in &near {
-                    assert_eq!(scope.get(h), Some(&value(i)));
-                }
-            }
-        });
-        let after = heap.stats().numa.read_samples;
-        assert!(after - samples >= 8 * 350, "{after} {samples}");
-        let moved = migrate_all(&heap, Budget::UNLIMITED);
-        assert_eq!(moved, far.len() as u64 + 51, "period {period}");
-        for &(h, i) in &far {
-            assert_eq!(heap.node_of_handle(h.raw()), Ok(Some(1)));
-            assert_eq!(store.read().get(h), Some(&value(i)));
-        }
-        for &(h, i) in &near {
-            assert_eq!(heap.node_of_handle(h.raw()), Ok(Some(0)));
-            assert_eq!(*store.get(h).unwrap(), value(i));
-        }
-        let scope = listed.read();
-        for (h, v) in scope.iter() {
-            assert_eq!(heap.node_of_handle(h.raw()), Ok(Some(1)));
-            assert_eq!(v[1], v[0] + 1);
-        }
-    }
 }
 
 /// A value under an open read scope never moves (the scope sees it unchanged, at the same

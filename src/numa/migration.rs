@@ -32,7 +32,8 @@
 //! vote is reset. A queued large block whose pages are not on its reader's node has
 //! them moved there with `move_pages` (its address, and every byte, unchanged: DESIGN
 //! invariant 1 would allow no less), under a pin. The rest of the budget defragments as
-//! before.
+//! before, except that a misplaced block the defragmenting plan moves out of one of its
+//! sources goes straight into a span of its reader's node: one copy does both.
 
 use core::cell::Cell;
 use core::ptr::NonNull;
