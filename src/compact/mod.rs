@@ -568,7 +568,10 @@ impl Heap {
                         let migrated = votes.as_ref().is_some_and(|v| {
                             self.move_to_reader(v, planned, i, owner - 1, &mut report)
                         });
-                        if !migrated {
+                        if migrated {
+                            // That was a copy already: check the time as after a batch.
+                            out_of_budget = budget.time.is_some_and(|t| start.elapsed() >= t);
+                        } else {
                             batch.push(i, owner - 1, len);
                         }
                     }
