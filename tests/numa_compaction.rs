@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
 mod numa_common;
-use numa_common::{migrate_all, on_cpu, pin, two_cpus, two_node_heap, two_nodes, value};
+use numa_common::{migrate_all, on_cpu, pin, settle, two_cpus, two_node_heap, two_nodes, value};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tidyheap::numa::{NumaError, NumaMigration, Topology};
@@ -399,7 +399,7 @@ fn differential_against_a_model() {
             let r = heap.compact(Budget::blocks(40));
             migrated += r.numa_blocks_moved;
         }
-        migrated += migrate_all(&heap, Budget::blocks(64));
+        migrated += settle(&heap, Budget::blocks(64));
         for &(h, v, len) in &live {
             assert_eq!(&*heap.read(h).unwrap(), &pattern(v, len)[..], "seed {seed}");
         }

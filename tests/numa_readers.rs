@@ -6,9 +6,11 @@
 //! they skip.
 
 mod numa_common;
-use numa_common::{migrate_all, on_cpu, two_cpus, two_node_heap, value};
+use numa_common::{migrate_all, on_cpu, pin, settle, two_cpus, two_node_heap, value};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use tidyheap::numa::NumaMigration;
-use tidyheap::{Budget, HandleError, Store};
+use tidyheap::{Budget, Handle, HandleError, Store};
 
 /// Values read only through read scopes (`get`, `try_get`, `contains`, `iter`) from
 /// node 1 end up in node-1 arenas with their contents, whatever the sample period;
@@ -170,5 +172,111 @@ fn defragmenting_moves_prefer_the_readers_node() {
         let node = if read(k) { 1 } else { 0 };
         assert_eq!(heap.node_of_handle(h.raw()), Ok(Some(node)), "value {k}");
         assert_eq!(*store.get(h).unwrap(), value(i));
+    }
+}
+
+/// A differential model over a store: random inserts, removes, writes, guarded reads and
+/// scoped reads (`get`, `try_get`, `iter`) from one thread that re-pins itself to a
+/// random node each round (so its arena follows it), with a budgeted pass after each
+/// round (migration share, plans and their one-copy moves). Values always match the
+/// model, removed handles stay stale, the heap's live blocks are the model's, and the
+/// NUMA counters add up. Four seeds.
+#[test]
+fn store_model_with_scopes_moving_threads_and_plans() {
+    if !two_cpus() {
+        return;
+    }
+    for seed in 0..4u64 {
+        let heap = two_node_heap();
+        heap.set_numa_migration(NumaMigration {
+            sample_period: 4,
+            threshold: 2,
+            ..heap.numa_migration()
+        })
+        .unwrap();
+        let store: Store<[u64; 8]> = Store::new_in(heap.clone());
+        let (numa, moves) = std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut rng = SmallRng::seed_from_u64(seed);
+                let mut live: Vec<(Handle<[u64; 8]>, u64)> = Vec::new();
+                let mut dead = Vec::new();
+                let (mut next, mut numa, mut moves) = (0u64, 0u64, 0u64);
+                for _round in 0..40 {
+                    assert!(pin(rng.gen_range(0..2)));
+                    for _ in 0..300 {
+                        let pick = rng.gen_range(0..usize::MAX);
+                        match rng.gen_range(0..10) {
+                            0..=2 => {
+                                next += 1;
+                                live.push((store.insert(value(next)), next));
+                            }
+                            3 | 4 if !live.is_empty() => {
+                                let (h, i) = live.swap_remove(pick % live.len());
+                                assert_eq!(store.remove(h), Some(value(i)));
+                                dead.push(h);
+                            }
+                            5 if !live.is_empty() => {
+                                let k = pick % live.len();
+                                next += 1;
+                                *store.get_mut(live[k].0).unwrap() = value(next);
+                                live[k].1 = next;
+                            }
+                            6 if !live.is_empty() => {
+                                let (h, i) = live[pick % live.len()];
+                                assert_eq!(*store.get(h).unwrap(), value(i));
+                            }
+                            7 | 8 if !live.is_empty() => {
+                                let scope = store.read();
+                                for k in 0..16 {
+                                    let (h, i) = live[(pick + k * 7919) % live.len()];
+                                    if k % 2 == 0 {
+                                        assert_eq!(scope.get(h), Some(&value(i)));
+                                    } else {
+                                        assert_eq!(scope.try_get(h), Ok(&value(i)));
+                                    }
+                                }
+                                if let Some(&h) = dead.last() {
+                                    assert_eq!(scope.get(h), None);
+                                }
+                            }
+                            9 => {
+                                let scope = store.read();
+                                let mut n = 0;
+                                for (_, v) in scope.iter() {
+                                    assert_eq!(*v, value(v[0] / 37));
+                                    n += 1;
+                                }
+                                assert_eq!(n, live.len());
+                            }
+                            _ => {}
+                        }
+                    }
+                    let r = heap.compact(Budget::blocks(48));
+                    assert!(r.blocks_moved <= 48 && r.numa_blocks_moved <= r.blocks_moved);
+                    numa += r.numa_blocks_moved;
+                    moves += r.blocks_moved;
+                }
+                numa += settle(&heap, Budget::blocks(64));
+                for &(h, i) in &live {
+                    assert_eq!(*store.get(h).unwrap(), value(i), "seed {seed}");
+                }
+                for &h in &dead {
+                    assert!(store.get(h).is_none());
+                }
+                heap.trim();
+                assert_eq!(heap.walk().movable_live_blocks, live.len(), "seed {seed}");
+                assert_eq!(store.len(), live.len());
+                (numa, moves)
+            })
+            .join()
+            .unwrap()
+        });
+        let st = heap.stats().numa;
+        assert_eq!(st.compactor_migrated_blocks, numa, "seed {seed}");
+        println!(
+            "seed {seed}: {moves} moves in budgeted passes, {numa} migrations, {} thread \
+             moves, {} samples",
+            st.thread_moves, st.read_samples
+        );
     }
 }

@@ -81,7 +81,9 @@ pub struct NumaMigration {
     pub threshold: u8,
     /// Share of a budgeted pass's block, byte and time budget spent on migration before
     /// defragmenting: `0.0..=1.0`, rounded down (a pass allowed 3 blocks with a share of
-    /// 0.25 migrates none). A pass without a limit migrates every misplaced block. With a
+    /// 0.25 migrates none). A pass without a limit migrates every misplaced block.
+    /// Defragmenting moves that send a misplaced block straight to its reader's node
+    /// (one copy does both: see [`crate::numa`]) come out of the rest. With a
     /// time budget, a large block is moved only if its pages fit the time left at a
     /// conservative 1 GiB/s (else it waits for a pass with more time, or a full
     /// compaction).

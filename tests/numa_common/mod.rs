@@ -70,14 +70,26 @@ pub fn value(i: u64) -> [u64; 8] {
 }
 
 /// Passes with `budget` until one migrates nothing; returns the blocks migrated, and
-/// checks each pass kept to its share of the block budget.
+/// checks each pass kept to its share of the block budget. For heaps without a
+/// defragmenting plan: a plan's one-copy moves (misplaced blocks of its sources sent to
+/// their reader's node) count as NUMA moves beyond the share; use [`settle`] there.
 pub fn migrate_all(heap: &Heap, budget: Budget) -> u64 {
+    passes(heap, budget, true)
+}
+
+/// [`migrate_all`] for heaps that may be defragmenting: each pass keeps to the block
+/// budget, its NUMA moves to its moves.
+pub fn settle(heap: &Heap, budget: Budget) -> u64 {
+    passes(heap, budget, false)
+}
+
+fn passes(heap: &Heap, budget: Budget, share: bool) -> u64 {
     let mut total = 0;
     for _ in 0..10_000 {
         let r = heap.compact(budget);
         assert!(r.ran);
         if let Some(b) = budget.blocks {
-            assert!(r.numa_blocks_moved <= (b / 2) as u64, "{r:?}");
+            assert!(!share || r.numa_blocks_moved <= (b / 2) as u64, "{r:?}");
             assert!(r.blocks_moved <= b as u64, "{r:?}");
         }
         assert!(r.numa_blocks_moved <= r.blocks_moved);
