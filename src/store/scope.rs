@@ -85,6 +85,10 @@ impl<T> Store<T> {
     /// and this thread holds no other scope, until that writer is through (so writers
     /// are not starved).
     ///
+    /// On a heap with more than one node and NUMA migration on, about one scope in
+    /// [`sample_period`](crate::numa::NumaMigration::sample_period) samples its reads
+    /// for migration: its gets take an out-of-line path (module `numa::scoped`).
+    ///
     /// Do not call [`Store::get_mut`] or [`Store::remove`] of this store while the
     /// scope is open on this thread: they wait for every scope to close, the thread's own
     /// included (debug builds panic; the `try_` forms answer `Busy`).
