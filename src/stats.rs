@@ -230,14 +230,17 @@ pub struct NumaStats {
     /// Chunks of span memory the kernel refused to bind to their node (they are used
     /// anyway, placed by the kernel's default policy).
     pub bind_failures: u64,
+    /// Threads that the scheduler had moved to another node and that were switched to
+    /// an arena of that node for their new spans (on a refill: see [`crate::numa`]).
+    pub thread_moves: u64,
     /// Calls of [`Heap::migrate_to_node`](crate::Heap::migrate_to_node).
     pub migrations: u64,
     /// Pages those calls left on their target node (moved, or there already).
     pub migrated_pages: u64,
     /// Pages those calls could not move.
     pub migration_failures: u64,
-    /// Reads of handle blocks sampled for compactor migration (always 0 with one node:
-    /// see [`NumaMigration`](crate::numa::NumaMigration)).
+    /// Reads of handle blocks sampled for compactor migration, guarded and scoped
+    /// (always 0 with one node: see [`NumaMigration`](crate::numa::NumaMigration)).
     pub read_samples: u64,
     /// Handle blocks the compactor moved to the node of their most frequent reader:
     /// pool blocks copied into a span of that node, and large blocks whose pages moved

@@ -340,8 +340,9 @@ fn injected_two_nodes_drive_arena_assignment_and_stats() {
             exit_tx.send(()).unwrap();
         }
     });
-    // A thread that gets its arena on node 0 and then runs on node 1: its next new span
-    // (in its node-0 arena) is remote.
+    // A thread that gets its arena on node 0 (and a parked record, whose cached 64 B
+    // blocks serve its first allocation) and then runs on node 1: its first carving
+    // refill checks its node and switches it to a node-1 arena, so its new span is local.
     std::thread::scope(|s| {
         s.spawn(|| {
             assert!(pin(0));
@@ -357,15 +358,105 @@ fn injected_two_nodes_drive_arena_assignment_and_stats() {
         });
     });
     let st = heap.stats().numa;
-    assert_eq!(st.nodes[0].remote_spans, 1);
-    assert_eq!(st.nodes[1].remote_spans, 0);
-    assert!(st.nodes[0].local_share() < 1.0);
+    assert_eq!(st.thread_moves, 1);
+    assert_eq!(st.remote_spans(), 0);
+    assert_eq!(st.nodes[1].local_spans, 3);
     if Topology::system().index_of(1).is_none() {
         // Node 0's chunk was bound, node 1's refused (and used anyway).
         assert_eq!(st.bind_failures, 1);
     } else {
         assert_eq!(st.bind_failures, 0);
     }
+}
+
+/// A thread the scheduler moves to another node (here: it re-pins itself) switches to an
+/// arena of the new node within a few refills, so its new fixed and handle blocks come
+/// from that node's spans (counted local); the blocks it took before stay valid and go
+/// home to their own spans; arena and node thread counts follow it.
+#[test]
+fn moved_threads_switch_to_an_arena_of_their_new_node() {
+    if !two_cpus() {
+        println!("skipped: needs CPUs 0 and 1 to pin threads to");
+        return;
+    }
+    let heap = Heap::with_config(HeapConfig {
+        arenas: 2,
+        topology: Some(two_nodes()),
+        ..HeapConfig::DEFAULT
+    });
+    let l = Layout::new::<[u64; 8]>();
+    let threads =
+        |st: &tidyheap::HeapStats| st.arenas.iter().map(|a| a.threads).collect::<Vec<_>>();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            assert!(pin(0));
+            let fill = |k: usize| [k as u64; 8];
+            let alloc = |k: usize| {
+                let p = heap.alloc(l).unwrap().cast::<[u64; 8]>();
+                // SAFETY: a fresh block of `l`.
+                unsafe { p.write(fill(k)) };
+                p
+            };
+            let bytes = |k: usize| [(k % 251) as u8; 64];
+            let old: Vec<_> = (0..100).map(alloc).collect();
+            let old_h: Vec<_> = (0..100)
+                .map(|k| heap.insert_bytes(&bytes(k)).unwrap())
+                .collect();
+            let st = heap.stats();
+            assert_eq!(threads(&st), [1, 0]);
+            assert_eq!(st.numa.thread_moves, 0);
+            assert_eq!(st.arenas[1].committed_bytes, 0);
+            assert!(pin(1));
+            // Many carving refills: the node is checked within the first four.
+            let new: Vec<_> = (100..4100).map(alloc).collect();
+            let fixed_on_1 = heap.stats().arenas[1].committed_bytes;
+            assert!(fixed_on_1 > 0);
+            let new_h: Vec<_> = (100..4100)
+                .map(|k| heap.insert_bytes(&bytes(k)).unwrap())
+                .collect();
+            let st = heap.stats();
+            assert_eq!(st.numa.thread_moves, 1, "{:?}", st.numa);
+            assert_eq!(threads(&st), [0, 1]);
+            assert!(st.arenas[1].committed_bytes > fixed_on_1);
+            let per_node: Vec<_> = st
+                .numa
+                .nodes
+                .iter()
+                .map(|n| (n.arenas, n.threads))
+                .collect();
+            assert_eq!(per_node, [(1, 0), (1, 1)]);
+            // Node 1's spans were all started by the thread on node 1 (one fixed, one
+            // handle span at least); node 0's before the move, locally.
+            let n = &st.numa.nodes;
+            assert!(n[1].local_spans >= 2 && n[1].remote_spans == 0, "{n:?}");
+            assert!(n[0].local_spans >= 2, "{n:?}");
+            for &h in &old_h {
+                assert_eq!(heap.node_of_handle(h), Ok(Some(0)));
+            }
+            for &h in &new_h[new_h.len() / 2..] {
+                assert_eq!(heap.node_of_handle(h), Ok(Some(1)));
+            }
+            // Every block is intact and frees cleanly, old ones home to their node-0 spans.
+            for (k, &p) in old.iter().chain(&new).enumerate() {
+                // SAFETY: `p` is a live block written with `fill(k)`; freed once with `l`.
+                unsafe {
+                    assert_eq!(p.read(), fill(k));
+                    heap.dealloc(p.cast(), l);
+                }
+            }
+            for (k, &h) in old_h.iter().chain(&new_h).enumerate() {
+                assert_eq!(&*heap.read(h).unwrap(), &bytes(k)[..]);
+                heap.free_handle(h).unwrap();
+            }
+            let st = heap.stats();
+            assert_eq!((st.fixed.live_bytes(), st.movable.live_bytes()), (0, 0));
+            // Trimming brings every cached block home to its span, in either arena, so
+            // every span is empty and released.
+            heap.trim();
+            let st = heap.stats();
+            assert_eq!(st.committed_bytes, 0, "{st:?}");
+        });
+    });
 }
 
 /// Under an injected two-node topology on a machine without node 1, a pool block asked

@@ -529,6 +529,9 @@ impl Heap {
         if let Some(m) = self.compactor().numa.migrating() {
             self.migrate_misplaced(numa::share(budget, m.budget_share), start, &mut report);
         }
+        // NUMA: one copy does both: misplaced blocks of the sources go straight to their
+        // readers' nodes (`compact::numa`; `None` with one node or migration off).
+        let votes = self.reader_votes();
         'sources: while plan.cursor.0 < plan.sources.len() {
             let planned = plan.sources[plan.cursor.0];
             let Some((scan, carved)) = Scan::start(inner, &planned) else {
@@ -562,7 +565,15 @@ impl Heap {
                             out_of_budget = true;
                             break;
                         }
-                        batch.push(i, owner - 1, len);
+                        let migrated = votes.as_ref().is_some_and(|v| {
+                            self.move_to_reader(v, planned, i, owner - 1, &mut report)
+                        });
+                        if migrated {
+                            // That was a copy already: check the time as after a batch.
+                            out_of_budget = budget.time.is_some_and(|t| start.elapsed() >= t);
+                        } else {
+                            batch.push(i, owner - 1, len);
+                        }
                     }
                     plan.cursor.1 += 1;
                 }

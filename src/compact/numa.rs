@@ -23,6 +23,17 @@
 //! each queued block and, if its pages are not on the reader's node, moves them with
 //! `move_pages` (address and contents unchanged). Its vote is reset either way.
 //!
+//! # One copy does both
+//!
+//! Migration runs first, within its share. What it leaves (more misplaced blocks than
+//! its share allows) a defragmenting plan may meet in its sources: there a misplaced
+//! block moves straight into a span of its reader's node ([`Heap::move_to_reader`])
+//! instead of the plan's target on its old node, so one copy both empties the source
+//! and migrates the block (the plan's target would only have carried the vote, and a
+//! later pass would have copied the block again). It counts against the pass's budget
+//! as any move, and in `numa_blocks_moved`. If no span of the reader's node can take
+//! it, it goes to the plan's target as usual.
+//!
 //! A block moves only under its slot's move lock, as every compaction move (DESIGN
 //! invariant 2); what was collected is only a hint, re-validated at the move. Blocks go
 //! into spans that serve allocation (partial lists), never into a compaction source
@@ -39,7 +50,7 @@ use crate::HandleError;
 use crate::handle::MoveSkip;
 use crate::heap::Heap;
 use crate::movable::{large_header_of, large_vote, untag};
-use crate::numa::readers::{Vote, owner_tag, take_vote};
+use crate::numa::readers::{Mapped, Vote, owner_tag, take_vote};
 use crate::numa::{migrate_to_node, node_of_address};
 use crate::pool::span::{Span, SpanKind};
 use crate::size_class::NUM_CLASSES;
@@ -66,7 +77,84 @@ struct Misplaced {
     node: usize,
 }
 
+/// What a defragmenting pass needs to send misplaced blocks of its sources to their
+/// readers' nodes (see "One copy does both" in the module docs).
+pub(super) struct ReaderVotes<'a> {
+    map: Mapped<'a>,
+    threshold: u8,
+}
+
 impl Heap {
+    /// `None` with one node, with migration off, or before any read was sampled.
+    pub(super) fn reader_votes(&self) -> Option<ReaderVotes<'_>> {
+        let m = &self.compactor().numa;
+        m.migrating()?;
+        Some(ReaderVotes {
+            map: m.readers.get()?,
+            threshold: m.threshold(),
+        })
+    }
+
+    /// If block `i` of `source` (a plan source this pass scans, so its incarnation is
+    /// the planned one), owned by slot `owner`, is read mostly from another node: moves
+    /// it into a span of that node, counting it in `report`, and returns true (also
+    /// when the block was busy or pinned: skipped and counted). False: the block is not
+    /// misplaced, or no span of its reader's node could take it; defragment it as usual.
+    pub(super) fn move_to_reader(
+        &self,
+        votes: &ReaderVotes<'_>,
+        source: Planned,
+        i: usize,
+        owner: u32,
+        report: &mut CompactionReport,
+    ) -> bool {
+        let inner = self.inner();
+        let span = source.span();
+        let idx = inner.source.span_index(span);
+        let v = votes.map.vote(idx, i);
+        if v.count < votes.threshold || v.node == inner.source.numa.arena_node(span.arena) {
+            return false;
+        }
+        let generation = self.handles().slot(owner).map_or(0, |s| s.generation());
+        if v.tag != owner_tag(owner, generation) {
+            return false;
+        }
+        let m = Misplaced {
+            span: source,
+            class: span.class(),
+            block: i,
+            owner,
+            node: v.node,
+        };
+        match self.migrate_one(&m) {
+            Ok(Some(ev)) => {
+                self.count_migrated(&ev, report);
+                true
+            }
+            Ok(None) => false,
+            Err(MoveSkip::Pinned) => {
+                report.skipped_pinned += 1;
+                true
+            }
+            Err(_) => {
+                report.skipped_busy += 1;
+                true
+            }
+        }
+    }
+
+    /// Counts a block the compactor moved to its reader's node, and tells the observers.
+    fn count_migrated(&self, ev: &super::MoveEvent, report: &mut CompactionReport) {
+        self.inner().source.numa.compactor_moved(ev.size);
+        report.blocks_moved += 1;
+        report.bytes_moved += ev.size as u64;
+        report.numa_blocks_moved += 1;
+        report.numa_bytes_moved += ev.size as u64;
+        if let Some(obs) = self.compactor().observers() {
+            obs.iter().for_each(|o| o.on_move(ev));
+        }
+    }
+
     /// Moves misplaced blocks to their readers' nodes within `budget` (time measured
     /// from `start`), adding what it did to `report`.
     pub(super) fn migrate_misplaced(
@@ -150,7 +238,6 @@ impl Heap {
                 }
             }
         }
-        let observers = self.compactor().observers();
         // What the pool candidates left of the budget, for large blocks.
         let left = (max_blocks - blocks, max_bytes - bytes);
         for m in &found {
@@ -161,16 +248,7 @@ impl Heap {
                 continue;
             }
             match self.migrate_one(m) {
-                Ok(Some(ev)) => {
-                    numa.compactor_moved(ev.size);
-                    report.blocks_moved += 1;
-                    report.bytes_moved += ev.size as u64;
-                    report.numa_blocks_moved += 1;
-                    report.numa_bytes_moved += ev.size as u64;
-                    if let Some(obs) = &observers {
-                        obs.iter().for_each(|o| o.on_move(&ev));
-                    }
-                }
+                Ok(Some(ev)) => self.count_migrated(&ev, report),
                 Ok(None) => {}
                 Err(skip) => {
                     match skip {

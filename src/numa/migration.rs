@@ -8,11 +8,11 @@
 //! one-node machine nothing else is paid and nothing is ever recorded. While it is not 0
 //! they take an out-of-line path that calls a hook after they resolved a block.
 //!
-//! Scoped gets ([`ReadScope::get`](crate::ReadScope::get) / `try_get`) do not sample:
-//! a hook there, even one test of a field of the scope, made one-node scoped gets about
-//! twice as slow in `cargo bench --bench handles` (the read loop keeps more values live
-//! and spills). Migration follows guarded reads: a block read only through scopes keeps
-//! the vote its guarded reads gave it.
+//! Scoped gets ([`ReadScope::get`](crate::ReadScope::get), `try_get`, `iter`) are
+//! sampled too, with no hook in the get: the decision is taken when the scope opens,
+//! one scope in about `sample_period` is a *sampling scope*, and its gets take a cold
+//! path through a store-tag compare they make anyway (module `scoped`). So a block read
+//! only through scopes (the Bevy plugin's `Res` reads) also moves toward its reader.
 //!
 //! While some heap samples, every guarded read calls `tick` (out of line): the thread's
 //! countdown drops by one, and at 1 (or 0: the thread's first such read) the read is
@@ -32,7 +32,8 @@
 //! vote is reset. A queued large block whose pages are not on its reader's node has
 //! them moved there with `move_pages` (its address, and every byte, unchanged: DESIGN
 //! invariant 1 would allow no less), under a pin. The rest of the budget defragments as
-//! before.
+//! before, except that a misplaced block the defragmenting plan moves out of one of its
+//! sources goes straight into a span of its reader's node: one copy does both.
 
 use core::cell::Cell;
 use core::ptr::NonNull;
@@ -55,9 +56,11 @@ pub const MAX_SAMPLE_PERIOD: u32 = 1 << 20;
 /// a one-node heap with it turned off (and with one node, turning it on changes nothing:
 /// every block is on the only node, and reads are never sampled).
 ///
-/// Migration follows guarded reads ([`Heap::read`], [`Store::get`](crate::Store::get)
-/// and their `try_` forms): scoped gets ([`ReadScope::get`](crate::ReadScope::get)) are
-/// not sampled, so a block read only through read scopes is not moved toward its reader.
+/// Migration follows the reads: guarded ones ([`Heap::read`],
+/// [`Store::get`](crate::Store::get) and their `try_` forms) are sampled one in
+/// `sample_period` per thread; read scopes ([`Store::read`](crate::Store::read)) one
+/// scope in about `sample_period`, each sampling its first 1024 gets on the opening
+/// thread (then one in `sample_period`), so scoped gets of other scopes cost nothing.
 ///
 /// # Examples
 ///
@@ -71,13 +74,16 @@ pub const MAX_SAMPLE_PERIOD: u32 = 1 << 20;
 pub struct NumaMigration {
     /// Whether reads are sampled and passes migrate.
     pub enabled: bool,
-    /// One read in this many (per thread) is sampled: `1..=`[`MAX_SAMPLE_PERIOD`].
+    /// One guarded read in this many (per thread), and one read scope in about this
+    /// many, is sampled: `1..=`[`MAX_SAMPLE_PERIOD`].
     pub sample_period: u32,
     /// A block is misplaced once its reader vote leads by this many samples: `1..=15`.
     pub threshold: u8,
     /// Share of a budgeted pass's block, byte and time budget spent on migration before
     /// defragmenting: `0.0..=1.0`, rounded down (a pass allowed 3 blocks with a share of
-    /// 0.25 migrates none). A pass without a limit migrates every misplaced block. With a
+    /// 0.25 migrates none). A pass without a limit migrates every misplaced block.
+    /// Defragmenting moves that send a misplaced block straight to its reader's node
+    /// (one copy does both: see [`crate::numa`]) come out of the rest. With a
     /// time budget, a large block is moved only if its pages fit the time left at a
     /// conservative 1 GiB/s (else it waits for a pass with more time, or a full
     /// compaction).
@@ -153,7 +159,7 @@ pub(crate) struct MigrationState {
     /// Reads of this heap are sampled (multi-node, enabled, map not refused); counted in
     /// `SAMPLING_HEAPS` while true.
     sampling: AtomicBool,
-    period: AtomicU32,
+    pub(super) period: AtomicU32,
     threshold: AtomicU8,
     pub(crate) readers: ReaderMap,
     /// Large handle blocks whose vote reached the threshold, for the next pass (at most
@@ -215,6 +221,11 @@ impl MigrationState {
         (self.multi_node && s.enabled).then_some(s)
     }
 
+    /// Whether reads of this heap are sampled now.
+    pub(super) fn samples(&self) -> bool {
+        self.sampling.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn threshold(&self) -> u8 {
         self.threshold.load(Ordering::Relaxed)
     }
@@ -260,7 +271,7 @@ pub(crate) fn on_guarded_read(heap: &Heap, h: RawHandle, block: NonNull<u8>) {
 /// line and cold: most reads only count down.
 #[cold]
 #[inline(never)]
-fn tick(heap: &Heap, h: RawHandle, block: NonNull<u8>) {
+pub(super) fn tick(heap: &Heap, h: RawHandle, block: NonNull<u8>) {
     let c = COUNTDOWN.get();
     if c > 1 {
         COUNTDOWN.set(c - 1);
@@ -280,6 +291,23 @@ fn sample(heap: &Heap, h: RawHandle, block: NonNull<u8>) {
         return;
     }
     COUNTDOWN.set(m.period.load(Ordering::Relaxed));
+    // SAFETY: the caller's guard (or read scope) keeps the block of `h` live during the
+    // call.
+    unsafe { record(heap, h, block) };
+}
+
+/// Records the calling thread's node in the vote of `block`, the block of `h` in `heap`,
+/// if `heap` samples.
+///
+/// # Safety
+///
+/// `block` is the (untagged) address of the block of `h`, kept live during the call (by a
+/// guard, or an open read scope of its store).
+pub(super) unsafe fn record(heap: &Heap, h: RawHandle, block: NonNull<u8>) {
+    let m = &heap.compactor().numa;
+    if !m.sampling.load(Ordering::Relaxed) {
+        return;
+    }
     let Some(map) = m.readers.get_or_make() else {
         // The kernel refused the sample map: this heap stops sampling.
         m.set_sampling(false);
@@ -289,10 +317,10 @@ fn sample(heap: &Heap, h: RawHandle, block: NonNull<u8>) {
     let numa = &inner.source.numa;
     let reader = numa.topology().current_index();
     let tag = owner_tag(h.index(), h.generation().get());
-    // The caller's guard keeps the block live, so its span keeps its class.
+    // The block is live (the caller's precondition), so its span keeps its class.
     let Some(span) = inner.span_of(block) else {
-        // SAFETY: the caller's guard keeps the block live; a movable block in
-        // no span is a large movable block (zero-sized values get pool blocks).
+        // SAFETY: the block is live (forwarded from the caller); a movable block in no
+        // span is a large movable block (zero-sized values get pool blocks).
         let vote = unsafe { crate::movable::large_vote(block) };
         numa.sampled();
         if record_in(vote, tag, reader, m.threshold()) {

@@ -19,9 +19,13 @@
 //!   `move_pages`, keeping addresses and contents (raw pointers never move: DESIGN
 //!   invariant 1 holds, only physical frames change).
 //! * **Compactor migration** ([`NumaMigration`], module `migration`): with more than
-//!   one node, 1 in N reads of a handle block records the reader's node; each compaction
+//!   one node, 1 in N reads of a handle block (guarded, or through 1 in N read scopes:
+//!   module `scoped`) records the reader's node; each compaction
 //!   pass spends a share of its budget moving blocks read mostly from another node into
-//!   spans of that node's arenas ([`Heap::set_numa_migration`](crate::Heap::set_numa_migration)).
+//!   spans of that node's arenas ([`Heap::set_numa_migration`](crate::Heap::set_numa_migration)),
+//!   and a defragmenting plan sends the misplaced blocks of its sources straight to
+//!   their reader's node (one copy does both). A thread the scheduler moves to another
+//!   node gets an arena of that node on a later refill (module `placement`).
 //! * **Stats**: [`NumaStats`](crate::NumaStats) in [`HeapStats`](crate::HeapStats):
 //!   per node arenas, threads, committed bytes and local/remote spans; bind failures
 //!   and migrations.
@@ -53,6 +57,7 @@ mod api;
 pub(crate) mod migration;
 pub(crate) mod placement;
 pub(crate) mod readers;
+pub(crate) mod scoped;
 mod sys;
 mod topology;
 

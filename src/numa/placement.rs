@@ -10,9 +10,22 @@
 //!
 //! With `k` nodes and `n ≥ k` arenas, arena `i` serves the node of dense index `i % k`,
 //! so node `j` owns arenas `j, j + k, j + 2k, …`. A thread claiming a cache is given
-//! the next of its current node's arenas, round-robin per node. A thread the scheduler
-//! later moves to another node keeps its arena (its refills become *remote*, which the
-//! counters show).
+//! the next of its current node's arenas, round-robin per node.
+//!
+//! # Threads the scheduler moves
+//!
+//! A thread the scheduler later moves to another node is given an arena of its new
+//! node on a slow path: every [`NODE_CHECK_EVERY`]-th refill of the thread that carves
+//! blocks from its arena (the first one included) looks up the CPU it runs on
+//! (`sched_getcpu`, a vDSO call) and, if that CPU's node is not its arena's, switches the
+//! thread's record to the next arena of the new node (round-robin, as a new thread would
+//! get) before carving. Its new spans then come from the new node's chunks. Nothing
+//! else moves: the fixed spans the record already owns stay its own (they are tied to
+//! the record, not the arena), so its cached blocks stay valid and go home to their own
+//! spans under their own arena's lock when freed or trimmed; arena and node thread
+//! counts follow the record's arena. Between a move and the next check, the thread's
+//! new spans come from the old arena and count as *remote*. Moves are counted in
+//! [`NumaStats::thread_moves`]. With one node no check is made.
 //!
 //! # Chunk binding
 //!
@@ -34,11 +47,22 @@
 //! are a faithful sample of where allocation happens. With one node every span is local
 //! and no CPU lookup is made.
 
+use core::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::sys::{self, NodePolicy};
 use super::topology::{MAX_NODES, Topology};
 use crate::stats::{ArenaStats, NodeStats, NumaStats};
+
+/// A thread's node is checked every this many of its carving refills (see the module
+/// docs).
+pub(crate) const NODE_CHECK_EVERY: u32 = 4;
+
+thread_local! {
+    /// Carving refills of this thread until its next node check; 0: check at the next.
+    /// (No destructor: usable inside the global allocator at any time.)
+    static NODE_CHECK: Cell<u32> = const { Cell::new(0) };
+}
 
 /// See the module docs.
 #[derive(Debug)]
@@ -53,6 +77,8 @@ pub(crate) struct NodePlacement {
     local_bytes: [AtomicU64; MAX_NODES],
     remote_bytes: [AtomicU64; MAX_NODES],
     bind_failures: AtomicU64,
+    /// Threads switched to an arena of the node they run on now.
+    thread_moves: AtomicU64,
     migrations: AtomicU64,
     migrated_pages: AtomicU64,
     migration_failures: AtomicU64,
@@ -74,6 +100,7 @@ impl NodePlacement {
             local_bytes: [const { AtomicU64::new(0) }; MAX_NODES],
             remote_bytes: [const { AtomicU64::new(0) }; MAX_NODES],
             bind_failures: AtomicU64::new(0),
+            thread_moves: AtomicU64::new(0),
             migrations: AtomicU64::new(0),
             migrated_pages: AtomicU64::new(0),
             migration_failures: AtomicU64::new(0),
@@ -112,6 +139,35 @@ impl NodePlacement {
     pub(crate) fn pick_arena(&self, narenas: usize) -> Option<usize> {
         let t = self.topology();
         (t.node_count() > 1).then(|| self.arena_in_node(t.current_index(), narenas))
+    }
+
+    /// The arena a thread whose record carves from `arena` (of `narenas`) should carve
+    /// from now: `None` to stay, or an arena of the node the thread runs on, if that is
+    /// not `arena`'s and this is one of the thread's checking refills (see "Threads the
+    /// scheduler moves" in the module docs). One branch with one node.
+    #[inline]
+    pub(crate) fn moved_arena(&self, arena: u32, narenas: usize) -> Option<usize> {
+        if self.topology().node_count() == 1 {
+            return None;
+        }
+        self.check_node(arena, narenas)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn check_node(&self, arena: u32, narenas: usize) -> Option<usize> {
+        let c = NODE_CHECK.get();
+        if c > 1 {
+            NODE_CHECK.set(c - 1);
+            return None;
+        }
+        NODE_CHECK.set(NODE_CHECK_EVERY);
+        let node = self.topology().current_index();
+        if node == self.arena_node(arena) {
+            return None;
+        }
+        self.thread_moves.fetch_add(1, Ordering::Relaxed);
+        Some(self.arena_in_node(node, narenas))
     }
 
     /// The fewest arenas a heap needs: one per node.
@@ -198,6 +254,7 @@ impl NodePlacement {
         NumaStats {
             nodes,
             bind_failures: self.bind_failures.load(Ordering::Relaxed),
+            thread_moves: self.thread_moves.load(Ordering::Relaxed),
             migrations: self.migrations.load(Ordering::Relaxed),
             migrated_pages: self.migrated_pages.load(Ordering::Relaxed),
             migration_failures: self.migration_failures.load(Ordering::Relaxed),

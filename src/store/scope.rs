@@ -11,11 +11,14 @@
 //! The Bevy mapping is on [`ReadScope`].
 
 use core::marker::PhantomData;
+use core::ptr::NonNull;
 
 use super::{Store, StoreInner};
 use crate::HandleError;
 use crate::handle::scope::{Scopes, mine, scoped_get, scopes_of, try_scoped_get};
 use crate::handle::{Handle, HandleTable, RawHandle};
+use crate::movable::{Tag, untag};
+use crate::numa::scoped::{resolve_sampled, scope_tag};
 
 /// An open read scope of a [`Store`]: resolves handles to `&T` with no atomic
 /// read-modify-write per get. Made by [`Store::read`]; closes when dropped.
@@ -62,6 +65,9 @@ pub struct ReadScope<'a, T> {
     inner: &'a StoreInner<T>,
     table: &'a HandleTable,
     scopes: &'static Scopes,
+    /// The store tag gets compare with: the store's, or no store's in a scope that
+    /// samples its reads for NUMA migration (`numa::scoped`).
+    tag: Tag,
     /// Not `Send`: the thread's record of its open scopes must see the close.
     _not_send: PhantomData<*const ()>,
 }
@@ -78,6 +84,10 @@ impl<T> Store<T> {
     /// Waits, if a `get_mut` or `remove` of this store is waiting for scopes to close
     /// and this thread holds no other scope, until that writer is through (so writers
     /// are not starved).
+    ///
+    /// On a heap with more than one node and NUMA migration on, about one scope in
+    /// [`sample_period`](crate::numa::NumaMigration::sample_period) samples its reads
+    /// for migration: its gets take an out-of-line path (module `numa::scoped`).
     ///
     /// Do not call [`Store::get_mut`] or [`Store::remove`] of this store while the
     /// scope is open on this thread: they wait for every scope to close, the thread's own
@@ -105,6 +115,7 @@ impl<T> Store<T> {
             inner,
             table: inner.heap.handles(),
             scopes,
+            tag: scope_tag(&inner.heap, inner.tag),
             _not_send: PhantomData,
         }
     }
@@ -143,8 +154,8 @@ impl<'a, T> ReadScope<'a, T> {
             Err(_) => return None,
         };
         // SAFETY: the scope keeps the value in place, initialised and unwritten for
-        // as long as `&self` lives (module `handle::scope`); `owns` checked the tag.
-        self.inner.owns(p).map(|p| unsafe { p.as_ref() })
+        // as long as `&self` lives (module `handle::scope`); `resolve` checked the tag.
+        self.resolve(h.raw(), p).map(|p| unsafe { p.as_ref() })
     }
 
     /// Like [`ReadScope::get`], but never waits.
@@ -166,10 +177,23 @@ impl<'a, T> ReadScope<'a, T> {
     pub fn try_get(&self, h: Handle<T>) -> Result<&T, HandleError> {
         let p = try_scoped_get(self.table, h.raw())?;
         // SAFETY: as in `get`.
-        self.inner
-            .owns(p)
+        self.resolve(h.raw(), p)
             .map(|p| unsafe { p.as_ref() })
             .ok_or(HandleError::Stale)
+    }
+
+    /// The value's address if `p`, the slot pointer of `h` loaded in this scope, holds a
+    /// value of this store. A sampling scope's tag matches no address, so its gets take
+    /// the cold path, which checks the store's tag and samples (`numa::scoped`).
+    #[inline(always)]
+    fn resolve(&self, h: RawHandle, p: NonNull<u8>) -> Option<NonNull<T>> {
+        let (block, tag) = untag(p);
+        if tag == self.tag {
+            return Some(block.cast());
+        }
+        // SAFETY: `p` is the slot pointer of `h` loaded inside this scope of the store
+        // (tag `inner.tag`, on `inner.heap`), which is open while `&self` lives.
+        unsafe { resolve_sampled(&self.inner.heap, self.inner.tag, h, p) }.map(NonNull::cast)
     }
 
     /// Whether `h` names a value of this store.
@@ -213,10 +237,11 @@ impl<'a, T> ReadScope<'a, T> {
             .into_iter()
             .filter_map(move |index| match table.slot(index)?.scoped_entry() {
                 Ok((generation, p)) => {
-                    let p = self.inner.owns(p)?;
-                    let h = Handle::from_raw(RawHandle::from_odd(index, generation));
+                    let raw = RawHandle::from_odd(index, generation);
+                    let p = self.resolve(raw, p)?;
+                    let h = Handle::from_raw(raw);
                     // SAFETY: as in `get`: the scope keeps the value in place and
-                    // unwritten; `owns` checked the tag.
+                    // unwritten; `resolve` checked the tag.
                     Some((h, unsafe { p.as_ref() }))
                 }
                 Err(Some(generation)) => {

@@ -170,7 +170,14 @@ impl HeapInner {
             }
             first
         } else {
-            let arena = &self.arenas[tc.arena.load(Ordering::Relaxed) as usize];
+            // NUMA: a thread the scheduler moved to another node switches to an arena
+            // of that node here (see `crate::numa::placement`).
+            let mut a = tc.arena.load(Ordering::Relaxed) as usize;
+            if let Some(moved) = self.source.numa.moved_arena(a as u32, self.arena_count()) {
+                tc.arena.store(moved as u32, Ordering::Relaxed);
+                a = moved;
+            }
+            let arena = &self.arenas[a];
             // Carving writes a link into every block, faulting its pages in: carve at
             // most `CARVE_BYTES` at a time, so a thread that allocates a few large
             // blocks does not commit a whole batch of them.
