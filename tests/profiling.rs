@@ -124,7 +124,28 @@ fn every_nth_sampling_scales_the_counts() {
         let ps: Vec<_> = (0..1000).map(|_| heap.alloc(l(48)).unwrap()).collect();
         let want = 1000 / n;
         assert_eq!(heap.leaks().len() as u64, want, "every {n}th");
-        assert_eq!(heap.top_sites(1).by_count[0].allocations, want);
+        let top = heap.top_sites(1).by_count[0].clone();
+        assert_eq!(top.allocations, want);
+        // Each record stands for n allocations: the estimates give the program's figures.
+        assert_eq!(
+            (top.estimated_allocations, top.estimated_bytes),
+            (want * n, want * n * 48)
+        );
+        assert_eq!(top.estimated_live_blocks, want * n);
+        let report = heap.profile_report(1);
+        assert_eq!(report.estimated_live_bytes(), want * n * 48);
+        if n > 1 {
+            assert!(
+                report.to_string().contains(&format!(
+                    "about {} allocations, {} B ({} live, {} B), from {want} recorded",
+                    want * n,
+                    want * n * 48,
+                    want * n,
+                    want * n * 48
+                )),
+                "{report}"
+            );
+        }
         // Frees of the sampled-out blocks leave the records alone...
         for (i, &p) in ps.iter().enumerate() {
             if !(i as u64).is_multiple_of(n) {
@@ -161,6 +182,60 @@ fn every_n_bytes_sampling_scales_with_bytes() {
         }
     }
     assert!(heap.leaks().is_empty());
+}
+
+#[inline(never)]
+fn many_small(heap: &Heap) -> Vec<NonNull<u8>> {
+    (0..1000).map(|_| heap.alloc(l(16)).unwrap()).collect()
+}
+
+#[inline(never)]
+fn fewer_bigger(heap: &Heap) -> Vec<NonNull<u8>> {
+    (0..200).map(|_| heap.alloc(l(64)).unwrap()).collect()
+}
+
+#[test]
+fn byte_sampling_estimates_rank_sites_by_what_they_allocated() {
+    // 16 000 B in 16 B blocks against 12 800 B in 64 B blocks, one sample per KiB: the
+    // recorded bytes rank the 64 B site first (its samples are 4× bigger), the estimates
+    // rank them as the program allocated, each within one period of the truth.
+    let period = 1024u64;
+    let heap = profiled(Sampling::EveryBytes(period));
+    let small = many_small(&heap);
+    let big = fewer_bigger(&heap);
+    let top = heap.top_sites(2);
+    let find = |name: &str| {
+        top.by_count
+            .iter()
+            .find(|s| s.site.mentions(name))
+            .unwrap_or_else(|| panic!("{name} recorded"))
+            .clone()
+    };
+    let (s, b) = (find("many_small"), find("fewer_bigger"));
+    assert!(s.bytes < b.bytes, "recorded bytes favour big blocks");
+    for (site, truth_bytes, size) in [(&s, 16_000u64, 16u64), (&b, 12_800, 64)] {
+        assert!(
+            site.estimated_bytes.abs_diff(truth_bytes) <= period,
+            "{site:?}"
+        );
+        assert_eq!(site.estimated_live_bytes, site.estimated_bytes);
+        assert_eq!(
+            site.estimated_allocations,
+            site.allocations * (period / size)
+        );
+    }
+    assert!(top.by_bytes[0].site.mentions("many_small"));
+    assert!(top.by_count[0].site.mentions("many_small"));
+    // SAFETY: all came from `heap` with these layouts, each freed once.
+    unsafe {
+        for p in small {
+            heap.dealloc(p, l(16));
+        }
+        for p in big {
+            heap.dealloc(p, l(64));
+        }
+    }
+    assert_eq!(heap.profile_report(2).estimated_live_bytes(), 0);
 }
 
 #[inline(never)]

@@ -29,6 +29,98 @@ pub enum Sampling {
     EveryBytes(u64),
 }
 
+/// What one recorded allocation stands for under a [`Sampling`] rule: how many
+/// allocations and how many bytes of the program's. The profiler's estimates
+/// ([`SiteStats`](super::SiteStats)'s `estimated_*` fields,
+/// [`ProfileReport::estimated_live_bytes`](super::ProfileReport::estimated_live_bytes))
+/// are sums of these over the recorded allocations.
+///
+/// # Examples
+///
+/// ```
+/// use tidyheap::profile::{Represented, Sampling};
+/// // One in ten allocations is recorded: each stands for ten.
+/// assert_eq!(
+///     Sampling::EveryNth(10).represented(64),
+///     Represented { allocations: 10, bytes: 640 }
+/// );
+/// // One sample per 4 KiB allocated: a 64 B sample stands for 4 KiB of 64 B blocks.
+/// assert_eq!(
+///     Sampling::EveryBytes(4096).represented(64),
+///     Represented { allocations: 64, bytes: 4096 }
+/// );
+/// // Blocks of at least the period are always recorded and stand for themselves.
+/// assert_eq!(
+///     Sampling::EveryBytes(4096).represented(10_000),
+///     Represented { allocations: 1, bytes: 10_000 }
+/// );
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Represented {
+    /// Allocations.
+    pub allocations: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+impl Sampling {
+    /// What one recorded allocation of `size` bytes stands for.
+    ///
+    /// * every allocation: itself;
+    /// * [`Sampling::EveryNth`]`(n)`: `n` allocations of `size` bytes;
+    /// * [`Sampling::EveryBytes`]`(n)`: an allocation of `size < n` bytes is recorded when
+    ///   the running total passes a multiple of `n`, which for a block at a random
+    ///   offset happens with probability `size / n`; so it stands for `n` bytes, that is
+    ///   `n / size` allocations (rounded). Blocks of `n` bytes or more are always
+    ///   recorded and stand for themselves. Weight × probability is 1, so the estimates
+    ///   are unbiased (tcmalloc's heap profiler estimates the same way, with the
+    ///   weights of its random sampling).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tidyheap::profile::{Represented, Sampling};
+    /// assert_eq!(
+    ///     Sampling::EveryAllocation.represented(48),
+    ///     Represented { allocations: 1, bytes: 48 }
+    /// );
+    /// ```
+    pub fn represented(self, size: usize) -> Represented {
+        let size = size as u64;
+        match self {
+            Sampling::EveryNth(n) if n > 1 => Represented {
+                allocations: n,
+                bytes: size.saturating_mul(n),
+            },
+            Sampling::EveryBytes(n) if n > 1 && (1..n).contains(&size) => Represented {
+                allocations: (n + size / 2) / size,
+                bytes: n,
+            },
+            _ => Represented {
+                allocations: 1,
+                bytes: size,
+            },
+        }
+    }
+
+    /// Whether every allocation is recorded (the estimates are then the recorded
+    /// figures).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tidyheap::profile::Sampling;
+    /// assert!(Sampling::EveryNth(1).records_everything());
+    /// assert!(!Sampling::EveryBytes(4096).records_everything());
+    /// ```
+    pub fn records_everything(self) -> bool {
+        matches!(
+            self,
+            Sampling::EveryAllocation | Sampling::EveryNth(0 | 1) | Sampling::EveryBytes(0 | 1)
+        )
+    }
+}
+
 /// How a heap profiles its allocations (feature `profiling`).
 ///
 /// # Examples

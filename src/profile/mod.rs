@@ -67,7 +67,7 @@ mod report;
 mod table;
 mod tracker;
 
-pub use config::{MAX_FRAMES, ProfilingConfig, Sampling};
+pub use config::{MAX_FRAMES, ProfilingConfig, Represented, Sampling};
 pub use report::{AllocationSite, Frame, Leak, ProfileReport, SiteStats, Symbol, TopSites};
 pub(crate) use tracker::Profiler;
 

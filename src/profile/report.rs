@@ -151,21 +151,35 @@ pub struct SiteStats {
     pub live_blocks: u64,
     /// Their requested bytes now.
     pub live_bytes: u64,
+    /// The program's allocations from this site that the recorded ones stand for,
+    /// estimated (see [`Sampling::represented`]); equal to `allocations` when every
+    /// allocation is recorded.
+    pub estimated_allocations: u64,
+    /// Their bytes, estimated.
+    pub estimated_bytes: u64,
+    /// The program's blocks from this site still live, estimated from the recorded
+    /// ones' current sizes.
+    pub estimated_live_blocks: u64,
+    /// Their bytes, estimated.
+    pub estimated_live_bytes: u64,
 }
 
 /// The top allocation sites, by count and by bytes.
 #[derive(Clone, Debug, Default)]
 pub struct TopSites {
-    /// Most recorded allocations first (ties: most bytes first).
+    /// Most allocations first (estimated, so sampling does not favour sites of small
+    /// or large blocks; ties: most bytes first).
     pub by_count: Vec<SiteStats>,
-    /// Most recorded bytes first (ties: most allocations first).
+    /// Most bytes first (estimated; ties: most allocations first).
     pub by_bytes: Vec<SiteStats>,
 }
 
 /// A heap's profile: what is still live, where it came from, and the hottest
 /// allocation sites. `Display` prints it for humans.
 ///
-/// With sampling, every figure counts the recorded (sampled) allocations only.
+/// With sampling, the recorded figures count the sampled allocations only, and the
+/// `estimated_*` figures scale them up to the whole program (see
+/// [`Sampling::represented`]); without sampling the two agree.
 ///
 /// # Examples
 ///
@@ -198,6 +212,54 @@ impl ProfileReport {
     pub fn live_bytes(&self) -> usize {
         self.leaks.iter().map(|l| l.size).sum()
     }
+
+    /// The program's live bytes that the recorded blocks stand for, estimated (see
+    /// [`Sampling::represented`]); [`ProfileReport::live_bytes`] when every allocation
+    /// is recorded.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tidyheap::profile::{ProfilingConfig, Sampling};
+    /// use tidyheap::{Heap, HeapConfig};
+    ///
+    /// let config = ProfilingConfig::new().with_sampling(Sampling::EveryNth(4));
+    /// let heap = Heap::with_profiling(HeapConfig::DEFAULT, config);
+    /// let l = std::alloc::Layout::new::<[u8; 32]>();
+    /// let blocks: Vec<_> = (0..8).map(|_| heap.alloc(l).unwrap()).collect();
+    /// let report = heap.profile_report(1);
+    /// assert_eq!(report.leaks.len(), 2);
+    /// assert_eq!(report.estimated_live_bytes(), 8 * 32);
+    /// for p in blocks {
+    ///     // SAFETY: `p` came from `heap` with `l`.
+    ///     unsafe { heap.dealloc(p, l) };
+    /// }
+    /// ```
+    pub fn estimated_live_bytes(&self) -> u64 {
+        self.leaks
+            .iter()
+            .map(|l| self.sampling.represented(l.size).bytes)
+            .sum()
+    }
+
+    /// The program's live blocks that the recorded ones stand for, estimated.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let heap = tidyheap::Heap::new();
+    /// let l = std::alloc::Layout::new::<u64>();
+    /// let p = heap.alloc(l).unwrap();
+    /// assert_eq!(heap.profile_report(1).estimated_live_blocks(), 1);
+    /// // SAFETY: `p` came from `heap` with `l`.
+    /// unsafe { heap.dealloc(p, l) };
+    /// ```
+    pub fn estimated_live_blocks(&self) -> u64 {
+        self.leaks
+            .iter()
+            .map(|l| self.sampling.represented(l.size).allocations)
+            .sum()
+    }
 }
 
 /// A copy of the tables taken under the lock, in system-allocator memory (see the
@@ -205,9 +267,25 @@ impl ProfileReport {
 struct Snapshot {
     live: SysVec<(Key, Record), Sys>,
     /// Per site: its counters and its stack as a range of `stacks`.
-    sites: SysVec<(u64, u64, u64, u64, usize, usize), Sys>,
+    sites: SysVec<SiteRow, Sys>,
     stacks: SysVec<usize, Sys>,
     dropped: u64,
+}
+
+/// One site's counters in a [`Snapshot`] (the `SiteStats` figures without the resolved
+/// stack), and its stack as `stacks[start..end]`.
+#[derive(Clone, Copy)]
+struct SiteRow {
+    allocations: u64,
+    bytes: u64,
+    live_blocks: u64,
+    live_bytes: u64,
+    estimated_allocations: u64,
+    estimated_bytes: u64,
+    estimated_live_blocks: u64,
+    estimated_live_bytes: u64,
+    start: usize,
+    end: usize,
 }
 
 impl Profiler {
@@ -226,14 +304,24 @@ impl Profiler {
         for s in &t.sites {
             let start = stacks.len();
             stacks.extend_from_slice(&s.stack);
-            sites.push((
-                s.allocations,
-                s.bytes,
-                s.live_blocks,
-                s.live_bytes,
+            sites.push(SiteRow {
+                allocations: s.allocations,
+                bytes: s.bytes,
+                live_blocks: s.live_blocks,
+                live_bytes: s.live_bytes,
+                estimated_allocations: s.estimated_allocations,
+                estimated_bytes: s.estimated_bytes,
+                estimated_live_blocks: 0,
+                estimated_live_bytes: 0,
                 start,
-                stacks.len(),
-            ));
+                end: stacks.len(),
+            });
+        }
+        for (_, r) in &live {
+            let w = self.config.sampling.represented(r.size);
+            let row = &mut sites[r.site as usize];
+            row.estimated_live_blocks += w.allocations;
+            row.estimated_live_bytes += w.bytes;
         }
         Some(Snapshot {
             live,
@@ -317,18 +405,24 @@ fn leaks_of(
 fn top_of(snap: &Snapshot, r: &mut Resolver, n: usize) -> TopSites {
     let mut order: Vec<usize> = (0..snap.sites.len()).collect();
     let stats = |i: usize, r: &mut Resolver| {
-        let (allocations, bytes, live_blocks, live_bytes, _, _) = snap.sites[i];
+        let row = snap.sites[i];
         SiteStats {
             site: r.site(snap, i),
-            allocations,
-            bytes,
-            live_blocks,
-            live_bytes,
+            allocations: row.allocations,
+            bytes: row.bytes,
+            live_blocks: row.live_blocks,
+            live_bytes: row.live_bytes,
+            estimated_allocations: row.estimated_allocations,
+            estimated_bytes: row.estimated_bytes,
+            estimated_live_blocks: row.estimated_live_blocks,
+            estimated_live_bytes: row.estimated_live_bytes,
         }
     };
-    order.sort_by_key(|&i| core::cmp::Reverse((snap.sites[i].0, snap.sites[i].1)));
+    let count = |i: usize| snap.sites[i].estimated_allocations;
+    let bytes = |i: usize| snap.sites[i].estimated_bytes;
+    order.sort_by_key(|&i| core::cmp::Reverse((count(i), bytes(i))));
     let by_count = order.iter().take(n).map(|&i| stats(i, r)).collect();
-    order.sort_by_key(|&i| core::cmp::Reverse((snap.sites[i].1, snap.sites[i].0)));
+    order.sort_by_key(|&i| core::cmp::Reverse((bytes(i), count(i))));
     let by_bytes = order.iter().take(n).map(|&i| stats(i, r)).collect();
     TopSites { by_count, by_bytes }
 }
@@ -345,7 +439,7 @@ impl Resolver {
         if let Some(s) = self.sites.get(&i) {
             return s.clone();
         }
-        let (.., start, end) = snap.sites[i];
+        let SiteRow { start, end, .. } = snap.sites[i];
         let frames: Vec<Frame> = snap.stacks[start..end]
             .iter()
             .map(|&ip| self.frame(ip))
@@ -392,12 +486,22 @@ fn plural(n: u64, one: &str, many: &str) -> String {
 impl fmt::Display for ProfileReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "tidyheap profile (recorded: {})", self.sampling)?;
-        writeln!(
+        write!(
             f,
             "{} still live, {} B",
             plural(self.leaks.len() as u64, "block", "blocks"),
             self.live_bytes()
         )?;
+        let sampled = !self.sampling.records_everything();
+        if sampled {
+            write!(
+                f,
+                " (recorded; about {} blocks, {} B in the program)",
+                self.estimated_live_blocks(),
+                self.estimated_live_bytes()
+            )?;
+        }
+        writeln!(f)?;
         // Live blocks grouped by site, most bytes first.
         let mut groups: Vec<(&Arc<AllocationSite>, u64, usize, Vec<&Leak>)> = Vec::new();
         for l in &self.leaks {
@@ -436,15 +540,28 @@ impl fmt::Display for ProfileReport {
         ] {
             writeln!(f, "top {} sites by {title}:", sites.len())?;
             for (i, s) in sites.iter().enumerate() {
-                writeln!(
-                    f,
-                    "  #{} {}, {} B ({} live, {} B) at:",
-                    i + 1,
-                    plural(s.allocations, "allocation", "allocations"),
-                    s.bytes,
-                    s.live_blocks,
-                    s.live_bytes
-                )?;
+                if sampled {
+                    writeln!(
+                        f,
+                        "  #{} about {} allocations, {} B ({} live, {} B), from {} recorded, at:",
+                        i + 1,
+                        s.estimated_allocations,
+                        s.estimated_bytes,
+                        s.estimated_live_blocks,
+                        s.estimated_live_bytes,
+                        s.allocations
+                    )?;
+                } else {
+                    writeln!(
+                        f,
+                        "  #{} {}, {} B ({} live, {} B) at:",
+                        i + 1,
+                        plural(s.allocations, "allocation", "allocations"),
+                        s.bytes,
+                        s.live_blocks,
+                        s.live_bytes
+                    )?;
+                }
                 write!(f, "{}", s.site)?;
             }
         }

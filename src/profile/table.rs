@@ -16,6 +16,7 @@ use allocator_api2::alloc::{AllocError, Allocator};
 use allocator_api2::vec::Vec as SysVec;
 use hashbrown::{HashMap, HashTable};
 
+use super::config::Sampling;
 use crate::RawHandle;
 
 /// `std::alloc::System` as an `allocator-api2` allocator.
@@ -130,6 +131,11 @@ pub(crate) struct Site {
     pub(crate) live_blocks: u64,
     /// Their current requested bytes.
     pub(crate) live_bytes: u64,
+    /// The program's allocations the recorded ones stand for (see
+    /// [`Sampling::represented`]).
+    pub(crate) estimated_allocations: u64,
+    /// Their bytes.
+    pub(crate) estimated_bytes: u64,
 }
 
 /// The profiler's state, under its lock.
@@ -156,9 +162,16 @@ impl Tables {
         }
     }
 
-    /// Records a live block `key` of `size` bytes allocated at `stack`. Returns false
-    /// (and records nothing, counting it in `dropped`) if a table could not grow.
-    pub(crate) fn insert(&mut self, key: Key, size: usize, stack: &[usize]) -> bool {
+    /// Records a live block `key` of `size` bytes allocated at `stack`, sampled under
+    /// `sampling`. Returns false (and records nothing, counting it in `dropped`) if a
+    /// table could not grow.
+    pub(crate) fn insert(
+        &mut self,
+        key: Key,
+        size: usize,
+        stack: &[usize],
+        sampling: Sampling,
+    ) -> bool {
         if self.live.try_reserve(1).is_err() {
             self.dropped += 1;
             return false;
@@ -177,6 +190,9 @@ impl Tables {
         s.bytes += size as u64;
         s.live_blocks += 1;
         s.live_bytes += size as u64;
+        let w = sampling.represented(size);
+        s.estimated_allocations = s.estimated_allocations.saturating_add(w.allocations);
+        s.estimated_bytes = s.estimated_bytes.saturating_add(w.bytes);
         true
     }
 
@@ -220,6 +236,8 @@ impl Tables {
             bytes: 0,
             live_blocks: 0,
             live_bytes: 0,
+            estimated_allocations: 0,
+            estimated_bytes: 0,
         });
         let sites = &self.sites;
         self.index.insert_unique(hash, i, |&j| {
@@ -233,12 +251,14 @@ impl Tables {
 mod tests {
     use super::*;
 
+    const ALL: Sampling = Sampling::EveryAllocation;
+
     #[test]
     fn sites_are_shared_by_equal_stacks_and_counts_follow_the_records() {
         let mut t = Tables::new();
-        assert!(t.insert(Key::Addr(16), 10, &[1, 2, 3]));
-        assert!(t.insert(Key::Addr(32), 20, &[1, 2, 3]));
-        assert!(t.insert(Key::Addr(48), 5, &[1, 2]));
+        assert!(t.insert(Key::Addr(16), 10, &[1, 2, 3], ALL));
+        assert!(t.insert(Key::Addr(32), 20, &[1, 2, 3], ALL));
+        assert!(t.insert(Key::Addr(48), 5, &[1, 2], ALL));
         assert_eq!(t.sites.len(), 2);
         assert_eq!((t.sites[0].allocations, t.sites[0].live_bytes), (2, 30));
         assert_eq!(t.remove(Key::Addr(16)).map(|r| r.size), Some(10));
@@ -249,17 +269,30 @@ mod tests {
             "allocations count ever, not live"
         );
         // A key recorded again (a missed free) replaces the old record.
-        assert!(t.insert(Key::Addr(48), 7, &[1, 2, 3]));
+        assert!(t.insert(Key::Addr(48), 7, &[1, 2, 3], ALL));
         assert_eq!((t.sites[1].live_blocks, t.sites[1].live_bytes), (0, 0));
         assert_eq!((t.sites[0].live_blocks, t.sites[0].live_bytes), (2, 27));
         assert_eq!(t.live.len(), 2);
     }
 
     #[test]
+    fn sites_sum_what_their_samples_stand_for() {
+        let mut t = Tables::new();
+        assert!(t.insert(Key::Addr(16), 10, &[1], Sampling::EveryNth(5)));
+        assert!(t.insert(Key::Addr(32), 30, &[1], Sampling::EveryNth(5)));
+        let s = &t.sites[0];
+        assert_eq!((s.allocations, s.bytes), (2, 40));
+        assert_eq!((s.estimated_allocations, s.estimated_bytes), (10, 200));
+        // A free forgets the live figures only; what was allocated stays counted.
+        t.remove(Key::Addr(16));
+        assert_eq!(t.sites[0].estimated_allocations, 10);
+    }
+
+    #[test]
     fn many_sites_and_records_survive_table_growth() {
         let mut t = Tables::new();
         for i in 0..5000usize {
-            assert!(t.insert(Key::Addr(i * 16), i, &[i % 300, 7]));
+            assert!(t.insert(Key::Addr(i * 16), i, &[i % 300, 7], ALL));
         }
         assert_eq!(t.sites.len(), 300);
         for i in (0..5000usize).step_by(2) {

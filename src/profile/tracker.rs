@@ -150,7 +150,7 @@ impl Profiler {
         let stack = capture(&mut frames, self.config.max_frames);
         let recorded = {
             let mut t = self.lock();
-            let ok = t.insert(key, size, stack);
+            let ok = t.insert(key, size, stack, self.config.sampling);
             if ok {
                 self.bucket(key).fetch_add(1, Ordering::Relaxed);
             }
