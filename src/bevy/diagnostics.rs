@@ -73,9 +73,13 @@ impl TidyheapDiagnosticsPlugin {
     /// moved to the node that reads them, ever.
     pub const NUMA_COMPACTOR_MIGRATED_BYTES: DiagnosticPath =
         DiagnosticPath::const_new("tidyheap/numa_compactor_migrated_bytes");
+    /// `tidyheap/numa_thread_moves`: times a thread moved by the scheduler switched to
+    /// an arena of its new node, ever.
+    pub const NUMA_THREAD_MOVES: DiagnosticPath =
+        DiagnosticPath::const_new("tidyheap/numa_thread_moves");
 
     /// Every path with its suffix.
-    pub const PATHS: [(DiagnosticPath, &'static str); 12] = [
+    pub const PATHS: [(DiagnosticPath, &'static str); 13] = [
         (Self::LIVE_BYTES, "B"),
         (Self::COMMITTED_BYTES, "B"),
         (Self::FRAGMENTATION, ""),
@@ -88,6 +92,7 @@ impl TidyheapDiagnosticsPlugin {
         (Self::NUMA_REMOTE_SPAN_BYTES, "B"),
         (Self::NUMA_MIGRATED_PAGES, ""),
         (Self::NUMA_COMPACTOR_MIGRATED_BYTES, "B"),
+        (Self::NUMA_THREAD_MOVES, ""),
     ];
 }
 
@@ -138,6 +143,7 @@ fn measure(mut diagnostics: Diagnostics, stats: Res<TidyheapStats>) {
         stats.numa_remote_span_bytes as f64,
         stats.numa_migrated_pages as f64,
         stats.numa_compactor_migrated_bytes as f64,
+        stats.numa_thread_moves as f64,
     ];
     for ((path, _), value) in TidyheapDiagnosticsPlugin::PATHS.iter().zip(values) {
         diagnostics.add_measurement(path, || value);

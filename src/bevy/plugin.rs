@@ -183,6 +183,9 @@ pub struct TidyheapStats {
     /// NUMA: bytes of handle blocks the compactor moved to the node that reads them,
     /// ever (0 on a one-node machine).
     pub numa_compactor_migrated_bytes: u64,
+    /// NUMA: times a thread the scheduler moved to another node switched to an arena of
+    /// its new node, ever (0 on a one-node machine).
+    pub numa_thread_moves: u64,
 }
 
 /// Pool fragmentation of `heap` from its counters (no span walk): `1 − live /
@@ -238,6 +241,7 @@ pub(super) fn report(
     stats.numa_remote_span_bytes = numa.nodes.iter().map(|n| n.remote_span_bytes).sum();
     stats.numa_migrated_pages = numa.migrated_pages;
     stats.numa_compactor_migrated_bytes = numa.compactor_migrated_bytes;
+    stats.numa_thread_moves = numa.thread_moves;
     stats.reports += 1;
     stats.frame = frame;
     stats.total_passes += frame.passes;
