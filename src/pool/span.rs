@@ -416,6 +416,12 @@ impl Span {
         unsafe { block.cast::<*mut u8>().write(st.free) };
         st.free = block.as_ptr();
         st.free_count += 1;
+        if st.free_count == st.carved {
+            // No block is out, so no free may route on the owner any more: a free of a
+            // block of this span now fails the hot path's check (`HeapInner::is_local`)
+            // and is caught under the arena lock (`return_chain_home`).
+            self.owner.store(ptr::null_mut(), Ordering::Relaxed);
+        }
     }
 
     /// Blocks currently out (live or cached).
