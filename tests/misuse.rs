@@ -221,6 +221,21 @@ fn child(case: &str) {
                 heap.dealloc(q, l(99));
             }
         }
+        "use_after_free_link" => {
+            let q = heap.alloc(l64).unwrap();
+            let p = heap.alloc(l64).unwrap();
+            // SAFETY: each freed once: the thread's list is now `p → q`.
+            unsafe {
+                heap.dealloc(q, l64);
+                heap.dealloc(p, l64);
+            }
+            announce(p.as_ptr());
+            // SAFETY: deliberately violated: a write into the freed block's first word
+            // (still mapped: the heap holds the span).
+            unsafe { p.as_ptr().cast::<usize>().write(0x4141_4141_4140) };
+            let _ = heap.alloc(l64);
+            let _ = heap.alloc(l64);
+        }
         other => panic!("unknown case {other}"),
     }
 }
@@ -401,6 +416,16 @@ fn hardened_canary_catches_a_one_byte_overflow() {
     });
     expect_abort("canary_after_shrink", |a| {
         format!("tidyheap: canary corrupted at {a}, block of 99 B")
+    });
+}
+
+/// A use-after-free write over a free block's list link: the next allocation that
+/// reaches the block decodes a link that is no block of its class, and aborts.
+#[cfg(feature = "hardened")]
+#[test]
+fn hardened_catches_a_corrupted_free_list_link() {
+    expect_abort("use_after_free_link", |a| {
+        format!("tidyheap: free list corrupted at {a}")
     });
 }
 

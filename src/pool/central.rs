@@ -156,6 +156,7 @@
 
 use core::ptr::{self, NonNull};
 
+use super::link;
 use crate::sync::const_fn_unless_loom;
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 
@@ -216,7 +217,7 @@ unsafe fn next_block(block: NonNull<u8>) -> *mut u8 {
     // SAFETY:
     // * word 0 lies inside the block and is aligned for a pointer (caller);
     // * no concurrent access (caller owns the block).
-    unsafe { ptr::read(block.as_ptr().cast::<*mut u8>()) }
+    unsafe { link::read(block) }
 }
 
 /// Sets word 0 of `block` to `next`.
@@ -229,7 +230,7 @@ unsafe fn set_next_block(block: NonNull<u8>, next: *mut u8) {
     // SAFETY:
     // * word 0 lies inside the block and is aligned for a pointer (caller);
     // * no concurrent access (caller owns the block).
-    unsafe { ptr::write(block.as_ptr().cast::<*mut u8>(), next) }
+    unsafe { link::write(block, next) }
 }
 
 /// Pointer to word 1 of `block`.
@@ -253,7 +254,7 @@ unsafe fn link_word(block: NonNull<u8>) -> usize {
     // SAFETY:
     // * `block` is a pool block (caller), so `word1` is in bounds and 8-byte aligned;
     // * no concurrent access (caller owns the block).
-    unsafe { ptr::read(word1(block)) }
+    unsafe { link::encode_word(word1(block).cast(), ptr::read(word1(block))) }
 }
 
 /// Sets word 1 of a batch's first block.
@@ -266,7 +267,7 @@ unsafe fn set_link_word(block: NonNull<u8>, word: usize) {
     // SAFETY:
     // * `block` is a pool block (caller), so `word1` is in bounds and 8-byte aligned;
     // * no concurrent access (caller owns the block).
-    unsafe { ptr::write(word1(block), word) }
+    unsafe { ptr::write(word1(block), link::encode_word(word1(block).cast(), word)) }
 }
 
 /// Word 1 of a batch's second block on the stack: the batch's tail.
@@ -279,7 +280,12 @@ unsafe fn tail_word(block: NonNull<u8>) -> *mut u8 {
     // SAFETY:
     // * `block` is a pool block (caller), so `word1` is in bounds and pointer-aligned;
     // * no concurrent access (caller owns the block).
-    unsafe { ptr::read(word1(block).cast::<*mut u8>()) }
+    unsafe {
+        link::encode_ptr(
+            word1(block).cast(),
+            ptr::read(word1(block).cast::<*mut u8>()),
+        )
+    }
 }
 
 /// Sets word 1 of a batch's second block.
@@ -292,7 +298,12 @@ unsafe fn set_tail_word(block: NonNull<u8>, tail: *mut u8) {
     // SAFETY:
     // * `block` is a pool block (caller), so `word1` is in bounds and pointer-aligned;
     // * no concurrent access (caller owns the block).
-    unsafe { ptr::write(word1(block).cast::<*mut u8>(), tail) }
+    unsafe {
+        ptr::write(
+            word1(block).cast::<*mut u8>(),
+            link::encode_ptr(word1(block).cast(), tail),
+        )
+    }
 }
 
 /// Reads a stacked batch's first block back into a [`Batch`], and returns the next

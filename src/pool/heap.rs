@@ -296,6 +296,8 @@ impl HeapInner {
     /// first block (on claiming a record, and on the uncached path).
     pub(crate) fn ensure_key(&self) {
         if self.key.load(Ordering::Relaxed) == 0 {
+            #[cfg(feature = "hardened")]
+            hardened::init_link_key();
             let k = crate::misuse::random_key(self as *const Self as u64);
             let _ = self
                 .key

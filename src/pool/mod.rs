@@ -8,6 +8,7 @@ pub(crate) mod check;
 #[cfg(feature = "hardened")]
 pub(crate) mod hardened;
 pub(crate) mod heap;
+pub(crate) mod link;
 pub(crate) mod lock;
 pub(crate) mod pagemap;
 pub(crate) mod poison;

@@ -40,6 +40,7 @@ use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicPtr, AtomicU16, AtomicU32, Ordering};
 
+use super::link;
 use super::poison;
 use super::thread_cache::ThreadCache;
 use crate::size_class::{self, MAX_POOL_ALIGN};
@@ -386,7 +387,7 @@ impl Span {
         let st = unsafe { self.state() };
         if let Some(b) = NonNull::new(st.free) {
             // SAFETY: home blocks are ours (arena lock) and hold the next pointer in word 0.
-            st.free = unsafe { b.cast::<*mut u8>().read() };
+            st.free = unsafe { link::read(b) };
             st.free_count -= 1;
             return Some(b);
         }
@@ -413,7 +414,7 @@ impl Span {
         let st = unsafe { self.state() };
         poison::free_block(block, self.block_size());
         // SAFETY: the block is dead and at least 16 bytes, so word 0 is ours to write.
-        unsafe { block.cast::<*mut u8>().write(st.free) };
+        unsafe { link::write(block, st.free) };
         st.free = block.as_ptr();
         st.free_count += 1;
         if st.free_count == st.carved {

@@ -59,6 +59,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use super::central::Batch;
 use super::heap::HeapInner;
+use super::link;
 use super::remote::RemoteLists;
 use crate::size_class::{self, NUM_CLASSES};
 use crate::stats::PoolCounters;
@@ -106,7 +107,7 @@ impl FreeList {
         let b = NonNull::new(self.head)?;
         // SAFETY: list blocks are free, owned by this thread's record and hold the next
         // pointer in word 0.
-        self.head = unsafe { b.cast::<*mut u8>().read() };
+        self.head = unsafe { link::read(b) };
         self.room += 1;
         Some(b)
     }
@@ -123,7 +124,7 @@ impl FreeList {
     pub(crate) unsafe fn push(&mut self, block: NonNull<u8>) -> bool {
         debug_assert!(self.room >= 1, "L2: a set-up list has room");
         // SAFETY: the block is dead, ours, and at least 16 bytes.
-        unsafe { block.cast::<*mut u8>().write(self.head) };
+        unsafe { link::write(block, self.head) };
         self.head = block.as_ptr();
         self.room -= 1;
         self.room == 0
@@ -172,7 +173,7 @@ impl FreeList {
             && let Some(b) = NonNull::new(cur)
         {
             // SAFETY: the block is ours (caller); read its link before relinking it.
-            cur = unsafe { b.cast::<*mut u8>().read() };
+            cur = unsafe { link::read(b) };
             // SAFETY: as above; `room > 1`, so the list does not fill.
             let full = unsafe { self.push(b) };
             debug_assert!(!full);
@@ -282,7 +283,7 @@ impl Outgoing {
     /// `block` is a free fixed block of this chain's class that the caller hands over.
     pub(crate) unsafe fn add(&mut self, block: NonNull<u8>) -> u32 {
         // SAFETY: the block is dead, ours, and at least 16 bytes.
-        unsafe { block.cast::<*mut u8>().write(self.head) };
+        unsafe { link::write(block, self.head) };
         if self.head.is_null() {
             self.tail = block.as_ptr();
         }

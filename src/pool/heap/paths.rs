@@ -10,6 +10,7 @@ use crate::pool::central::Batch;
 use crate::pool::check;
 #[cfg(feature = "hardened")]
 use crate::pool::hardened;
+use crate::pool::link;
 use crate::pool::lock::MutexGuard;
 use crate::pool::pagemap;
 use crate::pool::poison;
@@ -705,7 +706,7 @@ impl HeapInner {
         let mut locked: Option<(u32, MutexGuard<'_, crate::pool::arena::ArenaState>)> = None;
         while let Some(block) = NonNull::new(cur) {
             // SAFETY: the block is free and ours; read its link before it is reused.
-            cur = unsafe { block.cast::<*mut u8>().read() };
+            cur = unsafe { link::read(block) };
             let span = self.span_of(block).expect("a pool block maps to its span");
             let arena = &self.arenas[span.arena as usize];
             if locked.as_ref().is_none_or(|(a, _)| *a != span.arena) {
