@@ -206,7 +206,9 @@ fn count_of(word: usize) -> usize {
     word >> ADDR_BITS
 }
 
-/// Word 0 of `block`: the next block of its chain (null at the tail).
+/// Word 0 of `block`: the next block of its chain (null at the tail). Encoded like
+/// every link (`pool::link`), but not checked here: the list's unit tests use blocks
+/// outside any span, and a thread list checks each link it pops anyway.
 ///
 /// # Safety
 ///
@@ -217,7 +219,8 @@ unsafe fn next_block(block: NonNull<u8>) -> *mut u8 {
     // SAFETY:
     // * word 0 lies inside the block and is aligned for a pointer (caller);
     // * no concurrent access (caller owns the block).
-    unsafe { link::read(block) }
+    let stored = unsafe { ptr::read(block.as_ptr().cast::<*mut u8>()) };
+    link::encode_ptr(block.as_ptr(), stored)
 }
 
 /// Sets word 0 of `block` to `next`.
@@ -230,7 +233,12 @@ unsafe fn set_next_block(block: NonNull<u8>, next: *mut u8) {
     // SAFETY:
     // * word 0 lies inside the block and is aligned for a pointer (caller);
     // * no concurrent access (caller owns the block).
-    unsafe { link::write(block, next) }
+    unsafe {
+        ptr::write(
+            block.as_ptr().cast::<*mut u8>(),
+            link::encode_ptr(block.as_ptr(), next),
+        )
+    }
 }
 
 /// Pointer to word 1 of `block`.
