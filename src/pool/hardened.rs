@@ -129,3 +129,45 @@ fn same_class_block(block: NonNull<u8>, next: *mut u8) -> bool {
     let (s, n) = unsafe { (s.as_ref(), n.as_ref()) };
     n.class() == s.class() && n.kind() == s.kind() && n.block_index(next.addr()).is_some()
 }
+
+/// Shuffles `blocks` (Fisher-Yates) with the generator whose state is `*rng` (seeded
+/// from `misuse::random_key` when 0): a refill's blocks go on the thread's list in a
+/// random order, so two consecutive allocations are not predictably neighbours.
+pub(crate) fn shuffle(rng: &mut u64, blocks: &mut [NonNull<u8>]) {
+    if *rng == 0 {
+        *rng = crate::misuse::random_key((&raw const *rng).addr() as u64);
+    }
+    for i in (1..blocks.len()).rev() {
+        // xorshift64* (Vigna): `rng` never becomes 0 once non-zero.
+        *rng ^= *rng >> 12;
+        *rng ^= *rng << 25;
+        *rng ^= *rng >> 27;
+        let r = rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        // Multiply-shift maps the high bits to `0..=i` without a division.
+        let j = ((u128::from(r >> 32) * (i as u128 + 1)) >> 32) as usize;
+        blocks.swap(i, j);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With a fixed seed: a permutation, and not the identity.
+    #[test]
+    fn shuffle_permutes() {
+        let base = 0x1000usize;
+        let mut blocks: Vec<NonNull<u8>> = (0..32)
+            .map(|i| NonNull::new((base + 64 * i) as *mut u8).unwrap())
+            .collect();
+        let mut rng = 0x9E37_79B9_7F4A_7C15;
+        shuffle(&mut rng, &mut blocks);
+        let mut idx: Vec<usize> = blocks
+            .iter()
+            .map(|b| (b.as_ptr().addr() - base) / 64)
+            .collect();
+        assert_ne!(idx, (0..32).collect::<Vec<_>>());
+        idx.sort_unstable();
+        assert_eq!(idx, (0..32).collect::<Vec<_>>());
+    }
+}

@@ -313,6 +313,10 @@ pub(crate) struct Local {
     /// Bytes this record added to its heap's parked total when it was parked (0 while
     /// claimed): taken back by whoever claims it next.
     pub(crate) parked: usize,
+    /// `hardened`: the state of the generator that shuffles refills (see
+    /// `hardened::shuffle`); 0 until the first refill seeds it.
+    #[cfg(feature = "hardened")]
+    pub(crate) rng: u64,
 }
 
 impl Local {

@@ -186,12 +186,30 @@ impl HeapInner {
             let want = self
                 .batch(class)
                 .min((CARVE_BYTES / size_class::size(class)).max(1));
+            #[cfg(not(feature = "hardened"))]
             arena.take_blocks_for(&self.source, class, kind, tc, want, |b| {
                 // SAFETY: fresh blocks are free and now ours; a batch is below the
                 // list's limit, so the list never fills here.
                 let full = unsafe { list.push(b) };
                 debug_assert!(!full);
             })?;
+            // `hardened`: the blocks go on the list in a random order, so consecutive
+            // allocations are not neighbours in the span.
+            #[cfg(feature = "hardened")]
+            {
+                let mut got = [NonNull::<u8>::dangling(); super::DEFAULT_BATCH];
+                let mut n = 0;
+                arena.take_blocks_for(&self.source, class, kind, tc, want, |b| {
+                    got[n] = b;
+                    n += 1;
+                })?;
+                hardened::shuffle(&mut local.rng, &mut got[..n]);
+                for &b in &got[..n] {
+                    // SAFETY: as above.
+                    let full = unsafe { list.push(b) };
+                    debug_assert!(!full);
+                }
+            }
             list.pop().expect("a refill yields at least one block")
         };
         local.resync(kind as usize, class);
