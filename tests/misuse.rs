@@ -236,6 +236,19 @@ fn child(case: &str) {
             let _ = heap.alloc(l64);
             let _ = heap.alloc(l64);
         }
+        "guard_page" => {
+            // With `hardened` a 64 KiB span of 4 KiB blocks holds 15 of them, and its
+            // last page is the guard: block 14 ends where the guard page starts.
+            let l4k = l(4096);
+            let blocks: Vec<_> = (0..16).map(|_| heap.alloc(l4k).unwrap()).collect();
+            let last = blocks
+                .iter()
+                .find(|p| p.as_ptr() as usize % (64 * 1024) == 14 * 4096)
+                .expect("some span's last block");
+            announce(last.as_ptr());
+            // SAFETY: deliberately violated: one byte past the end of the block.
+            unsafe { last.as_ptr().add(4096).write_volatile(1) };
+        }
         other => panic!("unknown case {other}"),
     }
 }
@@ -417,6 +430,34 @@ fn hardened_canary_catches_a_one_byte_overflow() {
     expect_abort("canary_after_shrink", |a| {
         format!("tidyheap: canary corrupted at {a}, block of 99 B")
     });
+}
+
+/// Runs `case` in a child; asserts it died by `SIGSEGV` (a guard page).
+#[cfg(feature = "hardened")]
+fn expect_fault(case: &str) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "misuse_child", "--nocapture", "--test-threads=1"])
+        .env(CASE_ENV, case)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.lines().any(|l| l.starts_with("misuse-addr=")),
+        "{case}: the child did not get to the bad write; stderr:\n{stderr}"
+    );
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGSEGV),
+        "{case}: no fault ({:?}); stderr:\n{stderr}",
+        out.status
+    );
+}
+
+/// A write one byte past the last block of a fixed span hits the span's guard page.
+#[cfg(feature = "hardened")]
+#[test]
+fn hardened_guard_page_after_each_fixed_span() {
+    expect_fault("guard_page");
 }
 
 /// A use-after-free write over a free block's list link: the next allocation that

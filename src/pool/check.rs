@@ -1,8 +1,8 @@
 //! The hot free path's pointer check: is an address the start of a block of a fixed
 //! span of a given class? One multiply, one rotate and one compare, no division.
 //!
-//! A fixed span of class `c` holds `cap = span_bytes(c) / size(c)` blocks from its base
-//! (no side table), so `off = addr − base` is a block start exactly when `size | off`
+//! A fixed span of class `c` holds `cap = (span_bytes(c) − GUARD_BYTES) / size(c)`
+//! blocks from its base (no side table; see `span::geometry`), so `off = addr − base` is a block start exactly when `size | off`
 //! and `off / size < cap`. With `size = 2^t · d` (`d` odd) and `inv` the inverse of `d`
 //! modulo 2^64, `x = rotr(off · inv, t)` is `off / size` when `size | off`, and
 //! otherwise larger than `(2^64 − 1) / size`, which is at least `cap` (Granlund and
@@ -11,6 +11,7 @@
 //! into the tail after the last block, and offsets past the span (a wrapped `off` of a
 //! pointer below `base` is huge and rejected too).
 
+use super::span::GUARD_BYTES;
 use crate::size_class::{NUM_CLASSES, size_const, span_bytes_const};
 
 /// The divisibility test's constants for one class (16 bytes, one index with the
@@ -50,7 +51,7 @@ const fn build() -> [BlockCheck; NUM_CLASSES] {
         let shift = size.trailing_zeros();
         t[c] = BlockCheck {
             inv: inverse(size >> shift),
-            cap: (span_bytes_const(c) as u64 / size) as u32,
+            cap: ((span_bytes_const(c) - GUARD_BYTES) as u64 / size) as u32,
             shift,
         };
         c += 1;
@@ -73,6 +74,7 @@ pub(crate) fn fixed_block_start(off: usize, class: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pool::span::{SpanKind, geometry};
     use crate::size_class::{size, span_bytes};
 
     /// Every offset of every class's span (and a margin past it, and below it) against
@@ -81,7 +83,7 @@ mod tests {
     fn matches_division_everywhere() {
         for c in 0..NUM_CLASSES {
             let (s, bytes) = (size(c), span_bytes(c));
-            let cap = bytes / s;
+            let cap = geometry(c, SpanKind::Fixed).1;
             let step = if s >= 4096 { 16 } else { 1 };
             for off in (0..bytes + 2 * s).step_by(step) {
                 let want = off % s == 0 && off / s < cap;
