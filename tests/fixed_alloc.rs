@@ -520,7 +520,11 @@ fn stress_cross_thread_frees() {
         s.arenas.iter().map(|a| a.returns).sum::<u64>() > 0,
         "blocks went home"
     );
-    assert_eq!((s.spans, s.committed_bytes), (0, 0), "every block went home");
+    assert_eq!(
+        (s.spans, s.committed_bytes),
+        (0, 0),
+        "every block went home"
+    );
 }
 
 #[test]
