@@ -16,9 +16,10 @@
 //! path's only check is the flags of its own decrement, and the cache's byte budget is
 //! only looked at on the cold paths (refill, overflow), from lengths synced there.
 //!
-//! A fixed free first checks that the block's span is owned by this record (a page-map
-//! lookup and a compare, see `pool::remote`); a block of another record's span goes to
-//! that record's remote list instead, and the owner collects it on a miss. Fixed lists
+//! A fixed free first checks that the block's span is owned by this record and serves
+//! the layout's class (a page-map lookup and two compares, see `pool::remote` and
+//! `HeapInner::is_local`); a block of another record's span goes to that record's
+//! remote list instead, and the owner collects it on a miss. Fixed lists
 //! are long (`HeapInner::list_limit`): their blocks go home to their spans, not to a
 //! central list, when a list overflows.
 //!
