@@ -389,11 +389,8 @@ unsafe fn global_dealloc(heap: &HeapInner, ptr: *mut u8, layout: Layout) {
         && let Some(p) = NonNull::new(ptr)
         && let Some(class) = size_class::class_for_small(layout.size(), layout.align())
         && let Some(tc) = thread_cache::current_fast_at(heap, GLOBAL_SLOT)
-        && heap.is_local(tc, p)
+        && heap.is_local(tc, p, class)
     {
-        if crate::pool::heap::CHECK_EVERY_FREE {
-            heap.misuse(p, class);
-        }
         // SAFETY: forwarded from the caller; `tc` is this thread's record.
         if unsafe { heap.free_cached(tc, p, class, layout.size(), SpanKind::Fixed) } {
             global_overflow(heap, tc, class);

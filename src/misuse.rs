@@ -6,6 +6,24 @@
 //! through the same confused state, and a global allocator must not unwind at all.
 //! The path never allocates (the message is formatted into a buffer on the stack and
 //! written with one `write(2)`), so it works inside the global allocator too.
+//!
+//! # What is checked where
+//!
+//! | misuse | message | caught |
+//! |---|---|---|
+//! | double free of a pool block | `double free of 0x… (64 B class)` | every build, every free (the free stamp; a block of a span with no block out, under the arena lock) |
+//! | foreign or stack pointer, another heap's block | `free of 0x…, which is not a block of this heap …` | every build, every free |
+//! | movable (handle) block freed as fixed | `… as a fixed block, but it is a movable (handle) block` | every build, every free |
+//! | layout of another class | `… with a layout of the 128 B class, but the block is of the 64 B class …` | every build, every free |
+//! | interior pointer, pointer into a span's tail | `… which is not the start of a block (64 B class)` | every free with `hardened` or debug assertions; otherwise frees that miss the thread cache's hit path |
+//! | large block freed twice or with another size | `… which is not a live large block …`, `… but its mapping is … B …` | every build |
+//! | write past a block's requested bytes | `canary corrupted at 0x…, block of 100 B` | `hardened`, on free |
+//! | write into a free block's list link | `free list corrupted at 0x…` | `hardened`, when the list reaches the block |
+//! | write past the last block of a fixed span | `SIGSEGV` (the span's guard page) | `hardened` |
+//!
+//! The hot free path's checks are a page-map lookup and two compares (the span's owner
+//! and class, `HeapInner::is_local`), plus a multiply-and-compare block-start test with
+//! `hardened`; everything they reject goes to the slow path, which names the misuse.
 
 use core::fmt::{self, Write};
 

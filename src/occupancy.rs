@@ -192,7 +192,7 @@ impl Heap {
                     }
                     // SAFETY: home blocks belong to the span (arena lock held) and hold
                     // the next home block in word 0.
-                    cur = unsafe { b.cast::<*mut u8>().read() };
+                    cur = unsafe { crate::pool::link::read(b) };
                 }
                 map.spans.push(SpanOccupancy {
                     base: s.base,

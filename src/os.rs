@@ -349,6 +349,35 @@ pub unsafe fn protect_none(ptr: NonNull<u8>, size: usize) -> Result<(), OsError>
     }
 }
 
+/// Makes `[ptr, ptr + size)` readable and writable again (undoes [`protect_none`]).
+///
+/// # Safety
+///
+/// The range lies inside a mapping made by [`reserve`] and is page-aligned.
+///
+/// # Errors
+///
+/// The [`OsError`] of a failed `mprotect`.
+pub unsafe fn protect_read_write(ptr: NonNull<u8>, size: usize) -> Result<(), OsError> {
+    // SAFETY: the caller guarantees the page-aligned range is ours.
+    let rc = unsafe {
+        libc::mprotect(
+            ptr.as_ptr().cast(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(OsError {
+            op: "mprotect",
+            size,
+            errno: last_errno(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

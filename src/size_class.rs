@@ -173,6 +173,11 @@ pub(crate) const fn size_const(c: usize) -> usize {
     compute_size(c)
 }
 
+/// The span length of class `c`, usable in const context.
+pub(crate) const fn span_bytes_const(c: usize) -> usize {
+    compute_span(c)
+}
+
 /// The span length (bytes, a multiple of [`SPAN_UNIT`]) used for class `c`.
 #[inline]
 pub fn span_bytes(c: usize) -> usize {

@@ -16,8 +16,10 @@ use tidyheap::{Global, Heap};
 
 const CASE_ENV: &str = "MISUSE_CASE";
 
-/// Whether every free runs the pointer and layout checks (not only misses).
-const EVERY_FREE: bool = cfg!(any(debug_assertions, feature = "hardened"));
+/// Whether every free checks that its pointer is a block start (not only misses):
+/// foreign pointers, movable blocks and wrong layouts are caught on every free in every
+/// build; interior pointers on the hot path only with debug assertions or `hardened`.
+const BLOCK_START_EVERY_FREE: bool = cfg!(any(debug_assertions, feature = "hardened"));
 
 static GLOBAL: Global = Global::new();
 
@@ -136,13 +138,35 @@ fn child(case: &str) {
             // SAFETY: deliberately violated: freed with a layout of another class.
             unsafe { heap.dealloc(p, l(128)) };
         }
-        "interior" => {
+        "interior" | "miss_interior" => {
             let p = heap.alloc(l64).unwrap();
             // SAFETY: in bounds of the 64-byte block.
             let q = unsafe { p.add(16) };
+            if case.starts_with("miss_") {
+                evict_fast_slot(&heap);
+            }
             announce(q.as_ptr());
             // SAFETY: deliberately violated: not the start of a block.
             unsafe { heap.dealloc(q, l64) };
+        }
+        "tail" => {
+            // A 64 KiB span of 48 B blocks holds 1365 of them and a 16 B tail, which
+            // starts where block 1365 would.
+            let p = heap.alloc(l(48)).unwrap();
+            let base = p.as_ptr() as usize & !(64 * 1024 - 1);
+            let tail = (base + 1365 * 48) as *mut u8;
+            announce(tail);
+            // SAFETY: deliberately violated: the tail is no block.
+            unsafe { heap.dealloc(NonNull::new(tail).unwrap(), l(48)) };
+        }
+        "double_free_after_trim" => {
+            let p = heap.alloc(l64).unwrap();
+            // SAFETY: freed once here; the block's span empties and is trimmed.
+            unsafe { heap.dealloc(p, l64) };
+            heap.trim();
+            announce(p.as_ptr());
+            // SAFETY: deliberately violated: freed again.
+            unsafe { heap.dealloc(p, l64) };
         }
         "large_double_free" => {
             let big = l(1 << 20);
@@ -196,6 +220,34 @@ fn child(case: &str) {
                 q.as_ptr().add(99).write(1);
                 heap.dealloc(q, l(99));
             }
+        }
+        "use_after_free_link" => {
+            let q = heap.alloc(l64).unwrap();
+            let p = heap.alloc(l64).unwrap();
+            // SAFETY: each freed once: the thread's list is now `p → q`.
+            unsafe {
+                heap.dealloc(q, l64);
+                heap.dealloc(p, l64);
+            }
+            announce(p.as_ptr());
+            // SAFETY: deliberately violated: a write into the freed block's first word
+            // (still mapped: the heap holds the span).
+            unsafe { p.as_ptr().cast::<usize>().write(0x4141_4141_4140) };
+            let _ = heap.alloc(l64);
+            let _ = heap.alloc(l64);
+        }
+        "guard_page" => {
+            // With `hardened` a 64 KiB span of 4 KiB blocks holds 15 of them, and its
+            // last page is the guard: block 14 ends where the guard page starts.
+            let l4k = l(4096);
+            let blocks: Vec<_> = (0..16).map(|_| heap.alloc(l4k).unwrap()).collect();
+            let last = blocks
+                .iter()
+                .find(|p| p.as_ptr() as usize % (64 * 1024) == 14 * 4096)
+                .expect("some span's last block");
+            announce(last.as_ptr());
+            // SAFETY: deliberately violated: one byte past the end of the block.
+            unsafe { last.as_ptr().add(4096).write_volatile(1) };
         }
         other => panic!("unknown case {other}"),
     }
@@ -300,18 +352,43 @@ fn foreign_pointers_abort_on_a_miss() {
     expect_abort("miss_wrong_class", wrong_class);
 }
 
+/// Checked on the hot path in every build, release included (issue 15).
 #[test]
 fn foreign_pointers_abort_on_every_free() {
-    if !EVERY_FREE {
-        eprintln!("skipped: hot-path pointer checks need debug assertions or `hardened`");
-        return;
-    }
     expect_abort("stack_pointer", foreign);
     expect_abort("other_heap", foreign);
     expect_abort("movable_as_fixed", movable);
     expect_abort("wrong_class", wrong_class);
-    expect_abort("interior", |a| {
-        format!("tidyheap: free of {a}, which is not the start of a block (64 B class)")
+}
+
+fn not_a_block_start(a: &str) -> String {
+    format!("tidyheap: free of {a}, which is not the start of a block (64 B class)")
+}
+
+#[test]
+fn interior_pointers_abort_on_a_miss() {
+    expect_abort("miss_interior", not_a_block_start);
+}
+
+#[test]
+fn interior_pointers_abort_on_every_free() {
+    if !BLOCK_START_EVERY_FREE {
+        eprintln!("skipped: the hot path's block-start check needs debug assertions or `hardened`");
+        return;
+    }
+    expect_abort("interior", not_a_block_start);
+    expect_abort("tail", |a| {
+        format!("tidyheap: free of {a}, which is not the start of a block (48 B class)")
+    });
+}
+
+/// A double free after the block's span emptied and its pages went back to the OS
+/// (which erased the free stamp): the span's owner was cleared when it emptied, so the
+/// free takes the slow path, which finds no block of the span out.
+#[test]
+fn double_free_after_the_span_was_trimmed_aborts() {
+    expect_abort("double_free_after_trim", |a| {
+        format!("tidyheap: double free of {a} (64 B class)")
     });
 }
 
@@ -352,6 +429,44 @@ fn hardened_canary_catches_a_one_byte_overflow() {
     });
     expect_abort("canary_after_shrink", |a| {
         format!("tidyheap: canary corrupted at {a}, block of 99 B")
+    });
+}
+
+/// Runs `case` in a child; asserts it died by `SIGSEGV` (a guard page).
+#[cfg(feature = "hardened")]
+fn expect_fault(case: &str) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "misuse_child", "--nocapture", "--test-threads=1"])
+        .env(CASE_ENV, case)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.lines().any(|l| l.starts_with("misuse-addr=")),
+        "{case}: the child did not get to the bad write; stderr:\n{stderr}"
+    );
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGSEGV),
+        "{case}: no fault ({:?}); stderr:\n{stderr}",
+        out.status
+    );
+}
+
+/// A write one byte past the last block of a fixed span hits the span's guard page.
+#[cfg(feature = "hardened")]
+#[test]
+fn hardened_guard_page_after_each_fixed_span() {
+    expect_fault("guard_page");
+}
+
+/// A use-after-free write over a free block's list link: the next allocation that
+/// reaches the block decodes a link that is no block of its class, and aborts.
+#[cfg(feature = "hardened")]
+#[test]
+fn hardened_catches_a_corrupted_free_list_link() {
+    expect_abort("use_after_free_link", |a| {
+        format!("tidyheap: free list corrupted at {a}")
     });
 }
 

@@ -156,6 +156,7 @@
 
 use core::ptr::{self, NonNull};
 
+use super::link;
 use crate::sync::const_fn_unless_loom;
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 
@@ -205,7 +206,9 @@ fn count_of(word: usize) -> usize {
     word >> ADDR_BITS
 }
 
-/// Word 0 of `block`: the next block of its chain (null at the tail).
+/// Word 0 of `block`: the next block of its chain (null at the tail). Encoded like
+/// every link (`pool::link`), but not checked here: the list's unit tests use blocks
+/// outside any span, and a thread list checks each link it pops anyway.
 ///
 /// # Safety
 ///
@@ -216,7 +219,8 @@ unsafe fn next_block(block: NonNull<u8>) -> *mut u8 {
     // SAFETY:
     // * word 0 lies inside the block and is aligned for a pointer (caller);
     // * no concurrent access (caller owns the block).
-    unsafe { ptr::read(block.as_ptr().cast::<*mut u8>()) }
+    let stored = unsafe { ptr::read(block.as_ptr().cast::<*mut u8>()) };
+    link::encode_ptr(block.as_ptr(), stored)
 }
 
 /// Sets word 0 of `block` to `next`.
@@ -229,7 +233,12 @@ unsafe fn set_next_block(block: NonNull<u8>, next: *mut u8) {
     // SAFETY:
     // * word 0 lies inside the block and is aligned for a pointer (caller);
     // * no concurrent access (caller owns the block).
-    unsafe { ptr::write(block.as_ptr().cast::<*mut u8>(), next) }
+    unsafe {
+        ptr::write(
+            block.as_ptr().cast::<*mut u8>(),
+            link::encode_ptr(block.as_ptr(), next),
+        )
+    }
 }
 
 /// Pointer to word 1 of `block`.
@@ -253,7 +262,7 @@ unsafe fn link_word(block: NonNull<u8>) -> usize {
     // SAFETY:
     // * `block` is a pool block (caller), so `word1` is in bounds and 8-byte aligned;
     // * no concurrent access (caller owns the block).
-    unsafe { ptr::read(word1(block)) }
+    unsafe { link::encode_word(word1(block).cast(), ptr::read(word1(block))) }
 }
 
 /// Sets word 1 of a batch's first block.
@@ -266,7 +275,7 @@ unsafe fn set_link_word(block: NonNull<u8>, word: usize) {
     // SAFETY:
     // * `block` is a pool block (caller), so `word1` is in bounds and 8-byte aligned;
     // * no concurrent access (caller owns the block).
-    unsafe { ptr::write(word1(block), word) }
+    unsafe { ptr::write(word1(block), link::encode_word(word1(block).cast(), word)) }
 }
 
 /// Word 1 of a batch's second block on the stack: the batch's tail.
@@ -279,7 +288,12 @@ unsafe fn tail_word(block: NonNull<u8>) -> *mut u8 {
     // SAFETY:
     // * `block` is a pool block (caller), so `word1` is in bounds and pointer-aligned;
     // * no concurrent access (caller owns the block).
-    unsafe { ptr::read(word1(block).cast::<*mut u8>()) }
+    unsafe {
+        link::encode_ptr(
+            word1(block).cast(),
+            ptr::read(word1(block).cast::<*mut u8>()),
+        )
+    }
 }
 
 /// Sets word 1 of a batch's second block.
@@ -292,7 +306,12 @@ unsafe fn set_tail_word(block: NonNull<u8>, tail: *mut u8) {
     // SAFETY:
     // * `block` is a pool block (caller), so `word1` is in bounds and pointer-aligned;
     // * no concurrent access (caller owns the block).
-    unsafe { ptr::write(word1(block).cast::<*mut u8>(), tail) }
+    unsafe {
+        ptr::write(
+            word1(block).cast::<*mut u8>(),
+            link::encode_ptr(word1(block).cast(), tail),
+        )
+    }
 }
 
 /// Reads a stacked batch's first block back into a [`Batch`], and returns the next

@@ -38,12 +38,6 @@ use crate::{AllocError, os};
 mod paths;
 mod records;
 
-/// Whether every fixed free checks its pointer and layout against the span (see
-/// [`HeapInner::misuse`]): in debug builds and with the `hardened` feature. Otherwise
-/// only the frees that miss the thread cache's fast slot do; the double-free check
-/// ([`HeapInner::stamp_free`]) is always on.
-pub(crate) const CHECK_EVERY_FREE: bool = cfg!(any(debug_assertions, feature = "hardened"));
-
 /// The machine's physical memory in bytes (`usize::MAX` if the OS does not say),
 /// read once. `sysconf` does not allocate, so this is safe inside the global allocator.
 fn physical_memory() -> usize {
@@ -302,6 +296,8 @@ impl HeapInner {
     /// first block (on claiming a record, and on the uncached path).
     pub(crate) fn ensure_key(&self) {
         if self.key.load(Ordering::Relaxed) == 0 {
+            #[cfg(feature = "hardened")]
+            hardened::init_link_key();
             let k = crate::misuse::random_key(self as *const Self as u64);
             let _ = self
                 .key
@@ -513,16 +509,13 @@ impl HeapInner {
     pub(crate) unsafe fn dealloc_at(&self, slot: usize, ptr: NonNull<u8>, layout: Layout) {
         match size_class::class_for(layout.size(), layout.align()) {
             Some(class) => {
-                if CHECK_EVERY_FREE {
-                    self.misuse(ptr, class);
-                }
                 let (size, kind) = (layout.size(), SpanKind::Fixed);
                 // SAFETY: forwarded from the caller.
                 if !unsafe { self.free_hit_at(slot, ptr, class, size, kind) } {
-                    if !CHECK_EVERY_FREE {
-                        // Off the hot path the full check is cheap next to the rest.
-                        self.misuse(ptr, class);
-                    }
+                    // The hit path takes only blocks that pass the pointer check
+                    // (`is_local`); everything else is checked here, and a misuse
+                    // aborts with its name.
+                    self.misuse(ptr, class);
                     // SAFETY: forwarded from the caller; the hit path left it alone.
                     unsafe { self.free_miss(ptr, class, size, kind) }
                 }

@@ -4,9 +4,11 @@
 
 pub(crate) mod arena;
 pub(crate) mod central;
+pub(crate) mod check;
 #[cfg(feature = "hardened")]
 pub(crate) mod hardened;
 pub(crate) mod heap;
+pub(crate) mod link;
 pub(crate) mod lock;
 pub(crate) mod pagemap;
 pub(crate) mod poison;

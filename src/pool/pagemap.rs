@@ -51,6 +51,26 @@ pub(crate) fn lookup(addr: usize) -> Option<NonNull<Span>> {
     NonNull::new(entry.load(Ordering::Acquire))
 }
 
+/// [`lookup`] for the hot free path: the top 16 bits of `addr` are ignored instead of
+/// checked, which saves a compare and a branch. So the span returned for an address at
+/// or above 2^48 (a pointer no mapping can hold: the CPU faults on any access through
+/// it) may not contain it; the caller's span checks (`HeapInner::is_local`) then either
+/// reject it (`hardened`'s block-start test: the offset from the span is at least
+/// 2^48), or pass it to a list push, whose first access faults.
+#[inline(always)]
+pub(crate) fn lookup_fast(addr: usize) -> Option<NonNull<Span>> {
+    let unit = addr >> UNIT_SHIFT;
+    let r = (unit >> LEAF_BITS) & (ROOT_LEN - 1);
+    let leaf = ROOT[r].load(Ordering::Acquire);
+    if leaf.is_null() {
+        return None;
+    }
+    // SAFETY: as in `lookup`: a published leaf is never unmapped, and the index is
+    // masked below `LEAF_LEN`.
+    let entry = unsafe { &(*leaf)[unit & (LEAF_LEN - 1)] };
+    NonNull::new(entry.load(Ordering::Acquire))
+}
+
 fn leaf_for(root: usize) -> Result<&'static Leaf, os::OsError> {
     let cur = ROOT[root].load(Ordering::Acquire);
     if !cur.is_null() {

@@ -62,6 +62,7 @@
 
 use core::ptr::{self, NonNull};
 
+use super::link;
 use crate::sync::{AtomicPtr, Ordering};
 
 /// One remote-free list (see the module docs).
@@ -105,7 +106,7 @@ impl RemoteList {
         loop {
             // SAFETY: the chain is the caller's until the CAS below publishes it; word 0
             // of `tail` is inside it and pointer-aligned.
-            unsafe { tail.cast::<*mut u8>().write(h) };
+            unsafe { link::write(tail, h) };
             match self.head.compare_exchange_weak(
                 h,
                 head.as_ptr(),

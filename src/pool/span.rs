@@ -40,6 +40,7 @@ use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicPtr, AtomicU16, AtomicU32, Ordering};
 
+use super::link;
 use super::poison;
 use super::thread_cache::ThreadCache;
 use crate::size_class::{self, MAX_POOL_ALIGN};
@@ -106,12 +107,21 @@ pub(crate) fn class_align(class: usize) -> usize {
     (1usize << s.trailing_zeros()).min(MAX_POOL_ALIGN)
 }
 
+/// Bytes at the end of a fixed span's region that hold no block: with `hardened`, one
+/// page, the span's guard page (`PROT_NONE` while the span serves fixed blocks, see
+/// [`Span::init`]), so a write running past the last block faults; 0 otherwise.
+pub(crate) const GUARD_BYTES: usize = if cfg!(feature = "hardened") {
+    crate::os::PAGE_SIZE
+} else {
+    0
+};
+
 /// Where the first block starts and how many blocks fit, for a span of `class`/`kind`.
 pub(crate) fn geometry(class: usize, kind: SpanKind) -> (usize, usize) {
     let bytes = size_class::span_bytes(class);
     let size = size_class::size(class);
     match kind {
-        SpanKind::Fixed => (0, bytes / size),
+        SpanKind::Fixed => (0, (bytes - GUARD_BYTES) / size),
         SpanKind::Movable => {
             let align = class_align(class);
             let mut cap = bytes / size;
@@ -155,6 +165,10 @@ pub(crate) struct SpanState {
     /// empties, so it cannot be re-initialised under the pass (DESIGN invariant 7).
     /// The pass clears it, and retires an emptied span, when it stops scanning.
     pub(crate) scanning: bool,
+    /// `hardened`: the region's last page ([`GUARD_BYTES`]) is `PROT_NONE` (see
+    /// [`Span::init`]).
+    #[cfg(feature = "hardened")]
+    pub(crate) guarded: bool,
 }
 
 /// The arena list a span is on.
@@ -237,6 +251,8 @@ impl Span {
                 lazily_purged: false,
                 emptied_at: 0,
                 scanning: false,
+                #[cfg(feature = "hardened")]
+                guarded: false,
             }),
         }
     }
@@ -316,6 +332,8 @@ impl Span {
         st.free_count = 0;
         st.carved = 0;
         debug_assert!(!st.scanning, "a scanned span is never re-initialised");
+        #[cfg(feature = "hardened")]
+        self.set_guard(st, kind == SpanKind::Fixed);
         // ASan: the side table is ours, every block (and the tail) is off-limits until
         // carved and handed out.
         poison::unpoison(self.base, first);
@@ -329,6 +347,40 @@ impl Span {
                 m.owner.store(0, Ordering::Relaxed);
                 m.set_len(m.block_size);
             }
+        }
+    }
+
+    /// `hardened`: makes the region's last page `PROT_NONE` (`on`, a fixed span) or
+    /// accessible again (a movable span, whose blocks may lie there). Changing nothing
+    /// when the page already is so, a span that serves fixed blocks life after life costs
+    /// one `mprotect` in all. Purging the region (`madvise`) leaves the protection alone.
+    /// If the kernel refuses the guard (its map-count limit), the page stays unused
+    /// instead; if it refuses to lift it, the process aborts rather than hand out blocks
+    /// that would fault.
+    #[cfg(feature = "hardened")]
+    fn set_guard(&self, st: &mut SpanState, on: bool) {
+        if st.guarded == on {
+            return;
+        }
+        let page = (self.base + self.bytes - GUARD_BYTES) as *mut u8;
+        let page = NonNull::new(page).expect("a span's region is not at address 0");
+        // SAFETY: the page is the last of this span's region, mapped by the heap's span
+        // source and page-aligned; the span is empty (`init`'s contract), so nothing is
+        // stored there.
+        let done = unsafe {
+            if on {
+                crate::os::protect_none(page, GUARD_BYTES)
+            } else {
+                crate::os::protect_read_write(page, GUARD_BYTES)
+            }
+        };
+        match done {
+            Ok(()) => st.guarded = on,
+            Err(_) if on => {}
+            Err(e) => crate::misuse::fatal!(
+                "cannot lift the guard page at {page:p} for a movable span (errno {})",
+                e.errno
+            ),
         }
     }
 
@@ -386,7 +438,7 @@ impl Span {
         let st = unsafe { self.state() };
         if let Some(b) = NonNull::new(st.free) {
             // SAFETY: home blocks are ours (arena lock) and hold the next pointer in word 0.
-            st.free = unsafe { b.cast::<*mut u8>().read() };
+            st.free = unsafe { link::read(b) };
             st.free_count -= 1;
             return Some(b);
         }
@@ -413,9 +465,15 @@ impl Span {
         let st = unsafe { self.state() };
         poison::free_block(block, self.block_size());
         // SAFETY: the block is dead and at least 16 bytes, so word 0 is ours to write.
-        unsafe { block.cast::<*mut u8>().write(st.free) };
+        unsafe { link::write(block, st.free) };
         st.free = block.as_ptr();
         st.free_count += 1;
+        if st.free_count == st.carved {
+            // No block is out, so no free may route on the owner any more: a free of a
+            // block of this span now fails the hot path's check (`HeapInner::is_local`)
+            // and is caught under the arena lock (`return_chain_home`).
+            self.owner.store(ptr::null_mut(), Ordering::Relaxed);
+        }
     }
 
     /// Blocks currently out (live or cached).

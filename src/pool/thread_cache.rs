@@ -16,9 +16,10 @@
 //! path's only check is the flags of its own decrement, and the cache's byte budget is
 //! only looked at on the cold paths (refill, overflow), from lengths synced there.
 //!
-//! A fixed free first checks that the block's span is owned by this record (a page-map
-//! lookup and a compare, see `pool::remote`); a block of another record's span goes to
-//! that record's remote list instead, and the owner collects it on a miss. Fixed lists
+//! A fixed free first checks that the block's span is owned by this record and serves
+//! the layout's class (a page-map lookup and two compares, see `pool::remote` and
+//! `HeapInner::is_local`); a block of another record's span goes to that record's
+//! remote list instead, and the owner collects it on a miss. Fixed lists
 //! are long (`HeapInner::list_limit`): their blocks go home to their spans, not to a
 //! central list, when a list overflows.
 //!
@@ -59,6 +60,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use super::central::Batch;
 use super::heap::HeapInner;
+use super::link;
 use super::remote::RemoteLists;
 use crate::size_class::{self, NUM_CLASSES};
 use crate::stats::PoolCounters;
@@ -106,7 +108,7 @@ impl FreeList {
         let b = NonNull::new(self.head)?;
         // SAFETY: list blocks are free, owned by this thread's record and hold the next
         // pointer in word 0.
-        self.head = unsafe { b.cast::<*mut u8>().read() };
+        self.head = unsafe { link::read(b) };
         self.room += 1;
         Some(b)
     }
@@ -123,7 +125,7 @@ impl FreeList {
     pub(crate) unsafe fn push(&mut self, block: NonNull<u8>) -> bool {
         debug_assert!(self.room >= 1, "L2: a set-up list has room");
         // SAFETY: the block is dead, ours, and at least 16 bytes.
-        unsafe { block.cast::<*mut u8>().write(self.head) };
+        unsafe { link::write(block, self.head) };
         self.head = block.as_ptr();
         self.room -= 1;
         self.room == 0
@@ -172,7 +174,7 @@ impl FreeList {
             && let Some(b) = NonNull::new(cur)
         {
             // SAFETY: the block is ours (caller); read its link before relinking it.
-            cur = unsafe { b.cast::<*mut u8>().read() };
+            cur = unsafe { link::read(b) };
             // SAFETY: as above; `room > 1`, so the list does not fill.
             let full = unsafe { self.push(b) };
             debug_assert!(!full);
@@ -282,7 +284,7 @@ impl Outgoing {
     /// `block` is a free fixed block of this chain's class that the caller hands over.
     pub(crate) unsafe fn add(&mut self, block: NonNull<u8>) -> u32 {
         // SAFETY: the block is dead, ours, and at least 16 bytes.
-        unsafe { block.cast::<*mut u8>().write(self.head) };
+        unsafe { link::write(block, self.head) };
         if self.head.is_null() {
             self.tail = block.as_ptr();
         }
@@ -312,6 +314,10 @@ pub(crate) struct Local {
     /// Bytes this record added to its heap's parked total when it was parked (0 while
     /// claimed): taken back by whoever claims it next.
     pub(crate) parked: usize,
+    /// `hardened`: the state of the generator that shuffles refills (see
+    /// `hardened::shuffle`); 0 until the first refill seeds it.
+    #[cfg(feature = "hardened")]
+    pub(crate) rng: u64,
 }
 
 impl Local {

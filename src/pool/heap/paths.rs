@@ -7,14 +7,23 @@ use std::sync::atomic::Ordering;
 use super::{CARVE_BYTES, CENTRAL_BYTES_PER_CLASS, FIXED_LIST_BYTES, HeapInner, stamp_word};
 use crate::AllocError;
 use crate::pool::central::Batch;
+use crate::pool::check;
 #[cfg(feature = "hardened")]
 use crate::pool::hardened;
+use crate::pool::link;
 use crate::pool::lock::MutexGuard;
 use crate::pool::pagemap;
 use crate::pool::poison;
 use crate::pool::span::SpanKind;
 use crate::pool::thread_cache::{self, Outgoing, ThreadCache, bump};
 use crate::size_class::{self, NUM_CLASSES};
+
+/// Whether the hot free path also checks that a pointer is a block start (see
+/// `pool::check`): with the `hardened` feature and in debug builds. Without it an
+/// interior pointer into a block of the right class of a span this thread owns is
+/// taken as a block; the test costs 9 instructions per hot pair (10 % of it), twice
+/// the budget of the always-on checks (see `benches/README.md`).
+pub(crate) const CHECK_BLOCK_START: bool = cfg!(any(debug_assertions, feature = "hardened"));
 
 impl HeapInner {
     /// Allocates one block of `class`/`kind` for a request of `size` bytes.
@@ -184,12 +193,30 @@ impl HeapInner {
             let want = self
                 .batch(class)
                 .min((CARVE_BYTES / size_class::size(class)).max(1));
+            #[cfg(not(feature = "hardened"))]
             arena.take_blocks_for(&self.source, class, kind, tc, want, |b| {
                 // SAFETY: fresh blocks are free and now ours; a batch is below the
                 // list's limit, so the list never fills here.
                 let full = unsafe { list.push(b) };
                 debug_assert!(!full);
             })?;
+            // `hardened`: the blocks go on the list in a random order, so consecutive
+            // allocations are not neighbours in the span.
+            #[cfg(feature = "hardened")]
+            {
+                let mut got = [NonNull::<u8>::dangling(); super::DEFAULT_BATCH];
+                let mut n = 0;
+                arena.take_blocks_for(&self.source, class, kind, tc, want, |b| {
+                    got[n] = b;
+                    n += 1;
+                })?;
+                hardened::shuffle(&mut local.rng, &mut got[..n]);
+                for &b in &got[..n] {
+                    // SAFETY: as above.
+                    let full = unsafe { list.push(b) };
+                    debug_assert!(!full);
+                }
+            }
             list.pop().expect("a refill yields at least one block")
         };
         local.resync(kind as usize, class);
@@ -281,7 +308,7 @@ impl HeapInner {
         let Some(tc) = thread_cache::current_fast_at(self, slot) else {
             return false;
         };
-        if kind == SpanKind::Fixed && !self.is_local(tc, block) {
+        if kind == SpanKind::Fixed && !self.is_local(tc, block, class) {
             return false;
         }
         // SAFETY: forwarded from the caller.
@@ -472,15 +499,31 @@ impl HeapInner {
             .map_or(ptr::null_mut(), |s| s.owner.load(Ordering::Relaxed))
     }
 
-    /// Whether fixed `block`'s span is owned by `tc`, so that its free takes the local
-    /// path (see `pool::remote`): a page-map lookup and one compare. A foreign pointer
-    /// is not local (its span's owner is no record of ours), so its free goes to the
-    /// checked slow path.
+    /// Whether the free of `block` as a fixed block of `class` takes the local path:
+    /// its span is owned by `tc` (see `pool::remote`) and serves `class`, and (with
+    /// [`CHECK_BLOCK_START`]) `block` is the start of one of its blocks. A page-map
+    /// lookup and two compares (plus the divisibility test of `pool::check`).
+    ///
+    /// This is the hot path's pointer check (DESIGN invariant 9): a misuse fails one of
+    /// the tests and goes to the slow path, where [`HeapInner::misuse`] names it. A
+    /// foreign or stack pointer has no span, or one whose owner is no record of this
+    /// heap's; a movable span and a span with no block out (see `Span::put`) have no
+    /// owner; a span of another class fails the class compare; an interior pointer, or
+    /// one into the tail after the last block, fails the divisibility test. Costs 1
+    /// instruction per hot pair on `Heap` and 5 on `Global` (see `benches/README.md`).
     #[inline(always)]
-    pub(crate) fn is_local(&self, tc: &ThreadCache, block: NonNull<u8>) -> bool {
-        match pagemap::lookup(block.as_ptr() as usize) {
-            // SAFETY: page-map entries point at live span records; the owner is an atomic.
-            Some(s) => ptr::eq(unsafe { s.as_ref() }.owner.load(Ordering::Relaxed), tc),
+    pub(crate) fn is_local(&self, tc: &ThreadCache, block: NonNull<u8>, class: usize) -> bool {
+        let addr = block.as_ptr() as usize;
+        match pagemap::lookup_fast(addr) {
+            Some(s) => {
+                // SAFETY: page-map entries point at live span records; `owner` and
+                // `class` are atomics, `base` is fixed for the record's life.
+                let span = unsafe { s.as_ref() };
+                ptr::eq(span.owner.load(Ordering::Relaxed), tc)
+                    && span.class() == class
+                    && (!CHECK_BLOCK_START
+                        || check::fixed_block_start(addr.wrapping_sub(span.base), class))
+            }
             None => false,
         }
     }
@@ -688,7 +731,7 @@ impl HeapInner {
         let mut locked: Option<(u32, MutexGuard<'_, crate::pool::arena::ArenaState>)> = None;
         while let Some(block) = NonNull::new(cur) {
             // SAFETY: the block is free and ours; read its link before it is reused.
-            cur = unsafe { block.cast::<*mut u8>().read() };
+            cur = unsafe { link::read(block) };
             let span = self.span_of(block).expect("a pool block maps to its span");
             let arena = &self.arenas[span.arena as usize];
             if locked.as_ref().is_none_or(|(a, _)| *a != span.arena) {
@@ -697,6 +740,13 @@ impl HeapInner {
                 locked = Some((span.arena, arena.lock()));
             }
             let (_, st) = locked.as_mut().expect("locked above");
+            // SAFETY: we hold the span's arena lock.
+            if unsafe { span.out() } == 0 {
+                // No block of the span is out, so this one was freed before: a double
+                // free that its free stamp did not show (the emptied span's pages may
+                // have been purged since).
+                crate::misuse::fatal!("double free of {block:p} ({} B class)", span.block_size())
+            }
             // SAFETY: we hold the span's arena lock and the block is a dead out block.
             unsafe { arena.put_block(st, span, block) };
         }
