@@ -249,6 +249,32 @@ fn child(case: &str) {
             // SAFETY: deliberately violated: one byte past the end of the block.
             unsafe { last.as_ptr().add(4096).write_volatile(1) };
         }
+        "shrunk_double_free" => {
+            // A 4 KiB block shrunk in place to 2500 B, freed twice with its new layout.
+            let p = heap.alloc(l(4000)).unwrap();
+            // SAFETY: `p` is live with this layout; 2500 B fills half its 4 KiB block.
+            let q = unsafe { heap.realloc(p, l(4000), 2500) }.unwrap();
+            assert_eq!(p, q, "shrunk in place");
+            announce(q.as_ptr());
+            // SAFETY: deliberately violated: `q` is freed twice.
+            unsafe {
+                heap.dealloc(q, l(2500));
+                heap.dealloc(q, l(2500));
+            }
+        }
+        "regrown_then_small_layout" => {
+            // Shrunk in place, grown back to its class, then freed with the small layout
+            // again: the block is a 4 KiB one once more, so that layout is wrong.
+            let p = heap.alloc(l(4000)).unwrap();
+            // SAFETY: live blocks with these layouts, each resized in place.
+            let p = unsafe {
+                let q = heap.realloc(p, l(4000), 2500).unwrap();
+                heap.realloc(q, l(2500), 4096).unwrap()
+            };
+            announce(p.as_ptr());
+            // SAFETY: deliberately violated: the layout is not the block's.
+            unsafe { heap.dealloc(p, l(2500)) };
+        }
         other => panic!("unknown case {other}"),
     }
 }
@@ -498,4 +524,17 @@ fn hardened_zeroes_on_free_and_keeps_good_blocks_quiet() {
         assert!(bytes.iter().all(|&b| b == 0), "{bytes:?}");
         heap.dealloc(again, l(64));
     }
+}
+
+#[test]
+fn blocks_shrunk_in_place_keep_the_misuse_checks() {
+    expect_abort("shrunk_double_free", |a| {
+        format!("tidyheap: double free of {a} (4096 B class, shrunk in place by a realloc)")
+    });
+    expect_abort("regrown_then_small_layout", |a| {
+        format!(
+            "tidyheap: free of {a} with a layout of the 2560 B class, but the block is of \
+             the 4096 B class (wrong layout passed to dealloc)"
+        )
+    });
 }

@@ -26,7 +26,7 @@ use super::central::CentralFreeList;
 use super::hardened;
 use super::lock::Mutex;
 use super::pagemap;
-use super::span::{Span, SpanKind};
+use super::span::{SHRINK_MIN, Span, SpanKind};
 use super::thread_cache::{Counters, ThreadCache};
 use crate::large::{LargeAllocator, LargeConfig};
 use crate::numa::Topology;
@@ -514,9 +514,11 @@ impl HeapInner {
                 if !unsafe { self.free_hit_at(slot, ptr, class, size, kind) } {
                     // The hit path takes only blocks that pass the pointer check
                     // (`is_local`); everything else is checked here, and a misuse
-                    // aborts with its name.
-                    self.misuse(ptr, class);
-                    // SAFETY: forwarded from the caller; the hit path left it alone.
+                    // aborts with its name. A block a realloc shrank in place is of a
+                    // bigger class than its layout says: it goes home as what it is.
+                    let class = self.misuse(ptr, class);
+                    // SAFETY: forwarded from the caller; the hit path left it alone, and
+                    // `class` is the block's own.
                     unsafe { self.free_miss(ptr, class, size, kind) }
                 }
             }
@@ -553,18 +555,20 @@ impl HeapInner {
         let co = size_class::class_for(old.size(), align);
         let cn = size_class::class_for(new_size, align);
         match (co, cn) {
-            // In place only within the class: `dealloc` derives the class from the
-            // layout it is given, so a block kept in place must stay in the class its
-            // new size maps to.
-            (Some(co), Some(cn)) if cn == co => {
+            // In place while the new size fits the block (see `resize_in_place`).
+            (Some(co), Some(cn))
+                if let Some(real) = self.resize_in_place(ptr, co, cn, new_size) =>
+            {
                 #[cfg(feature = "hardened")]
-                // SAFETY: forwarded from the caller: `ptr` is a live block of class `co`
-                // asked for as `old.size()`; `new_size` fits the same class.
+                // SAFETY: forwarded from the caller: `ptr` is a live block of class
+                // `real` asked for as `old.size()`; `new_size` fits it.
                 unsafe {
                     let key = self.key.load(Ordering::Relaxed);
-                    hardened::check_canary(key, ptr, size_class::size(co), old.size());
-                    hardened::write_canary(key, ptr, size_class::size(co), new_size);
+                    hardened::check_canary(key, ptr, size_class::size(real), old.size());
+                    hardened::write_canary(key, ptr, size_class::size(real), new_size);
                 }
+                #[cfg(not(feature = "hardened"))]
+                let _ = real;
                 self.account_resize(old.size(), new_size);
                 Ok(ptr)
             }
@@ -588,6 +592,52 @@ impl HeapInner {
                 Ok(fresh)
             }
         }
+    }
+
+    /// Keeps the live fixed block at `ptr`, allocated (or last reallocated) with a
+    /// layout of class `co`, in place for `new_size` bytes of class `cn` if it can:
+    /// returns the block's own class then, `None` if the caller must move it.
+    ///
+    /// A block stays while `new_size` fits it and, below its own class, still fills at
+    /// least half of it (mimalloc's rule: a shrink keeps at most half a block idle).
+    /// Blocks of classes below [`SHRINK_MIN`] stay only within their class (a copy is
+    /// cheap there). The block's own class comes from its span (a page-map lookup, small
+    /// next to the copy it may save): a block shrunk in place is in a bigger class than
+    /// its layout says. A block kept in a bigger class than its new layout's is marked in
+    /// its span ([`Span::shrunk`]), so that a free with that layout, which `dealloc`
+    /// would take for a wrong one, finds the block's own class; a block back at its own
+    /// class is unmarked. A misused pointer aborts here, as its free would.
+    fn resize_in_place(
+        &self,
+        ptr: NonNull<u8>,
+        co: usize,
+        cn: usize,
+        new_size: usize,
+    ) -> Option<usize> {
+        let addr = ptr.as_ptr() as usize;
+        let Some((span, i)) = self
+            .span_of(ptr)
+            .filter(|s| s.kind() == SpanKind::Fixed)
+            .and_then(|s| Some((s, s.block_index(addr)?)))
+        else {
+            // Not a fixed block start of this heap: `misuse` names it and aborts.
+            self.misuse(ptr, co);
+            return None;
+        };
+        let real = span.class();
+        if real != co && !(real > co && span.is_shrunk(i)) {
+            // A wrong layout (or a double free): `misuse` names it and aborts.
+            self.misuse(ptr, co);
+            return None;
+        }
+        let real_size = size_class::size(real);
+        let fits =
+            cn == real || (cn < real && real_size >= SHRINK_MIN && 2 * new_size >= real_size);
+        if fits && real_size >= SHRINK_MIN {
+            // A class of at least `SHRINK_MIN` bytes has at most 64 blocks: `i < 64`.
+            span.set_shrunk(i, cn != real);
+        }
+        fits.then_some(real)
     }
 
     fn account_resize(&self, old: usize, new: usize) {

@@ -38,7 +38,7 @@
 
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicPtr, AtomicU16, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU16, AtomicU32, AtomicU64, Ordering};
 
 use super::link;
 use super::poison;
@@ -216,8 +216,31 @@ pub struct Span {
     /// was set, and the owner changes while blocks are out only by adoption of a parked
     /// record's span, where either value routes the block to a place that keeps it.
     pub(crate) owner: AtomicPtr<ThreadCache>,
+    /// Fixed spans of classes of at least [`SHRINK_MIN`] bytes (at most 64 blocks): bit
+    /// `i` is set while block `i` is live and was shrunk in place by a realloc to a
+    /// size of a smaller class (`HeapInner::realloc`), so a free with a layout of that
+    /// smaller class is this block's own, not a wrong layout (`HeapInner::misuse`).
+    /// Set and cleared by whoever owns the block (atomically: other bits belong to other
+    /// blocks and threads); cleared for the whole span by `init`.
+    pub(crate) shrunk: AtomicU64,
     pub(crate) state: UnsafeCell<SpanState>,
 }
+
+/// The smallest class size whose blocks a realloc may shrink in place (see
+/// [`Span::shrunk`]): below it a copy is cheap, and a span holds more than 64 blocks.
+pub(crate) const SHRINK_MIN: usize = 1024;
+
+const _: () = {
+    let mut c = 0;
+    while c < size_class::NUM_CLASSES {
+        assert!(
+            size_class::size_const(c) < SHRINK_MIN
+                || size_class::span_bytes_const(c) / size_class::size_const(c) <= 64,
+            "a class that may shrink in place has at most 64 blocks per span"
+        );
+        c += 1;
+    }
+};
 
 // SAFETY: `state` is only accessed under the owning arena's lock (every accessor is an
 // `unsafe fn` requiring it); all other fields are atomics or immutable.
@@ -240,6 +263,7 @@ impl Span {
             live: AtomicU32::new(0),
             incarnation: AtomicU32::new(0),
             owner: AtomicPtr::new(ptr::null_mut()),
+            shrunk: AtomicU64::new(0),
             state: UnsafeCell::new(SpanState {
                 free: ptr::null_mut(),
                 free_count: 0,
@@ -323,6 +347,7 @@ impl Span {
         self.capacity.store(cap as u32, Ordering::Relaxed);
         self.live.store(0, Ordering::Relaxed);
         self.owner.store(ptr::null_mut(), Ordering::Relaxed);
+        self.shrunk.store(0, Ordering::Relaxed);
         // Release: a thread that learns of a block of this life (through the arena lock
         // or a slot pointer published after it) also sees the new incarnation.
         self.incarnation.fetch_add(1, Ordering::Release);
@@ -402,6 +427,23 @@ impl Span {
         }
         let i = size_class::div_size(off, self.class());
         (i * self.block_size() == off && i < self.capacity()).then_some(i)
+    }
+
+    /// Marks live block `i` as shrunk in place (see [`Span::shrunk`]), or unmarks it.
+    /// The caller owns the block; `i < 64`.
+    pub(crate) fn set_shrunk(&self, i: usize, shrunk: bool) {
+        debug_assert!(i < 64 && self.block_size() >= SHRINK_MIN);
+        let bit = 1u64 << i;
+        if shrunk {
+            self.shrunk.fetch_or(bit, Ordering::Relaxed);
+        } else if self.shrunk.load(Ordering::Relaxed) & bit != 0 {
+            self.shrunk.fetch_and(!bit, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether block `i` is marked shrunk in place (see [`Span::shrunk`]).
+    pub(crate) fn is_shrunk(&self, i: usize) -> bool {
+        i < 64 && self.shrunk.load(Ordering::Relaxed) & (1 << i) != 0
     }
 
     /// Movable spans: the side-table entry of block `i`.

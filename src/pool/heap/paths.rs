@@ -423,10 +423,13 @@ impl HeapInner {
 
     /// Checks that `block` is the start of a block of a fixed span of this heap of
     /// `class` (the class of the layout it is freed with), or aborts with a message
-    /// naming the problem. See [`crate::misuse`].
+    /// naming the problem. See [`crate::misuse`]. Returns the block's class: `class`, or
+    /// its span's bigger class if a realloc shrank the block in place (see
+    /// [`Span::shrunk`](crate::pool::span::Span::shrunk)), whose mark it then clears, as
+    /// the block is being freed.
     #[cold]
     #[inline(never)]
-    pub(crate) fn misuse(&self, block: NonNull<u8>, class: usize) {
+    pub(crate) fn misuse(&self, block: NonNull<u8>, class: usize) -> usize {
         let size = size_class::size(class);
         let Some(span) = self.span_of(block) else {
             crate::misuse::fatal!(
@@ -440,6 +443,23 @@ impl HeapInner {
             )
         }
         if span.class() != class {
+            if span.class() > class
+                && let Some(i) = span.block_index(block.as_ptr() as usize)
+                && span.is_shrunk(i)
+            {
+                span.set_shrunk(i, false);
+                return span.class();
+            }
+            if span.class() > class
+                && span.block_index(block.as_ptr() as usize).is_some()
+                // SAFETY: a block start of a fixed span: at least 16 mapped bytes.
+                && unsafe { stamp_word(block).read() } == self.key.load(Ordering::Relaxed)
+            {
+                crate::misuse::fatal!(
+                    "double free of {block:p} ({} B class, shrunk in place by a realloc)",
+                    span.block_size()
+                )
+            }
             crate::misuse::fatal!(
                 "free of {block:p} with a layout of the {size} B class, but the block is of \
                  the {} B class (wrong layout passed to dealloc)",
@@ -451,6 +471,7 @@ impl HeapInner {
                 "free of {block:p}, which is not the start of a block ({size} B class)"
             )
         }
+        class
     }
 
     /// Everything `free_hit` does not serve: finding or claiming the record, or the
