@@ -304,3 +304,36 @@ fn frees_to_a_parked_owner_are_collected_by_trim_and_by_the_next_claimant() {
     }
     assert_quiescent(&heap);
 }
+
+/// A thread's counters move into the heap's shared ones when it exits (its record is
+/// parked for the next thread). `std::thread::scope` returns before its threads'
+/// thread-local destructors run, so that move can overlap a `stats()` the program takes
+/// right after the scope: the snapshot must still count every free that returned.
+#[test]
+fn stats_count_every_returned_free_while_threads_exit() {
+    let heap = Heap::new();
+    let mut rng = SmallRng::seed_from_u64(0x5ca1e);
+    for round in 0..3000 {
+        let blocks: Vec<(usize, Layout)> = (0..48)
+            .map(|_| {
+                let l = Layout::from_size_align(rng.gen_range(1..=8192), 8).unwrap();
+                (heap.alloc(l).unwrap().as_ptr() as usize, l)
+            })
+            .collect();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for &(p, l) in &blocks {
+                    // SAFETY: live blocks of `heap` with these layouts, each freed once.
+                    unsafe { heap.dealloc(NonNull::new(p as *mut u8).unwrap(), l) };
+                }
+            });
+        });
+        let s = heap.stats();
+        assert_eq!(
+            s.fixed.live_bytes(),
+            0,
+            "round {round}: a returned free not counted"
+        );
+        assert_eq!(s.fixed.allocations, s.fixed.frees, "round {round}");
+    }
+}

@@ -215,6 +215,12 @@ pub(crate) struct HeapInner {
     parked_bytes: AtomicUsize,
     /// Counters of the uncached path and of released records (read-modify-write).
     pub(crate) shared: [Counters; 2],
+    /// Record counters being moved into `shared` (a thread exiting, see
+    /// `release_cache`): how many moves are under way, and a generation bumped when one
+    /// starts and when it ends. `counters` retries a sum that overlapped a move, which
+    /// would otherwise count the moved figures twice or not at all.
+    draining: AtomicUsize,
+    drains: AtomicU64,
     /// Bumped to ask every thread to flush its movable lists (see `flush_movable`).
     pub(crate) movable_epoch: AtomicU64,
     /// The size classes (one bit each) whose cached movable blocks a bump of
@@ -255,6 +261,8 @@ impl HeapInner {
                 caches_hwm: AtomicUsize::new(0),
                 parked_bytes: AtomicUsize::new(0),
                 shared: [const { Counters::ZERO }; 2],
+                draining: AtomicUsize::new(0),
+                drains: AtomicU64::new(0),
                 movable_epoch: AtomicU64::new(0),
                 movable_flush_classes: [AtomicU64::new(0), AtomicU64::new(0)],
                 large: LargeAllocator::new(config.large),
@@ -651,12 +659,43 @@ impl HeapInner {
     }
 
     /// Sums counters of `kind` over the shared set and every record.
+    ///
+    /// A seqlock read against `release_cache`'s moves of a record's counters into the
+    /// shared set (`draining`, `drains`): a sum that saw any counter a move wrote also
+    /// sees, after its acquire fence, the generation that move bumped before writing
+    /// (its release fence), and is taken again. So every free that returned before the
+    /// call is counted once, even while threads exit (`std::thread::scope` returns before
+    /// its threads' exit hooks run).
     pub(crate) fn counters(&self, kind: SpanKind) -> crate::stats::PoolCounters {
-        let mut s = self.shared[kind as usize].snapshot();
-        for rec in self.records().unwrap_or(&[]) {
-            s += rec.counters[kind as usize].snapshot();
+        loop {
+            let generation = self.drains.load(Ordering::Acquire);
+            if self.draining.load(Ordering::Acquire) == 0 {
+                let mut s = self.shared[kind as usize].snapshot();
+                for rec in self.records().unwrap_or(&[]) {
+                    s += rec.counters[kind as usize].snapshot();
+                }
+                core::sync::atomic::fence(Ordering::Acquire);
+                if self.draining.load(Ordering::Relaxed) == 0
+                    && self.drains.load(Ordering::Relaxed) == generation
+                {
+                    return s;
+                }
+            }
+            std::thread::yield_now();
         }
-        s
+    }
+
+    /// Moves `cache`'s counters into the shared set, as one step for `counters`.
+    pub(super) fn drain_counters(&self, cache: &ThreadCache) {
+        self.draining.fetch_add(1, Ordering::Relaxed);
+        self.drains.fetch_add(1, Ordering::Relaxed);
+        // Release: a sum that reads any counter written below sees the two bumps above.
+        core::sync::atomic::fence(Ordering::Release);
+        for k in 0..2 {
+            cache.counters[k].drain_into(&self.shared[k]);
+        }
+        self.drains.fetch_add(1, Ordering::Release);
+        self.draining.fetch_sub(1, Ordering::Release);
     }
 
     /// A snapshot of the heap's counters.

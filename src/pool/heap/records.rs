@@ -141,10 +141,7 @@ impl HeapInner {
         }
         local.parked = local.cached_bytes.max(0) as usize;
         self.parked_bytes.fetch_add(local.parked, Ordering::Relaxed);
-        for k in 0..2 {
-            let (from, to) = (&cache.counters[k], &self.shared[k]);
-            from.drain_into(to);
-        }
+        self.drain_counters(cache);
         cache.claimed.store(false, Ordering::Release);
     }
 
