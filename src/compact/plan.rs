@@ -26,6 +26,14 @@ impl Planned {
         }
     }
 
+    /// A placeholder that names no span; never followed.
+    pub(super) fn dangling() -> Self {
+        Self {
+            span: NonNull::dangling(),
+            incarnation: 0,
+        }
+    }
+
     pub(super) fn span(&self) -> &Span {
         // SAFETY: span records live in the heap's span table, at stable addresses, for
         // the heap's life, and a plan lives inside its heap. What the record describes
@@ -41,8 +49,8 @@ pub(super) struct Plan {
     /// Sources, in evacuation order.
     pub(super) sources: Vec<Planned>,
     /// Targets per plan group (`HeapInner::plan_group`: class, and node with more than
-    /// one); the last one is filled first.
-    pub(super) targets: Vec<Vec<Planned>>,
+    /// one), with the destinations reserved in the one being filled.
+    pub(super) targets: Vec<Targets>,
     /// Next source and next block index in it.
     pub(super) cursor: (usize, usize),
     /// Spans that served as targets during the current full compaction.
@@ -53,6 +61,18 @@ pub(super) struct Plan {
     pub(super) idle: u32,
     pub(super) backoff: u32,
     pub(super) idle_fragmentation: f64,
+}
+
+/// The targets of one plan group.
+#[derive(Default)]
+pub(super) struct Targets {
+    /// Planned targets; the last one is filled first.
+    pub(super) spans: Vec<Planned>,
+    /// Destinations reserved in `spans.last()` (`Arena::reserve_for_moves`): indices of
+    /// out blocks of that target, lowest address last. The plan owns them until it
+    /// moves a block into one or puts them back (`Heap::finish_plan`); while it holds
+    /// any, the target keeps its life. Empty whenever a target is dropped.
+    pub(super) run: Vec<u32>,
 }
 
 /// A budgeted plan goes ahead only if evacuating its sources would release at least
@@ -105,7 +125,9 @@ impl Heap {
         plan.sources.clear();
         plan.cursor = (0, 0);
         let groups = NUM_CLASSES * inner.source.numa.topology().node_count();
-        plan.targets = vec![Vec::new(); groups];
+        debug_assert!(plan.targets.iter().all(|t| t.run.is_empty()));
+        plan.targets.clear();
+        plan.targets.resize_with(groups, Targets::default);
         let mut by_group: Vec<Vec<(Planned, u32)>> = vec![Vec::new(); groups];
         inner.for_each_movable_span(|s| {
             by_group[inner.plan_group(s)].push((Planned::of(s), s.live.load(Ordering::Relaxed)));
@@ -159,7 +181,7 @@ impl Heap {
             }
             evacuated |= 1 << class;
             plan.sources.extend(sources);
-            plan.targets[group] = targets.iter().rev().map(|&(p, _)| p).collect();
+            plan.targets[group].spans = targets.iter().rev().map(|&(p, _)| p).collect();
             if full {
                 plan.were_targets.extend(targets.iter().map(|&(p, _)| p));
             }
@@ -184,6 +206,9 @@ impl Heap {
 
     pub(super) fn finish_plan(&self, plan: &mut Plan) {
         let inner = self.inner();
+        for t in &mut plan.targets {
+            self.return_run(t);
+        }
         for p in plan.sources.drain(plan.cursor.0.min(plan.sources.len())..) {
             let span = p.span();
             let arena = &inner.arenas[span.arena as usize];

@@ -4,6 +4,7 @@
 
 pub(crate) mod arena;
 pub(crate) mod central;
+pub(crate) mod evacuation;
 #[cfg(feature = "hardened")]
 pub(crate) mod hardened;
 pub(crate) mod heap;

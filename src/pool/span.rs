@@ -69,6 +69,11 @@ impl SpanKind {
 ///   `round_up(len, align)`, which lies less than one class step (≤ 32 KiB) below the
 ///   class size, and rounding to `align ≤ 4 KiB` adds less than `align`; so the slack is
 ///   below 36 KiB and fits 16 bits for every class (checked in `set_len`).
+/// * `slack == HOME` (`u16::MAX`, never a real slack) ⇔ the block is home, on its
+///   span's free list. Written only under the arena lock, by [`Span::put`] (set),
+///   [`Span::take`] and [`Span::detach_home`] (cleared) and `init` (cleared), so a
+///   compaction target's home blocks are found by reading the side table in address
+///   order, without following the free list's links (one cache miss each).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct BlockMeta<'a> {
     pub(crate) owner: &'a AtomicU32,
@@ -77,10 +82,26 @@ pub(crate) struct BlockMeta<'a> {
 }
 
 impl BlockMeta<'_> {
-    /// The requested length.
+    /// The requested length. Meaningful only while the block is live; a reader that
+    /// raced with the block's free may see any value up to the block size.
     #[inline]
     pub(crate) fn len(&self) -> usize {
-        self.block_size - usize::from(self.slack.load(Ordering::Relaxed))
+        self.block_size
+            .saturating_sub(usize::from(self.slack.load(Ordering::Relaxed)))
+    }
+
+    /// Whether the block is home (see [`HOME`]).
+    #[inline]
+    fn is_home(&self) -> bool {
+        self.slack.load(Ordering::Relaxed) == HOME
+    }
+
+    /// Marks the block home (`true`) or out (`false`, slack 0 until its owner records a
+    /// length).
+    #[inline]
+    fn set_home(&self, home: bool) {
+        self.slack
+            .store(if home { HOME } else { 0 }, Ordering::Relaxed);
     }
 
     /// Records the requested length (at most the block size).
@@ -94,6 +115,10 @@ impl BlockMeta<'_> {
         self.slack.store(slack as u16, Ordering::Relaxed);
     }
 }
+
+/// The slack that marks a home block of a movable span (see [`BlockMeta`]). Real
+/// slacks stay below 36 KiB.
+const HOME: u16 = u16::MAX;
 
 /// Bytes of side table per movable block.
 pub(crate) const META_BYTES: usize = size_of::<u32>() + size_of::<u16>();
@@ -388,6 +413,7 @@ impl Span {
             // SAFETY: home blocks are ours (arena lock) and hold the next pointer in word 0.
             st.free = unsafe { b.cast::<*mut u8>().read() };
             st.free_count -= 1;
+            self.mark_home(b, false);
             return Some(b);
         }
         let carved = st.carved as usize;
@@ -416,6 +442,63 @@ impl Span {
         unsafe { block.cast::<*mut u8>().write(st.free) };
         st.free = block.as_ptr();
         st.free_count += 1;
+        self.mark_home(block, true);
+    }
+
+    /// Movable spans: records in the side table whether `block` is home (see
+    /// [`BlockMeta`]); nothing for fixed spans. Called under the arena lock.
+    #[inline]
+    fn mark_home(&self, block: NonNull<u8>, home: bool) {
+        if self.kind() == SpanKind::Movable {
+            let i = size_class::div_size(
+                block.as_ptr().addr() - self.base - self.first_block(),
+                self.class(),
+            );
+            // SAFETY: a movable, initialised span (the caller holds one of its blocks
+            // under the arena lock) and `i` indexes that block.
+            unsafe { self.meta(i) }.set_home(home);
+        }
+    }
+
+    /// Movable spans: takes every home block off the span's free list for the caller
+    /// (a compaction target reserving its destinations), without reading the blocks:
+    /// their indices are found in the side table and pushed onto `out` in *descending*
+    /// address order (so `out.pop()` yields the lowest address first). The blocks count
+    /// as out (accounting in the module docs) until the caller puts them back with
+    /// [`Span::put`] or uses them; they stay poisoned as free until used. Moves nothing
+    /// between arena lists: the caller does (the span may now have no room). Returns
+    /// how many blocks were taken, or `None`, taking nothing, if `out` has too little
+    /// spare capacity (it is never grown here: growing could allocate under the arena
+    /// lock).
+    ///
+    /// # Safety
+    ///
+    /// * the caller holds the owning arena's lock;
+    /// * the span is movable and initialised.
+    pub(crate) unsafe fn detach_home(&self, out: &mut Vec<u32>) -> Option<usize> {
+        // SAFETY: forwarded: arena lock held.
+        let st = unsafe { self.state() };
+        let n = st.free_count as usize;
+        if out.capacity() - out.len() < n {
+            return None;
+        }
+        let mut found = 0;
+        for i in (0..st.carved as usize).rev() {
+            if found == n {
+                break;
+            }
+            // SAFETY: movable and initialised (caller), `i < carved <= capacity`.
+            let m = unsafe { self.meta(i) };
+            if m.is_home() {
+                m.set_home(false);
+                out.push(i as u32);
+                found += 1;
+            }
+        }
+        debug_assert_eq!(found, n, "every home block is marked");
+        st.free = ptr::null_mut();
+        st.free_count = 0;
+        Some(found)
     }
 
     /// Blocks currently out (live or cached).
@@ -537,7 +620,84 @@ impl SpanList {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::size_class::NUM_CLASSES;
+    use crate::size_class::{NUM_CLASSES, SPAN_UNIT};
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+    use std::alloc::{Layout, alloc_zeroed, dealloc};
+    use std::collections::BTreeSet;
+
+    /// Random takes, puts and detaches on one movable span against a model of its
+    /// home blocks: `detach_home` must hand over exactly the home blocks, lowest
+    /// address last, and keep `out` exact; `take` must never return a detached block.
+    #[test]
+    fn detach_home_matches_a_model() {
+        for (seed, size) in [(1u64, 64usize), (2, 48), (3, 1024), (4, 16), (5, 4096)] {
+            let class = size_class::class_for(size, 16).expect("a pool class");
+            let bytes = size_class::span_bytes(class);
+            let layout = Layout::from_size_align(bytes, SPAN_UNIT).unwrap();
+            // SAFETY: non-zero size.
+            let base = unsafe { alloc_zeroed(layout) };
+            assert!(!base.is_null());
+            let span = Span::new(base.addr(), bytes, 0);
+            // SAFETY: no other thread sees `span`, which stands in for the arena lock;
+            // the region is ours and mapped; the span is empty. (The blocks below that
+            // say "as above" rely on the same.)
+            unsafe { span.init(class, SpanKind::Movable) };
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let mut home = BTreeSet::new();
+            let mut out: Vec<usize> = Vec::new();
+            let mut run: Vec<u32> = Vec::with_capacity(span.capacity());
+            for _ in 0..4000 {
+                match rng.gen_range(0..10) {
+                    0..=4 => {
+                        // SAFETY: as above.
+                        if let Some(b) = unsafe { span.take() } {
+                            let i = span.block_index(b.as_ptr().addr()).unwrap();
+                            assert!(!out.contains(&i), "block {i} handed out twice");
+                            home.remove(&i);
+                            out.push(i);
+                        }
+                    }
+                    5..=8 if !out.is_empty() => {
+                        let i = out.swap_remove(rng.gen_range(0..out.len()));
+                        // SAFETY: as above; `i` is out and unused.
+                        unsafe { span.put(span.block(i)) };
+                        home.insert(i);
+                    }
+                    _ => {
+                        run.clear();
+                        // SAFETY: as above.
+                        let n = unsafe { span.detach_home(&mut run) }.expect("room");
+                        assert_eq!(n, home.len());
+                        let want: Vec<u32> = home.iter().rev().map(|&i| i as u32).collect();
+                        assert_eq!(run, want, "home blocks, lowest address last");
+                        out.extend(home.iter().copied());
+                        home.clear();
+                    }
+                }
+                // SAFETY: as above.
+                assert_eq!(unsafe { span.out() }, out.len());
+                // SAFETY: as above.
+                assert_eq!(unsafe { span.state().free_count } as usize, home.len());
+            }
+            // Too little room: nothing is taken.
+            run.clear();
+            // SAFETY: as above.
+            unsafe { span.detach_home(&mut run) }.expect("room");
+            out.extend(home.iter().copied());
+            if let Some(&i) = out.first() {
+                // SAFETY: as above.
+                unsafe { span.put(span.block(i)) };
+                let mut none: Vec<u32> = Vec::new();
+                // SAFETY: as above.
+                assert_eq!(unsafe { span.detach_home(&mut none) }, None);
+                // SAFETY: as above.
+                assert_eq!(unsafe { span.state().free_count }, 1);
+            }
+            // SAFETY: allocated above with `layout`; `span` is not used again.
+            unsafe { dealloc(base, layout) };
+        }
+    }
 
     #[test]
     fn geometry_fits_and_aligns() {
