@@ -155,6 +155,10 @@ impl Heap {
                 targets.spans.pop();
             }
         }
+        // The targets' live counts rise once per batch, before the moves publish any
+        // block (so a moved block freed at once never takes a count below zero), and
+        // fall back for destinations left unused.
+        add_live(&dest[..reserved], true);
         // Move.
         let mut old_blocks = [NonNull::dangling(); MAX_BATCH];
         let mut used = 0;
@@ -178,7 +182,7 @@ impl Heap {
                 prefetch(t2.span().block(i2 as usize), len2, true);
             }
             poison::live_block(new, target.block_size());
-            match self.move_one(table, source, life, i, index, target, new) {
+            match self.move_block(table, source, life, i, index, target, new, false) {
                 Ok(ev) => {
                     // NUMA: the block's reader vote goes with it (no-op with one node).
                     self.carry_vote(source, i, target, new);
@@ -199,6 +203,7 @@ impl Heap {
         }
         let moved = done.moved;
         source.live.fetch_sub(moved as u32, Ordering::Relaxed);
+        add_live(&dest[used..reserved], false);
         // Unused destinations go back on the run they came from (highest address first,
         // so the lowest is reused first), or home if their target was dropped.
         for &(t, ni) in dest[used..reserved].iter().rev() {
@@ -281,6 +286,23 @@ impl Heap {
         target: &Span,
         new: NonNull<u8>,
     ) -> Result<MoveEvent, MoveSkip> {
+        self.move_block(table, source, life, i, index, target, new, true)
+    }
+
+    /// [`Heap::move_one`]; `target.live` counts the moved block only if `count_live`
+    /// (else the caller counted it before the move).
+    #[allow(clippy::too_many_arguments)]
+    fn move_block(
+        &self,
+        table: &HandleTable,
+        source: &Span,
+        life: u32,
+        i: usize,
+        index: u32,
+        target: &Span,
+        new: NonNull<u8>,
+        count_live: bool,
+    ) -> Result<MoveEvent, MoveSkip> {
         let old = source.block(i);
         let slot = table.slot(index).ok_or(MoveSkip::Gone)?;
         let tagged = NonNull::new(slot.ptr()).ok_or(MoveSkip::Gone)?;
@@ -318,7 +340,9 @@ impl Heap {
         // so it keeps its geometry; `ni` is one of its blocks.
         let new_meta = unsafe { target.meta(ni) };
         new_meta.set_len(len);
-        target.live.fetch_add(1, Ordering::Relaxed);
+        if count_live {
+            target.live.fetch_add(1, Ordering::Relaxed);
+        }
         new_meta.owner.store(index + 1, Ordering::Release);
         // SAFETY: we hold the move lock, and `new` holds a complete copy.
         unsafe { mv.set_ptr(tag_ptr(new, tag)) };
@@ -339,6 +363,19 @@ impl Heap {
     }
 }
 
+/// Adds (or, if not `up`, takes) one block per destination to its target's live count:
+/// one atomic per run of destinations in the same target.
+fn add_live(dest: &[(Planned, u32)], up: bool) {
+    for run in dest.chunk_by(|a, b| a.0 == b.0) {
+        let live = &run[0].0.span().live;
+        if up {
+            live.fetch_add(run.len() as u32, Ordering::Relaxed);
+        } else {
+            live.fetch_sub(run.len() as u32, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Asks for the first bytes of `block` (up to 1 KiB: the hardware prefetcher follows
 /// on) to be brought into the cache, for writing if `write`. A hint only.
 #[inline]
@@ -347,8 +384,11 @@ fn prefetch(block: NonNull<u8>, len: usize, write: bool) {
     {
         use core::arch::x86_64::{_MM_HINT_ET0, _MM_HINT_T0, _mm_prefetch};
         let p = block.as_ptr().cast_const().cast::<i8>();
-        for off in (0..len.min(1024)).step_by(64) {
+        let end = len.min(1024);
+        let mut off = 0;
+        while off < end {
             let a = p.wrapping_add(off);
+            off += 64;
             // SAFETY:
             // - `sse` is part of the x86_64 baseline, so the instruction exists;
             // - a prefetch never faults and changes no memory, whatever the address.
