@@ -182,7 +182,7 @@ impl Heap {
                 prefetch(t2.span().block(i2 as usize), len2, true);
             }
             poison::live_block(new, target.block_size());
-            match self.move_block(table, source, life, i, index, target, new, false) {
+            match self.move_block(table, source, life, i, index, target, ni as usize, false) {
                 Ok(ev) => {
                     // NUMA: the block's reader vote goes with it (no-op with one node).
                     self.carry_vote(source, i, target, new);
@@ -286,11 +286,14 @@ impl Heap {
         target: &Span,
         new: NonNull<u8>,
     ) -> Result<MoveEvent, MoveSkip> {
-        self.move_block(table, source, life, i, index, target, new, true)
+        let ni = target
+            .block_index(new.as_ptr().addr())
+            .expect("take_from returns a block of the target");
+        self.move_block(table, source, life, i, index, target, ni, true)
     }
 
-    /// [`Heap::move_one`]; `target.live` counts the moved block only if `count_live`
-    /// (else the caller counted it before the move).
+    /// [`Heap::move_one`] into block `ni` of `target`; `target.live` counts the moved
+    /// block only if `count_live` (else the caller counted it before the move).
     #[allow(clippy::too_many_arguments)]
     fn move_block(
         &self,
@@ -300,10 +303,11 @@ impl Heap {
         i: usize,
         index: u32,
         target: &Span,
-        new: NonNull<u8>,
+        ni: usize,
         count_live: bool,
     ) -> Result<MoveEvent, MoveSkip> {
         let old = source.block(i);
+        let new = target.block(ni);
         let slot = table.slot(index).ok_or(MoveSkip::Gone)?;
         let tagged = NonNull::new(slot.ptr()).ok_or(MoveSkip::Gone)?;
         let (addr, tag) = untag(tagged);
@@ -333,11 +337,8 @@ impl Heap {
         // SAFETY: `old` is a live block of `len` bytes that nobody can access (we hold
         // the move lock); `new` is a reserved block of the same class in another span.
         unsafe { core::ptr::copy_nonoverlapping(old.as_ptr(), new.as_ptr(), len) };
-        let ni = target
-            .block_index(new.as_ptr().addr())
-            .expect("take_from returns a block of the target");
-        // SAFETY: `target` is a movable span (checked by `take_from`) with a block out,
-        // so it keeps its geometry; `ni` is one of its blocks.
+        // SAFETY: `target` is a movable span (checked when the block was reserved) with
+        // a block out, so it keeps its geometry; `ni` is one of its blocks.
         let new_meta = unsafe { target.meta(ni) };
         new_meta.set_len(len);
         if count_live {
