@@ -378,6 +378,7 @@ impl Heap {
     /// assert_eq!(heap.stats().large.cached_bytes, 0);
     /// ```
     pub fn trim(&self) -> usize {
+        self.return_reserved();
         self.inner().flush_and_trim() + self.inner().large.purge(Duration::ZERO)
     }
 

@@ -31,8 +31,10 @@
 //!   lock, the span is marked *scanning* and is not retired even if it empties, so it
 //!   cannot be re-initialised under the pass; the pass retires it when it stops
 //!   scanning (`Arena::stop_scanning`, also on unwind);
-//! * a block is taken from a target only if the target is still the movable span of
-//!   the planned incarnation, on its partial list (`Arena::take_from`).
+//! * destinations are reserved in a target only if it is still the movable span of the
+//!   planned incarnation, on its partial list (`Arena::reserve_for_moves`); the pass
+//!   then holds them as out blocks of the target, which keep its incarnation until
+//!   they are used or put back at the plan's end.
 //!
 //! So *a planned move never touches a span whose incarnation changed since it was
 //! planned*; a span that changed simply drops out of the plan.
@@ -82,9 +84,12 @@
 //! (`MADV_DONTNEED`).
 //!
 //! Once a plan is kept, the compactor asks every thread to flush its cached free blocks
-//! of the planned classes home (an epoch bump honoured on each thread's next movable
-//! operation), flushes its own, and drains the central lists, so cached free blocks do
-//! not keep sources alive.
+//! of the planned classes that need it home (an epoch bump honoured on each thread's
+//! next movable operation), flushes its own, and drains the central lists, so cached
+//! free blocks do not keep sources alive. A class needs it only if one of its sources
+//! has free blocks out (cached somewhere), or its targets' room less their cached
+//! blocks falls short of the blocks to move (`plan::needs_flush`): a flush makes every
+//! thread refill the class, which a plan that moves a few blocks should not cost.
 
 mod background;
 #[cfg(all(test, tidyheap_loom))]
@@ -622,6 +627,18 @@ impl Heap {
             obs.iter().for_each(|o| o.on_pass(&report));
         }
         report
+    }
+
+    /// Puts the destinations the current plan has reserved (`plan::Targets::run`) back
+    /// home, as `trim` does with the threads' cached blocks: they count as out blocks
+    /// until then. The plan reserves again when it next moves. Does nothing while a
+    /// pass runs (also when called from one of its observers).
+    pub(crate) fn return_reserved(&self) {
+        if let Some(mut plan) = self.compactor().plan.try_lock() {
+            for t in &mut plan.targets {
+                self.return_run(t);
+            }
+        }
     }
 
     /// Tells every observer about a move made outside a pass (one load when nobody

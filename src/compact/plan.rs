@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use super::CompactionReport;
 use crate::heap::Heap;
-use crate::pool::span::{Span, SpanKind, geometry};
+use crate::pool::span::{Span, SpanKind};
 use crate::size_class::{self, NUM_CLASSES};
 
 /// A span as a plan saw it: valid for the plan only while the span's incarnation is
@@ -26,6 +26,14 @@ impl Planned {
         }
     }
 
+    /// A placeholder that names no span; never followed.
+    pub(super) fn dangling() -> Self {
+        Self {
+            span: NonNull::dangling(),
+            incarnation: 0,
+        }
+    }
+
     pub(super) fn span(&self) -> &Span {
         // SAFETY: span records live in the heap's span table, at stable addresses, for
         // the heap's life, and a plan lives inside its heap. What the record describes
@@ -41,10 +49,12 @@ pub(super) struct Plan {
     /// Sources, in evacuation order.
     pub(super) sources: Vec<Planned>,
     /// Targets per plan group (`HeapInner::plan_group`: class, and node with more than
-    /// one); the last one is filled first.
-    pub(super) targets: Vec<Vec<Planned>>,
+    /// one), with the destinations reserved in the one being filled.
+    pub(super) targets: Vec<Targets>,
     /// Next source and next block index in it.
     pub(super) cursor: (usize, usize),
+    /// Planning's buffers, kept between plans.
+    pub(super) seen: Vec<SeenGroup>,
     /// Spans that served as targets during the current full compaction.
     pub(super) were_targets: Vec<Planned>,
     /// After a budgeted plan was dropped as not worth it: budgeted passes left before
@@ -53,6 +63,31 @@ pub(super) struct Plan {
     pub(super) idle: u32,
     pub(super) backoff: u32,
     pub(super) idle_fragmentation: f64,
+}
+
+/// A span as planning saw it under its arena lock: (span, live blocks, blocks out).
+pub(super) type Seen = (Planned, u32, u32);
+
+/// One plan group's spans as planning saw them (a buffer kept by the plan).
+#[derive(Default)]
+pub(super) struct SeenGroup {
+    spans: Vec<Seen>,
+    /// Blocks per span of the group.
+    cap: u64,
+    /// Spans the group's live blocks need: the densest become targets.
+    needed: usize,
+}
+
+/// The targets of one plan group.
+#[derive(Default)]
+pub(super) struct Targets {
+    /// Planned targets; the last one is filled first.
+    pub(super) spans: Vec<Planned>,
+    /// Destinations reserved in `spans.last()` (`Arena::reserve_for_moves`): indices of
+    /// out blocks of that target, lowest address last. The plan owns them until it
+    /// moves a block into one or puts them back (`Heap::finish_plan`); while it holds
+    /// any, the target keeps its life. Empty whenever a target is dropped.
+    pub(super) run: Vec<u32>,
 }
 
 /// A budgeted plan goes ahead only if evacuating its sources would release at least
@@ -105,77 +140,91 @@ impl Heap {
         plan.sources.clear();
         plan.cursor = (0, 0);
         let groups = NUM_CLASSES * inner.source.numa.topology().node_count();
-        plan.targets = vec![Vec::new(); groups];
-        let mut by_group: Vec<Vec<(Planned, u32)>> = vec![Vec::new(); groups];
+        debug_assert!(plan.targets.iter().all(|t| t.run.is_empty()));
+        plan.targets.resize_with(groups, Targets::default);
+        plan.targets.iter_mut().for_each(|t| t.spans.clear());
+        // Every span by group, and each group's block capacity, read under the arena
+        // locks. The buffers are the plan's, kept from one plan to the next: no
+        // allocation once they have grown.
+        let mut seen = core::mem::take(&mut plan.seen);
+        seen.resize_with(groups, Default::default);
+        seen.iter_mut().for_each(|g| g.spans.clear());
         inner.for_each_movable_span(|s| {
-            by_group[inner.plan_group(s)].push((Planned::of(s), s.live.load(Ordering::Relaxed)));
+            let g = &mut seen[inner.plan_group(s)];
+            g.cap = s.capacity() as u64;
+            // SAFETY: `for_each_movable_span` holds the span's arena lock.
+            let out = unsafe { s.out() } as u32;
+            g.spans
+                .push((Planned::of(s), s.live.load(Ordering::Relaxed), out));
         });
         // Per (node, class) group: the spans to keep (densest first) and how many to
         // evacuate; the gate counts the gain over every group.
         let mut gain = 0;
-        for (group, spans) in by_group.iter_mut().enumerate() {
-            let class = group % NUM_CLASSES;
-            let cap = geometry(class, SpanKind::Movable).1 as u64;
-            let live: u64 = spans.iter().map(|&(_, l)| u64::from(l)).sum();
-            let needed = live.div_ceil(cap) as usize;
-            if spans.len() <= needed {
-                spans.clear();
+        for (group, g) in seen.iter_mut().enumerate() {
+            let live: u64 = g.spans.iter().map(|&(_, l, _)| u64::from(l)).sum();
+            g.needed = live.div_ceil(g.cap.max(1)) as usize;
+            if g.spans.len() <= g.needed {
+                g.spans.clear();
                 continue;
             }
-            spans.sort_by_key(|&(_, l)| core::cmp::Reverse(l));
-            gain += (spans.len() - needed) * size_class::span_bytes(class);
+            g.spans.sort_by_key(|&(_, l, _)| core::cmp::Reverse(l));
+            gain += (g.spans.len() - g.needed) * size_class::span_bytes(group % NUM_CLASSES);
         }
         if gain < min_gain {
+            plan.seen = seen;
             return false;
         }
         plan.backoff = 0;
         const { assert!(NUM_CLASSES <= 128, "class masks are u128") };
-        let mut evacuated: u128 = 0;
-        for (group, spans) in by_group.into_iter().enumerate() {
-            if spans.is_empty() {
+        // Classes whose thread caches hold blocks the plan needs back (`needs_flush`).
+        let mut flush: u128 = 0;
+        for (group, g) in seen.iter().enumerate() {
+            if g.spans.is_empty() {
                 continue;
             }
-            let class = group % NUM_CLASSES;
-            let cap = geometry(class, SpanKind::Movable).1 as u64;
-            let live: u64 = spans.iter().map(|&(_, l)| u64::from(l)).sum();
-            let needed = live.div_ceil(cap) as usize;
-            let (targets, rest) = spans.split_at(needed);
+            let (targets, rest) = g.spans.split_at(g.needed);
             // The spans were seen under their arena locks, released since: each source
             // is re-validated as it starts evacuating.
-            let sources: Vec<Planned> = rest
-                .iter()
-                .rev()
-                .map(|&(p, _)| p)
-                .filter(|p| !(full && plan.were_targets.contains(p)))
-                .filter(|p| {
-                    let arena = &inner.arenas[p.span().arena as usize];
-                    let mut st = arena.lock();
-                    // SAFETY: lock held; the span belongs to this arena.
-                    unsafe { arena.start_evacuation(&mut st, p.span(), p.incarnation) }
-                })
-                .collect();
-            if sources.is_empty() {
+            let first = plan.sources.len();
+            let (mut moving, mut cached) = (0u64, false);
+            for &(p, live, out) in rest.iter().rev() {
+                if full && plan.were_targets.contains(&p) {
+                    continue;
+                }
+                let arena = &inner.arenas[p.span().arena as usize];
+                let mut st = arena.lock();
+                // SAFETY: lock held; the span belongs to this arena.
+                if unsafe { arena.start_evacuation(&mut st, p.span(), p.incarnation) } {
+                    plan.sources.push(p);
+                    moving += u64::from(live);
+                    cached |= out > live;
+                }
+            }
+            if plan.sources.len() == first {
                 continue;
             }
-            evacuated |= 1 << class;
-            plan.sources.extend(sources);
-            plan.targets[group] = targets.iter().rev().map(|&(p, _)| p).collect();
+            if needs_flush(cached, moving, targets, g.cap) {
+                flush |= 1 << (group % NUM_CLASSES);
+            }
+            let t = &mut plan.targets[group].spans;
+            t.extend(targets.iter().rev().map(|&(p, _, _)| p));
             if full {
-                plan.were_targets.extend(targets.iter().map(|&(p, _)| p));
+                plan.were_targets.extend(targets.iter().map(|&(p, _, _)| p));
             }
         }
+        plan.seen = seen;
         plan.active = true;
-        if evacuated != 0 {
+        if flush != 0 {
             // Free blocks cached by threads keep sources from emptying: ask every
-            // thread to flush the evacuated classes (honoured on its next movable
-            // operation), flush ours, and send the central lists' batches home.
+            // thread to flush those classes (honoured on its next movable operation),
+            // flush ours, and send the central lists' batches home.
             let [lo, hi] = &inner.movable_flush_classes;
-            lo.store(evacuated as u64, Ordering::Relaxed);
-            hi.store((evacuated >> 64) as u64, Ordering::Relaxed);
+            lo.store(flush as u64, Ordering::Relaxed);
+            hi.store((flush >> 64) as u64, Ordering::Relaxed);
             inner.movable_epoch.fetch_add(1, Ordering::Relaxed);
             if let Some(tc) = inner.thread_cache() {
                 // SAFETY: the calling thread owns its record.
-                unsafe { inner.flush_classes(tc, Some(SpanKind::Movable), evacuated) };
+                unsafe { inner.flush_classes(tc, Some(SpanKind::Movable), flush) };
             }
             inner.drain_central(Some(SpanKind::Movable));
         }
@@ -184,6 +233,9 @@ impl Heap {
 
     pub(super) fn finish_plan(&self, plan: &mut Plan) {
         let inner = self.inner();
+        for t in &mut plan.targets {
+            self.return_run(t);
+        }
         for p in plan.sources.drain(plan.cursor.0.min(plan.sources.len())..) {
             let span = p.span();
             let arena = &inner.arenas[span.arena as usize];
@@ -201,8 +253,53 @@ impl Heap {
     }
 }
 
+/// Whether a plan group's classes must be flushed from the thread caches (and the
+/// central lists) for its plan to pay off: some source has blocks out that are not live
+/// (cached somewhere: the source cannot empty while they are), or the targets' room,
+/// less the blocks cached out of them, falls short of the sources' live blocks. Both
+/// from the counts seen under the arena locks; a flush costs every thread a refill of
+/// the class, so a plan that needs neither leaves the caches alone.
+///
+/// `cached`: some source has more blocks out than live; `moving`: the sources' live
+/// blocks; `targets`: (span, live, out) of the group's targets, of `cap` blocks each.
+fn needs_flush(cached: bool, moving: u64, targets: &[Seen], cap: u64) -> bool {
+    let room: u64 = targets
+        .iter()
+        .map(|&(_, _, out)| cap.saturating_sub(u64::from(out)))
+        .sum();
+    cached || room < moving
+}
+
 /// A full compaction plans again only if the last plan finished and did something:
 /// blocks skipped because they were busy get their retry from the next plan.
 pub(super) fn plan_worth_repeating(r: &CompactionReport) -> bool {
     r.complete && (r.blocks_moved > 0 || r.skipped_busy > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(live: u32, out: u32) -> Seen {
+        (Planned::dangling(), live, out)
+    }
+
+    #[test]
+    fn flush_only_when_cached_blocks_stand_in_the_way() {
+        // Two targets of 100 blocks with 60 and 70 out: room for 70.
+        let targets = [seen(60, 60), seen(50, 70)];
+        assert!(
+            !needs_flush(false, 70, &targets, 100),
+            "room enough, nothing cached"
+        );
+        assert!(
+            needs_flush(true, 10, &targets, 100),
+            "a source's blocks are cached"
+        );
+        assert!(
+            needs_flush(false, 71, &targets, 100),
+            "the targets' cached blocks take the room the sources need"
+        );
+        assert!(!needs_flush(false, 0, &[], 100));
+    }
 }

@@ -5,6 +5,7 @@
 pub(crate) mod arena;
 pub(crate) mod central;
 pub(crate) mod check;
+pub(crate) mod evacuation;
 #[cfg(feature = "hardened")]
 pub(crate) mod hardened;
 pub(crate) mod heap;

@@ -70,6 +70,11 @@ impl SpanKind {
 ///   `round_up(len, align)`, which lies less than one class step (≤ 32 KiB) below the
 ///   class size, and rounding to `align ≤ 4 KiB` adds less than `align`; so the slack is
 ///   below 36 KiB and fits 16 bits for every class (checked in `set_len`).
+/// * `slack == HOME` (`u16::MAX`, never a real slack) ⇔ the block is home, on its
+///   span's free list. Written only under the arena lock, by [`Span::put`] (set),
+///   [`Span::take`] and [`Span::detach_home`] (cleared) and `init` (cleared), so a
+///   compaction target's home blocks are found by reading the side table in address
+///   order, without following the free list's links (one cache miss each).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct BlockMeta<'a> {
     pub(crate) owner: &'a AtomicU32,
@@ -78,10 +83,26 @@ pub(crate) struct BlockMeta<'a> {
 }
 
 impl BlockMeta<'_> {
-    /// The requested length.
+    /// The requested length. Meaningful only while the block is live; a reader that
+    /// raced with the block's free may see any value up to the block size.
     #[inline]
     pub(crate) fn len(&self) -> usize {
-        self.block_size - usize::from(self.slack.load(Ordering::Relaxed))
+        self.block_size
+            .saturating_sub(usize::from(self.slack.load(Ordering::Relaxed)))
+    }
+
+    /// Whether the block is home (see [`HOME`]).
+    #[inline]
+    fn is_home(&self) -> bool {
+        self.slack.load(Ordering::Relaxed) == HOME
+    }
+
+    /// Marks the block home (`true`) or out (`false`, slack 0 until its owner records a
+    /// length).
+    #[inline]
+    fn set_home(&self, home: bool) {
+        self.slack
+            .store(if home { HOME } else { 0 }, Ordering::Relaxed);
     }
 
     /// Records the requested length (at most the block size).
@@ -95,6 +116,10 @@ impl BlockMeta<'_> {
         self.slack.store(slack as u16, Ordering::Relaxed);
     }
 }
+
+/// The slack that marks a home block of a movable span (see [`BlockMeta`]). Real
+/// slacks stay below 36 KiB.
+const HOME: u16 = u16::MAX;
 
 /// Bytes of side table per movable block.
 pub(crate) const META_BYTES: usize = size_of::<u32>() + size_of::<u16>();
@@ -482,6 +507,7 @@ impl Span {
             // SAFETY: home blocks are ours (arena lock) and hold the next pointer in word 0.
             st.free = unsafe { link::read(b) };
             st.free_count -= 1;
+            self.mark_home(b, false);
             return Some(b);
         }
         let carved = st.carved as usize;
@@ -516,6 +542,63 @@ impl Span {
             // and is caught under the arena lock (`return_chain_home`).
             self.owner.store(ptr::null_mut(), Ordering::Relaxed);
         }
+        self.mark_home(block, true);
+    }
+
+    /// Movable spans: records in the side table whether `block` is home (see
+    /// [`BlockMeta`]); nothing for fixed spans. Called under the arena lock.
+    #[inline]
+    fn mark_home(&self, block: NonNull<u8>, home: bool) {
+        if self.kind() == SpanKind::Movable {
+            let i = size_class::div_size(
+                block.as_ptr().addr() - self.base - self.first_block(),
+                self.class(),
+            );
+            // SAFETY: a movable, initialised span (the caller holds one of its blocks
+            // under the arena lock) and `i` indexes that block.
+            unsafe { self.meta(i) }.set_home(home);
+        }
+    }
+
+    /// Movable spans: takes every home block off the span's free list for the caller
+    /// (a compaction target reserving its destinations), without reading the blocks:
+    /// their indices are found in the side table and pushed onto `out` in *descending*
+    /// address order (so `out.pop()` yields the lowest address first). The blocks count
+    /// as out (accounting in the module docs) until the caller puts them back with
+    /// [`Span::put`] or uses them; they stay poisoned as free until used. Moves nothing
+    /// between arena lists: the caller does (the span may now have no room). Returns
+    /// how many blocks were taken, or `None`, taking nothing, if `out` has too little
+    /// spare capacity (it is never grown here: growing could allocate under the arena
+    /// lock).
+    ///
+    /// # Safety
+    ///
+    /// * the caller holds the owning arena's lock;
+    /// * the span is movable and initialised.
+    pub(crate) unsafe fn detach_home(&self, out: &mut Vec<u32>) -> Option<usize> {
+        // SAFETY: forwarded: arena lock held.
+        let st = unsafe { self.state() };
+        let n = st.free_count as usize;
+        if out.capacity() - out.len() < n {
+            return None;
+        }
+        let mut found = 0;
+        for i in (0..st.carved as usize).rev() {
+            if found == n {
+                break;
+            }
+            // SAFETY: movable and initialised (caller), `i < carved <= capacity`.
+            let m = unsafe { self.meta(i) };
+            if m.is_home() {
+                m.set_home(false);
+                out.push(i as u32);
+                found += 1;
+            }
+        }
+        debug_assert_eq!(found, n, "every home block is marked");
+        st.free = ptr::null_mut();
+        st.free_count = 0;
+        Some(found)
     }
 
     /// Blocks currently out (live or cached).
@@ -635,28 +718,4 @@ impl SpanList {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::size_class::NUM_CLASSES;
-
-    #[test]
-    fn geometry_fits_and_aligns() {
-        for c in 0..NUM_CLASSES {
-            for kind in SpanKind::ALL {
-                let (first, cap) = geometry(c, kind);
-                let size = size_class::size(c);
-                assert!(cap >= 1, "class {c} {kind:?}");
-                assert!(first + cap * size <= size_class::span_bytes(c));
-                assert_eq!(first % class_align(c), 0);
-                if kind == SpanKind::Movable {
-                    assert!(first >= cap * META_BYTES, "side table fits before block 0");
-                    assert_eq!(
-                        cap,
-                        size_class::movable_capacity(size, size_class::span_bytes(c)),
-                        "class {c}: span sizing sees the real movable capacity"
-                    );
-                }
-            }
-        }
-    }
-}
+mod tests;

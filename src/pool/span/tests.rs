@@ -1,0 +1,107 @@
+//! Unit tests of `Span`: the home marks and `detach_home` against a model.
+
+use super::*;
+use crate::size_class::{NUM_CLASSES, SPAN_UNIT};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::collections::BTreeSet;
+
+/// Random takes, puts and detaches on one movable span against a model of its
+/// home blocks: `detach_home` must hand over exactly the home blocks, lowest
+/// address last, and keep `out` exact; `take` must never return a detached block.
+#[test]
+fn detach_home_matches_a_model() {
+    for (seed, size) in [(1u64, 64usize), (2, 48), (3, 1024), (4, 16), (5, 4096)] {
+        let class = size_class::class_for(size, 16).expect("a pool class");
+        let bytes = size_class::span_bytes(class);
+        let layout = Layout::from_size_align(bytes, SPAN_UNIT).unwrap();
+        // SAFETY: non-zero size.
+        let base = unsafe { alloc_zeroed(layout) };
+        assert!(!base.is_null());
+        let span = Span::new(base.addr(), bytes, 0);
+        // In the page map, as a heap's spans are: `hardened` checks every free-list
+        // link it decodes against the span there.
+        crate::pool::pagemap::set(base.addr(), bytes, ptr::from_ref(&span).cast_mut())
+            .expect("page map");
+        // SAFETY: no other thread sees `span`, which stands in for the arena lock;
+        // the region is ours and mapped; the span is empty. (The blocks below that
+        // say "as above" rely on the same.)
+        unsafe { span.init(class, SpanKind::Movable) };
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut home = BTreeSet::new();
+        let mut out: Vec<usize> = Vec::new();
+        let mut run: Vec<u32> = Vec::with_capacity(span.capacity());
+        for _ in 0..4000 {
+            match rng.gen_range(0..10) {
+                0..=4 => {
+                    // SAFETY: as above.
+                    if let Some(b) = unsafe { span.take() } {
+                        let i = span.block_index(b.as_ptr().addr()).unwrap();
+                        assert!(!out.contains(&i), "block {i} handed out twice");
+                        home.remove(&i);
+                        out.push(i);
+                    }
+                }
+                5..=8 if !out.is_empty() => {
+                    let i = out.swap_remove(rng.gen_range(0..out.len()));
+                    // SAFETY: as above; `i` is out and unused.
+                    unsafe { span.put(span.block(i)) };
+                    home.insert(i);
+                }
+                _ => {
+                    run.clear();
+                    // SAFETY: as above.
+                    let n = unsafe { span.detach_home(&mut run) }.expect("room");
+                    assert_eq!(n, home.len());
+                    let want: Vec<u32> = home.iter().rev().map(|&i| i as u32).collect();
+                    assert_eq!(run, want, "home blocks, lowest address last");
+                    out.extend(home.iter().copied());
+                    home.clear();
+                }
+            }
+            // SAFETY: as above.
+            assert_eq!(unsafe { span.out() }, out.len());
+            // SAFETY: as above.
+            assert_eq!(unsafe { span.state().free_count } as usize, home.len());
+        }
+        // Too little room: nothing is taken.
+        run.clear();
+        // SAFETY: as above.
+        unsafe { span.detach_home(&mut run) }.expect("room");
+        out.extend(home.iter().copied());
+        if let Some(&i) = out.first() {
+            // SAFETY: as above.
+            unsafe { span.put(span.block(i)) };
+            let mut none: Vec<u32> = Vec::new();
+            // SAFETY: as above.
+            assert_eq!(unsafe { span.detach_home(&mut none) }, None);
+            // SAFETY: as above.
+            assert_eq!(unsafe { span.state().free_count }, 1);
+        }
+        crate::pool::pagemap::set(base.addr(), bytes, ptr::null_mut()).expect("page map");
+        // SAFETY: allocated above with `layout`; `span` is not used again.
+        unsafe { dealloc(base, layout) };
+    }
+}
+
+#[test]
+fn geometry_fits_and_aligns() {
+    for c in 0..NUM_CLASSES {
+        for kind in SpanKind::ALL {
+            let (first, cap) = geometry(c, kind);
+            let size = size_class::size(c);
+            assert!(cap >= 1, "class {c} {kind:?}");
+            assert!(first + cap * size <= size_class::span_bytes(c));
+            assert_eq!(first % class_align(c), 0);
+            if kind == SpanKind::Movable {
+                assert!(first >= cap * META_BYTES, "side table fits before block 0");
+                assert_eq!(
+                    cap,
+                    size_class::movable_capacity(size, size_class::span_bytes(c)),
+                    "class {c}: span sizing sees the real movable capacity"
+                );
+            }
+        }
+    }
+}
