@@ -80,6 +80,16 @@ fn tag_of(addr: usize) -> Tag {
     (((addr >> HIGH_SHIFT) << LOW_BITS) | (addr & LOW_MASK)) as Tag
 }
 
+/// The block address of slot pointer `p` if it carries `tag`: one mask and compare
+/// (the same answer as comparing [`untag`]'s tag, without rebuilding the tag).
+#[inline(always)]
+pub(crate) fn untag_if(p: NonNull<u8>, tag: Tag) -> Option<NonNull<u8>> {
+    let tag = tag as usize;
+    let bits = ((tag >> LOW_BITS) << HIGH_SHIFT) | (tag & LOW_MASK);
+    (p.as_ptr().addr() & !ADDR_MASK == bits)
+        .then(|| p.map_addr(|a| core::num::NonZeroUsize::new(a.get() & ADDR_MASK).unwrap_or(a)))
+}
+
 /// Splits a slot pointer into the block address and its tag.
 ///
 /// For a pointer that [`tag_ptr`] made, this is exact. Anything else (a racy peek at a
