@@ -206,27 +206,10 @@ impl<'a, T> ReadScope<'a, T> {
     /// assert_eq!(all, [0, 1, 2]);
     /// ```
     pub fn iter(&self) -> impl Iterator<Item = (Handle<T>, &T)> + '_ {
-        let table = self.table;
-        self.inner
-            .members
-            .snapshot()
-            .into_iter()
-            .filter_map(move |index| match table.slot(index)?.scoped_entry() {
-                Ok((generation, p)) => {
-                    let p = self.inner.owns(p)?;
-                    let h = Handle::from_raw(RawHandle::from_odd(index, generation));
-                    // SAFETY: as in `get`: the scope keeps the value in place and
-                    // unwritten; `owns` checked the tag.
-                    Some((h, unsafe { p.as_ref() }))
-                }
-                Err(Some(generation)) => {
-                    // A writer or the compactor holds it: wait as `get` does (only for a
-                    // value of this store).
-                    let h = Handle::from_raw(RawHandle::from_odd(index, generation));
-                    self.get(h).map(|v| (h, v))
-                }
-                Err(None) => None,
-            })
+        ScopedIter {
+            scope: self,
+            list: self.inner.members.snapshot().into_iter(),
+        }
     }
 
     /// Number of values in the store.
@@ -252,6 +235,52 @@ impl<'a, T> ReadScope<'a, T> {
     /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// The iterator of [`ReadScope::iter`]: the store's list, copied when it starts, resolved
+/// one index at a time with plain loads (a slot lookup, its state, its address, the tag).
+struct ScopedIter<'s, 'a, T> {
+    scope: &'s ReadScope<'a, T>,
+    list: std::vec::IntoIter<u32>,
+}
+
+impl<'s, T> Iterator for ScopedIter<'s, '_, T> {
+    type Item = (Handle<T>, &'s T);
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        let (table, inner) = (self.scope.table, self.scope.inner);
+        for index in self.list.by_ref() {
+            let Some(slot) = table.slot(index) else {
+                continue;
+            };
+            match slot.scoped_entry() {
+                Ok((generation, p)) => {
+                    let Some(p) = inner.owns(p) else {
+                        continue;
+                    };
+                    let h = Handle::from_raw(RawHandle::from_odd(index, generation));
+                    // SAFETY: as in `ReadScope::get`: the scope keeps the value in place
+                    // and unwritten for as long as `'s`; `owns` checked the tag.
+                    return Some((h, unsafe { p.as_ref() }));
+                }
+                Err(Some(generation)) => {
+                    // A writer or the compactor holds it: wait as `get` does (only for a
+                    // value of this store).
+                    let h = Handle::from_raw(RawHandle::from_odd(index, generation));
+                    if let Some(v) = self.scope.get(h) {
+                        return Some((h, v));
+                    }
+                }
+                Err(None) => {}
+            }
+        }
+        None
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, self.list.size_hint().1)
     }
 }
 
