@@ -47,7 +47,9 @@ use crate::HandleError;
 use crate::handle::scope::{mine, scopes_of, write_scoped};
 use crate::handle::{Handle, RawHandle, SlotRead, SlotWrite};
 use crate::heap::Heap;
-use crate::movable::{MAX_TAG, Tag, new_store_tag, peek_tag, skip_store_tags_to, untag_if};
+use crate::movable::{
+    MAX_TAG, Tag, new_store_tag, peek_tag, skip_store_tags_to, tag_bits, untag_if,
+};
 use crate::numa::migration::{any_sampling, on_guarded_read};
 
 #[cfg(all(test, tidyheap_loom))]
@@ -98,7 +100,7 @@ impl<T> StoreInner<T> {
 
     #[inline(always)]
     fn owns(&self, ptr: NonNull<u8>) -> Option<NonNull<T>> {
-        untag_if(ptr, self.tag).map(NonNull::cast)
+        untag_if(ptr, tag_bits(self.tag)).map(NonNull::cast)
     }
 }
 

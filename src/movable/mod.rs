@@ -82,7 +82,8 @@ pub(crate) use large::{large_header_of, large_vote};
 #[cfg(test)]
 use tag::take_tag;
 pub(crate) use tag::{
-    MAX_TAG, RAW_TAG, Tag, new_store_tag, peek_tag, skip_store_tags_to, tag_ptr, untag, untag_if,
+    MAX_TAG, RAW_TAG, Tag, new_store_tag, peek_tag, skip_store_tags_to, tag_bits, tag_ptr, untag,
+    untag_if,
 };
 
 // Every thread-cache record has a lane of the handle table (`lane_of`).

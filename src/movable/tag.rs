@@ -80,14 +80,24 @@ fn tag_of(addr: usize) -> Tag {
     (((addr >> HIGH_SHIFT) << LOW_BITS) | (addr & LOW_MASK)) as Tag
 }
 
-/// The block address of slot pointer `p` if it carries `tag`: one mask and compare
-/// (the same answer as comparing [`untag`]'s tag, without rebuilding the tag).
+/// The bits tag `tag` sets in a slot pointer (see [`tag_ptr`]).
 #[inline(always)]
-pub(crate) fn untag_if(p: NonNull<u8>, tag: Tag) -> Option<NonNull<u8>> {
+pub(crate) const fn tag_bits(tag: Tag) -> usize {
     let tag = tag as usize;
-    let bits = ((tag >> LOW_BITS) << HIGH_SHIFT) | (tag & LOW_MASK);
-    (p.as_ptr().addr() & !ADDR_MASK == bits)
-        .then(|| p.map_addr(|a| core::num::NonZeroUsize::new(a.get() & ADDR_MASK).unwrap_or(a)))
+    ((tag >> LOW_BITS) << HIGH_SHIFT) | (tag & LOW_MASK)
+}
+
+/// The block address of slot pointer `p` if it carries the tag whose bits are `bits`
+/// ([`tag_bits`]): one mask and compare (the same answer as comparing [`untag`]'s tag).
+#[inline(always)]
+pub(crate) fn untag_if(p: NonNull<u8>, bits: usize) -> Option<NonNull<u8>> {
+    let a = p.as_ptr().addr();
+    if a & !ADDR_MASK != bits {
+        return None;
+    }
+    let block = p.as_ptr().with_addr(a & ADDR_MASK);
+    // Garbage (a racy peek) may strip to 0: never dereferenced, but not null either.
+    Some(NonNull::new(block).unwrap_or(p))
 }
 
 /// Splits a slot pointer into the block address and its tag.

@@ -15,7 +15,8 @@ use core::marker::PhantomData;
 use super::{Store, StoreInner};
 use crate::HandleError;
 use crate::handle::scope::{Scopes, mine, scoped_get, scopes_of, try_scoped_get};
-use crate::handle::{Handle, HandleTable, RawHandle};
+use crate::handle::{Handle, HandleTable, RawHandle, Slot};
+use crate::movable::{tag_bits, untag_if};
 
 /// An open read scope of a [`Store`]: resolves handles to `&T` with no atomic
 /// read-modify-write per get. Made by [`Store::read`]; closes when dropped.
@@ -209,6 +210,9 @@ impl<'a, T> ReadScope<'a, T> {
         ScopedIter {
             scope: self,
             list: self.inner.members.snapshot().into_iter(),
+            start: 0,
+            slots: &[],
+            bits: tag_bits(self.inner.tag),
         }
     }
 
@@ -239,10 +243,31 @@ impl<'a, T> ReadScope<'a, T> {
 }
 
 /// The iterator of [`ReadScope::iter`]: the store's list, copied when it starts, resolved
-/// one index at a time with plain loads (a slot lookup, its state, its address, the tag).
+/// one index at a time with plain loads (its state, its address, the tag). The handle
+/// table's segment of the last index is kept, so nearby indexes (the common case: a
+/// store's slots are handed out in runs) skip the segment lookup.
 struct ScopedIter<'s, 'a, T> {
     scope: &'s ReadScope<'a, T>,
     list: std::vec::IntoIter<u32>,
+    /// First index of `slots`.
+    start: u32,
+    /// The segment of the last index looked up (empty before the first).
+    slots: &'s [Slot],
+    /// The store's tag bits ([`tag_bits`]).
+    bits: usize,
+}
+
+impl<'s, T> ScopedIter<'s, '_, T> {
+    /// The slot of `index`, from the kept segment if it holds it.
+    #[inline(always)]
+    fn slot(&mut self, index: u32) -> Option<&'s Slot> {
+        if let Some(slot) = self.slots.get(index.wrapping_sub(self.start) as usize) {
+            return Some(slot);
+        }
+        let (start, slots) = self.scope.table.segment_of(index)?;
+        (self.start, self.slots) = (start, slots);
+        slots.get((index - start) as usize)
+    }
 }
 
 impl<'s, T> Iterator for ScopedIter<'s, '_, T> {
@@ -250,20 +275,19 @@ impl<'s, T> Iterator for ScopedIter<'s, '_, T> {
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        let (table, inner) = (self.scope.table, self.scope.inner);
-        for index in self.list.by_ref() {
-            let Some(slot) = table.slot(index) else {
+        while let Some(index) = self.list.next() {
+            let Some(slot) = self.slot(index) else {
                 continue;
             };
             match slot.scoped_entry() {
                 Ok((generation, p)) => {
-                    let Some(p) = inner.owns(p) else {
+                    let Some(p) = untag_if(p, self.bits) else {
                         continue;
                     };
                     let h = Handle::from_raw(RawHandle::from_odd(index, generation));
                     // SAFETY: as in `ReadScope::get`: the scope keeps the value in place
-                    // and unwritten for as long as `'s`; `owns` checked the tag.
-                    return Some((h, unsafe { p.as_ref() }));
+                    // and unwritten for as long as `'s`; `untag_if` checked the tag.
+                    return Some((h, unsafe { p.cast::<T>().as_ref() }));
                 }
                 Err(Some(generation)) => {
                     // A writer or the compactor holds it: wait as `get` does (only for a
