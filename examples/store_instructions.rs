@@ -1,5 +1,6 @@
-//! Instructions per `Store::insert` + `Store::remove` pair and per scoped iteration
-//! item, for `valgrind --tool=callgrind` (or CPU time under `perf stat`).
+//! Instructions per `Store::insert` + `Store::remove` pair, per scoped iteration item and
+//! per get (guarded and scoped), for `valgrind --tool=callgrind` (or CPU time under
+//! `perf stat`).
 //!
 //! ```sh
 //! cargo build --release --example store_instructions
@@ -13,9 +14,10 @@
 //!
 //! Arguments: `mode rounds` (defaults `pairs 200`). A `Store<u64>` holds 10 000
 //! values; `pairs` then runs `rounds` × (1024 inserts, then 1024 removes), as
-//! `benches/handles_mimalloc.rs` does, and `iter` sums the store `rounds` times inside a
-//! read scope. Subtracting two runs removes the set-up and tear-down. Not a benchmark
-//! (see `benches/handles.rs` for timings).
+//! `benches/handles_mimalloc.rs` does, `iter` sums the store `rounds` times inside a
+//! read scope, and `get` / `scoped` sum every value `rounds` times by handle (guarded
+//! gets; gets in one read scope per round). Subtracting two runs removes the set-up and
+//! tear-down. Not a benchmark (see `benches/handles.rs` for timings).
 
 use std::hint::black_box;
 
@@ -26,7 +28,7 @@ fn main() {
     let mode = args.next().unwrap_or_else(|| "pairs".into());
     let rounds: usize = args.next().map_or(200, |s| s.parse().expect("rounds"));
     let store = Store::<u64>::new();
-    let _keep: Vec<_> = (0..10_000u64).map(|i| store.insert(i)).collect();
+    let live: Vec<_> = (0..10_000u64).map(|i| store.insert(i)).collect();
     let mut keys = Vec::with_capacity(1024);
     let mut sum = 0u64;
     match mode.as_str() {
@@ -46,7 +48,22 @@ fn main() {
                 }
             }
         }
-        other => panic!("unknown mode {other:?}: pairs or iter"),
+        "get" => {
+            for _ in 0..rounds {
+                for &h in &live {
+                    sum = sum.wrapping_add(*store.get(black_box(h)).expect("live handle"));
+                }
+            }
+        }
+        "scoped" => {
+            for _ in 0..rounds {
+                let view = store.read();
+                for &h in &live {
+                    sum = sum.wrapping_add(*view.get(black_box(h)).expect("live handle"));
+                }
+            }
+        }
+        other => panic!("unknown mode {other:?}: pairs, iter, get or scoped"),
     }
     println!("{sum}");
 }

@@ -77,6 +77,8 @@ pub fn __skip_store_ids_to(next: u32) {
 struct StoreInner<T> {
     heap: Arc<Heap>,
     tag: Tag,
+    /// `tag_bits(tag)`: what the tag sets in a slot pointer, for the one-compare check.
+    bits: usize,
     /// The store's slots (module `members`): iteration and the length.
     members: Members,
     _values: PhantomData<T>,
@@ -100,7 +102,7 @@ impl<T> StoreInner<T> {
 
     #[inline(always)]
     fn owns(&self, ptr: NonNull<u8>) -> Option<NonNull<T>> {
-        untag_if(ptr, tag_bits(self.tag)).map(NonNull::cast)
+        untag_if(ptr, self.bits).map(NonNull::cast)
     }
 }
 
@@ -214,7 +216,8 @@ impl<T: Send + Sync> Default for Store<T> {
 }
 
 impl<T> Store<T> {
-    /// Number of values.
+    /// Number of values. Takes the store's list lock briefly (it applies the changes
+    /// other threads' inserts and removes left in their rings: module `members`).
     pub fn len(&self) -> usize {
         self.inner.members.len()
     }
@@ -296,6 +299,7 @@ impl<T: Send + Sync> Store<T> {
             inner: Arc::new(StoreInner {
                 heap,
                 tag,
+                bits: tag_bits(tag),
                 members: Members::new(),
                 _values: PhantomData,
             }),

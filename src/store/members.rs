@@ -31,6 +31,10 @@
 //! remove that happened before them (a change happens-before its ring's head store,
 //! which the drain Acquires).
 //!
+//! Memory per store: a table of ring pointers, one per lane (8 KiB), a ring of
+//! [`RING`] changes (≈ 0.5 KiB) per lane that ever changed the store, and the map (8
+//! bytes per slot index up to the highest the store used).
+//!
 //! # Changes arrive out of order: the generation decides
 //!
 //! Rings are drained one after another, so a value inserted on lane A and removed on

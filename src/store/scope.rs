@@ -16,7 +16,7 @@ use super::{Store, StoreInner};
 use crate::HandleError;
 use crate::handle::scope::{Scopes, mine, scoped_get, scopes_of, try_scoped_get};
 use crate::handle::{Handle, HandleTable, RawHandle, Slot};
-use crate::movable::{tag_bits, untag_if};
+use crate::movable::untag_if;
 
 /// An open read scope of a [`Store`]: resolves handles to `&T` with no atomic
 /// read-modify-write per get. Made by [`Store::read`]; closes when dropped.
@@ -212,7 +212,7 @@ impl<'a, T> ReadScope<'a, T> {
             list: self.inner.members.snapshot().into_iter(),
             start: 0,
             slots: &[],
-            bits: tag_bits(self.inner.tag),
+            bits: self.inner.bits,
         }
     }
 
@@ -253,7 +253,7 @@ struct ScopedIter<'s, 'a, T> {
     start: u32,
     /// The segment of the last index looked up (empty before the first).
     slots: &'s [Slot],
-    /// The store's tag bits ([`tag_bits`]).
+    /// The store's tag bits (`tag_bits`).
     bits: usize,
 }
 

@@ -207,10 +207,12 @@ impl SlotState {
 /// state = generation << 32 | readers << 16 | pins << 3 | P << 2 | M << 1 | W
 /// generation odd  ⇔ occupied  ⇒ ptr = block address (non-null)
 /// generation even ⇔ vacant    ⇒ lock word == 0, ptr = next free index (when on the free list)
-/// W ⇒ readers == 0 ∧ ¬M                  (a writer is alone, pins aside)
-/// M ⇒ readers == 0 ∧ pins == 0 ∧ ¬W      (a mover is alone)
+/// W ∧ ¬M ⇒ readers == 0                  (a writer is alone, pins aside)
+/// M ∧ ¬W ⇒ readers == 0 ∧ pins == 0      (a mover is alone)
 /// readers ≤ MAX_READERS, pins ≤ MAX_PINS (a full count refuses more: Busy / wait)
-/// occupied g → vacant g + 1  only when readers == pins == 0 ∧ ¬W ∧ ¬M  (remove; one CAS)
+/// occupied g → vacant g + 1  only when readers == pins == 0 and nobody else holds W or M:
+///                            one CAS from a free word or from the remover's W, or the
+///                            remover's plain store from W ∧ M
 /// vacant g → occupied g + 1  only by the thread that popped the slot off the free list
 ///                            (or, in a table with process-unique handles, when g ends
 ///                            its leased window: → the first generation of a new window)
