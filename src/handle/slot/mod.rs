@@ -223,7 +223,7 @@ impl SlotState {
 /// ```
 ///
 /// The last line is what lets a store's remove vacate without a second
-/// read-modify-write ([`try_lock_remove`](Self::try_lock_remove)): while `W ∧ M` is set,
+/// read-modify-write (`Slot::try_lock_remove`, internal): while `W ∧ M` is set,
 /// no guard, pin or move can be taken, and a waiter spins instead of setting `P`, so the
 /// remover's plain store cannot overwrite anyone's change.
 ///
