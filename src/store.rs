@@ -47,7 +47,9 @@ use crate::HandleError;
 use crate::handle::scope::{mine, scopes_of, write_scoped};
 use crate::handle::{Handle, RawHandle, SlotRead, SlotWrite};
 use crate::heap::Heap;
-use crate::movable::{MAX_TAG, Tag, new_store_tag, peek_tag, skip_store_tags_to, untag};
+use crate::movable::{
+    MAX_TAG, Tag, new_store_tag, peek_tag, skip_store_tags_to, tag_bits, untag_if,
+};
 use crate::numa::migration::{any_sampling, on_guarded_read};
 
 #[cfg(all(test, tidyheap_loom))]
@@ -75,6 +77,8 @@ pub fn __skip_store_ids_to(next: u32) {
 struct StoreInner<T> {
     heap: Arc<Heap>,
     tag: Tag,
+    /// `tag_bits(tag)`: what the tag sets in a slot pointer, for the one-compare check.
+    bits: usize,
     /// The store's slots (module `members`): iteration and the length.
     members: Members,
     _values: PhantomData<T>,
@@ -84,19 +88,21 @@ impl<T> StoreInner<T> {
     /// Takes the value of `h` out and frees its block.
     fn take(&self, h: Handle<T>, wait: bool) -> Result<T, HandleError> {
         let mut out = None;
-        self.heap.free_movable(h.raw(), self.tag, wait, |block| {
-            // The slot is vacant and not yet reusable: it leaves the list now.
-            self.members.remove(h.index());
-            // SAFETY: the block held an initialised `T` and is now exclusively ours
-            // (its slot is vacant); reading moves the value out exactly once.
-            out = Some(unsafe { block.cast::<T>().read() });
-        })?;
+        self.heap
+            .free_movable(h.raw(), self.tag, wait, |block, lane| {
+                // The slot is vacant and not yet reusable: it leaves the list now.
+                // SAFETY: `lane` is the calling thread's (`free_movable`).
+                unsafe { self.members.remove(lane, h.index(), h.generation().get()) };
+                // SAFETY: the block held an initialised `T` and is now exclusively ours
+                // (its slot is vacant); reading moves the value out exactly once.
+                out = Some(unsafe { block.cast::<T>().read() });
+            })?;
         Ok(out.expect("free_movable runs the hook on success"))
     }
 
+    #[inline(always)]
     fn owns(&self, ptr: NonNull<u8>) -> Option<NonNull<T>> {
-        let (block, tag) = untag(ptr);
-        (tag == self.tag).then(|| block.cast())
+        untag_if(ptr, self.bits).map(NonNull::cast)
     }
 }
 
@@ -210,7 +216,8 @@ impl<T: Send + Sync> Default for Store<T> {
 }
 
 impl<T> Store<T> {
-    /// Number of values.
+    /// Number of values. Takes the store's list lock briefly (it applies the changes
+    /// other threads' inserts and removes left in their rings: module `members`).
     pub fn len(&self) -> usize {
         self.inner.members.len()
     }
@@ -292,6 +299,7 @@ impl<T: Send + Sync> Store<T> {
             inner: Arc::new(StoreInner {
                 heap,
                 tag,
+                bits: tag_bits(tag),
                 members: Members::new(),
                 _values: PhantomData,
             }),
@@ -336,8 +344,13 @@ impl<T: Send + Sync> Store<T> {
             |block| value.set(Some(unsafe { block.cast::<T>().read() })),
         );
         match r {
-            Ok(h) => {
-                self.inner.members.add(h.index());
+            Ok((h, lane)) => {
+                // SAFETY: `lane` is the calling thread's (`alloc_movable`).
+                unsafe {
+                    self.inner
+                        .members
+                        .add(lane, h.index(), h.generation().get())
+                };
                 Ok(Handle::from_raw(h))
             }
             Err(e) => Err((

@@ -230,3 +230,71 @@ fn loom_scope_vs_remover() {
         unsafe { free(p) };
     });
 }
+
+/// (d) The remove lock (`W | M`, then a plain store of the vacated word) against a
+/// guarded reader that waits for it and a pin: the reader sees the value or `Stale`
+/// (never the poison), the pin is taken before the remove (which then waits for it) or
+/// refused, and the plain store loses nothing: the slot ends vacant with no reader,
+/// pin, lock or `PARKED` bit left, and no waiter sleeps forever (loom reports a
+/// deadlock otherwise).
+#[test]
+fn loom_remove_lock_vs_waiting_reader_and_pin() {
+    let mut model = loom::model::Builder::new();
+    model.max_branches = 100_000;
+    model.check(|| {
+        let t = Arc::new(HandleTable::new());
+        let scopes = Arc::new(Scopes::new());
+        let b = block(1);
+        let h = t.insert(b).unwrap();
+
+        let reader = {
+            let t = t.clone();
+            thread::spawn(move || match t.read(h) {
+                // SAFETY: the read guard keeps the block live and unwritten.
+                Ok(g) => Some(unsafe { get(g.ptr()) }),
+                Err(e) => {
+                    assert_eq!(e, HandleError::Stale);
+                    None
+                }
+            })
+        };
+        let pinner = {
+            let t = t.clone();
+            thread::spawn(move || match t.try_pin(h) {
+                Ok(pin) => {
+                    assert_eq!(pin.ptr(), b);
+                    true
+                }
+                Err(e) => {
+                    assert!(matches!(e, HandleError::Stale | HandleError::Busy));
+                    false
+                }
+            })
+        };
+        let remover = {
+            let (t, scopes) = (t.clone(), scopes.clone());
+            thread::spawn(move || {
+                let (p, retired) = remove_scoped(&t, &scopes, h, true, || ()).unwrap();
+                // SAFETY: the slot is vacant: the block is ours.
+                unsafe { set(p, POISON) };
+                // SAFETY: we vacated the slot just now; no lane.
+                unsafe { t.recycle(None, h.index(), retired) };
+                p
+            })
+        };
+        let seen = reader.join().unwrap();
+        pinner.join().unwrap();
+        let p = remover.join().unwrap();
+        assert!(matches!(seen, None | Some(1)), "{seen:?}");
+        assert_eq!(p, b);
+        let s = t.get(h).unwrap().snapshot();
+        assert!(!s.is_occupied());
+        assert_eq!(
+            (s.readers, s.pins, s.writer, s.moving, s.waiters),
+            (0, 0, false, false, false),
+            "{s:?}"
+        );
+        // SAFETY: every thread is done with the block.
+        unsafe { free(p) };
+    });
+}

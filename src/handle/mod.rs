@@ -110,8 +110,8 @@ use slotmap::KeyData;
 
 pub use guard::{SlotMove, SlotPin, SlotRead, SlotWrite};
 pub use slot::{MAX_PINS, MAX_READERS, MoveSkip, Slot, SlotState};
+pub(crate) use table::LANES;
 pub use table::{HandleTable, Iter, MAX_SLOTS};
-pub(crate) use table::{LANES, locate, segment_len};
 
 /// An untyped generational handle: a slot index and the generation the slot had when the
 /// handle was issued.

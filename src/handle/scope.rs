@@ -15,7 +15,9 @@
 //!
 //!  writer:       slot CAS → W (write guard)          ; fence(SeqCst)             [F_w]
 //!                readers = scopes.word.load(Acquire) → 0: go on; else unlock W, wait
-//!  remover:      as the writer, then vacate from W (generation bump, free list)
+//!  remover:      slot CAS → W | M (alone)             ; fence(SeqCst)             [F_w]
+//!                readers = 0: store the vacated word (no second RMW); else clear W | M
+//!                and take the writer's path (W, back off, wait), then vacate from W
 //!  mover:        slot CAS → M (try_lock_move)        ; fence(SeqCst)             [F_w]
 //!                readers = scopes.word.load(Acquire) → 0: copy; else unlock M, skip
 //! ```
@@ -363,6 +365,23 @@ pub(crate) fn remove_scoped(
     wait: bool,
     before_wait: impl Fn(),
 ) -> Result<(NonNull<u8>, bool), HandleError> {
+    // The common case, one read-modify-write: take the slot alone (`W | M`), check the
+    // scopes (as a writer does: F_w, then the count), vacate with a plain store.
+    let slot = table.get(h).ok_or(HandleError::Stale)?;
+    let generation = h.generation().get();
+    match slot.try_lock_remove(generation) {
+        Ok(old) => {
+            if scopes.admits_writer() {
+                // SAFETY: we took the remove lock just now and give it up here.
+                return Ok(unsafe { slot.vacate_removing(generation, old) });
+            }
+            // SAFETY: as above; nothing was changed.
+            unsafe { slot.unlock_remove() };
+        }
+        Err(HandleError::Stale) => return Err(HandleError::Stale),
+        Err(_) => {}
+    }
+    // A guard, pin or scope is in the way: the waiting (or `Busy`) path.
     loop {
         let g = write_scoped_for(table, scopes, h, wait, true, &before_wait)?;
         match table.vacate_written(h, g) {

@@ -82,7 +82,8 @@ pub(crate) use large::{large_header_of, large_vote};
 #[cfg(test)]
 use tag::take_tag;
 pub(crate) use tag::{
-    MAX_TAG, RAW_TAG, Tag, new_store_tag, peek_tag, skip_store_tags_to, tag_ptr, untag,
+    MAX_TAG, RAW_TAG, Tag, new_store_tag, peek_tag, skip_store_tags_to, tag_bits, tag_ptr, untag,
+    untag_if,
 };
 
 // Every thread-cache record has a lane of the handle table (`lane_of`).
@@ -132,19 +133,22 @@ impl Heap {
     /// Allocates a movable block for `layout`, lets `init` write its contents, and
     /// gives it a handle tagged `tag`. If the handle cannot be made, `undo` gets the
     /// initialised block back (to take its contents out) before it is freed.
+    ///
+    /// Returns the handle and the calling thread's lane (`lane_of` its thread-cache
+    /// record), if it has one: the lane stays the thread's for the rest of the call.
     pub(crate) fn alloc_movable(
         &self,
         layout: Layout,
         tag: Tag,
         init: impl FnOnce(NonNull<u8>),
         undo: impl FnOnce(NonNull<u8>),
-    ) -> Result<RawHandle, HandleError> {
+    ) -> Result<(RawHandle, Option<usize>), HandleError> {
         let Some(class) = size_class::class_for(layout.size(), layout.align()) else {
             let h = self.alloc_large_movable(layout, tag, init, undo)?;
             // Profiler hook: recorded (by handle) before the handle is returned.
             #[cfg(feature = "profiling")]
             self.profiler.on_alloc_handle(h, layout.size());
-            return Ok(h);
+            return Ok((h, None));
         };
         let inner = self.inner();
         // The thread's record, looked up once (one thread-local access): its block
@@ -170,9 +174,10 @@ impl Heap {
         // takes the slot (after `insert`'s Release) reads this block's own length.
         meta.set_len(layout.size());
         let tagged = tag_ptr(block, tag);
-        let h = match tc {
+        let lane = tc.map(|tc| inner.lane_of(tc));
+        let h = match lane {
             // SAFETY: the lane is `tc`'s, the record this thread owns (`lane_of`).
-            Some(tc) => unsafe { self.handles().insert_in(inner.lane_of(tc), tagged) },
+            Some(lane) => unsafe { self.handles().insert_in(lane, tagged) },
             None => self.handles().insert(tagged),
         };
         let h = match h {
@@ -196,7 +201,7 @@ impl Heap {
         // Profiler hook: by handle, so compaction moves need no update.
         #[cfg(feature = "profiling")]
         self.profiler.on_alloc_handle(h, layout.size());
-        Ok(h)
+        Ok((h, lane))
     }
 
     /// The large path of `alloc_movable`: a direct mapping with a header in front.
@@ -254,14 +259,15 @@ impl Heap {
     }
 
     /// Frees the movable block of `h` if it carries `tag`: `wait` for guards (or answer
-    /// `Busy`), run `before_free` on the block (which the caller now owns exclusively),
-    /// then return it to the pools.
+    /// `Busy`), run `before_free` on the block (which the caller now owns exclusively)
+    /// with the calling thread's lane (as for `alloc_movable`), then return it to the
+    /// pools.
     pub(crate) fn free_movable(
         &self,
         h: RawHandle,
         tag: Tag,
         wait: bool,
-        before_free: impl FnOnce(NonNull<u8>),
+        before_free: impl FnOnce(NonNull<u8>, Option<usize>),
     ) -> Result<(), HandleError> {
         let table = self.handles();
         // While `h` is current its slot's tag cannot change (moves keep it), so peeking
@@ -292,18 +298,19 @@ impl Heap {
             // Profiler hook: the handle is dead now (its generation moved on).
             #[cfg(feature = "profiling")]
             self.profiler.on_free(crate::profile::Key::Handle(h));
-            self.free_vacated(tagged, None, before_free);
+            self.free_vacated(tagged, None, |b| before_free(b, None));
             return Ok(());
         };
         // Profiler hook: the handle is dead now (its generation moved on).
         #[cfg(feature = "profiling")]
         self.profiler.on_free(crate::profile::Key::Handle(h));
-        self.free_vacated(tagged, tc, before_free);
+        let lane = tc.map(|tc| inner.lane_of(tc));
+        self.free_vacated(tagged, tc, |b| before_free(b, lane));
         // SAFETY:
         // - we vacated the slot just now (`remove_scoped`) and gave it to nobody;
         // - the lane is `tc`'s, the record this thread owns (`lane_of`).
         unsafe {
-            table.recycle(tc.map(|tc| inner.lane_of(tc)), h.index(), retired);
+            table.recycle(lane, h.index(), retired);
         }
         Ok(())
     }
@@ -434,6 +441,7 @@ impl Heap {
             },
             |_| (),
         )
+        .map(|(h, _)| h)
     }
 
     /// Moves a large movable block (one above the pool limits) to a new address with
@@ -549,6 +557,7 @@ impl Heap {
             },
             |_| (),
         )
+        .map(|(h, _)| h)
     }
 
     /// Frees the block of `h`, waiting for any guard on it to be dropped.
@@ -577,7 +586,7 @@ impl Heap {
     /// # Ok::<(), HandleError>(())
     /// ```
     pub fn free_handle(&self, h: RawHandle) -> Result<(), HandleError> {
-        self.free_movable(h, RAW_TAG, true, |_| ())
+        self.free_movable(h, RAW_TAG, true, |_, _| ())
     }
 
     /// Frees the block of `h` without waiting.
@@ -587,7 +596,7 @@ impl Heap {
     /// [`HandleError::Busy`] if any guard or pin is held on it (nothing changes), else
     /// as [`Heap::free_handle`].
     pub fn try_free_handle(&self, h: RawHandle) -> Result<(), HandleError> {
-        self.free_movable(h, RAW_TAG, false, |_| ())
+        self.free_movable(h, RAW_TAG, false, |_, _| ())
     }
 
     /// Whether `h` is a live raw handle of this heap.

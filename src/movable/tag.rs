@@ -80,6 +80,26 @@ fn tag_of(addr: usize) -> Tag {
     (((addr >> HIGH_SHIFT) << LOW_BITS) | (addr & LOW_MASK)) as Tag
 }
 
+/// The bits tag `tag` sets in a slot pointer (see [`tag_ptr`]).
+#[inline(always)]
+pub(crate) const fn tag_bits(tag: Tag) -> usize {
+    let tag = tag as usize;
+    ((tag >> LOW_BITS) << HIGH_SHIFT) | (tag & LOW_MASK)
+}
+
+/// The block address of slot pointer `p` if it carries the tag whose bits are `bits`
+/// ([`tag_bits`]): one mask and compare (the same answer as comparing [`untag`]'s tag).
+#[inline(always)]
+pub(crate) fn untag_if(p: NonNull<u8>, bits: usize) -> Option<NonNull<u8>> {
+    let a = p.as_ptr().addr();
+    if a & !ADDR_MASK != bits {
+        return None;
+    }
+    let block = p.as_ptr().with_addr(a & ADDR_MASK);
+    // Garbage (a racy peek) may strip to 0: never dereferenced, but not null either.
+    Some(NonNull::new(block).unwrap_or(p))
+}
+
 /// Splits a slot pointer into the block address and its tag.
 ///
 /// For a pointer that [`tag_ptr`] made, this is exact. Anything else (a racy peek at a

@@ -30,7 +30,8 @@ fn insert(t: &HandleTable, m: &Members, lane: usize, value: u64) -> u32 {
     // SAFETY: each lane is used by one thread at a time (lanes change hands only across
     // spawn and join).
     let h = unsafe { t.insert_in(lane, block(value)) }.unwrap();
-    m.add(h.index());
+    // SAFETY: as above: this thread owns `lane`.
+    unsafe { m.add(Some(lane), h.index(), h.generation().get()) };
     h.index()
 }
 
@@ -67,7 +68,8 @@ fn loom_member_removal_and_insert_vs_scoped_iteration() {
             let (t, m, scopes) = (t.clone(), m.clone(), scopes.clone());
             thread::spawn(move || -> u32 {
                 let (p, retired) = remove_scoped(&t, &scopes, ha, true, || ()).unwrap();
-                m.remove(ha.index());
+                // SAFETY: this thread owns lane 1.
+                unsafe { m.remove(Some(1), ha.index(), ha.generation().get()) };
                 // SAFETY: the slot is vacant and no scope that saw it is open: ours.
                 unsafe { p.cast::<Cell>().as_ref().with_mut(|v| *v = POISON) };
                 // SAFETY: we vacated the slot; this thread owns lane 1.
@@ -97,6 +99,67 @@ fn loom_member_removal_and_insert_vs_scoped_iteration() {
         let mut now = m.snapshot();
         now.sort_unstable();
         let mut want = vec![b, c];
+        want.sort_unstable();
+        assert_eq!(now, want);
+        assert_eq!(m.len(), 2);
+        for h in t.iter().collect::<Vec<_>>() {
+            let g = t.write(h).unwrap();
+            let (p, _) = t.vacate_written(h, g).ok().unwrap();
+            // SAFETY: the slot is vacant and every thread is done.
+            drop(unsafe { Box::from_raw(p.cast::<Cell>().as_ptr()) });
+        }
+    });
+}
+
+/// Changes reach the list out of order: lane 1's ring is registered (and so drained)
+/// before lane 0's, and lane 1 removes a value lane 0 inserted and reinserts into the
+/// same slot, so a drain may apply `remove(x)` and `add(z)` before `add(x)`. A reader
+/// drains concurrently (its snapshot), at any point. With rings of 2 changes the
+/// remover's second change drains too. The list must end as {y, z}, every snapshot
+/// must list each index at most once, and never an index whose value it does not hold
+/// (the generation decides: see "Changes arrive out of order" in `members`).
+#[test]
+fn loom_members_out_of_order_lanes() {
+    loom::model(|| {
+        let t = Arc::new(HandleTable::new());
+        let m = Arc::new(Members::new());
+        let y = insert(&t, &m, 1, 1);
+        let x = insert(&t, &m, 0, 2);
+        let hx = t.iter().find(|h| h.index() == x).unwrap();
+        let reader = {
+            let m = m.clone();
+            thread::spawn(move || {
+                let seen = m.snapshot();
+                let mut dedup = seen.clone();
+                dedup.sort_unstable();
+                dedup.dedup();
+                assert_eq!(dedup.len(), seen.len(), "an index listed twice: {seen:?}");
+                assert!(seen.contains(&y), "{seen:?}");
+                seen
+            })
+        };
+        let remover = {
+            let (t, m) = (t.clone(), m.clone());
+            thread::spawn(move || -> u32 {
+                let g = t.write(hx).unwrap();
+                let (p, retired) = t.vacate_written(hx, g).ok().unwrap();
+                // SAFETY: this thread owns lane 1.
+                unsafe { m.remove(Some(1), hx.index(), hx.generation().get()) };
+                // SAFETY: we vacated the slot; this thread owns lane 1.
+                unsafe { t.recycle(Some(1), hx.index(), retired) };
+                // SAFETY: nobody can reach the block any more.
+                drop(unsafe { Box::from_raw(p.cast::<Cell>().as_ptr()) });
+                insert(&t, &m, 1, 3)
+            })
+        };
+        let seen = reader.join().unwrap();
+        let z = remover.join().unwrap();
+        assert_eq!(z, x, "the reinsert reuses the slot lane 1 just stashed");
+        // `x`'s index is listed in a snapshot only for a value that holds it (x or z).
+        assert!(seen.iter().all(|&i| i == y || i == x), "{seen:?}");
+        let mut now = m.snapshot();
+        now.sort_unstable();
+        let mut want = vec![y, z];
         want.sort_unstable();
         assert_eq!(now, want);
         assert_eq!(m.len(), 2);

@@ -16,8 +16,8 @@ use core::ptr::NonNull;
 use super::{Store, StoreInner};
 use crate::HandleError;
 use crate::handle::scope::{Scopes, mine, scoped_get, scopes_of, try_scoped_get};
-use crate::handle::{Handle, HandleTable, RawHandle};
-use crate::movable::{Tag, untag};
+use crate::handle::{Handle, HandleTable, RawHandle, Slot};
+use crate::movable::untag_if;
 use crate::numa::scoped::{resolve_sampled, scope_tag};
 
 /// An open read scope of a [`Store`]: resolves handles to `&T` with no atomic
@@ -65,9 +65,10 @@ pub struct ReadScope<'a, T> {
     inner: &'a StoreInner<T>,
     table: &'a HandleTable,
     scopes: &'static Scopes,
-    /// The store tag gets compare with: the store's, or no store's in a scope that
-    /// samples its reads for NUMA migration (`numa::scoped`).
-    tag: Tag,
+    /// The tag bits gets compare a slot pointer with (`movable::tag_bits`): the store's,
+    /// or, in a scope that samples its reads for NUMA migration (`numa::scoped`),
+    /// [`NO_STORE`], which no pointer carries.
+    bits: usize,
     /// Not `Send`: the thread's record of its open scopes must see the close.
     _not_send: PhantomData<*const ()>,
 }
@@ -115,7 +116,11 @@ impl<T> Store<T> {
             inner,
             table: inner.heap.handles(),
             scopes,
-            tag: scope_tag(&inner.heap, inner.tag),
+            bits: if scope_tag(&inner.heap, inner.tag) == inner.tag {
+                inner.bits
+            } else {
+                NO_STORE
+            },
             _not_send: PhantomData,
         }
     }
@@ -187,10 +192,16 @@ impl<'a, T> ReadScope<'a, T> {
     /// the cold path, which checks the store's tag and samples (`numa::scoped`).
     #[inline(always)]
     fn resolve(&self, h: RawHandle, p: NonNull<u8>) -> Option<NonNull<T>> {
-        let (block, tag) = untag(p);
-        if tag == self.tag {
-            return Some(block.cast());
+        match untag_if(p, self.bits) {
+            Some(block) => Some(block.cast()),
+            None => self.resolve_miss(h, p),
         }
+    }
+
+    /// [`ReadScope::resolve`] when the fast compare failed: a value of another store, or
+    /// any value in a sampling scope.
+    #[inline(never)]
+    fn resolve_miss(&self, h: RawHandle, p: NonNull<u8>) -> Option<NonNull<T>> {
         // SAFETY: `p` is the slot pointer of `h` loaded inside this scope of the store
         // (tag `inner.tag`, on `inner.heap`), which is open while `&self` lives.
         unsafe { resolve_sampled(&self.inner.heap, self.inner.tag, h, p) }.map(NonNull::cast)
@@ -230,28 +241,13 @@ impl<'a, T> ReadScope<'a, T> {
     /// assert_eq!(all, [0, 1, 2]);
     /// ```
     pub fn iter(&self) -> impl Iterator<Item = (Handle<T>, &T)> + '_ {
-        let table = self.table;
-        self.inner
-            .members
-            .snapshot()
-            .into_iter()
-            .filter_map(move |index| match table.slot(index)?.scoped_entry() {
-                Ok((generation, p)) => {
-                    let raw = RawHandle::from_odd(index, generation);
-                    let p = self.resolve(raw, p)?;
-                    let h = Handle::from_raw(raw);
-                    // SAFETY: as in `get`: the scope keeps the value in place and
-                    // unwritten; `resolve` checked the tag.
-                    Some((h, unsafe { p.as_ref() }))
-                }
-                Err(Some(generation)) => {
-                    // A writer or the compactor holds it: wait as `get` does (only for a
-                    // value of this store).
-                    let h = Handle::from_raw(RawHandle::from_odd(index, generation));
-                    self.get(h).map(|v| (h, v))
-                }
-                Err(None) => None,
-            })
+        ScopedIter {
+            scope: self,
+            list: self.inner.members.snapshot().into_iter(),
+            start: 0,
+            slots: &[],
+            bits: self.bits,
+        }
     }
 
     /// Number of values in the store.
@@ -277,6 +273,81 @@ impl<'a, T> ReadScope<'a, T> {
     /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// The iterator of [`ReadScope::iter`]: the store's list, copied when it starts, resolved
+/// one index at a time with plain loads (its state, its address, the tag). The handle
+/// table's segment of the last index is kept, so nearby indexes (the common case: a
+/// store's slots are handed out in runs) skip the segment lookup.
+struct ScopedIter<'s, 'a, T> {
+    scope: &'s ReadScope<'a, T>,
+    list: std::vec::IntoIter<u32>,
+    /// First index of `slots`.
+    start: u32,
+    /// The segment of the last index looked up (empty before the first).
+    slots: &'s [Slot],
+    /// The scope's tag bits ([`ReadScope`]'s `bits`).
+    bits: usize,
+}
+
+/// Tag bits no slot pointer carries (its address bits are all set), for a sampling
+/// scope: every get misses the one-compare check and takes `ReadScope::resolve_miss`.
+const NO_STORE: usize = usize::MAX;
+
+impl<'s, T> ScopedIter<'s, '_, T> {
+    /// The slot of `index`, from the kept segment if it holds it.
+    #[inline(always)]
+    fn slot(&mut self, index: u32) -> Option<&'s Slot> {
+        if let Some(slot) = self.slots.get(index.wrapping_sub(self.start) as usize) {
+            return Some(slot);
+        }
+        let (start, slots) = self.scope.table.segment_of(index)?;
+        (self.start, self.slots) = (start, slots);
+        slots.get((index - start) as usize)
+    }
+}
+
+impl<'s, T> Iterator for ScopedIter<'s, '_, T> {
+    type Item = (Handle<T>, &'s T);
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        while let Some(index) = self.list.next() {
+            let Some(slot) = self.slot(index) else {
+                continue;
+            };
+            match slot.scoped_entry() {
+                Ok((generation, p)) => {
+                    let raw = RawHandle::from_odd(index, generation);
+                    let p = match untag_if(p, self.bits) {
+                        Some(p) => p.cast::<T>(),
+                        None => match self.scope.resolve_miss(raw, p) {
+                            Some(p) => p,
+                            None => continue,
+                        },
+                    };
+                    let h = Handle::from_raw(raw);
+                    // SAFETY: as in `ReadScope::get`: the scope keeps the value in place
+                    // and unwritten for as long as `'s`; the tag was checked above.
+                    return Some((h, unsafe { p.as_ref() }));
+                }
+                Err(Some(generation)) => {
+                    // A writer or the compactor holds it: wait as `get` does (only for a
+                    // value of this store).
+                    let h = Handle::from_raw(RawHandle::from_odd(index, generation));
+                    if let Some(v) = self.scope.get(h) {
+                        return Some((h, v));
+                    }
+                }
+                Err(None) => {}
+            }
+        }
+        None
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, self.list.size_hint().1)
     }
 }
 

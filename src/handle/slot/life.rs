@@ -116,6 +116,70 @@ impl Slot {
         Ok((block, generation == u32::MAX))
     }
 
+    /// Takes the slot alone for a remove (`W | M`: no guard, pin or move can be taken,
+    /// and waiters spin instead of parking), never waiting: the first step of a store's
+    /// remove, which then checks the store's read scopes and either vacates with
+    /// [`vacate_removing`](Self::vacate_removing) (no second read-modify-write) or gives
+    /// the slot back with [`unlock_remove`](Self::unlock_remove). Returns the word it
+    /// replaced.
+    ///
+    /// # Errors
+    ///
+    /// [`HandleError::Stale`] if the slot is vacant or at another generation;
+    /// [`HandleError::Busy`] if any guard, pin or move is held.
+    #[inline]
+    pub(crate) fn try_lock_remove(&self, generation: u32) -> Result<u64, HandleError> {
+        self.try_acquire(generation, Op::Remove)
+    }
+
+    /// Vacates the slot the caller holds for a remove: one Release store of the next
+    /// generation (or the retired word), which also gives the lock up. Returns the block
+    /// address and whether the slot was retired.
+    ///
+    /// # Safety
+    ///
+    /// * the caller holds the remove lock on this slot at `generation`
+    ///   ([`try_lock_remove`](Self::try_lock_remove), which returned `old`), and gives it
+    ///   up here.
+    #[inline]
+    pub(crate) unsafe fn vacate_removing(&self, generation: u32, old: u64) -> (NonNull<u8>, bool) {
+        debug_assert_eq!(
+            self.state.load(Relaxed) & (WRITER | MOVER | PIN_MASK),
+            WRITER | MOVER
+        );
+        // We hold the slot alone, so ptr is the block address and nobody changes it.
+        let p = self.ptr.load(Relaxed);
+        // A plain store: while `W | M` is set no other thread writes the word except a
+        // last reader or pin clearing the `PARKED` it saw (old & PARKED), which this store
+        // clears as well (see `Slot`'s invariants). Release, as the vacate CAS: the next
+        // occupant's Acquire sees our uses of the block end.
+        self.state.store(vacated(generation), Release);
+        if old & PARKED != 0 {
+            // Waiters parked before we took the slot: they wake up to `Stale`.
+            self.unpark_all();
+        }
+        debug_assert!(!p.is_null());
+        // SAFETY:
+        // - the slot was occupied (we held it alone) until our store, and an occupied
+        //   slot's ptr is a non-null block address.
+        (unsafe { NonNull::new_unchecked(p) }, generation == u32::MAX)
+    }
+
+    /// Gives the remove lock back without vacating (a read scope is open), waking any
+    /// waiter, in one `fetch_and`.
+    ///
+    /// # Safety
+    ///
+    /// * the caller holds the remove lock on this slot and gives it up.
+    #[inline]
+    pub(crate) unsafe fn unlock_remove(&self) {
+        let old = self.state.fetch_and(!(WRITER | MOVER | PARKED), Release);
+        debug_assert_eq!(old & (WRITER | MOVER), WRITER | MOVER);
+        if old & PARKED != 0 {
+            self.unpark_all();
+        }
+    }
+
     // ----- occupancy (the table's side) -----
 
     /// Vacates the slot if `generation` matches: waits (if `wait`) until no guard or pin is

@@ -51,6 +51,9 @@ enum Op {
     Pin,
     /// Vacate the slot (bump the generation), for `remove`.
     Free,
+    /// Take the slot alone for a remove that must check read scopes first (`W | M`):
+    /// blocked as `Free`; see [`Slot::try_lock_remove`].
+    Remove,
 }
 
 impl Op {
@@ -61,7 +64,7 @@ impl Op {
             Op::Read => s & (WRITER | MOVER) != 0 || s & READER_MASK == READER_MASK,
             Op::Write => s & (WRITER | MOVER | READER_MASK) != 0,
             Op::Pin => s & MOVER != 0 || s & PIN_MASK == PIN_MASK,
-            Op::Free => s & (WRITER | MOVER | READER_MASK | PIN_MASK) != 0,
+            Op::Free | Op::Remove => s & (WRITER | MOVER | READER_MASK | PIN_MASK) != 0,
         }
     }
 
@@ -74,6 +77,7 @@ impl Op {
             Op::Pin => s + PIN_ONE,
             // The lock word (here at most `PARKED`) is cleared: vacant slots have none.
             Op::Free => vacated(generation),
+            Op::Remove => s | WRITER | MOVER,
         }
     }
 }
@@ -203,16 +207,25 @@ impl SlotState {
 /// state = generation << 32 | readers << 16 | pins << 3 | P << 2 | M << 1 | W
 /// generation odd  ⇔ occupied  ⇒ ptr = block address (non-null)
 /// generation even ⇔ vacant    ⇒ lock word == 0, ptr = next free index (when on the free list)
-/// W ⇒ readers == 0 ∧ ¬M                  (a writer is alone, pins aside)
-/// M ⇒ readers == 0 ∧ pins == 0 ∧ ¬W      (a mover is alone)
+/// W ∧ ¬M ⇒ readers == 0                  (a writer is alone, pins aside)
+/// M ∧ ¬W ⇒ readers == 0 ∧ pins == 0      (a mover is alone)
 /// readers ≤ MAX_READERS, pins ≤ MAX_PINS (a full count refuses more: Busy / wait)
-/// occupied g → vacant g + 1  only when readers == pins == 0 ∧ ¬W ∧ ¬M  (remove; one CAS)
+/// occupied g → vacant g + 1  only when readers == pins == 0 and nobody else holds W or M:
+///                            one CAS from a free word or from the remover's W, or the
+///                            remover's plain store from W ∧ M
 /// vacant g → occupied g + 1  only by the thread that popped the slot off the free list
 ///                            (or, in a table with process-unique handles, when g ends
 ///                            its leased window: → the first generation of a new window)
 /// occupied u32::MAX → retired (state 0, never on the free list again)
 /// P ⇒ some guard or pin is held, or its last holder is between its release and clearing P
+/// W ∧ M ⇒ a remove holds the slot alone (readers == pins == 0): it leaves by a plain
+///         store of the vacated word, or by clearing W, M and P; nobody sets P meanwhile
 /// ```
+///
+/// The last line is what lets a store's remove vacate without a second
+/// read-modify-write (`Slot::try_lock_remove`, internal): while `W ∧ M` is set,
+/// no guard, pin or move can be taken, and a waiter spins instead of setting `P`, so the
+/// remover's plain store cannot overwrite anyone's change.
 ///
 /// Because every compare-exchange that takes a guard expects an *odd* generation, nobody
 /// but the free-list owner ever writes the state of a vacant slot; that is why
@@ -355,6 +368,12 @@ impl Slot {
             }
             let s = self.state.load(Relaxed);
             if !matches(s, generation) || !op.blocked(s) {
+                continue;
+            }
+            if s & (WRITER | MOVER) == WRITER | MOVER {
+                // A remove holds the slot alone for a few instructions and leaves with a
+                // plain store, which would lose a `PARKED` set now: wait without parking.
+                backoff.snooze();
                 continue;
             }
             if s & PARKED == 0

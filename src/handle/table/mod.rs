@@ -263,6 +263,26 @@ impl HandleTable {
         Some(unsafe { &*base.add(offset) })
     }
 
+    /// The installed segment holding slot `index`: its first index and its slots, for a
+    /// scan that resolves many nearby indexes with one segment lookup (see
+    /// [`slot`](Self::slot)). `None` as for `slot`.
+    #[inline]
+    pub(crate) fn segment_of(&self, index: u32) -> Option<(u32, &[Slot])> {
+        if index == RawHandle::NULL.index() {
+            return None;
+        }
+        let (seg, offset) = locate(index);
+        let base = self.segments.get(seg)?.load(Acquire);
+        if base.is_null() {
+            return None;
+        }
+        // SAFETY:
+        // - as in `slot`: `base` is an installed segment of `segment_len(seg)` initialised
+        //   slots, freed only when the table drops.
+        let slots = unsafe { core::slice::from_raw_parts(base, segment_len(seg)) };
+        Some((index - offset as u32, slots))
+    }
+
     /// The slot `h` names, without checking its generation (see [`slot`](Self::slot)).
     #[inline]
     pub fn get(&self, h: RawHandle) -> Option<&Slot> {
