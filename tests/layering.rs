@@ -44,3 +44,37 @@ fn core_modules_never_import_bevy_or_tracy() {
         offenders.join("\n")
     );
 }
+
+/// Every benchmark is a criterion binary (`harness = false`): with the default harness,
+/// `cargo bench` runs libtest, which finds no `#[bench]` functions, measures nothing and
+/// still succeeds (the `shm` bench did exactly that until this test).
+#[test]
+fn every_bench_target_uses_criterions_harness() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let mut declared = Vec::new();
+    for block in manifest.split("[[bench]]").skip(1) {
+        let block = block.split("\n[").next().unwrap_or(block);
+        let name = block
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("name = "))
+            .unwrap_or_else(|| panic!("a [[bench]] without a name:{block}"))
+            .trim_matches('"')
+            .to_owned();
+        assert!(
+            block.lines().any(|l| l.trim() == "harness = false"),
+            "bench `{name}` lacks `harness = false`"
+        );
+        declared.push(name);
+    }
+    for entry in std::fs::read_dir(root.join("benches")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            let stem = path.file_stem().unwrap().to_str().unwrap().to_owned();
+            assert!(
+                declared.contains(&stem),
+                "benches/{stem}.rs has no [[bench]] entry"
+            );
+        }
+    }
+}
