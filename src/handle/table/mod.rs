@@ -238,6 +238,19 @@ impl HandleTable {
         self
     }
 
+    /// The installed segment's base, the segment and the offset in it of slot `index`;
+    /// `None` for `u32::MAX` or a segment not installed (shared by `slot` and
+    /// `segment_of`).
+    #[inline(always)]
+    fn installed(&self, index: u32) -> Option<(*mut Slot, usize, usize)> {
+        if index == RawHandle::NULL.index() {
+            return None;
+        }
+        let (seg, offset) = locate(index);
+        let base = self.segments.get(seg)?.load(Acquire);
+        (!base.is_null()).then_some((base, seg, offset))
+    }
+
     /// The slot at `index`, if the segment holding it is installed.
     ///
     /// Lock-free: one `leading_zeros`, one Acquire load. `None` means the index was never
@@ -246,14 +259,7 @@ impl HandleTable {
     /// a block's recorded owner index to its slot.
     #[inline]
     pub fn slot(&self, index: u32) -> Option<&Slot> {
-        if index == RawHandle::NULL.index() {
-            return None;
-        }
-        let (seg, offset) = locate(index);
-        let base = self.segments.get(seg)?.load(Acquire);
-        if base.is_null() {
-            return None;
-        }
+        let (base, _, offset) = self.installed(index)?;
         // SAFETY:
         // - `base` is an installed segment of `segment_len(seg)` initialised slots (zero
         //   pages or constructed slots, published by the installing CAS we Acquired);
@@ -268,14 +274,7 @@ impl HandleTable {
     /// [`slot`](Self::slot)). `None` as for `slot`.
     #[inline]
     pub(crate) fn segment_of(&self, index: u32) -> Option<(u32, &[Slot])> {
-        if index == RawHandle::NULL.index() {
-            return None;
-        }
-        let (seg, offset) = locate(index);
-        let base = self.segments.get(seg)?.load(Acquire);
-        if base.is_null() {
-            return None;
-        }
+        let (base, seg, offset) = self.installed(index)?;
         // SAFETY:
         // - as in `slot`: `base` is an installed segment of `segment_len(seg)` initialised
         //   slots, freed only when the table drops.
