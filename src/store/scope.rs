@@ -329,21 +329,27 @@ impl<'s, T> ScopedIter<'s, '_, T> {
                 // unwritten for as long as `'s`; the tag was checked above.
                 Some((Handle::from_raw(raw), unsafe { p.as_ref() }))
             }
-            Err(Some(generation)) => {
-                // A writer or the compactor holds it: wait as `get` does (only for a
-                // value of this store).
-                let h = Handle::from_raw(RawHandle::from_odd(index, generation));
-                self.scope.get(h).map(|v| (h, v))
-            }
+            Err(Some(generation)) => self.busy(index, generation),
             Err(None) => None,
         }
+    }
+
+    /// A writer or the compactor holds listed slot `index`: wait as `get` does (only
+    /// for a value of this store).
+    #[cold]
+    #[inline(never)]
+    fn busy(&self, index: u32, generation: u32) -> Option<(Handle<T>, &'s T)> {
+        let h = Handle::from_raw(RawHandle::from_odd(index, generation));
+        self.scope.get(h).map(|v| (h, v))
     }
 }
 
 impl<'s, T> Iterator for ScopedIter<'s, '_, T> {
     type Item = (Handle<T>, &'s T);
 
-    #[inline]
+    /// Inlined into the caller's loop (also across crates: a call per item costs more
+    /// than the item).
+    #[inline(always)]
     fn next(&mut self) -> Option<Self::Item> {
         while let Some(&index) = self.list.get(self.at) {
             self.at += 1;
