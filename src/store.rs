@@ -48,7 +48,7 @@ use crate::handle::scope::{mine, scopes_of, write_scoped};
 use crate::handle::{Handle, RawHandle, SlotRead, SlotWrite};
 use crate::heap::Heap;
 use crate::movable::{
-    MAX_TAG, Tag, new_store_tag, peek_tag, skip_store_tags_to, tag_bits, untag_if,
+    MAX_TAG, Tag, new_store_tag, peek_tag, skip_store_tags_to, tag_bits, untag_live_if,
 };
 use crate::numa::migration::{any_sampling, on_guarded_read};
 
@@ -100,9 +100,13 @@ impl<T> StoreInner<T> {
         Ok(out.expect("free_movable runs the hook on success"))
     }
 
+    /// The value's address if `ptr`, the pointer of a slot this thread holds a guard
+    /// on, is a block of this store.
     #[inline(always)]
     fn owns(&self, ptr: NonNull<u8>) -> Option<NonNull<T>> {
-        untag_if(ptr, self.bits).map(NonNull::cast)
+        // SAFETY: a guarded slot is occupied, so its pointer is a block address that
+        // `tag_ptr` tagged (the guard keeps it from changing).
+        unsafe { untag_live_if(ptr, self.bits) }.map(NonNull::cast)
     }
 }
 

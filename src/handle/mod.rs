@@ -184,7 +184,9 @@ impl RawHandle {
         debug_assert!(generation & 1 == 1);
         Self {
             index,
-            generation: NonZeroU32::MIN.saturating_add(generation - 1),
+            // SAFETY: `generation | 1` has its low bit set, so it is not zero (and it is
+            // `generation` itself, which the caller promises is odd).
+            generation: unsafe { NonZeroU32::new_unchecked(generation | 1) },
         }
     }
 

@@ -93,7 +93,7 @@
 
 use core::ptr::NonNull;
 
-use super::{HandleTable, RawHandle, SlotWrite};
+use super::{HandleTable, RawHandle, Slot, SlotWrite};
 use crate::HandleError;
 use crate::sync::{
     AtomicU64,
@@ -358,6 +358,7 @@ fn write_scoped_for<'a>(
 /// # Errors
 ///
 /// As [`write_scoped`]; also [`HandleError::Busy`] (only if not `wait`) if a pin is held.
+#[cfg(tidyheap_loom)]
 pub(crate) fn remove_scoped(
     table: &HandleTable,
     scopes: &Scopes,
@@ -365,9 +366,23 @@ pub(crate) fn remove_scoped(
     wait: bool,
     before_wait: impl Fn(),
 ) -> Result<(NonNull<u8>, bool), HandleError> {
+    let slot = table.get(h).ok_or(HandleError::Stale)?;
+    remove_scoped_at(table, scopes, slot, h, wait, before_wait)
+}
+
+/// [`remove_scoped`] with `h`'s slot already looked up by the caller
+/// (`table.get(h)`).
+#[inline(always)]
+pub(crate) fn remove_scoped_at(
+    table: &HandleTable,
+    scopes: &Scopes,
+    slot: &Slot,
+    h: RawHandle,
+    wait: bool,
+    before_wait: impl Fn(),
+) -> Result<(NonNull<u8>, bool), HandleError> {
     // The common case, one read-modify-write: take the slot alone (`W | M`), check the
     // scopes (as a writer does: F_w, then the count), vacate with a plain store.
-    let slot = table.get(h).ok_or(HandleError::Stale)?;
     let generation = h.generation().get();
     match slot.try_lock_remove(generation) {
         Ok(old) => {
@@ -381,9 +396,22 @@ pub(crate) fn remove_scoped(
         Err(HandleError::Stale) => return Err(HandleError::Stale),
         Err(_) => {}
     }
-    // A guard, pin or scope is in the way: the waiting (or `Busy`) path.
+    remove_waiting(table, scopes, h, wait, &before_wait)
+}
+
+/// The rest of [`remove_scoped`]: a guard, pin or scope is in the way, so the waiting
+/// (or `Busy`) path.
+#[cold]
+#[inline(never)]
+fn remove_waiting(
+    table: &HandleTable,
+    scopes: &Scopes,
+    h: RawHandle,
+    wait: bool,
+    before_wait: &dyn Fn(),
+) -> Result<(NonNull<u8>, bool), HandleError> {
     loop {
-        let g = write_scoped_for(table, scopes, h, wait, true, &before_wait)?;
+        let g = write_scoped_for(table, scopes, h, wait, true, before_wait)?;
         match table.vacate_written(h, g) {
             Ok(r) => return Ok(r),
             Err(g) => {

@@ -63,7 +63,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use crate::HandleError;
 #[cfg(feature = "events")]
 use crate::events::Pool;
-use crate::handle::scope::{self, remove_scoped, scopes_of};
+use crate::handle::scope::{self, remove_scoped_at, scopes_of};
 use crate::handle::{RawHandle, SlotPin, SlotRead, SlotWrite};
 use crate::heap::{Heap, layout_for};
 use crate::numa::migration::{any_sampling, on_guarded_read};
@@ -83,7 +83,7 @@ pub(crate) use large::{large_header_of, large_vote};
 use tag::take_tag;
 pub(crate) use tag::{
     MAX_TAG, RAW_TAG, Tag, new_store_tag, peek_tag, skip_store_tags_to, tag_bits, tag_ptr, untag,
-    untag_if,
+    untag_live_if,
 };
 
 // Every thread-cache record has a lane of the handle table (`lane_of`).
@@ -283,7 +283,7 @@ impl Heap {
         let tc = thread_cache::current_fast_at(inner, HEAP_SLOT);
         let (tagged, retired) = if tag != RAW_TAG {
             // A store's value: not while a read scope of the store is open.
-            remove_scoped(table, scopes_of(tag), h, wait, || {
+            remove_scoped_at(table, scopes_of(tag), slot, h, wait, || {
                 scope::mine::check(tag, &|| {
                     format!("removing {h:?} (remove / dropping an Owned)")
                 });
@@ -307,7 +307,7 @@ impl Heap {
         let lane = tc.map(|tc| inner.lane_of(tc));
         self.free_vacated(tagged, tc, |b| before_free(b, lane));
         // SAFETY:
-        // - we vacated the slot just now (`remove_scoped`) and gave it to nobody;
+        // - we vacated the slot just now (`remove_scoped_at`) and gave it to nobody;
         // - the lane is `tc`'s, the record this thread owns (`lane_of`).
         unsafe {
             table.recycle(lane, h.index(), retired);

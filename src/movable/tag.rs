@@ -88,16 +88,23 @@ pub(crate) const fn tag_bits(tag: Tag) -> usize {
 }
 
 /// The block address of slot pointer `p` if it carries the tag whose bits are `bits`
-/// ([`tag_bits`]): one mask and compare (the same answer as comparing [`untag`]'s tag).
+/// ([`tag_bits`]): one mask and compare (the same answer as comparing [`untag`]'s tag),
+/// then one xor. For a live block's pointer only: `p` came from [`tag_ptr`] (an occupied
+/// slot's pointer read under a guard or inside a read scope, never a racy peek), so its
+/// address bits are a block's and never zero.
+///
+/// # Safety
+///
+/// * `p` is a pointer [`tag_ptr`] made from a (non-null) block address.
 #[inline(always)]
-pub(crate) fn untag_if(p: NonNull<u8>, bits: usize) -> Option<NonNull<u8>> {
+pub(crate) unsafe fn untag_live_if(p: NonNull<u8>, bits: usize) -> Option<NonNull<u8>> {
     let a = p.as_ptr().addr();
     if a & !ADDR_MASK != bits {
         return None;
     }
-    let block = p.as_ptr().with_addr(a & ADDR_MASK);
-    // Garbage (a racy peek) may strip to 0: never dereferenced, but not null either.
-    Some(NonNull::new(block).unwrap_or(p))
+    // SAFETY: `a & !ADDR_MASK == bits`, so `a ^ bits` is `a`'s address bits: the block
+    // address `tag_ptr` was given, which is not null (the caller's precondition).
+    Some(unsafe { NonNull::new_unchecked(p.as_ptr().with_addr(a ^ bits)) })
 }
 
 /// Splits a slot pointer into the block address and its tag.

@@ -243,6 +243,7 @@ impl Members {
     ///
     /// * if `lane` is `Some(l)`, the calling thread owns lane `l` of the heap (its
     ///   thread-cache record), so it is the only producer of lane `l`'s ring.
+    #[inline(always)]
     pub(crate) unsafe fn add(&self, lane: Option<usize>, index: u32, generation: u32) {
         // SAFETY: the caller's precondition.
         unsafe { self.change(lane, index, generation, false) }
@@ -253,22 +254,26 @@ impl Members {
     /// # Safety
     ///
     /// * as for [`Members::add`].
+    #[inline(always)]
     pub(crate) unsafe fn remove(&self, lane: Option<usize>, index: u32, generation: u32) {
         // SAFETY: the caller's precondition.
         unsafe { self.change(lane, index, generation, true) }
     }
 
+    /// The hot path: one ring append (a load, a store and a Release store). A thread
+    /// without a lane, a lane's first change and a full ring take the cold paths.
+    ///
     /// # Safety
     ///
     /// * as for [`Members::add`].
-    #[inline]
+    #[inline(always)]
     unsafe fn change(&self, lane: Option<usize>, index: u32, generation: u32, remove: bool) {
-        let ring = match lane {
-            Some(l) => match NonNull::new(self.rings[l].load(Acquire)) {
-                Some(r) => r,
-                None => self.register(l),
-            },
-            None => return self.with(|d| d.apply(index, generation, remove)),
+        let ring = lane
+            .and_then(|l| self.rings.get(l))
+            .map(|r| r.load(Acquire));
+        let Some(ring) = ring.and_then(NonNull::new) else {
+            // SAFETY: the caller's precondition.
+            return unsafe { self.change_slow(lane, index, generation, remove) };
         };
         // SAFETY: registered rings live as long as `self`.
         let ring = unsafe { ring.as_ref() };
@@ -276,11 +281,37 @@ impl Members {
         let head = ring.head.load(Relaxed);
         // Acquire: the drain that freed the entry we reuse has finished reading it.
         if head.wrapping_sub(ring.tail.load(Acquire)) as usize == RING {
-            self.with(Dense::drain);
+            self.drain_full();
         }
         ring.ops[head as usize % RING].store(encode(index, generation, remove), Relaxed);
         // Release: publishes the entry (and the change it records) to the next drain.
         ring.head.store(head.wrapping_add(1), Release);
+    }
+
+    /// A full ring: drains every ring under the lock (once per [`RING`] changes).
+    #[cold]
+    #[inline(never)]
+    fn drain_full(&self) {
+        self.with(Dense::drain);
+    }
+
+    /// [`Members::change`] without a registered ring: registers the lane's ring and
+    /// appends there, or (no lane) applies the change under the lock.
+    ///
+    /// # Safety
+    ///
+    /// * as for [`Members::add`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn change_slow(&self, lane: Option<usize>, index: u32, generation: u32, remove: bool) {
+        match lane {
+            Some(l) if l < self.rings.len() => {
+                self.register(l);
+                // SAFETY: the caller's precondition; the ring is registered now.
+                unsafe { self.change(lane, index, generation, remove) }
+            }
+            _ => self.with(|d| d.apply(index, generation, remove)),
+        }
     }
 
     /// Makes and registers lane `lane`'s ring (its owner's first change to the store).

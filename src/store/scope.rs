@@ -17,7 +17,7 @@ use super::{Store, StoreInner};
 use crate::HandleError;
 use crate::handle::scope::{Scopes, mine, scoped_get, scopes_of, try_scoped_get};
 use crate::handle::{Handle, HandleTable, RawHandle, Slot};
-use crate::movable::untag_if;
+use crate::movable::untag_live_if;
 use crate::numa::scoped::{resolve_sampled, scope_tag};
 
 /// An open read scope of a [`Store`]: resolves handles to `&T` with no atomic
@@ -192,7 +192,9 @@ impl<'a, T> ReadScope<'a, T> {
     /// the cold path, which checks the store's tag and samples (`numa::scoped`).
     #[inline(always)]
     fn resolve(&self, h: RawHandle, p: NonNull<u8>) -> Option<NonNull<T>> {
-        match untag_if(p, self.bits) {
+        // SAFETY: `p` was read from an occupied slot inside this scope (`scoped_get`), so
+        // it is the tagged address of a block (module `handle::scope`).
+        match unsafe { untag_live_if(p, self.bits) } {
             Some(block) => Some(block.cast()),
             None => self.resolve_miss(h, p),
         }
@@ -243,7 +245,8 @@ impl<'a, T> ReadScope<'a, T> {
     pub fn iter(&self) -> impl Iterator<Item = (Handle<T>, &T)> + '_ {
         ScopedIter {
             scope: self,
-            list: self.inner.members.snapshot().into_iter(),
+            list: self.inner.members.snapshot(),
+            at: 0,
             start: 0,
             slots: &[],
             bits: self.bits,
@@ -282,7 +285,9 @@ impl<'a, T> ReadScope<'a, T> {
 /// store's slots are handed out in runs) skip the segment lookup.
 struct ScopedIter<'s, 'a, T> {
     scope: &'s ReadScope<'a, T>,
-    list: std::vec::IntoIter<u32>,
+    list: Vec<u32>,
+    /// Position of the next index in `list`.
+    at: usize,
     /// First index of `slots`.
     start: u32,
     /// The segment of the last index looked up (empty before the first).
@@ -306,48 +311,57 @@ impl<'s, T> ScopedIter<'s, '_, T> {
         (self.start, self.slots) = (start, slots);
         slots.get((index - start) as usize)
     }
+
+    /// The item of listed slot `index`, if it holds a value of this store.
+    #[inline(always)]
+    fn item(&mut self, index: u32) -> Option<(Handle<T>, &'s T)> {
+        let slot = self.slot(index)?;
+        match slot.scoped_entry() {
+            Ok((generation, p)) => {
+                let raw = RawHandle::from_odd(index, generation);
+                // SAFETY: `p` was read from an occupied slot inside the scope
+                // (`scoped_entry`): the tagged address of a block.
+                let p = match unsafe { untag_live_if(p, self.bits) } {
+                    Some(p) => p.cast::<T>(),
+                    None => self.scope.resolve_miss(raw, p)?,
+                };
+                // SAFETY: as in `ReadScope::get`: the scope keeps the value in place and
+                // unwritten for as long as `'s`; the tag was checked above.
+                Some((Handle::from_raw(raw), unsafe { p.as_ref() }))
+            }
+            Err(Some(generation)) => self.busy(index, generation),
+            Err(None) => None,
+        }
+    }
+
+    /// A writer or the compactor holds listed slot `index`: wait as `get` does (only
+    /// for a value of this store).
+    #[cold]
+    #[inline(never)]
+    fn busy(&self, index: u32, generation: u32) -> Option<(Handle<T>, &'s T)> {
+        let h = Handle::from_raw(RawHandle::from_odd(index, generation));
+        self.scope.get(h).map(|v| (h, v))
+    }
 }
 
 impl<'s, T> Iterator for ScopedIter<'s, '_, T> {
     type Item = (Handle<T>, &'s T);
 
-    #[inline]
+    /// Inlined into the caller's loop (also across crates: a call per item costs more
+    /// than the item).
+    #[inline(always)]
     fn next(&mut self) -> Option<Self::Item> {
-        while let Some(index) = self.list.next() {
-            let Some(slot) = self.slot(index) else {
-                continue;
-            };
-            match slot.scoped_entry() {
-                Ok((generation, p)) => {
-                    let raw = RawHandle::from_odd(index, generation);
-                    let p = match untag_if(p, self.bits) {
-                        Some(p) => p.cast::<T>(),
-                        None => match self.scope.resolve_miss(raw, p) {
-                            Some(p) => p,
-                            None => continue,
-                        },
-                    };
-                    let h = Handle::from_raw(raw);
-                    // SAFETY: as in `ReadScope::get`: the scope keeps the value in place
-                    // and unwritten for as long as `'s`; the tag was checked above.
-                    return Some((h, unsafe { p.as_ref() }));
-                }
-                Err(Some(generation)) => {
-                    // A writer or the compactor holds it: wait as `get` does (only for a
-                    // value of this store).
-                    let h = Handle::from_raw(RawHandle::from_odd(index, generation));
-                    if let Some(v) = self.scope.get(h) {
-                        return Some((h, v));
-                    }
-                }
-                Err(None) => {}
+        while let Some(&index) = self.list.get(self.at) {
+            self.at += 1;
+            if let Some(item) = self.item(index) {
+                return Some(item);
             }
         }
         None
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        (0, self.list.size_hint().1)
+        (0, Some(self.list.len() - self.at))
     }
 }
 

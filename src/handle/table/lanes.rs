@@ -26,7 +26,7 @@
 //! ```
 //!
 //! A thread that exits leaves its lane with its record: the next thread to claim the
-//! record inherits the stash (at most `STASH` slots wait there meanwhile).
+//! record inherits the stash (at most [`STASH`] slots wait there meanwhile).
 
 use super::HandleTable;
 use super::free_list::NIL;
@@ -45,31 +45,37 @@ pub(crate) const LANES: usize = 1024;
 #[cfg(tidyheap_loom)]
 pub(crate) const LANES: usize = 3;
 
-/// Slots a stash holds.
+/// Slots a stash holds: a lane is two 4 KiB pages, so a thread that removes a burst
+/// of up to two thousand values and then inserts as many (a level unloading and the
+/// next one loading, a frame's particles) reuses its own slots without touching the
+/// shared list. Memory is committed only as far as a stash has grown (the lanes are
+/// reserved zero pages, and each lane is touched only by its owner).
 #[cfg(not(tidyheap_loom))]
-const STASH: usize = 28;
+pub(super) const STASH: usize = 2044;
 #[cfg(tidyheap_loom)]
-const STASH: usize = 2;
+pub(super) const STASH: usize = 2;
 
 /// Slots moved between a stash and the shared list at once.
 const BATCH: usize = STASH / 2;
 
 /// The owner-only part of a lane. All-zero bytes are an empty stash.
+#[repr(C)]
 struct Stash {
     len: u32,
     slots: [u32; STASH],
 }
 
-/// One lane (see the module docs), on its own cache lines.
-#[repr(align(128))]
+/// One lane (see the module docs), on its own cache lines. The net count and the
+/// stash's length come first, so a lane whose stash stays short touches one page.
+#[repr(C, align(128))]
 pub(crate) struct Lane {
-    stash: UnsafeCell<Stash>,
     /// Inserts minus removes through this lane, as a wrapping `usize`.
     net: AtomicUsize,
+    stash: UnsafeCell<Stash>,
 }
 
 #[cfg(not(tidyheap_loom))]
-const _: () = assert!(size_of::<Lane>() == 128);
+const _: () = assert!(size_of::<Lane>() == 8192);
 
 impl Lane {
     /// Adds `d` to the lane's net count: owner only, so a load and a store.
@@ -133,6 +139,7 @@ pub(super) unsafe fn free_lanes(base: *mut Lane) {
 impl HandleTable {
     /// Lane `lane`, reserving the lanes on first use; `None` if that fails (the caller
     /// then takes the shared path).
+    #[inline(always)]
     fn lane(&self, lane: usize) -> Option<&Lane> {
         debug_assert!(lane < LANES);
         let mut base = self.lanes.load(Acquire);
@@ -188,6 +195,7 @@ impl HandleTable {
     ///
     /// * `lane < LANES`, and the calling thread owns lane `lane` (no other thread uses
     ///   it until the caller hands it on with Release / Acquire synchronisation).
+    #[inline]
     pub(crate) unsafe fn insert_in(
         &self,
         lane: usize,
@@ -257,6 +265,7 @@ impl HandleTable {
     /// * the caller vacated slot `index` and nobody else has been given it;
     /// * if `lane` is `Some(l)`: `l < LANES` and the caller owns lane `l` (see
     ///   [`insert_in`](Self::insert_in)).
+    #[inline]
     pub(crate) unsafe fn recycle(&self, lane: Option<usize>, index: u32, retired: bool) {
         let l = lane.and_then(|lane| {
             let l = self.lane(lane)?;
@@ -264,13 +273,7 @@ impl HandleTable {
             Some(l)
         });
         let Some(l) = l else {
-            self.counters.len.fetch_sub(1, Relaxed);
-            if retired {
-                self.counters.retired.fetch_add(1, Relaxed);
-            } else if let Some(slot) = self.slot(index) {
-                self.push_free(index, slot);
-            }
-            return;
+            return self.recycle_shared(index, retired);
         };
         l.add_net(usize::MAX);
         if retired {
@@ -281,13 +284,31 @@ impl HandleTable {
             // SAFETY: the caller owns the lane.
             let s = unsafe { &mut *s };
             if s.len as usize == STASH {
-                // The oldest half goes back to everyone, in one compare-exchange.
-                self.push_batch(&s.slots[..BATCH]);
-                s.slots.copy_within(BATCH.., 0);
-                s.len -= BATCH as u32;
+                self.spill(s);
             }
             s.push(index);
         });
+    }
+
+    /// [`recycle`](Self::recycle) without a lane: the shared count and free list.
+    #[cold]
+    #[inline(never)]
+    fn recycle_shared(&self, index: u32, retired: bool) {
+        self.counters.len.fetch_sub(1, Relaxed);
+        if retired {
+            self.counters.retired.fetch_add(1, Relaxed);
+        } else if let Some(slot) = self.slot(index) {
+            self.push_free(index, slot);
+        }
+    }
+
+    /// A full stash: its oldest half goes back to everyone, in one compare-exchange.
+    #[cold]
+    #[inline(never)]
+    fn spill(&self, s: &mut Stash) {
+        self.push_batch(&s.slots[..BATCH]);
+        s.slots.copy_within(BATCH.., 0);
+        s.len -= BATCH as u32;
     }
 
     /// Takes up to `out.len()` slots off the shared free list with one
@@ -297,6 +318,7 @@ impl HandleTable {
     /// meanwhile, but then the head's tag has moved and the compare-exchange fails: a
     /// success means the list was unchanged since the head was loaded (Acquire, which
     /// synchronises with every push before it), so the links read were the real ones.
+    #[inline(never)]
     fn pop_batch(&self, out: &mut [u32]) -> usize {
         let mut head = self.counters.free.load(Acquire);
         'retry: loop {

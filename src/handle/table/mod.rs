@@ -100,7 +100,7 @@ struct Counters {
 ///
 /// Stores on a heap skip the shared list on most operations: each thread reuses slots
 /// through its own *lane* (a stash of vacant slots that moves to and from the shared
-/// list in batches of 14, one compare-exchange each, and a count of its own inserts and
+/// list in batches of 1022 (half a stash), one compare-exchange each, and a count of its own inserts and
 /// removes that `len` sums). See `handle/table/lanes.rs`.
 ///
 /// # Invariants (at quiescence; tested)
@@ -353,6 +353,7 @@ impl HandleTable {
     ///
     /// [`HandleError::Alloc`] if the lease table cannot grow; the slot is unchanged and
     /// still the caller's.
+    #[inline(always)]
     fn next_generation(
         &self,
         index: u32,
@@ -369,6 +370,14 @@ impl HandleTable {
                 vacant + 1
             }));
         }
+        self.lease_generation(index)
+    }
+
+    /// The leased branch of [`next_generation`](Self::next_generation): a new window
+    /// (once per 128 occupancies of a slot, and for a fresh one).
+    #[cold]
+    #[inline(never)]
+    fn lease_generation(&self, index: u32) -> Result<Option<u32>, HandleError> {
         let g = lease::lease(index)?;
         if g.is_none() {
             self.counters.retired.fetch_add(1, Relaxed);

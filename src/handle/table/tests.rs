@@ -1,5 +1,6 @@
 use core::ptr::{self, NonNull};
 
+use super::lanes::STASH;
 use super::segments::{SEGMENTS, locate, segment_len, segment_start};
 use super::*;
 use crate::HandleError;
@@ -262,7 +263,7 @@ fn lanes_reuse_their_own_slots_and_never_issue_one_twice() {
 #[test]
 fn a_full_stash_returns_a_batch_that_other_lanes_reuse() {
     let t = HandleTable::new();
-    let hs: Vec<_> = (0..40).map(|i| ins(&t, 0, i)).collect();
+    let hs: Vec<_> = (0..STASH + 12).map(|i| ins(&t, 0, i)).collect();
     for &h in &hs {
         remove_in(&t, Some(0), h).unwrap();
     }
@@ -270,7 +271,7 @@ fn a_full_stash_returns_a_batch_that_other_lanes_reuse() {
         !t.free_list().is_empty(),
         "the stash overflowed into the shared list"
     );
-    assert!(t.stashed().len() <= 28);
+    assert!(t.stashed().len() <= STASH);
     assert_accounted(&t);
     // Lane 1 has no stash: it takes a batch off the shared list instead of fresh indexes.
     let issued = t.issued();
