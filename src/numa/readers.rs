@@ -46,7 +46,7 @@ use parking_lot::Mutex;
 
 use crate::os;
 use crate::pool::arena::MAX_SPANS;
-use crate::pool::span::{SpanKind, geometry};
+use crate::pool::span::{SpanKind, capacity_of};
 use crate::size_class::NUM_CLASSES;
 
 /// Largest count of the majority vote.
@@ -170,7 +170,7 @@ impl ReaderMap {
             return None;
         }
         let stride = (0..NUM_CLASSES)
-            .map(|c| geometry(c, SpanKind::Movable).1)
+            .map(|c| capacity_of(c, SpanKind::Movable))
             .max()
             .unwrap_or(0);
         match os::reserve(Self::map_bytes(stride), os::PAGE_SIZE) {
