@@ -612,7 +612,7 @@ impl Heap {
             plan.cursor = (plan.cursor.0 + 1, 0);
         }
         if plan.cursor.0 >= plan.sources.len() {
-            self.finish_plan(plan);
+            self.finish_plan(plan, full);
             report.complete = true;
         }
         // Purge what has been empty for the policy's delay beyond what recent demand

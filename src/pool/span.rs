@@ -51,6 +51,7 @@ use super::thread_cache::ThreadCache;
 use crate::size_class;
 
 mod table;
+mod tail;
 
 #[cfg(test)]
 use table::META_BYTES;
@@ -305,6 +306,13 @@ impl Span {
         unsafe { self.committed.as_ref() }
     }
 
+    /// The owning arena's counter of movable serving spans' committed bytes.
+    #[inline]
+    fn movable_counter(&self) -> &AtomicUsize {
+        // SAFETY: the counter outlives the span (`Span::new`'s contract).
+        unsafe { self.movable.as_ref() }
+    }
+
     /// Bytes this span counts as committed (its [`Pages`]).
     #[inline]
     pub(crate) fn committed_bytes(&self) -> usize {
@@ -314,7 +322,13 @@ impl Span {
     /// Bytes of side table this span counts as committed.
     #[inline]
     pub(crate) fn table_committed_bytes(&self) -> usize {
-        (self.pages.get(Area::Owners) + self.pages.get(Area::Slacks)) * crate::os::PAGE_SIZE
+        self.pages.get(Area::Table) * crate::os::PAGE_SIZE
+    }
+
+    /// Counts the first `bytes` bytes of the side table as committed.
+    #[inline]
+    fn cover_table(&self, bytes: usize) {
+        self.cover_entry(Area::Table, bytes);
     }
 
     /// Counts the first `bytes` bytes of `area` as committed (see [`Pages::cover`]).
@@ -322,9 +336,7 @@ impl Span {
     /// span serves a class of a kind that cannot change meanwhile.
     #[inline]
     fn cover_entry(&self, area: Area, bytes: usize) {
-        // SAFETY: the counter outlives the span (`Span::new`'s contract).
-        let movable = unsafe { self.movable.as_ref() };
-        let movable = (self.kind() == SpanKind::Movable).then_some(movable);
+        let movable = (self.kind() == SpanKind::Movable).then_some(self.movable_counter());
         self.pages
             .cover(area, pages_for(bytes), self.committed(), movable);
     }
@@ -338,18 +350,14 @@ impl Span {
     /// * the caller holds the owning arena's lock;
     /// * no block of the span is out, and no pass scans it.
     pub(crate) unsafe fn decommit(&self, lazy: bool) -> bool {
-        let slacks = self.table + self.bytes / size_class::MIN_SIZE * size_of::<u32>();
         let mut ok = true;
-        for (area, start) in [
-            (Area::Blocks, self.base),
-            (Area::Owners, self.table),
-            (Area::Slacks, slacks),
-        ] {
+        for (area, start) in [(Area::Blocks, self.base), (Area::Table, self.table)] {
             let n = self.pages.get(area);
             // SAFETY: the area's first `n` pages are this span's (`Span::new`), and hold
             // nothing live: no block is out and no pass reads the table (caller).
             if unsafe { table::purge_pages(start, n, lazy) }.is_ok() {
-                self.pages.lower(area, 0, self.committed());
+                // Not serving (empty): not in the movable counter.
+                self.pages.lower(area, 0, self.committed(), None);
             } else {
                 ok = false;
             }

@@ -4,14 +4,15 @@
 //! # Where the side table lives
 //!
 //! Each 64 MiB chunk of span regions is reserved together with a *table area* behind
-//! it, [`TABLE_BYTES_PER_BYTE`] bytes for every byte of the chunk. The span at offset
-//! `o` of its chunk owns the table bytes from `o · 3/8` on (page-aligned: `o` is a
-//! multiple of 64 KiB), enough for one entry per [`MIN_SIZE`] bytes of region, the
-//! most blocks any class can carve:
+//! it, [`table_bytes`] of it: 6 bytes for every [`MIN_SIZE`] bytes of the chunk. The
+//! span at offset `o` of its chunk owns the table bytes from `o · 3/8` on
+//! (page-aligned: `o` is a multiple of 64 KiB), enough for an entry per block of any
+//! class. In each life the table holds the class's `capacity` owners, then as many
+//! slacks:
 //!
 //! ```text
-//!  table                       table + bytes/4                 table + bytes·3/8
-//!  │ owners: u32 per block ... │ slacks: u16 per block ...      │
+//!  table               table + 4·cap          table + 6·cap       table + bytes·3/8
+//!  │ owners: u32 each  │ slacks: u16 each     │ (unused this life)  │
 //! ```
 //!
 //! So a movable span's blocks start at its base and fill its region, and the table's
@@ -19,8 +20,8 @@
 //!
 //! # Page accounting
 //!
-//! A span counts as committed the pages that may hold data: three high marks, in
-//! pages, of its block area, owner area and slack area (see [`Pages`]). A mark grows
+//! A span counts as committed the pages that may hold data: two high marks, in pages,
+//! of its region and of its table area (see [`Pages`]). A mark grows
 //! when a write reaches a page past it (carving a block, storing an entry) and the
 //! arena's committed counter grows with it; it falls to 0 only when the span's pages
 //! are handed back ([`Span::decommit`]). Writes that would store the value an entry
@@ -56,10 +57,8 @@ pub(crate) const HOME: u32 = u32::MAX;
 pub(crate) enum Area {
     /// The span's region.
     Blocks = 0,
-    /// The owner entries of its side table.
-    Owners = 1,
-    /// The slack entries of its side table.
-    Slacks = 2,
+    /// Its side table.
+    Table = 1,
 }
 
 /// High marks, in pages from each area's start, of the pages a span may have written:
@@ -70,7 +69,7 @@ pub(crate) enum Area {
 /// count each page once; reset under the arena lock when the span, empty, is purged.
 #[derive(Debug, Default)]
 pub(crate) struct Pages {
-    marks: [AtomicU32; 3],
+    marks: [AtomicU32; 2],
 }
 
 impl Pages {
@@ -80,10 +79,10 @@ impl Pages {
         self.marks[area as usize].load(Ordering::Relaxed) as usize
     }
 
-    /// All three marks, in pages.
+    /// Both marks, in pages.
     #[inline]
     pub(crate) fn total(&self) -> usize {
-        self.get(Area::Blocks) + self.get(Area::Owners) + self.get(Area::Slacks)
+        self.get(Area::Blocks) + self.get(Area::Table)
     }
 
     /// Raises the mark of `area` to cover its first `pages` pages, adding what it grew
@@ -110,12 +109,23 @@ impl Pages {
         }
     }
 
-    /// Lowers the mark of `area` to `pages` (a page-granular tail was handed back),
-    /// taking what it fell by from `committed`.
-    pub(crate) fn lower(&self, area: Area, pages: usize, committed: &AtomicUsize) {
+    /// Lowers the mark of `area` to `pages` (its pages past them were handed back),
+    /// taking what it fell by from `committed`, and from `movable` if given (a movable
+    /// span serving a class). Called under the arena lock.
+    pub(crate) fn lower(
+        &self,
+        area: Area,
+        pages: usize,
+        committed: &AtomicUsize,
+        movable: Option<&AtomicUsize>,
+    ) {
         let old = self.marks[area as usize].swap(pages as u32, Ordering::Relaxed) as usize;
         debug_assert!(old >= pages);
-        committed.fetch_sub((old - pages) * PAGE_SIZE, Ordering::Relaxed);
+        let fell = (old - pages) * PAGE_SIZE;
+        committed.fetch_sub(fell, Ordering::Relaxed);
+        if let Some(m) = movable {
+            m.fetch_sub(fell, Ordering::Relaxed);
+        }
     }
 }
 
@@ -157,11 +167,12 @@ impl<'a> BlockMeta<'a> {
     /// `span` is movable and initialised (its table is its own), `i < capacity`.
     #[inline]
     pub(super) unsafe fn new(span: &'a Span, i: usize) -> Self {
-        let slacks = span.table + span.bytes / MIN_SIZE * size_of::<u32>();
-        // SAFETY: the table area of `span` holds `bytes / MIN_SIZE ≥ capacity > i`
-        // owners (`u32`, aligned: `table` is page-aligned) then as many slacks (`u16`,
-        // 2-aligned), inside the chunk's reservation, mapped read-write for the heap's
-        // life (caller: `i < capacity`); any bytes are valid atomics.
+        let slacks = span.table + span.capacity() * size_of::<u32>();
+        // SAFETY: the table area of `span` (`table_bytes(bytes)` long: room for
+        // `bytes / MIN_SIZE ≥ capacity` entries) holds `capacity > i` owners (`u32`,
+        // aligned: `table` is page-aligned) then as many slacks (`u16`, 2-aligned),
+        // inside the chunk's reservation, mapped read-write for the heap's life
+        // (caller: `i < capacity`); any bytes are valid atomics.
         unsafe {
             Self {
                 span,
@@ -189,8 +200,7 @@ impl<'a> BlockMeta<'a> {
 
     #[inline]
     fn store_owner(&self, owner: u32, order: Ordering) {
-        self.span
-            .cover_entry(Area::Owners, (self.i + 1) * size_of::<u32>());
+        self.span.cover_table((self.i + 1) * size_of::<u32>());
         self.owner.store(owner, order);
     }
 
@@ -239,8 +249,9 @@ impl<'a> BlockMeta<'a> {
     #[inline]
     fn store_slack(&self, slack: u16) {
         if self.slack.load(Ordering::Relaxed) != slack {
+            let owners = self.span.capacity() * size_of::<u32>();
             self.span
-                .cover_entry(Area::Slacks, (self.i + 1) * size_of::<u16>());
+                .cover_table(owners + (self.i + 1) * size_of::<u16>());
             self.slack.store(slack, Ordering::Relaxed);
         }
     }
