@@ -2,7 +2,7 @@
 //!
 //! # Where the samples live, and why not in the span's side table
 //!
-//! The movable side table holds 6 bytes a block in front of the blocks (owner + slack);
+//! The movable side table holds 6 bytes a block (owner + slack, outside the span);
 //! one more byte a block would cost every heap, one node or many, about 1.5 % of a 64 B
 //! class in metadata (the seed-pattern test's `fragmentation < 0.1` after a full
 //! compaction would no longer hold). So the samples live beside the heap instead, in
