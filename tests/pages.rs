@@ -12,18 +12,23 @@ use tidyheap::{Budget, CompactionPolicy, Heap, HeapConfig, RawHandle, SpanKind};
 
 const PAGE: usize = 4096;
 
-fn heap() -> Heap {
+/// A one-arena heap that plans every pass and purges empty spans `purge_delay_passes`
+/// passes after they empty (`u64::MAX`: never lazily; `MADV_FREE`d pages stay
+/// resident, which the residency check below would read as committed).
+fn heap_purging_after(purge_delay_passes: u64) -> Heap {
     let heap = Heap::with_config(HeapConfig {
         arenas: 1,
         ..HeapConfig::DEFAULT
     });
-    // Plan every pass, never purge lazily: `MADV_FREE`d pages stay resident, which the
-    // residency check below would read as committed.
     heap.set_compaction_policy(CompactionPolicy {
         min_fragmentation: 0.0,
-        purge_delay_passes: u64::MAX,
+        purge_delay_passes,
     });
     heap
+}
+
+fn heap() -> Heap {
+    heap_purging_after(u64::MAX)
 }
 
 /// Pages of `[base, base + bytes)` resident in memory (`mincore`).
@@ -87,14 +92,15 @@ fn check(heap: &Heap, live: &[(RawHandle, usize, u8)]) {
 }
 
 /// Random movable and fixed allocations and frees, full compactions and trims, and on
-/// odd seeds budgeted passes (which hand target tails back with `MADV_FREE`): the
+/// odd seeds budgeted passes (which purge spans empty for 2 passes and hand target
+/// tails back, both with `MADV_FREE`, and reuse them): the
 /// committed bytes always equal the walk's sum over spans of their counted pages, live
 /// bytes are exact, and (on even seeds) no resident page goes uncounted.
 #[test]
 fn committed_pages_follow_a_random_workload() {
     for seed in 1..=4u64 {
         let budgeted = seed % 2 == 1;
-        let heap = heap();
+        let heap = heap_purging_after(if budgeted { 2 } else { u64::MAX });
         let mut rng = SmallRng::seed_from_u64(seed);
         let mut live: Vec<(RawHandle, usize, u8)> = Vec::new();
         let mut fixed: Vec<(NonNull<u8>, Layout)> = Vec::new();
@@ -142,6 +148,11 @@ fn committed_pages_follow_a_random_workload() {
             }
         }
         check_pages(&heap, &live, !budgeted);
+        let a = &heap.stats().arenas[0];
+        assert!(
+            a.decommits > 0 && a.recommits > 0,
+            "seed {seed}: purged spans were reused ({a:?})"
+        );
         for (h, _, _) in live.drain(..) {
             heap.free_handle(h).unwrap();
         }
