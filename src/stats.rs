@@ -195,9 +195,10 @@ pub struct NodeStats {
     /// thread was moved by the scheduler after it got its arena, or used the uncached
     /// path).
     pub remote_spans: u64,
-    /// Bytes of the local spans.
+    /// Region bytes of the local spans (whole regions, however many of their pages
+    /// are committed).
     pub local_span_bytes: u64,
-    /// Bytes of the remote spans.
+    /// Region bytes of the remote spans.
     pub remote_span_bytes: u64,
 }
 
