@@ -126,7 +126,12 @@ impl Heap {
         Ok(Self {
             inner,
             // Process-unique handles: a handle of another heap never resolves here.
-            handles: HandleTable::new().with_process_unique_handles(),
+            // One index short of the most: a movable block records its owner as
+            // `index + 1` in its span's side table, where `u32::MAX` marks a home block
+            // (`pool::span::BlockMeta`).
+            handles: HandleTable::new()
+                .with_process_unique_handles()
+                .with_max_slots(crate::handle::MAX_SLOTS - 1),
             compactor: Compactor::new(multi_node),
             #[cfg(feature = "events")]
             events: None,

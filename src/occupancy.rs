@@ -31,8 +31,11 @@ pub enum BlockState {
 pub struct SpanOccupancy {
     /// Address of the span's first byte.
     pub base: usize,
-    /// Bytes of the span.
+    /// Bytes of the span's region.
     pub bytes: usize,
+    /// Bytes the span counts as committed: its region's pages up to the furthest block
+    /// carved, and its side table's pages written.
+    pub committed_bytes: usize,
     /// Size-class index.
     pub class: usize,
     /// Block size of the class.
@@ -102,7 +105,7 @@ impl OccupancyMap {
     /// Committed bytes: serving spans plus committed empty spans (equal to
     /// [`HeapStats::committed_bytes`](crate::HeapStats::committed_bytes) at quiescence).
     pub fn committed_bytes(&self) -> usize {
-        self.spans.iter().map(|s| s.bytes).sum::<usize>() + self.empty_committed_bytes
+        self.spans.iter().map(|s| s.committed_bytes).sum::<usize>() + self.empty_committed_bytes
     }
 
     /// Committed bytes of movable spans.
@@ -110,7 +113,7 @@ impl OccupancyMap {
         self.spans
             .iter()
             .filter(|s| s.kind == SpanKind::Movable)
-            .map(|s| s.bytes)
+            .map(|s| s.committed_bytes)
             .sum()
     }
 
@@ -166,7 +169,7 @@ impl Heap {
                     for (i, b) in blocks.iter_mut().enumerate().take(carved) {
                         // SAFETY: movable span, `i < carved <= capacity`.
                         let m = unsafe { s.meta(i) };
-                        let owner = m.owner.load(Ordering::Acquire);
+                        let owner = m.owner(Ordering::Acquire);
                         *b = if owner == 0 {
                             BlockState::Cached
                         } else {
@@ -197,6 +200,7 @@ impl Heap {
                 map.spans.push(SpanOccupancy {
                     base: s.base,
                     bytes: s.bytes,
+                    committed_bytes: s.committed_bytes(),
                     class: s.class(),
                     block_size: s.block_size(),
                     kind,

@@ -58,23 +58,11 @@ const fn compute_size(c: usize) -> usize {
     }
 }
 
-/// Blocks of `size` bytes that fit a span of `bytes` with a movable side table in
-/// front (6 bytes a block, the first block aligned as the class is): the tighter of the
-/// two span layouts (`pool::span::geometry` computes the same).
+/// Blocks of `size` bytes a movable span of `bytes` holds: blocks fill the region, and
+/// their side table (6 bytes a block) lies outside it (`pool::span::capacity_of`
+/// computes the same).
 pub(crate) const fn movable_capacity(size: usize, bytes: usize) -> usize {
-    let align = {
-        let a = 1 << size.trailing_zeros();
-        if a < MAX_POOL_ALIGN {
-            a
-        } else {
-            MAX_POOL_ALIGN
-        }
-    };
-    let mut cap = bytes / size;
-    while cap > 0 && (cap * 6).next_multiple_of(align) + cap * size > bytes {
-        cap -= 1;
-    }
-    cap
+    bytes / size
 }
 
 /// Span length for class `c`: the fewest whole [`SPAN_UNIT`]s holding at least 8 blocks
@@ -102,9 +90,10 @@ const fn compute_span(c: usize) -> usize {
     let mut u = units;
     while u <= units + 4 && u * SPAN_UNIT <= MAX_SPAN {
         let bytes = u * SPAN_UNIT;
-        // The side table's 6 bytes a block are the same at any length; what the length
-        // decides is the tail and the padding that aligns the first block.
-        let waste_ppm = (bytes - movable_capacity(size, bytes) * (size + 6)) * 1_000_000 / bytes;
+        // The side table (6 bytes a block, outside the region) is the same at any
+        // length; what the length decides is the tail.
+        let cap = movable_capacity(size, bytes);
+        let waste_ppm = (bytes - cap * size) * 1_000_000 / bytes;
         if waste_ppm <= 1_000_000 / 8 {
             return bytes;
         }
@@ -291,7 +280,7 @@ mod tests {
         for c in 0..NUM_CLASSES {
             let bytes = span_bytes(c);
             let cap = movable_capacity(size(c), bytes);
-            let waste = bytes - cap * (size(c) + 6);
+            let waste = bytes - cap * size(c);
             assert!(
                 waste * 8 <= bytes,
                 "class {c} ({} B): {cap} movable blocks waste {waste} of {bytes} B",

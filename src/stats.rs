@@ -87,7 +87,9 @@ impl AddAssign for PoolCounters {
 pub struct ArenaStats {
     /// Spans serving a size class.
     pub spans: usize,
-    /// Bytes of committed spans (serving, or empty and retained).
+    /// Committed bytes of spans (serving, or empty and retained): the pages each span
+    /// counts, its region up to the furthest block carved and its side-table pages
+    /// written.
     pub committed_bytes: usize,
     /// Batches carved from spans for thread caches.
     pub refills: u64,
@@ -137,7 +139,9 @@ pub struct HeapStats {
     /// Directly mapped large blocks: live ones, and freed mappings cached for reuse
     /// (counted apart, see [`LargeStats`]).
     pub large: LargeStats,
-    /// Bytes of spans held from the OS (pool memory only; large blocks are in `large`).
+    /// Committed bytes of pool spans (large blocks are in `large`): the pages each span
+    /// counts, its region up to the furthest block carved and its side-table pages
+    /// written; released and purged spans count nothing.
     pub committed_bytes: usize,
     /// Spans serving a size class.
     pub spans: usize,
@@ -191,9 +195,10 @@ pub struct NodeStats {
     /// thread was moved by the scheduler after it got its arena, or used the uncached
     /// path).
     pub remote_spans: u64,
-    /// Bytes of the local spans.
+    /// Region bytes of the local spans (whole regions, however many of their pages
+    /// are committed).
     pub local_span_bytes: u64,
-    /// Bytes of the remote spans.
+    /// Region bytes of the remote spans.
     pub remote_span_bytes: u64,
 }
 
@@ -288,7 +293,8 @@ impl NumaStats {
 pub struct HeapWalk {
     /// Spans serving a class.
     pub spans: usize,
-    /// Bytes of spans whose pages are committed (serving, or empty and retained).
+    /// Committed bytes of spans (serving, or empty and retained), summed from each
+    /// span's counted pages.
     pub committed_bytes: usize,
     /// Blocks out of their spans (live or cached), per kind: `[fixed, movable]`.
     pub out_blocks: [usize; 2],
@@ -316,7 +322,7 @@ impl crate::Heap {
             let st = arena.lock();
             let mut serving = |s: &crate::pool::span::Span| {
                 w.spans += 1;
-                w.committed_bytes += s.bytes;
+                w.committed_bytes += s.committed_bytes();
                 // SAFETY: the arena lock is held.
                 w.out_blocks[s.kind() as usize] += unsafe { s.out() };
                 if s.kind() == SpanKind::Movable {
@@ -325,7 +331,7 @@ impl crate::Heap {
                     for i in 0..carved {
                         // SAFETY: movable span, `i < carved <= capacity`.
                         let m = unsafe { s.meta(i) };
-                        if m.owner.load(std::sync::atomic::Ordering::Relaxed) != 0 {
+                        if m.owner(std::sync::atomic::Ordering::Relaxed) != 0 {
                             w.movable_live_blocks += 1;
                             w.movable_live_bytes += m.len();
                         }
@@ -346,7 +352,7 @@ impl crate::Heap {
                 for list in &st.empty {
                     for s in list.iter() {
                         debug_assert!(s.state().committed);
-                        w.committed_bytes += s.bytes;
+                        w.committed_bytes += s.committed_bytes();
                     }
                 }
             }

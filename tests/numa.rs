@@ -333,7 +333,10 @@ fn injected_two_nodes_drive_arena_assignment_and_stats() {
         // see `pool::remote`), in an arena of its own node: A, B, E on node 0, C, D on 1.
         for (n, spans) in st.numa.nodes.iter().zip([3, 2]) {
             assert_eq!((n.local_spans, n.remote_spans), (spans, 0), "{n:?}");
-            assert_eq!(n.committed_bytes as u64, n.local_span_bytes);
+            // Committed pages lie in local spans (a span counts the pages it wrote, at
+            // most its region).
+            assert!(n.committed_bytes > 0, "{n:?}");
+            assert!(n.committed_bytes as u64 <= n.local_span_bytes, "{n:?}");
             assert_eq!(n.local_share(), 1.0);
         }
         for _ in 0..5 {

@@ -4,9 +4,10 @@
 
 use tidyheap::{Budget, CompactionPolicy, Heap, RawHandle};
 
-/// One block in each class from 16 KiB to 64 KiB (one span each, nearly all holes no
-/// plan can remove), `dense` KiB blocks filling 8 spans of their class, and two spans of
-/// 64 B blocks of which every other block is freed (one span's worth to gain: 64 KiB).
+/// Four blocks in each class from 16 KiB to 64 KiB, three of them freed (one span each,
+/// whose carved holes no plan can remove), `dense` KiB blocks filling 8 spans of their
+/// class, and two spans of 64 B blocks of which every other block is freed (one span's
+/// worth to gain: 64 KiB).
 struct Packed {
     heap: Heap,
     dense: Vec<(RawHandle, u8)>,
@@ -18,8 +19,20 @@ const DENSE: usize = 1024;
 
 fn packed() -> Packed {
     let heap = Heap::new();
-    let big: Vec<RawHandle> = (0..17)
-        .map(|i| heap.alloc_handle((16 << 10) + i * (3 << 10), 16).unwrap())
+    // The class sizes from 16 KiB to 64 KiB: 2 KiB steps, then 4 KiB steps.
+    let sizes = (0..8)
+        .map(|i| (16 + 2 * i) << 10)
+        .chain((0..9).map(|i| (32 + 4 * i) << 10));
+    let big: Vec<RawHandle> = sizes
+        .map(|size| {
+            let four: Vec<RawHandle> = (0..4)
+                .map(|_| heap.alloc_handle(size, 16).unwrap())
+                .collect();
+            for h in &four[..3] {
+                heap.free_handle(*h).unwrap();
+            }
+            four[3]
+        })
         .collect();
     let fill = |n: usize, size: usize| -> Vec<(RawHandle, u8)> {
         (0..n)

@@ -117,7 +117,7 @@ use crate::heap::Heap;
 use crate::numa::migration::MigrationState;
 use crate::pool::arena::Arena;
 use crate::pool::heap::HeapInner;
-use crate::pool::span::{Span, SpanKind};
+use crate::pool::span::{Area, Span, SpanKind};
 use crate::size_class::NUM_CLASSES;
 use plan::{GAIN_DIVISOR, Plan, Planned, plan_worth_repeating};
 
@@ -451,12 +451,16 @@ impl Heap {
         self.inner().for_each_movable_span(|s| {
             let class = s.class();
             let size = s.block_size();
-            let cap = s.capacity();
+            // SAFETY: `for_each_movable_span` holds the span's arena lock.
+            let carved = unsafe { s.state().carved } as usize;
             let live = s.live.load(Ordering::Relaxed) as usize;
-            f.committed_bytes += s.bytes;
-            f.external_bytes += (cap - live) * size;
-            f.metadata_bytes += s.first_block();
-            f.tail_bytes += s.bytes - s.first_block() - cap * size;
+            // Counted pages (see `pool::span::Pages`): the region up to the furthest
+            // block carved, and the side-table pages written.
+            let block_pages = s.pages.get(Area::Blocks) * crate::os::PAGE_SIZE;
+            f.committed_bytes += s.committed_bytes();
+            f.external_bytes += (carved - live) * size;
+            f.metadata_bytes += s.table_committed_bytes();
+            f.tail_bytes += block_pages - carved * size;
             let entry = match classes.iter_mut().find(|c| c.class == class) {
                 Some(e) => e,
                 None => {
@@ -471,10 +475,10 @@ impl Heap {
             entry.spans += 1;
             entry.live_blocks += live;
             let mut run = 0usize;
-            for i in 0..cap {
-                // SAFETY: movable span, `i < capacity`.
+            for i in 0..carved {
+                // SAFETY: movable span, `i < carved <= capacity`.
                 let meta = unsafe { s.meta(i) };
-                let free = meta.owner.load(Ordering::Relaxed) == 0;
+                let free = meta.owner(Ordering::Relaxed) == 0;
                 if !free {
                     let len = meta.len();
                     f.live_bytes += len;
@@ -556,7 +560,7 @@ impl Heap {
                     // SAFETY: a movable span of the planned geometry (we scan it, so it is
                     // not re-initialised), and `i < carved <= capacity`.
                     let meta = unsafe { span.meta(i) };
-                    let owner = meta.owner.load(Ordering::Acquire);
+                    let owner = meta.owner(Ordering::Acquire);
                     if owner != 0 {
                         let len = meta.len();
                         let (blocks, bytes) = batch.would_move(len);
@@ -608,7 +612,7 @@ impl Heap {
             plan.cursor = (plan.cursor.0 + 1, 0);
         }
         if plan.cursor.0 >= plan.sources.len() {
-            self.finish_plan(plan);
+            self.finish_plan(plan, full);
             report.complete = true;
         }
         // Purge what has been empty for the policy's delay beyond what recent demand

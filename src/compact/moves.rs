@@ -330,7 +330,7 @@ impl Heap {
         // SAFETY: movable span (we scan it), valid index.
         let meta = unsafe { source.meta(i) };
         // An allocation publishes its owner last: until then the block is not ours to move.
-        if meta.owner.load(Ordering::Acquire) != index + 1 {
+        if meta.owner(Ordering::Acquire) != index + 1 {
             return Err(MoveSkip::Gone);
         }
         let len = meta.len();
@@ -344,7 +344,7 @@ impl Heap {
         if count_live {
             target.live.fetch_add(1, Ordering::Relaxed);
         }
-        new_meta.owner.store(index + 1, Ordering::Release);
+        new_meta.set_owner(index + 1, Ordering::Release);
         // SAFETY: we hold the move lock, and `new` holds a complete copy.
         unsafe { mv.set_ptr(tag_ptr(new, tag)) };
         // Event hook (move lock held): free(old), alloc(new) before either address can
@@ -353,7 +353,7 @@ impl Heap {
             self,
             on_move(Pool::Movable, old.as_ptr().addr(), new.as_ptr().addr(), len)
         );
-        meta.owner.store(0, Ordering::Release);
+        meta.set_owner(0, Ordering::Release);
         Ok(MoveEvent {
             handle: mv.handle(),
             from: old.as_ptr().addr(),

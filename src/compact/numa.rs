@@ -205,7 +205,7 @@ impl Heap {
                         // SAFETY: a serving movable span (on a movable list, and we hold
                         // its arena lock, so it is not re-initialised), `i < carved`.
                         let meta = unsafe { span.meta(i) };
-                        let owner = meta.owner.load(Ordering::Acquire);
+                        let owner = meta.owner(Ordering::Acquire);
                         if owner == 0 {
                             continue;
                         }

@@ -231,10 +231,19 @@ impl Heap {
         true
     }
 
-    pub(super) fn finish_plan(&self, plan: &mut Plan) {
+    /// Ends `plan`: reserved destinations go home, targets give back their free tails
+    /// (lazily unless `full`), unfinished sources end their evacuation.
+    pub(super) fn finish_plan(&self, plan: &mut Plan, full: bool) {
         let inner = self.inner();
         for t in &mut plan.targets {
             self.return_run(t);
+            for p in &t.spans {
+                let span = p.span();
+                let arena = &inner.arenas[span.arena as usize];
+                let mut st = arena.lock();
+                // SAFETY: lock held; the span belongs to this arena.
+                unsafe { arena.trim_target(&mut st, span, p.incarnation, !full) };
+            }
         }
         for p in plan.sources.drain(plan.cursor.0.min(plan.sources.len())..) {
             let span = p.span();

@@ -218,15 +218,17 @@ pub struct Fragmentation {
     pub ratio: f64,
     /// Requested bytes of live movable blocks.
     pub live_bytes: usize,
-    /// Bytes of movable spans.
+    /// Committed bytes of movable spans serving a class: the pages of their regions up
+    /// to the furthest block carved, and the pages of their side tables written.
     pub committed_bytes: usize,
     /// Class rounding inside live blocks.
     pub internal_bytes: usize,
-    /// Free blocks inside held spans.
+    /// Free carved blocks inside held spans.
     pub external_bytes: usize,
-    /// Side tables (owner + length per block).
+    /// Committed pages of side tables (owner + length per block).
     pub metadata_bytes: usize,
-    /// Span tails too short for a block.
+    /// The rest of the committed region pages: past the last block carved up to the
+    /// end of its page, or past blocks carved in an earlier life of the span.
     pub tail_bytes: usize,
     /// Per size class in use.
     pub classes: Vec<ClassFragmentation>,

@@ -197,7 +197,7 @@ impl Heap {
         span.live.fetch_add(1, Ordering::Relaxed);
         // Release, and last: the compactor moves a block only once it sees its owner
         // (Acquire), and then also sees the live counts.
-        meta.owner.store(h.index() + 1, Ordering::Release);
+        meta.set_owner(h.index() + 1, Ordering::Release);
         // Profiler hook: by handle, so compaction moves need no update.
         #[cfg(feature = "profiling")]
         self.profiler.on_alloc_handle(h, layout.size());
@@ -351,7 +351,7 @@ impl Heap {
         // Event hook: the slot is vacant (no move can race); free before the block
         // goes back to a free list.
         emit!(self, on_free(Pool::Movable, block.as_ptr().addr(), len));
-        meta.owner.store(0, Ordering::Release);
+        meta.set_owner(0, Ordering::Release);
         span.live.fetch_sub(1, Ordering::Relaxed);
         before_free(block);
         let class = span.class();

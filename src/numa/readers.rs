@@ -2,7 +2,7 @@
 //!
 //! # Where the samples live, and why not in the span's side table
 //!
-//! The movable side table holds 6 bytes a block in front of the blocks (owner + slack);
+//! The movable side table holds 6 bytes a block (owner + slack, outside the span);
 //! one more byte a block would cost every heap, one node or many, about 1.5 % of a 64 B
 //! class in metadata (the seed-pattern test's `fragmentation < 0.1` after a full
 //! compaction would no longer hold). So the samples live beside the heap instead, in
@@ -46,7 +46,7 @@ use parking_lot::Mutex;
 
 use crate::os;
 use crate::pool::arena::MAX_SPANS;
-use crate::pool::span::{SpanKind, geometry};
+use crate::pool::span::{SpanKind, capacity_of};
 use crate::size_class::NUM_CLASSES;
 
 /// Largest count of the majority vote.
@@ -170,7 +170,7 @@ impl ReaderMap {
             return None;
         }
         let stride = (0..NUM_CLASSES)
-            .map(|c| geometry(c, SpanKind::Movable).1)
+            .map(|c| capacity_of(c, SpanKind::Movable))
             .max()
             .unwrap_or(0);
         match os::reserve(Self::map_bytes(stride), os::PAGE_SIZE) {

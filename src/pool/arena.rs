@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use super::lock::{Mutex, MutexGuard};
 use super::pagemap;
 use super::poison;
-use super::span::{ListId, Span, SpanKind, SpanList};
+use super::span::{ListId, Span, SpanKind, SpanList, table_bytes};
 use super::thread_cache::ThreadCache;
 use crate::AllocError;
 use crate::numa::placement::NodePlacement;
@@ -34,8 +34,11 @@ use crate::size_class::{self, MAX_SPAN, NUM_CLASSES, SPAN_UNIT};
 
 /// Span lengths are 1..=16 units.
 const SPAN_LENGTHS: usize = MAX_SPAN / SPAN_UNIT;
-/// Address space reserved per chunk.
+/// Address space of span regions per chunk.
 const CHUNK_BYTES: usize = 64 << 20;
+/// Address space reserved per chunk: its span regions, then their side tables (see
+/// `span::table`; the region at offset `o` has its table at `CHUNK_BYTES + o · 3/8`).
+const CHUNK_RESERVE: usize = CHUNK_BYTES + table_bytes(CHUNK_BYTES);
 /// Most chunks a heap can reserve (4 TiB of address space).
 const MAX_CHUNKS: usize = 1 << 16;
 /// Most span records a heap can hold.
@@ -112,8 +115,9 @@ impl SpanSource {
         (span as *const Span as usize - start) / size_of::<Span>()
     }
 
-    /// A fresh span region of `bytes` for `arena`, registered in the page map.
-    fn new_span(&self, bytes: usize, arena: u32) -> Result<&Span, AllocError> {
+    /// A fresh span region of `bytes` for `arena`, registered in the page map, its pages
+    /// counted in `arena`'s committed bytes.
+    fn new_span(&self, bytes: usize, arena: &Arena) -> Result<&Span, AllocError> {
         let mut st = self.state.lock();
         if st.spans.is_null() {
             st.spans = os::reserve(MAX_SPANS * size_of::<Span>(), os::PAGE_SIZE)?
@@ -131,7 +135,7 @@ impl SpanSource {
             });
         }
         // NUMA: spans of `arena` come from its node's chunk (always 0 with one node).
-        let node = self.numa.arena_node(arena);
+        let node = self.numa.arena_node(arena.index);
         if st.end[node] - st.cur[node] < bytes {
             if st.nchunks == MAX_CHUNKS {
                 return Err(AllocError::OutOfMemory {
@@ -139,7 +143,7 @@ impl SpanSource {
                     errno: libc::ENOMEM,
                 });
             }
-            let base = os::reserve(CHUNK_BYTES, SPAN_UNIT)?.as_ptr() as usize;
+            let base = os::reserve(CHUNK_RESERVE, SPAN_UNIT)?.as_ptr() as usize;
             let n = st.nchunks;
             // SAFETY: the chunk table holds MAX_CHUNKS entries and `n < MAX_CHUNKS`.
             unsafe { st.chunks.add(n).write(base) };
@@ -151,12 +155,25 @@ impl SpanSource {
         }
         let base = st.cur[node];
         st.cur[node] += bytes;
+        let chunk = st.end[node] - CHUNK_BYTES;
+        let table = st.end[node] + table_bytes(base - chunk);
         let idx = st.nspans;
-        // SAFETY: the span table holds MAX_SPANS records and `idx < MAX_SPANS`; the slot
-        // is uninitialised and becomes initialised here, before `nspans` covers it.
+        // SAFETY:
+        // - the span table holds MAX_SPANS records and `idx < MAX_SPANS`; the slot is
+        //   uninitialised and becomes initialised here, before `nspans` covers it;
+        // - the region and its table area (`table_bytes(bytes)` from `table`, inside the
+        //   chunk's reservation behind its regions) are mapped read-write, page-aligned,
+        //   and handed to no other span; the arena (its counter) outlives its spans.
         let span = unsafe {
             let p = st.spans.add(idx);
-            p.write(Span::new(base, bytes, arena));
+            p.write(Span::new(
+                base,
+                bytes,
+                table,
+                arena.index,
+                &arena.counters.committed,
+                &arena.counters.movable,
+            ));
             &*p
         };
         st.nspans += 1;
@@ -189,7 +206,7 @@ impl SpanSource {
                 let base = st.chunks.add(i).read();
                 // ASan: whatever maps these addresses next starts addressable.
                 poison::unpoison(base, CHUNK_BYTES);
-                os::release(NonNull::new_unchecked(base as *mut u8), CHUNK_BYTES);
+                os::release(NonNull::new_unchecked(base as *mut u8), CHUNK_RESERVE);
             }
         }
         // SAFETY: the tables were reserved with these sizes and are dead now.
@@ -216,9 +233,10 @@ impl SpanSource {
 pub(crate) struct ArenaCounters {
     /// Spans serving a class (not on an empty list).
     pub(crate) spans: AtomicUsize,
-    /// Bytes of spans whose pages are committed (serving or retained empty).
+    /// Bytes of the pages spans count as committed (serving or retained empty; see
+    /// `span::Pages`).
     pub(crate) committed: AtomicUsize,
-    /// Bytes of movable spans serving a class.
+    /// Committed bytes (see `committed`) of movable spans serving a class.
     pub(crate) movable: AtomicUsize,
     /// Span regions ever created.
     pub(crate) regions: AtomicUsize,
@@ -245,7 +263,7 @@ pub(crate) struct ArenaState {
     pub(crate) empty: [SpanList; SPAN_LENGTHS],
     /// Empty spans whose pages were purged, by length.
     pub(crate) purged: [SpanList; SPAN_LENGTHS],
-    /// Bytes of the spans on the `empty` lists.
+    /// Committed bytes of the spans on the `empty` lists.
     pub(crate) empty_committed: usize,
     /// Decaying high-water mark of the bytes of committed spans serving a class: the
     /// demand the arena saw lately, which sizes how much empty memory it retains. Raised
@@ -376,25 +394,24 @@ impl Arena {
             let span = unsafe { &*s.as_ptr() };
             // SAFETY: the arena lock is held (we have `st`); the span is on this list.
             unsafe { st.empty[units - 1].remove(span) };
-            st.empty_committed -= bytes;
+            st.empty_committed -= span.committed_bytes();
             span
         } else if let Some(s) = NonNull::new(st.purged[units - 1].head) {
             // SAFETY: as above.
             let span = unsafe { &*s.as_ptr() };
-            // SAFETY: as above; touching purged pages commits them again.
+            // SAFETY: as above; its pages count again as carving and entries touch
+            // them.
             unsafe {
                 st.purged[units - 1].remove(span);
                 let state = span.state();
                 state.committed = true;
                 state.lazily_purged = false;
             }
-            self.counters.committed.fetch_add(bytes, Ordering::Relaxed);
             self.counters.recommits.fetch_add(1, Ordering::Relaxed);
             span
         } else {
-            let span = source.new_span(bytes, self.index)?;
+            let span = source.new_span(bytes, self)?;
             self.counters.regions.fetch_add(1, Ordering::Relaxed);
-            self.counters.committed.fetch_add(bytes, Ordering::Relaxed);
             span
         };
         // SAFETY: lock held; the span is empty (fresh, or taken from an empty list).
@@ -410,7 +427,7 @@ impl Arena {
         if kind == SpanKind::Movable {
             self.counters
                 .movable
-                .fetch_add(span.bytes, Ordering::Relaxed);
+                .fetch_add(span.committed_bytes(), Ordering::Relaxed);
         }
         Ok(span)
     }
@@ -520,13 +537,13 @@ impl Arena {
         if span.kind() == SpanKind::Movable {
             self.counters
                 .movable
-                .fetch_sub(span.bytes, Ordering::Relaxed);
+                .fetch_sub(span.committed_bytes(), Ordering::Relaxed);
         }
         // SAFETY: forwarded from the caller.
         unsafe {
             debug_assert!(span.state().committed);
             span.state().emptied_at = self.tick.load(Ordering::Relaxed);
-            st.empty_committed += span.bytes;
+            st.empty_committed += span.committed_bytes();
             st.empty[units - 1].push(span, ListId::Empty);
         }
     }
@@ -587,8 +604,10 @@ impl Arena {
                     // The tail is the oldest of its list: nothing younger qualifies.
                     break;
                 }
+                let bytes = span.committed_bytes();
                 // SAFETY: lock held; empty-list spans are committed with no block out.
                 if !unsafe { self.decommit_span(span, lazy) } {
+                    st.empty_committed -= bytes - span.committed_bytes();
                     break;
                 }
                 // SAFETY: lock held; the span is on this empty list.
@@ -596,8 +615,8 @@ impl Arena {
                     st.empty[units].remove(span);
                     st.purged[units].push(span, ListId::Purged);
                 }
-                st.empty_committed -= span.bytes;
-                freed += span.bytes;
+                st.empty_committed -= bytes;
+                freed += bytes;
             }
         }
         freed
@@ -614,10 +633,7 @@ impl Arena {
             for span in unsafe { list.iter() } {
                 // SAFETY: lock held; purged spans have no block out and dead contents.
                 unsafe {
-                    if span.state().lazily_purged
-                        && os::decommit(NonNull::new_unchecked(span.base as *mut u8), span.bytes)
-                            .is_ok()
-                    {
+                    if span.state().lazily_purged && span.decommit_lazy_again() {
                         span.state().lazily_purged = false;
                     }
                 }
@@ -633,16 +649,8 @@ impl Arena {
     ///
     /// Lock held; `span` belongs to this arena, is committed and has no block out.
     unsafe fn decommit_span(&self, span: &Span, lazy: bool) -> bool {
-        let base = span.base as *mut u8;
-        // SAFETY: the span's region is one of our page-aligned mappings and holds no
-        // live block (caller contract); `base` is non-null.
-        let ok = unsafe {
-            if lazy {
-                os::purge_lazily(NonNull::new_unchecked(base), span.bytes).is_ok()
-            } else {
-                os::decommit(NonNull::new_unchecked(base), span.bytes).is_ok()
-            }
-        };
+        // SAFETY: lock held, no block out (caller); an empty-list span is not scanned.
+        let ok = unsafe { span.decommit(lazy) };
         if ok {
             // SAFETY: lock held.
             unsafe {
@@ -650,9 +658,6 @@ impl Arena {
                 state.committed = false;
                 state.lazily_purged = lazy;
             }
-            self.counters
-                .committed
-                .fetch_sub(span.bytes, Ordering::Relaxed);
             self.counters.decommits.fetch_add(1, Ordering::Relaxed);
         }
         ok

@@ -2,7 +2,7 @@
 //! span of a given class? One multiply, one rotate and one compare, no division.
 //!
 //! A fixed span of class `c` holds `cap = (span_bytes(c) − GUARD_BYTES) / size(c)`
-//! blocks from its base (no side table; see `span::geometry`), so `off = addr − base` is a block start exactly when `size | off`
+//! blocks from its base (see `span::capacity_of`), so `off = addr − base` is a block start exactly when `size | off`
 //! and `off / size < cap`. With `size = 2^t · d` (`d` odd) and `inv` the inverse of `d`
 //! modulo 2^64, `x = rotr(off · inv, t)` is `off / size` when `size | off`, and
 //! otherwise larger than `(2^64 − 1) / size`, which is at least `cap` (Granlund and
@@ -74,7 +74,7 @@ pub(crate) fn fixed_block_start(off: usize, class: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pool::span::{SpanKind, geometry};
+    use crate::pool::span::{SpanKind, capacity_of};
     use crate::size_class::{size, span_bytes};
 
     /// Every offset of every class's span (and a margin past it, and below it) against
@@ -83,7 +83,7 @@ mod tests {
     fn matches_division_everywhere() {
         for c in 0..NUM_CLASSES {
             let (s, bytes) = (size(c), span_bytes(c));
-            let cap = geometry(c, SpanKind::Fixed).1;
+            let cap = capacity_of(c, SpanKind::Fixed);
             let step = if s >= 4096 { 16 } else { 1 };
             for off in (0..bytes + 2 * s).step_by(step) {
                 let want = off % s == 0 && off / s < cap;

@@ -181,6 +181,39 @@ impl Arena {
         }
     }
 
+    /// Gives back the free tail of compaction target `span` when its plan ends
+    /// (`Span::uncarve_tail`: lazily with `MADV_FREE` if `lazy`), if it is still the
+    /// movable span of life `incarnation` on its partial or full list; a full span
+    /// that now has room moves to the partial list.
+    ///
+    /// # Safety
+    ///
+    /// Lock held (`st`); `span` belongs to this arena.
+    pub(crate) unsafe fn trim_target(
+        &self,
+        st: &mut ArenaState,
+        span: &Span,
+        incarnation: u32,
+        lazy: bool,
+    ) {
+        if span.incarnation() != incarnation || span.kind() != SpanKind::Movable {
+            return;
+        }
+        let (c, k) = (span.class(), SpanKind::Movable as usize);
+        // SAFETY: forwarded from the caller: lock held, a movable span of the planned
+        // (initialised) life.
+        unsafe {
+            let list = span.state().list;
+            if !matches!(list, ListId::Partial | ListId::Full) || !span.uncarve_tail(lazy) {
+                return;
+            }
+            if list == ListId::Full {
+                st.full[k][c].remove(span);
+                st.partial[k][c].push(span, ListId::Partial);
+            }
+        }
+    }
+
     /// Reserves destinations in compaction target `span` for the caller: every home
     /// block (`Span::detach_home`, in address order, no free-list link read) or, if
     /// there is none, up to `want` uncarved blocks; their indices go onto `out`,

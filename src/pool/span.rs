@@ -2,16 +2,21 @@
 //!
 //! ```text
 //!  base                                                    base + bytes
-//!  │ side table (movable only) │ block 0 │ block 1 │ ... │ block cap-1 │ tail │
-//!                              ▲ base + first_block, aligned to the class alignment
+//!  │ block 0 │ block 1 │ ... │ block cap-1 │ tail (and, fixed + hardened, guard page) │
 //! ```
 //!
-//! Metadata lives outside user blocks: the [`Span`] record sits in the heap's span table,
-//! and a movable span's per-block side table (owner slot + requested length, 8 B a
-//! block) sits in front of its first block. Block `i` is at `base + first_block + i·size`;
-//! since `base` is 64 KiB-aligned and `first_block` is a multiple of the class
-//! alignment, every block of a class that is a multiple of `align` is `align`-aligned
-//! (see [`crate::size_class`]).
+//! Metadata lives outside the region: the [`Span`] record sits in the heap's span
+//! table, and a movable span's per-block side table (owner slot + requested length, 6 B
+//! a block) in the table area behind its chunk (module `table`). Block `i` is at
+//! `base + i·size`; since `base` is 64 KiB-aligned, every block of a class that is a
+//! multiple of `align` is `align`-aligned (see [`crate::size_class`]).
+//!
+//! # Committed pages
+//!
+//! A span counts as committed only the pages it may have written: its region up to the
+//! end of the last block carved, and the side-table pages its entries reached (module
+//! `table`, [`Pages`]). They stay counted while the span is retained empty and
+//! reused, and stop counting when its pages are handed back ([`Span::decommit`]).
 //!
 //! # Block accounting (under the owning arena's lock)
 //!
@@ -38,12 +43,19 @@
 
 use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicPtr, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use super::link;
 use super::poison;
 use super::thread_cache::ThreadCache;
-use crate::size_class::{self, MAX_POOL_ALIGN};
+use crate::size_class;
+
+mod table;
+mod tail;
+
+#[cfg(test)]
+use table::META_BYTES;
+pub(crate) use table::{Area, BlockMeta, Pages, pages_for, table_bytes};
 
 /// What a span serves: raw-pointer blocks that never move, or handle-addressed blocks
 /// the compactor may relocate (DESIGN invariant 1 keeps the two apart).
@@ -60,78 +72,6 @@ impl SpanKind {
     pub(crate) const ALL: [SpanKind; 2] = [SpanKind::Fixed, SpanKind::Movable];
 }
 
-/// Per-block metadata of a movable span: which handle slot owns the block, and how
-/// many bytes its owner asked for. A view into the span's side table, which holds
-/// `capacity` owners (`u32`) followed by `capacity` slacks (`u16`): 6 bytes a block.
-///
-/// * `owner == 0` ⇔ the block is not live (home, cached or uncarved); otherwise it is
-///   `slot index + 1` of the handle-table slot whose pointer addresses this block.
-/// * `slack = block_size − requested length`. A class is chosen for
-///   `round_up(len, align)`, which lies less than one class step (≤ 32 KiB) below the
-///   class size, and rounding to `align ≤ 4 KiB` adds less than `align`; so the slack is
-///   below 36 KiB and fits 16 bits for every class (checked in `set_len`).
-/// * `slack == HOME` (`u16::MAX`, never a real slack) ⇔ the block is home, on its
-///   span's free list. Written only under the arena lock, by [`Span::put`] (set),
-///   [`Span::take`] and [`Span::detach_home`] (cleared) and `init` (cleared), so a
-///   compaction target's home blocks are found by reading the side table in address
-///   order, without following the free list's links (one cache miss each).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct BlockMeta<'a> {
-    pub(crate) owner: &'a AtomicU32,
-    slack: &'a AtomicU16,
-    block_size: usize,
-}
-
-impl BlockMeta<'_> {
-    /// The requested length. Meaningful only while the block is live; a reader that
-    /// raced with the block's free may see any value up to the block size.
-    #[inline]
-    pub(crate) fn len(&self) -> usize {
-        self.block_size
-            .saturating_sub(usize::from(self.slack.load(Ordering::Relaxed)))
-    }
-
-    /// Whether the block is home (see [`HOME`]).
-    #[inline]
-    fn is_home(&self) -> bool {
-        self.slack.load(Ordering::Relaxed) == HOME
-    }
-
-    /// Marks the block home (`true`) or out (`false`, slack 0 until its owner records a
-    /// length).
-    #[inline]
-    fn set_home(&self, home: bool) {
-        self.slack
-            .store(if home { HOME } else { 0 }, Ordering::Relaxed);
-    }
-
-    /// Records the requested length (at most the block size).
-    #[inline]
-    pub(crate) fn set_len(&self, len: usize) {
-        let slack = self.block_size - len;
-        debug_assert!(
-            slack <= usize::from(u16::MAX),
-            "slack {slack} exceeds 16 bits"
-        );
-        self.slack.store(slack as u16, Ordering::Relaxed);
-    }
-}
-
-/// The slack that marks a home block of a movable span (see [`BlockMeta`]). Real
-/// slacks stay below 36 KiB.
-const HOME: u16 = u16::MAX;
-
-/// Bytes of side table per movable block.
-pub(crate) const META_BYTES: usize = size_of::<u32>() + size_of::<u16>();
-
-/// The alignment every block of a class enjoys: the largest power of two dividing its
-/// size, capped at the largest alignment pools serve.
-#[inline]
-pub(crate) fn class_align(class: usize) -> usize {
-    let s = size_class::size(class);
-    (1usize << s.trailing_zeros()).min(MAX_POOL_ALIGN)
-}
-
 /// Bytes at the end of a fixed span's region that hold no block: with `hardened`, one
 /// page, the span's guard page (`PROT_NONE` while the span serves fixed blocks, see
 /// [`Span::init`]), so a write running past the last block faults; 0 otherwise.
@@ -141,23 +81,14 @@ pub(crate) const GUARD_BYTES: usize = if cfg!(feature = "hardened") {
     0
 };
 
-/// Where the first block starts and how many blocks fit, for a span of `class`/`kind`.
-pub(crate) fn geometry(class: usize, kind: SpanKind) -> (usize, usize) {
+/// How many blocks of `class` fit a span of `kind`: blocks fill the region from its
+/// base (a movable span's side table lies outside it), less a fixed span's guard page.
+pub(crate) fn capacity_of(class: usize, kind: SpanKind) -> usize {
     let bytes = size_class::span_bytes(class);
     let size = size_class::size(class);
     match kind {
-        SpanKind::Fixed => (0, (bytes - GUARD_BYTES) / size),
-        SpanKind::Movable => {
-            let align = class_align(class);
-            let mut cap = bytes / size;
-            loop {
-                let first = (cap * META_BYTES).next_multiple_of(align);
-                if first + cap * size <= bytes {
-                    return (first, cap);
-                }
-                cap -= 1;
-            }
-        }
+        SpanKind::Fixed => (bytes - GUARD_BYTES) / size,
+        SpanKind::Movable => bytes / size,
     }
 }
 
@@ -222,10 +153,21 @@ pub struct Span {
     pub(crate) bytes: usize,
     /// Owning arena. Fixed for the span's life.
     pub(crate) arena: u32,
+    /// The span's side-table area (module `table`), page-aligned, `table_bytes(bytes)`
+    /// long. Fixed for the span's life.
+    pub(crate) table: usize,
+    /// The owning arena's committed-bytes counter, which [`Span::pages`] feed. Fixed for
+    /// the span's life; the arena outlives its spans.
+    committed: NonNull<AtomicUsize>,
+    /// The owning arena's counter of movable serving spans' committed bytes, which
+    /// [`Span::pages`] also feed while the span serves movable blocks (the arena moves
+    /// the span's bytes in and out of it as the span starts and stops serving).
+    movable: NonNull<AtomicUsize>,
+    /// The pages counted as committed (module `table`).
+    pub(crate) pages: Pages,
     pub(crate) class: AtomicU32,
     pub(crate) kind: AtomicU32,
     pub(crate) block_size: AtomicU32,
-    pub(crate) first_block: AtomicU32,
     pub(crate) capacity: AtomicU32,
     /// Movable spans: blocks with an owner (`BlockMeta::owner != 0`).
     pub(crate) live: AtomicU32,
@@ -268,22 +210,43 @@ const _: () = {
 };
 
 // SAFETY: `state` is only accessed under the owning arena's lock (every accessor is an
-// `unsafe fn` requiring it); all other fields are atomics or immutable.
+// `unsafe fn` requiring it); `committed` points to an atomic that outlives the span;
+// all other fields are atomics or immutable.
 unsafe impl Sync for Span {}
 // SAFETY: as above; a span holds no thread-bound data.
 unsafe impl Send for Span {}
 
 impl Span {
-    /// A span record for the region `[base, base + bytes)`, not yet serving any class.
-    pub(crate) fn new(base: usize, bytes: usize, arena: u32) -> Self {
+    /// A span record for the region `[base, base + bytes)` with its side table at
+    /// `table`, owned by `arena`, whose committed-bytes counters are `committed` (all
+    /// spans) and `movable` (movable serving spans); not yet serving any class, with no
+    /// page counted.
+    ///
+    /// # Safety
+    ///
+    /// * `[base, base + bytes)` and `[table, table + table_bytes(bytes))` are mapped
+    ///   read-write, page-aligned (`base` `SPAN_UNIT`-aligned), and used by this span
+    ///   alone for its whole life;
+    /// * `committed` and `movable` outlive the span.
+    pub(crate) unsafe fn new(
+        base: usize,
+        bytes: usize,
+        table: usize,
+        arena: u32,
+        committed: &AtomicUsize,
+        movable: &AtomicUsize,
+    ) -> Self {
         Self {
             base,
             bytes,
             arena,
+            table,
+            committed: NonNull::from(committed),
+            movable: NonNull::from(movable),
+            pages: Pages::default(),
             class: AtomicU32::new(0),
             kind: AtomicU32::new(0),
             block_size: AtomicU32::new(0),
-            first_block: AtomicU32::new(0),
             capacity: AtomicU32::new(0),
             live: AtomicU32::new(0),
             incarnation: AtomicU32::new(0),
@@ -336,9 +299,89 @@ impl Span {
         self.capacity.load(Ordering::Relaxed) as usize
     }
 
+    /// The owning arena's committed-bytes counter.
     #[inline]
-    pub(crate) fn first_block(&self) -> usize {
-        self.first_block.load(Ordering::Relaxed) as usize
+    fn committed(&self) -> &AtomicUsize {
+        // SAFETY: the counter outlives the span (`Span::new`'s contract).
+        unsafe { self.committed.as_ref() }
+    }
+
+    /// The owning arena's counter of movable serving spans' committed bytes.
+    #[inline]
+    fn movable_counter(&self) -> &AtomicUsize {
+        // SAFETY: the counter outlives the span (`Span::new`'s contract).
+        unsafe { self.movable.as_ref() }
+    }
+
+    /// Bytes this span counts as committed (its [`Pages`]).
+    #[inline]
+    pub(crate) fn committed_bytes(&self) -> usize {
+        self.pages.total() * crate::os::PAGE_SIZE
+    }
+
+    /// Bytes of side table this span counts as committed.
+    #[inline]
+    pub(crate) fn table_committed_bytes(&self) -> usize {
+        self.pages.get(Area::Table) * crate::os::PAGE_SIZE
+    }
+
+    /// Counts the first `bytes` bytes of the side table as committed.
+    #[inline]
+    fn cover_table(&self, bytes: usize) {
+        self.cover_entry(Area::Table, bytes);
+    }
+
+    /// Counts the first `bytes` bytes of `area` as committed (see [`Pages::cover`]).
+    /// Called under the arena lock or by a holder of one of the span's blocks, so the
+    /// span serves a class of a kind that cannot change meanwhile.
+    #[inline]
+    fn cover_entry(&self, area: Area, bytes: usize) {
+        let movable = (self.kind() == SpanKind::Movable).then_some(self.movable_counter());
+        self.pages
+            .cover(area, pages_for(bytes), self.committed(), movable);
+    }
+
+    /// Hands the span's counted pages back to the OS (lazily with `MADV_FREE` if
+    /// `lazy`) and stops counting them; returns whether every `madvise` succeeded (if
+    /// not, the areas not handed back stay counted).
+    ///
+    /// # Safety
+    ///
+    /// * the caller holds the owning arena's lock;
+    /// * no block of the span is out, and no pass scans it.
+    pub(crate) unsafe fn decommit(&self, lazy: bool) -> bool {
+        let mut ok = true;
+        for (area, start) in [(Area::Blocks, self.base), (Area::Table, self.table)] {
+            let n = self.pages.get(area);
+            // SAFETY: the area's first `n` pages are this span's (`Span::new`), and hold
+            // nothing live: no block is out and no pass reads the table (caller).
+            if unsafe { table::purge_pages(start, n, lazy) }.is_ok() {
+                // Not serving (empty): not in the movable counter.
+                self.pages.lower(area, 0, self.committed(), None);
+            } else {
+                ok = false;
+            }
+        }
+        ok
+    }
+
+    /// Hands the whole region and side-table area of a span purged lazily before
+    /// ([`Span::decommit`] with `lazy`, which counts nothing any more) back at once with
+    /// `MADV_DONTNEED`; returns whether both `madvise` calls succeeded.
+    ///
+    /// # Safety
+    ///
+    /// * the caller holds the owning arena's lock;
+    /// * the span is purged: no block is out and nothing counts as committed.
+    pub(crate) unsafe fn decommit_lazy_again(&self) -> bool {
+        debug_assert_eq!(self.pages.total(), 0);
+        let page = crate::os::PAGE_SIZE;
+        // SAFETY: the region and table area are this span's (`Span::new`), page-aligned
+        // and whole pages long, and hold nothing live (caller).
+        unsafe {
+            table::purge_pages(self.base, self.bytes / page, false).is_ok()
+                && table::purge_pages(self.table, table_bytes(self.bytes) / page, false).is_ok()
+        }
     }
 
     /// The lock-protected state.
@@ -362,13 +405,12 @@ impl Span {
     /// * the caller holds the owning arena's lock;
     /// * the span is empty (no block out).
     pub(crate) unsafe fn init(&self, class: usize, kind: SpanKind) {
-        let (first, cap) = geometry(class, kind);
+        let cap = capacity_of(class, kind);
         debug_assert_eq!(size_class::span_bytes(class), self.bytes);
         self.class.store(class as u32, Ordering::Relaxed);
         self.kind.store(kind as u32, Ordering::Relaxed);
         self.block_size
             .store(size_class::size(class) as u32, Ordering::Relaxed);
-        self.first_block.store(first as u32, Ordering::Relaxed);
         self.capacity.store(cap as u32, Ordering::Relaxed);
         self.live.store(0, Ordering::Relaxed);
         self.owner.store(ptr::null_mut(), Ordering::Relaxed);
@@ -384,20 +426,11 @@ impl Span {
         debug_assert!(!st.scanning, "a scanned span is never re-initialised");
         #[cfg(feature = "hardened")]
         self.set_guard(st, kind == SpanKind::Fixed);
-        // ASan: the side table is ours, every block (and the tail) is off-limits until
-        // carved and handed out.
-        poison::unpoison(self.base, first);
-        poison::poison(self.base + first, self.bytes - first);
-        if kind == SpanKind::Movable {
-            // A reused span may hold stale side-table entries: committed spans keep
-            // them, and pages purged with `MADV_FREE` may read back either way.
-            for i in 0..cap {
-                // SAFETY: `i < cap`, so the entry lies in this span's side table.
-                let m = unsafe { self.meta(i) };
-                m.owner.store(0, Ordering::Relaxed);
-                m.set_len(m.block_size);
-            }
-        }
+        // ASan: every block (and the tail) is off-limits until carved and handed out.
+        poison::poison(self.base, self.bytes);
+        // A reused span may hold stale side-table entries (committed spans keep them,
+        // and pages purged with `MADV_FREE` may read back either way): `take` clears
+        // each entry as it carves the block, and nothing reads an uncarved entry.
     }
 
     /// `hardened`: makes the region's last page `PROT_NONE` (`on`, a fixed span) or
@@ -438,7 +471,7 @@ impl Span {
     #[inline]
     pub(crate) fn block(&self, i: usize) -> NonNull<u8> {
         debug_assert!(i < self.capacity());
-        let addr = self.base + self.first_block() + i * self.block_size();
+        let addr = self.base + i * self.block_size();
         // SAFETY: `base` is a non-null mapping address, so any offset from it is non-null.
         unsafe { NonNull::new_unchecked(addr as *mut u8) }
     }
@@ -446,7 +479,7 @@ impl Span {
     /// Index of the block starting at `addr`, or `None` if `addr` is not a block start.
     #[inline]
     pub(crate) fn block_index(&self, addr: usize) -> Option<usize> {
-        let off = addr.checked_sub(self.base + self.first_block())?;
+        let off = addr.checked_sub(self.base)?;
         if off >= self.bytes {
             return None;
         }
@@ -471,7 +504,7 @@ impl Span {
         i < 64 && self.shrunk.load(Ordering::Relaxed) & (1 << i) != 0
     }
 
-    /// Movable spans: the side-table entry of block `i`.
+    /// Movable spans: the side-table entry of block `i` (see [`BlockMeta`]).
     ///
     /// # Safety
     ///
@@ -479,19 +512,9 @@ impl Span {
     /// * the span's pages are mapped (true for any span of a live heap).
     #[inline]
     pub(crate) unsafe fn meta(&self, i: usize) -> BlockMeta<'_> {
-        let cap = self.capacity();
-        debug_assert!(i < cap);
-        // SAFETY: the side table holds `cap` `AtomicU32` owners at `base` (aligned: `base`
-        // is 64 KiB-aligned), then `cap` `AtomicU16` slacks (2-aligned), all inside the
-        // span's mapping and before its first block (`geometry`); any bytes are valid
-        // atomics.
-        unsafe {
-            BlockMeta {
-                owner: &*(self.base as *const AtomicU32).add(i),
-                slack: &*(self.base as *const AtomicU16).add(2 * cap + i),
-                block_size: self.block_size(),
-            }
-        }
+        debug_assert!(i < self.capacity());
+        // SAFETY: forwarded from the caller.
+        unsafe { BlockMeta::new(self, i) }
     }
 
     /// Takes one block from the span (home list first, then carving), or `None` if full.
@@ -514,6 +537,12 @@ impl Span {
         if carved < self.capacity() {
             st.carved += 1;
             let b = self.block(carved);
+            self.cover_entry(Area::Blocks, (carved + 1) * self.block_size());
+            if self.kind() == SpanKind::Movable {
+                // SAFETY: movable and initialised (we carve it under the lock), and
+                // `carved < capacity`.
+                unsafe { self.meta(carved) }.clear();
+            }
             poison::carved_block(b, self.block_size());
             return Some(b);
         }
@@ -550,10 +579,7 @@ impl Span {
     #[inline]
     fn mark_home(&self, block: NonNull<u8>, home: bool) {
         if self.kind() == SpanKind::Movable {
-            let i = size_class::div_size(
-                block.as_ptr().addr() - self.base - self.first_block(),
-                self.class(),
-            );
+            let i = size_class::div_size(block.as_ptr().addr() - self.base, self.class());
             // SAFETY: a movable, initialised span (the caller holds one of its blocks
             // under the arena lock) and `i` indexes that block.
             unsafe { self.meta(i) }.set_home(home);

@@ -19,7 +19,14 @@ fn detach_home_matches_a_model() {
         // SAFETY: non-zero size.
         let base = unsafe { alloc_zeroed(layout) };
         assert!(!base.is_null());
-        let span = Span::new(base.addr(), bytes, 0);
+        let table_layout = Layout::from_size_align(table_bytes(bytes), 4096).unwrap();
+        // SAFETY: non-zero size.
+        let table = unsafe { alloc_zeroed(table_layout) };
+        assert!(!table.is_null());
+        let (committed, movable) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        // SAFETY: both areas are ours, mapped, page-aligned and used by this span only;
+        // the counters outlive `span`.
+        let span = unsafe { Span::new(base.addr(), bytes, table.addr(), 0, &committed, &movable) };
         // In the page map, as a heap's spans are: `hardened` checks every free-list
         // link it decodes against the span there.
         crate::pool::pagemap::set(base.addr(), bytes, ptr::from_ref(&span).cast_mut())
@@ -80,8 +87,13 @@ fn detach_home_matches_a_model() {
             assert_eq!(unsafe { span.state().free_count }, 1);
         }
         crate::pool::pagemap::set(base.addr(), bytes, ptr::null_mut()).expect("page map");
+        // Every page carved or written is counted, and nothing else.
+        assert_eq!(committed.load(Ordering::Relaxed), span.committed_bytes());
+        assert_eq!(movable.load(Ordering::Relaxed), span.committed_bytes());
         // SAFETY: allocated above with `layout`; `span` is not used again.
         unsafe { dealloc(base, layout) };
+        // SAFETY: allocated above with `table_layout`; `span` is not used again.
+        unsafe { dealloc(table, table_layout) };
     }
 }
 
@@ -89,13 +101,15 @@ fn detach_home_matches_a_model() {
 fn geometry_fits_and_aligns() {
     for c in 0..NUM_CLASSES {
         for kind in SpanKind::ALL {
-            let (first, cap) = geometry(c, kind);
+            let cap = capacity_of(c, kind);
             let size = size_class::size(c);
             assert!(cap >= 1, "class {c} {kind:?}");
-            assert!(first + cap * size <= size_class::span_bytes(c));
-            assert_eq!(first % class_align(c), 0);
+            assert!(cap * size <= size_class::span_bytes(c));
             if kind == SpanKind::Movable {
-                assert!(first >= cap * META_BYTES, "side table fits before block 0");
+                assert!(
+                    cap * META_BYTES <= table_bytes(size_class::span_bytes(c)),
+                    "the side table fits its area"
+                );
                 assert_eq!(
                     cap,
                     size_class::movable_capacity(size, size_class::span_bytes(c)),
@@ -104,4 +118,132 @@ fn geometry_fits_and_aligns() {
             }
         }
     }
+}
+
+/// A span's region and side table, heap-allocated, with its counters.
+struct TestSpan {
+    base: *mut u8,
+    table: *mut u8,
+    layout: Layout,
+    table_layout: Layout,
+    committed: Box<AtomicUsize>,
+    movable: Box<AtomicUsize>,
+}
+
+impl TestSpan {
+    fn new(bytes: usize) -> Self {
+        let layout = Layout::from_size_align(bytes, SPAN_UNIT).unwrap();
+        let table_layout = Layout::from_size_align(table_bytes(bytes), 4096).unwrap();
+        // SAFETY: non-zero sizes.
+        let (base, table) = unsafe { (alloc_zeroed(layout), alloc_zeroed(table_layout)) };
+        assert!(!base.is_null() && !table.is_null());
+        Self {
+            base,
+            table,
+            layout,
+            table_layout,
+            committed: Box::new(AtomicUsize::new(0)),
+            movable: Box::new(AtomicUsize::new(0)),
+        }
+    }
+
+    fn span(&self) -> Span {
+        // SAFETY: both areas are ours, mapped, page-aligned and used by this span only;
+        // the counters are boxed and outlive it (the span is dropped first).
+        unsafe {
+            Span::new(
+                self.base.addr(),
+                self.layout.size(),
+                self.table.addr(),
+                0,
+                &self.committed,
+                &self.movable,
+            )
+        }
+    }
+}
+
+impl Drop for TestSpan {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with these layouts; no span uses them any more.
+        unsafe {
+            dealloc(self.base, self.layout);
+            dealloc(self.table, self.table_layout);
+        }
+    }
+}
+
+/// A span retained with stale side-table entries (owners, home marks and short
+/// lengths of one class) is re-initialised for another class of the same span length,
+/// then for fixed blocks, then for movable blocks again: every block it hands out reads
+/// no owner and its own class size until its owner writes, and the pages counted are
+/// exactly those its carving and entries reached.
+#[test]
+fn a_reused_span_reads_no_stale_entry() {
+    let (a, b) = (
+        size_class::class_for(48, 16).unwrap(),
+        size_class::class_for(64, 16).unwrap(),
+    );
+    let bytes = size_class::span_bytes(a);
+    assert_eq!(size_class::span_bytes(b), bytes);
+    let mem = TestSpan::new(bytes);
+    let span = mem.span();
+    let fill = |class: usize| {
+        // SAFETY: the test stands in for the arena lock; the span is empty.
+        unsafe { span.init(class, SpanKind::Movable) };
+        let mut got = Vec::new();
+        // SAFETY: as above.
+        while let Some(blk) = unsafe { span.take() } {
+            let i = span.block_index(blk.as_ptr().addr()).unwrap();
+            // SAFETY: movable, initialised, `i < capacity`.
+            let m = unsafe { span.meta(i) };
+            assert_eq!(m.owner(Ordering::Relaxed), 0, "class {class}: stale owner");
+            assert_eq!(m.len(), span.block_size(), "class {class}: stale length");
+            assert!(!m.is_home(), "class {class}: stale home mark");
+            m.set_len(span.block_size() - 7);
+            m.set_owner(i as u32 + 1, Ordering::Relaxed);
+            got.push(blk);
+        }
+        assert_eq!(got.len(), span.capacity());
+        for (n, blk) in got.into_iter().enumerate() {
+            let i = span.block_index(blk.as_ptr().addr()).unwrap();
+            // SAFETY: as above.
+            let m = unsafe { span.meta(i) };
+            if n % 3 != 0 {
+                m.set_owner(0, Ordering::Relaxed);
+                // SAFETY: as above; the block is out and unused.
+                unsafe { span.put(blk) };
+            }
+        }
+        // The rest keep their owners and lengths: stale entries for the next life. The
+        // counters cover every page written.
+        assert_eq!(
+            mem.committed.load(Ordering::Relaxed),
+            span.committed_bytes()
+        );
+    };
+    fill(a);
+    // Some entries home, some cleared by a detach, some with owners.
+    let mut home = Vec::with_capacity(span.capacity());
+    // SAFETY: as above.
+    unsafe { span.detach_home(&mut home) }.unwrap();
+    for &i in home.iter().step_by(2) {
+        // SAFETY: as above; the block was detached and is unused.
+        unsafe { span.put(span.block(i as usize)) };
+    }
+    fill(b);
+    // A fixed life carves and writes blocks but no entries.
+    // SAFETY: as above: the test treats the span as empty.
+    unsafe { span.init(a, SpanKind::Fixed) };
+    // SAFETY: as above.
+    while let Some(blk) = unsafe { span.take() } {
+        // SAFETY: a carved block of the region, ours.
+        unsafe { blk.as_ptr().write_bytes(0xff, span.block_size()) };
+    }
+    fill(a);
+    assert_eq!(
+        span.committed_bytes(),
+        bytes + pages_for(span.capacity() * 6) * 4096,
+        "the region and the 48 B class's table (the larger one)"
+    );
 }
