@@ -454,15 +454,7 @@ impl Arena {
             };
             // SAFETY: the arena lock is held for the whole loop.
             unsafe {
-                while got < want {
-                    match span.take() {
-                        Some(b) => {
-                            sink(b);
-                            got += 1;
-                        }
-                        None => break,
-                    }
-                }
+                got += span.take_many(want - got, &mut sink);
                 if !span.has_room() {
                     st.partial[kind as usize][class].remove(span);
                     st.full[kind as usize][class].push(span, ListId::Full);
