@@ -511,20 +511,25 @@ impl Span {
     pub(crate) unsafe fn take(&self) -> Option<NonNull<u8>> {
         let mut out = None;
         // SAFETY: forwarded: arena lock held.
-        unsafe { self.take_many(1, |b| out = Some(b)) };
+        unsafe { self.take_many(1, 1, |b| out = Some(b)) };
         out
     }
 
     /// Takes up to `want` blocks from the span, calling `sink` with each: home blocks
-    /// first, lowest address first (from the home bitmap, reading no block), then
-    /// freshly carved ones in address order. Returns how many it took (fewer than `want`
-    /// only when the span has no room left).
+    /// first, lowest address first (from the home bitmap, reading no block), then up to
+    /// `fresh` freshly carved ones in address order. Returns how many home and how many
+    /// carved blocks it took.
     ///
     /// # Safety
     ///
     /// The caller holds the owning arena's lock.
     #[inline]
-    pub(crate) unsafe fn take_many(&self, want: usize, mut sink: impl FnMut(NonNull<u8>)) -> usize {
+    pub(crate) unsafe fn take_many(
+        &self,
+        want: usize,
+        fresh: usize,
+        mut sink: impl FnMut(NonNull<u8>),
+    ) -> (usize, usize) {
         // SAFETY: forwarded: arena lock held.
         let st = unsafe { self.state() };
         let movable = self.kind() == SpanKind::Movable;
@@ -536,14 +541,14 @@ impl Span {
         debug_assert_eq!(got, home, "free_count counts the home set");
         st.free_count -= got as u32;
         let carved = st.carved as usize;
-        let fresh = (want - got).min(self.capacity() - carved);
-        for i in carved..carved + fresh {
+        let new = (want - got).min(fresh).min(self.capacity() - carved);
+        for i in carved..carved + new {
             let b = self.block(i);
             poison::carved_block(b, self.block_size());
             sink(b);
         }
-        st.carved += fresh as u32;
-        got + fresh
+        st.carved += new as u32;
+        (got, new)
     }
 
     /// Puts a block back in the span's home set. A block that is home already (a

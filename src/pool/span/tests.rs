@@ -139,16 +139,19 @@ fn home_set_matches_a_model() {
                     } else {
                         rng.gen_range(1..=40)
                     };
+                    let fresh_max = rng.gen_range(1..=40);
                     let mut got = Vec::new();
                     // SAFETY: as above.
-                    let n = unsafe {
-                        span.take_many(want, |b| {
+                    let (n_home, n_fresh) = unsafe {
+                        span.take_many(want, fresh_max, |b| {
                             got.push(span.block_index(b.as_ptr().addr()).unwrap())
                         })
                     };
-                    assert_eq!(n, got.len());
+                    assert_eq!(n_home + n_fresh, got.len());
                     let mut expect: Vec<usize> = home.iter().copied().take(want).collect();
-                    let fresh = (want - expect.len()).min(cap - carved);
+                    assert_eq!(n_home, expect.len());
+                    let fresh = (want - expect.len()).min(fresh_max).min(cap - carved);
+                    assert_eq!(n_fresh, fresh);
                     expect.extend(carved..carved + fresh);
                     assert_eq!(
                         got, expect,
