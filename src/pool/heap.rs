@@ -35,6 +35,7 @@ use crate::stats::PoolCounters;
 use crate::sync::const_fn_unless_loom;
 use crate::{AllocError, os};
 
+mod home;
 mod paths;
 mod records;
 mod resize;
