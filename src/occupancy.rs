@@ -1,7 +1,6 @@
 //! A picture of the heap: per span, its size class, kind, and the state of every block
 //! ([`Heap::occupancy_map`]). Read-only; walks the spans the way [`Heap::walk`] does.
 
-use core::ptr::NonNull;
 use std::sync::atomic::Ordering;
 
 use crate::Heap;
@@ -188,14 +187,10 @@ impl Heap {
                     blocks[..carved].fill(BlockState::Fixed);
                 }
                 // Home blocks are free, whatever the kind.
-                let mut cur = state.free;
-                while let Some(b) = NonNull::new(cur) {
-                    if let Some(i) = s.block_index(b.as_ptr().addr()) {
-                        blocks[i] = BlockState::Free;
+                for (i, b) in blocks.iter_mut().enumerate().take(carved) {
+                    if state.home.contains(i) {
+                        *b = BlockState::Free;
                     }
-                    // SAFETY: home blocks belong to the span (arena lock held) and hold
-                    // the next home block in word 0.
-                    cur = unsafe { crate::pool::link::read(b) };
                 }
                 map.spans.push(SpanOccupancy {
                     base: s.base,

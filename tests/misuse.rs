@@ -159,6 +159,23 @@ fn child(case: &str) {
             // SAFETY: deliberately violated: the tail is no block.
             unsafe { heap.dealloc(NonNull::new(tail).unwrap(), l(48)) };
         }
+        "double_free_stamp_erased" => {
+            // A write after the first free erases the free stamp, so the second free is
+            // not seen on the way in; the span's home bitmap catches it when the block
+            // comes home. `keep` stays live, so the span never empties.
+            let keep = heap.alloc(l64).unwrap();
+            let p = heap.alloc(l64).unwrap();
+            announce(p.as_ptr());
+            // SAFETY: deliberately violated: `p` is written after its free (word 1, the
+            // stamp) and freed twice; `keep` is freed at the end if nothing aborts.
+            unsafe {
+                heap.dealloc(p, l64);
+                p.as_ptr().cast::<u64>().add(1).write(0);
+                heap.dealloc(p, l64);
+                heap.trim();
+                heap.dealloc(keep, l64);
+            }
+        }
         "double_free_after_trim" => {
             let p = heap.alloc(l64).unwrap();
             // SAFETY: freed once here; the block's span empties and is trimmed.
@@ -414,6 +431,16 @@ fn interior_pointers_abort_on_every_free() {
 #[test]
 fn double_free_after_the_span_was_trimmed_aborts() {
     expect_abort("double_free_after_trim", |a| {
+        format!("tidyheap: double free of {a} (64 B class)")
+    });
+}
+
+/// A double free that the free stamp misses (a write after the first free erased
+/// it) is caught exactly when the block comes home: its bit in the span's home set
+/// is already set.
+#[test]
+fn double_free_with_an_erased_stamp_aborts_at_home() {
+    expect_abort("double_free_stamp_erased", |a| {
         format!("tidyheap: double free of {a} (64 B class)")
     });
 }

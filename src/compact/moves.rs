@@ -16,9 +16,9 @@
 //! ```
 //!
 //! Destinations are taken in address order from the side table's record of home blocks
-//! rather than popped off the target's free list: popping reads each free block's link
-//! before the next can be found, a dependent cache miss per move that was 40–48 % of a
-//! pass. While the next block is copied, the one after it (source and destination) is
+//! (one owner word a block, read in order) rather than chasing links from block to
+//! block: a linked home list read each free block's link before the next could be
+//! found, a dependent cache miss per move that was 40–48 % of a pass. While the next block is copied, the one after it (source and destination) is
 //! prefetched.
 //!
 //! Observers hear of the moves only after the old copies are home (see the module docs

@@ -54,6 +54,14 @@ const HIGH_WATER_DECAY: usize = 64;
 /// [`Arena::fixed_span_for`]) before it starts a new span.
 const OWNER_WALK: usize = 16;
 
+/// Adds `n` to a counter that is only written under an arena lock (the caller holds
+/// it): a plain load and store, not a locked read-modify-write, so readers elsewhere see
+/// every update once the lock is released.
+#[inline(always)]
+fn bump_locked(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+}
+
 /// Where span regions and records come from. One per heap, behind its own lock.
 #[derive(Debug)]
 pub(crate) struct SpanSource {
@@ -317,8 +325,10 @@ impl Arena {
     /// Locks the arena.
     #[inline]
     pub(crate) fn lock(&self) -> MutexGuard<'_, ArenaState> {
-        self.counters.locks.fetch_add(1, Ordering::Relaxed);
-        self.lock.lock()
+        let guard = self.lock.lock();
+        // Written only under the lock: a plain add, not a locked read-modify-write.
+        bump_locked(&self.counters.locks, 1);
+        guard
     }
 
     /// A span of `class`/`kind` with room, made or reused if none is partial. The span
@@ -443,11 +453,15 @@ impl Arena {
         want: usize,
         sink: impl FnMut(NonNull<u8>),
     ) -> Result<usize, AllocError> {
-        self.take_blocks_for(source, class, kind, ptr::null(), want, sink)
+        self.take_blocks_for(source, class, kind, ptr::null(), want, want, sink)
     }
 
     /// [`Arena::take_blocks`] for the refill of record `owner` (null: no record): fixed
     /// blocks come from spans `owner` owns or now adopts (see [`Arena::fixed_span_for`]).
+    /// Home blocks are taken up to `want`, freshly carved ones only up to `fresh` of
+    /// them (carving faults pages in; home blocks cost a bit each); at least one block
+    /// unless there is an error.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn take_blocks_for(
         &self,
         source: &SpanSource,
@@ -455,11 +469,16 @@ impl Arena {
         kind: SpanKind,
         owner: *const ThreadCache,
         want: usize,
+        fresh: usize,
         mut sink: impl FnMut(NonNull<u8>),
     ) -> Result<usize, AllocError> {
+        debug_assert!(want >= 1 && fresh >= 1);
         let mut st = self.lock();
         let mut got = 0;
-        while got < want {
+        let mut fresh_left = fresh;
+        // A span is looked for only while carving is allowed: a fresh span taken with
+        // no carving left would stay on the partial list empty, never retired.
+        while got < want && fresh_left > 0 {
             let span = match kind {
                 SpanKind::Fixed => self.fixed_span_for(&mut st, source, class, owner),
                 SpanKind::Movable => self.span_with_room(&mut st, source, class, kind),
@@ -471,22 +490,17 @@ impl Arena {
             };
             // SAFETY: the arena lock is held for the whole loop.
             unsafe {
-                while got < want {
-                    match span.take() {
-                        Some(b) => {
-                            sink(b);
-                            got += 1;
-                        }
-                        None => break,
-                    }
-                }
+                let (home, carved) = span.take_many(want - got, fresh_left, &mut sink);
+                got += home + carved;
+                fresh_left -= carved;
+                // A span left with room stopped at `want` or at `fresh`: the loop ends.
                 if !span.has_room() {
                     st.partial[kind as usize][class].remove(span);
                     st.full[kind as usize][class].push(span, ListId::Full);
                 }
             }
         }
-        self.counters.refills.fetch_add(1, Ordering::Relaxed);
+        bump_locked(&self.counters.refills, 1);
         Ok(got)
     }
 
@@ -501,7 +515,8 @@ impl Arena {
     /// * `st` is this arena's locked state and `span` belongs to this arena;
     /// * `block` is an out block of `span` that nobody uses any more.
     pub(crate) unsafe fn put_block(&self, st: &mut ArenaState, span: &Span, block: NonNull<u8>) {
-        self.counters.returns.fetch_add(1, Ordering::Relaxed);
+        // Under the arena lock (which `st` proves held).
+        bump_locked(&self.counters.returns, 1);
         let (k, class) = (span.kind() as usize, span.class());
         // SAFETY: forwarded from the caller.
         unsafe {

@@ -35,6 +35,7 @@ use crate::stats::PoolCounters;
 use crate::sync::const_fn_unless_loom;
 use crate::{AllocError, os};
 
+mod home;
 mod paths;
 mod records;
 mod resize;
@@ -76,8 +77,12 @@ const CARVE_BYTES: usize = 32 * 1024;
 /// Bytes of free blocks a central list may hold per class before batches go home.
 const CENTRAL_BYTES_PER_CLASS: usize = 1 << 20;
 /// Bytes of free blocks a thread's fixed list of one class may hold, at most (see
-/// `list_limit`; also at most half the thread-cache budget).
-const FIXED_LIST_BYTES: usize = 1 << 20;
+/// `list_limit`; also at most half the thread-cache budget). Short: a full list sends
+/// half its blocks home, where the span's home bitmap keeps them in address order for
+/// the next refill (`pool::span::home`), and a dozen classes in use stay far below the
+/// cache budget, so `shrink` does not run. 32 KiB measured best on the database
+/// workload (16 KiB ≈ 32 KiB, 64 KiB and 256 KiB worse: see `benches/README.md`).
+const FIXED_LIST_BYTES: usize = 32 << 10;
 
 /// Tuning knobs of a heap. `HeapConfig::DEFAULT` is what `Heap::new()` uses.
 ///
@@ -97,7 +102,7 @@ pub struct HeapConfig {
     /// Bytes of free blocks a thread may cache before it flushes to the central lists.
     /// Checked when one of its lists refills or overflows (never on the hot path), so a
     /// thread may hold up to one list's worth more per class in between (a fixed list
-    /// holds up to half this budget, at most 1 MiB).
+    /// holds up to half this budget, at most 32 KiB).
     pub thread_cache_bytes: usize,
     /// Configuration of the direct-mapping path for large blocks.
     pub large: LargeConfig,

@@ -1,5 +1,5 @@
 //! The links stored inside free blocks: word 0 of every block on a thread list, a
-//! remote list, an outgoing chain, a span's home list or a central batch holds the next
+//! remote list, an outgoing chain or a central batch holds the next
 //! block of its chain (and word 1 of a central batch's first two blocks holds the
 //! batch's bookkeeping). Every read and write of such a word goes through here.
 //!

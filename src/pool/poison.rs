@@ -14,7 +14,7 @@
 //! ```
 //!
 //! A free block keeps its first 16 bytes addressable because the free lists (thread
-//! caches, central batches, span home lists) keep their links there (see
+//! caches, remote lists, central batches) keep their links there (see
 //! `pool::central`); so a 16-byte block is never poisoned, and a use after free or an
 //! overflow into a free neighbour is caught from byte 16 of that block on.
 //!

@@ -34,7 +34,7 @@
 //! a parked record is *adopted* by the next refill that finds it on its arena's partial
 //! list (`Arena::take_blocks` re-points `owner`). Neither loses or duplicates a block:
 //! `owner` only routes frees. Every block is, at each moment, in exactly one place — a
-//! user's hands, one thread's list, one remote list, or its span's home list — and it
+//! user's hands, one thread's list, one remote list, or its span's home set — and it
 //! moves between them only through this list's atomic head, a record's claim flag, or the
 //! arena lock. (An outgoing chain is part of its thread's record: the thread's list of
 //! blocks on their way.) Blocks on a remote list are *out* of their span (like cached ones), so a

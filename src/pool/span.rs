@@ -21,13 +21,18 @@
 //! # Block accounting (under the owning arena's lock)
 //!
 //! Every block of a span is in exactly one of three states: *uncarved* (index ≥
-//! `carved`), *home* (on the span's own free list), or *out* (handed out: live in user
-//! hands, or cached in a thread cache or the central list). So
+//! `carved`), *home* (in the span's home set, a bitmap by block index: see
+//! [`home`]), or *out* (handed out: live in user hands, or cached in a thread cache,
+//! a remote list or the central list). So
 //!
 //! ```text
 //! carved − free_count == out        capacity − carved == uncarved
 //! out == 0  ⇔  the span is empty and may be reused or decommitted
 //! ```
+//!
+//! `free_count` counts the home set's bits. Home blocks hold nothing the span reads:
+//! a refill takes the lowest home indices first (address order, no link chased), and
+//! putting a block home twice is caught exactly (its bit is already set).
 //!
 //! A span is on exactly one arena list: `partial` (some block is home or uncarved),
 //! `full` (none is), `evacuating` (a compaction source: never refilled from, so it
@@ -45,7 +50,6 @@ use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-use super::link;
 use super::poison;
 use super::thread_cache::ThreadCache;
 use crate::size_class;
@@ -56,6 +60,9 @@ mod tail;
 #[cfg(test)]
 use table::META_BYTES;
 pub(crate) use table::{Area, BlockMeta, Pages, pages_for, table_bytes};
+
+pub(crate) mod home;
+use home::HomeSet;
 
 /// What a span serves: raw-pointer blocks that never move, or handle-addressed blocks
 /// the compactor may relocate (DESIGN invariant 1 keeps the two apart).
@@ -96,9 +103,9 @@ pub(crate) fn capacity_of(class: usize, kind: SpanKind) -> usize {
 /// arena that owns the span.
 #[derive(Debug)]
 pub(crate) struct SpanState {
-    /// Intrusive list of home blocks; word 0 of each holds the next.
-    pub(crate) free: *mut u8,
-    /// Blocks on `free`.
+    /// The home blocks, by index (see [`home`]).
+    pub(crate) home: HomeSet,
+    /// Blocks in `home`.
     pub(crate) free_count: u32,
     /// Blocks ever carved since the span was last initialised.
     pub(crate) carved: u32,
@@ -253,7 +260,7 @@ impl Span {
             owner: AtomicPtr::new(ptr::null_mut()),
             shrunk: AtomicU64::new(0),
             state: UnsafeCell::new(SpanState {
-                free: ptr::null_mut(),
+                home: HomeSet::new(),
                 free_count: 0,
                 carved: 0,
                 prev: ptr::null_mut(),
@@ -398,7 +405,7 @@ impl Span {
         unsafe { &mut *self.state.get() }
     }
 
-    /// Sets the span up to serve `class` / `kind`. Home list emptied, nothing carved.
+    /// Sets the span up to serve `class` / `kind`. Home set emptied, nothing carved.
     ///
     /// # Safety
     ///
@@ -420,7 +427,7 @@ impl Span {
         self.incarnation.fetch_add(1, Ordering::Release);
         // SAFETY: forwarded: we hold the arena lock and the span is ours.
         let st = unsafe { self.state() };
-        st.free = ptr::null_mut();
+        st.home.clear();
         st.free_count = 0;
         st.carved = 0;
         debug_assert!(!st.scanning, "a scanned span is never re-initialised");
@@ -517,53 +524,82 @@ impl Span {
         unsafe { BlockMeta::new(self, i) }
     }
 
-    /// Takes one block from the span (home list first, then carving), or `None` if full.
+    /// Takes one block from the span (the lowest home block first, then carving), or
+    /// `None` if full.
     ///
     /// # Safety
     ///
     /// The caller holds the owning arena's lock.
     #[inline]
     pub(crate) unsafe fn take(&self) -> Option<NonNull<u8>> {
+        let mut out = None;
         // SAFETY: forwarded: arena lock held.
-        let st = unsafe { self.state() };
-        if let Some(b) = NonNull::new(st.free) {
-            // SAFETY: home blocks are ours (arena lock) and hold the next pointer in word 0.
-            st.free = unsafe { link::read(b) };
-            st.free_count -= 1;
-            self.mark_home(b, false);
-            return Some(b);
-        }
-        let carved = st.carved as usize;
-        if carved < self.capacity() {
-            st.carved += 1;
-            let b = self.block(carved);
-            self.cover_entry(Area::Blocks, (carved + 1) * self.block_size());
-            if self.kind() == SpanKind::Movable {
-                // SAFETY: movable and initialised (we carve it under the lock), and
-                // `carved < capacity`.
-                unsafe { self.meta(carved) }.clear();
-            }
-            poison::carved_block(b, self.block_size());
-            return Some(b);
-        }
-        None
+        unsafe { self.take_many(1, 1, |b| out = Some(b)) };
+        out
     }
 
-    /// Puts a block back on the span's home list.
+    /// Takes up to `want` blocks from the span, calling `sink` with each: home blocks
+    /// first, lowest address first (from the home bitmap, reading no block), then up to
+    /// `fresh` freshly carved ones in address order. Returns how many home and how many
+    /// carved blocks it took.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the owning arena's lock.
+    #[inline]
+    pub(crate) unsafe fn take_many(
+        &self,
+        want: usize,
+        fresh: usize,
+        mut sink: impl FnMut(NonNull<u8>),
+    ) -> (usize, usize) {
+        // SAFETY: forwarded: arena lock held.
+        let st = unsafe { self.state() };
+        let movable = self.kind() == SpanKind::Movable;
+        let home = want.min(st.free_count as usize);
+        let got = st.home.take_lowest(home, |i| {
+            self.mark_home(i, false, movable);
+            sink(self.block(i));
+        });
+        debug_assert_eq!(got, home, "free_count counts the home set");
+        st.free_count -= got as u32;
+        let carved = st.carved as usize;
+        let new = (want - got).min(fresh).min(self.capacity() - carved);
+        if new > 0 {
+            self.cover_entry(Area::Blocks, (carved + new) * self.block_size());
+        }
+        for i in carved..carved + new {
+            let b = self.block(i);
+            if movable {
+                // SAFETY: movable and initialised (we carve it under the lock), and
+                // `i < capacity`.
+                unsafe { self.meta(i) }.clear();
+            }
+            poison::carved_block(b, self.block_size());
+            sink(b);
+        }
+        st.carved += new as u32;
+        (got, new)
+    }
+
+    /// Puts a block back in the span's home set. A block that is home already (a
+    /// double free no earlier check caught) aborts the process with a message.
     ///
     /// # Safety
     ///
     /// * the caller holds the owning arena's lock;
-    /// * `block` is an out block of this span that nobody uses any more.
+    /// * `block` is a block of this span that nobody uses any more.
     #[inline]
     pub(crate) unsafe fn put(&self, block: NonNull<u8>) {
         debug_assert!(self.block_index(block.as_ptr() as usize).is_some());
+        let i = size_class::div_size(block.as_ptr().addr() - self.base, self.class());
         // SAFETY: forwarded: arena lock held.
         let st = unsafe { self.state() };
+        debug_assert!(i < st.carved as usize, "only carved blocks come home");
+        if !st.home.insert(i) {
+            crate::misuse::fatal!("double free of {block:p} ({} B class)", self.block_size())
+        }
         poison::free_block(block, self.block_size());
-        // SAFETY: the block is dead and at least 16 bytes, so word 0 is ours to write.
-        unsafe { link::write(block, st.free) };
-        st.free = block.as_ptr();
         st.free_count += 1;
         if st.free_count == st.carved {
             // No block is out, so no free may route on the owner any more: a free of a
@@ -571,22 +607,21 @@ impl Span {
             // and is caught under the arena lock (`return_chain_home`).
             self.owner.store(ptr::null_mut(), Ordering::Relaxed);
         }
-        self.mark_home(block, true);
+        self.mark_home(i, true, self.kind() == SpanKind::Movable);
     }
 
-    /// Movable spans: records in the side table whether `block` is home (see
-    /// [`BlockMeta`]); nothing for fixed spans. Called under the arena lock.
+    /// Movable spans (`movable`): records in the side table whether block `i` is home
+    /// (see [`BlockMeta`]); nothing for fixed spans. Called under the arena lock.
     #[inline]
-    fn mark_home(&self, block: NonNull<u8>, home: bool) {
-        if self.kind() == SpanKind::Movable {
-            let i = size_class::div_size(block.as_ptr().addr() - self.base, self.class());
+    fn mark_home(&self, i: usize, home: bool, movable: bool) {
+        if movable {
             // SAFETY: a movable, initialised span (the caller holds one of its blocks
             // under the arena lock) and `i` indexes that block.
             unsafe { self.meta(i) }.set_home(home);
         }
     }
 
-    /// Movable spans: takes every home block off the span's free list for the caller
+    /// Movable spans: takes every home block out of the span's home set for the caller
     /// (a compaction target reserving its destinations), without reading the blocks:
     /// their indices are found in the side table and pushed onto `out` in *descending*
     /// address order (so `out.pop()` yields the lowest address first). The blocks count
@@ -622,7 +657,7 @@ impl Span {
             }
         }
         debug_assert_eq!(found, n, "every home block is marked");
-        st.free = ptr::null_mut();
+        st.home.clear();
         st.free_count = 0;
         Some(found)
     }

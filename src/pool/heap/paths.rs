@@ -4,14 +4,12 @@
 use core::ptr::{self, NonNull};
 use std::sync::atomic::Ordering;
 
-use super::{CARVE_BYTES, CENTRAL_BYTES_PER_CLASS, FIXED_LIST_BYTES, HeapInner, stamp_word};
+use super::{CARVE_BYTES, FIXED_LIST_BYTES, HeapInner, stamp_word};
 use crate::AllocError;
 use crate::pool::central::Batch;
 use crate::pool::check;
 #[cfg(feature = "hardened")]
 use crate::pool::hardened;
-use crate::pool::link;
-use crate::pool::lock::MutexGuard;
 use crate::pool::pagemap;
 use crate::pool::poison;
 use crate::pool::span::SpanKind;
@@ -190,11 +188,19 @@ impl HeapInner {
             // Carving writes a link into every block, faulting its pages in: carve at
             // most `CARVE_BYTES` at a time, so a thread that allocates a few large
             // blocks does not commit a whole batch of them.
-            let want = self
+            let fresh = self
                 .batch(class)
                 .min((CARVE_BYTES / size_class::size(class)).max(1));
+            // Home blocks of fixed spans cost a bitmap bit each (no link read, pages
+            // committed): take a quarter of the list's room in one visit, so a thread
+            // whose frees went home does not lock its arena every `batch` allocations.
             #[cfg(not(feature = "hardened"))]
-            arena.take_blocks_for(&self.source, class, kind, tc, want, |b| {
+            let want = match kind {
+                SpanKind::Fixed => fresh.max(usize::from(self.list_limit(kind, class)) / 4),
+                SpanKind::Movable => fresh,
+            };
+            #[cfg(not(feature = "hardened"))]
+            arena.take_blocks_for(&self.source, class, kind, tc, want, fresh, |b| {
                 // SAFETY: fresh blocks are free and now ours; a batch is below the
                 // list's limit, so the list never fills here.
                 let full = unsafe { list.push(b) };
@@ -206,7 +212,7 @@ impl HeapInner {
             {
                 let mut got = [NonNull::<u8>::dangling(); super::DEFAULT_BATCH];
                 let mut n = 0;
-                arena.take_blocks_for(&self.source, class, kind, tc, want, |b| {
+                arena.take_blocks_for(&self.source, class, kind, tc, fresh, fresh, |b| {
                     got[n] = b;
                     n += 1;
                 })?;
@@ -643,15 +649,27 @@ impl HeapInner {
         let local = unsafe { tc.local() };
         local.resync(kind as usize, class);
         let list = &mut local.lists[kind as usize][class];
-        // Fixed lists are long (see `list_limit`) and go home by halves; movable ones
-        // pass a batch to the central list.
-        let n = match kind {
-            SpanKind::Fixed => list.len() / 2,
-            SpanKind::Movable => self.batch(class).min(list.len() - 1),
-        };
-        if let Some(b) = list.take_batch(n) {
-            bump(&tc.counters[kind as usize].batches_out, 1);
-            self.give_back(b, class, kind);
+        match kind {
+            // Fixed lists go home by halves, each block straight from the list to its
+            // span (one pass over the blocks, no batch built).
+            SpanKind::Fixed => {
+                let mut n = list.len() / 2;
+                bump(&tc.counters[kind as usize].batches_out, 1);
+                // SAFETY: the list's blocks are free, ours, and of this heap.
+                unsafe {
+                    self.return_blocks_home(|| {
+                        n = n.checked_sub(1)?;
+                        list.pop()
+                    })
+                };
+            }
+            // Movable lists pass a batch to the central list.
+            SpanKind::Movable => {
+                if let Some(b) = list.take_batch(self.batch(class).min(list.len() - 1)) {
+                    bump(&tc.counters[kind as usize].batches_out, 1);
+                    self.give_back(b, class, kind);
+                }
+            }
         }
         local.resync(kind as usize, class);
         if local.cached_bytes > self.config.thread_cache_bytes as isize {
@@ -660,7 +678,9 @@ impl HeapInner {
     }
 
     /// The byte view says the cache is over budget: makes the view exact and, if it
-    /// still is, halves every list, biggest classes first, until it is not.
+    /// still is, halves every list, biggest classes first, until the cache is a quarter
+    /// below the budget. The margin keeps the next refills and overflows under the
+    /// budget, so a thread at its budget does not pay for this walk on each of them.
     #[cold]
     #[inline(never)]
     pub(super) fn shrink(&self, tc: &ThreadCache) {
@@ -668,9 +688,13 @@ impl HeapInner {
         let local = unsafe { tc.local() };
         local.resync_all();
         let budget = self.config.thread_cache_bytes as isize;
+        if local.cached_bytes <= budget {
+            return;
+        }
+        let target = budget - budget / 4;
         for k in SpanKind::ALL {
             for c in (0..NUM_CLASSES).rev() {
-                if local.cached_bytes <= budget {
+                if local.cached_bytes <= target {
                     return;
                 }
                 let l = &mut local.lists[k as usize][c];
@@ -689,9 +713,8 @@ impl HeapInner {
 
     /// Blocks a thread's list of `class`/`kind` holds at most. Movable: two batches.
     /// Fixed: [`FIXED_LIST_BYTES`] worth, or half the cache budget if less (at least two
-    /// batches), since its blocks have nowhere to go but home to their spans (under the
-    /// arena lock): the longer list plays the part of mimalloc's page-local free lists,
-    /// kept by the thread.
+    /// batches); its overflow goes home to the spans, whose home bitmaps play the part of
+    /// mimalloc's page-local free lists (refills take them back in address order).
     pub(crate) fn list_limit(&self, kind: SpanKind, class: usize) -> u16 {
         let batches = (2 * self.batch(class)).max(2);
         let bytes = FIXED_LIST_BYTES.min(self.config.thread_cache_bytes / 2);
@@ -700,76 +723,6 @@ impl HeapInner {
                 (bytes / size_class::size(class)).clamp(batches, usize::from(u16::MAX)) as u16
             }
             SpanKind::Movable => batches as u16,
-        }
-    }
-
-    /// Gives blocks a thread's list lets go of back: fixed ones home to their spans (the
-    /// thread owns those spans), movable ones to the central list.
-    pub(super) fn give_back(&self, batch: Batch, class: usize, kind: SpanKind) {
-        match kind {
-            // SAFETY: the batch's blocks are free and ours.
-            SpanKind::Fixed => unsafe { self.return_home(batch) },
-            SpanKind::Movable => self.give_central(batch, class, kind),
-        }
-    }
-
-    pub(super) fn give_central(&self, batch: Batch, class: usize, kind: SpanKind) {
-        let central = &self.central[kind as usize][class];
-        let bytes = self.batch(class) * size_class::size(class);
-        let cap = (CENTRAL_BYTES_PER_CLASS / bytes).max(4);
-        let batch = if central.batches() < cap {
-            match central.push(batch) {
-                Ok(()) => return,
-                Err(b) => b,
-            }
-        } else {
-            batch
-        };
-        // SAFETY: the batch's blocks are free and ours.
-        unsafe { self.return_home(batch) };
-    }
-
-    /// Returns every block of `batch` to its span, locking each owning arena once per
-    /// run of blocks that share it.
-    ///
-    /// # Safety
-    ///
-    /// The batch's blocks are free blocks of this heap that nobody uses.
-    pub(crate) unsafe fn return_home(&self, batch: Batch) {
-        let (head, _tail, _count) = batch.into_raw_parts();
-        // SAFETY: forwarded from the caller; a batch's chain ends in null (B1).
-        unsafe { self.return_chain_home(head.as_ptr()) }
-    }
-
-    /// Returns every block of the null-terminated chain (through word 0) from `chain`
-    /// to its span, like [`HeapInner::return_home`].
-    ///
-    /// # Safety
-    ///
-    /// The chain's blocks are free blocks of this heap that nobody else uses.
-    pub(crate) unsafe fn return_chain_home(&self, chain: *mut u8) {
-        let mut cur = chain;
-        let mut locked: Option<(u32, MutexGuard<'_, crate::pool::arena::ArenaState>)> = None;
-        while let Some(block) = NonNull::new(cur) {
-            // SAFETY: the block is free and ours; read its link before it is reused.
-            cur = unsafe { link::read(block) };
-            let span = self.span_of(block).expect("a pool block maps to its span");
-            let arena = &self.arenas[span.arena as usize];
-            if locked.as_ref().is_none_or(|(a, _)| *a != span.arena) {
-                // Never hold two arena locks: release the previous one first.
-                drop(locked.take());
-                locked = Some((span.arena, arena.lock()));
-            }
-            let (_, st) = locked.as_mut().expect("locked above");
-            // SAFETY: we hold the span's arena lock.
-            if unsafe { span.out() } == 0 {
-                // No block of the span is out, so this one was freed before: a double
-                // free that its free stamp did not show (the emptied span's pages may
-                // have been purged since).
-                crate::misuse::fatal!("double free of {block:p} ({} B class)", span.block_size())
-            }
-            // SAFETY: we hold the span's arena lock and the block is a dead out block.
-            unsafe { arena.put_block(st, span, block) };
         }
     }
 }

@@ -87,7 +87,7 @@ fn loom_remote_frees_race_owner_collection() {
 }
 
 /// The record the models park and claim: a claim flag, a remote list, the owner's
-/// blocks, and the home lists (the spans, under a lock).
+/// blocks, and the spans' home sets (under a lock).
 struct Record {
     claimed: AtomicBool,
     remote: RemoteList,

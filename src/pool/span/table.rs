@@ -47,7 +47,7 @@ pub(crate) const fn table_bytes(region_bytes: usize) -> usize {
 /// Bytes of side table per movable block (owner + slack).
 pub(crate) const META_BYTES: usize = size_of::<u32>() + size_of::<u16>();
 
-/// The owner value that marks a home block (on its span's free list). Slot indexes
+/// The owner value that marks a home block (in its span's home set). Slot indexes
 /// stop below `u32::MAX - 1` in a heap's handle table (`HeapInner` caps it), so no live
 /// block's `index + 1` equals it.
 pub(crate) const HOME: u32 = u32::MAX;
@@ -139,11 +139,10 @@ pub(crate) const fn pages_for(bytes: usize) -> usize {
 /// many bytes its owner asked for. A view of entry `i` of the span's side table.
 ///
 /// * `owner == 0` ⇔ the block is out but not live (cached, or between a take and its
-///   allocation's publication) or not carved; `owner == HOME` ⇔ the block is home, on
-///   its span's free list (written only under the arena lock, by `Span::put` (set),
-///   `Span::take` and `Span::detach_home` (cleared), so a compaction target's home
-///   blocks are found by reading the owners in address order, without following the
-///   free list's links); otherwise it is `slot index + 1` of the handle-table slot
+///   allocation's publication) or not carved; `owner == HOME` ⇔ the block is home, in
+///   its span's home set (written only under the arena lock, by `Span::put` (set),
+///   `Span::take_many` and `Span::detach_home` (cleared), so a compaction target's
+///   home blocks are found by reading the owners in address order); otherwise it is `slot index + 1` of the handle-table slot
 ///   whose pointer addresses this block. [`BlockMeta::owner`] reads home as 0.
 /// * `slack = block_size − requested length`. A class is chosen for
 ///   `round_up(len, align)`, which lies less than one class step (≤ 32 KiB) below the

@@ -8,15 +8,12 @@
 //!
 //! [`Pages`]: super::Pages
 
-use core::ptr;
-
-use super::{Area, Span, SpanKind, link, pages_for, table};
+use super::{Area, Span, SpanKind, pages_for, table};
 use crate::os::PAGE_SIZE;
 
 impl Span {
-    /// Movable spans: uncarves the home blocks above the last block that is not home,
-    /// rebuilding the home list from the side table's home marks (lowest address at
-    /// its head), and hands back the region's whole pages past the last block still
+    /// Movable spans: uncarves the home blocks above the last block that is not home
+    /// (found from the side table's home marks, dropped from the home set), and hands back the region's whole pages past the last block still
     /// carved (lazily with `MADV_FREE` if `lazy`). Does nothing, and returns false, if
     /// that would give back no page. A block that is out (live, cached, or reserved by a
     /// pass) is never uncarved: only home blocks are, and nobody holds those.
@@ -42,22 +39,11 @@ impl Span {
         if top == carved || keep >= counted {
             return false;
         }
-        let mut head: *mut u8 = ptr::null_mut();
-        let mut home = 0;
-        for i in (0..top).rev() {
-            // SAFETY: movable and initialised (caller), `i < top <= capacity`.
-            if unsafe { self.meta(i) }.is_home() {
-                let b = self.block(i);
-                // SAFETY: a home block is ours (arena lock) and dead; word 0 is its
-                // link, as `put` wrote it.
-                unsafe { link::write(b, head) };
-                head = b.as_ptr();
-                home += 1;
-            }
-        }
-        debug_assert_eq!(st.free_count as usize - home, carved - top);
-        st.free = head;
-        st.free_count = home as u32;
+        // Every block in `top..carved` is home (the scan above), and no block at or past
+        // `carved` is in the home set: dropping the set's indices from `top` on removes
+        // exactly those.
+        st.home.truncate(top);
+        st.free_count -= (carved - top) as u32;
         st.carved = top as u32;
         let start = self.base + keep * PAGE_SIZE;
         // SAFETY: pages `keep..counted` of the region hold only uncarved blocks now

@@ -3,6 +3,7 @@
 use super::*;
 use crate::size_class::{NUM_CLASSES, SPAN_UNIT};
 use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::collections::BTreeSet;
@@ -246,4 +247,161 @@ fn a_reused_span_reads_no_stale_entry() {
         bytes + pages_for(span.capacity() * 6) * 4096,
         "the region and the 48 B class's table (the larger one)"
     );
+}
+
+/// The home set of one span against a model (`BTreeSet`) over long random sequences of
+/// single and batched takes (home blocks lowest address first, then carving in address
+/// order), puts in random order, and retirements with a re-initialisation for another
+/// kind: `free_count`, `out`, the bitmap, and (movable) the side-table home marks stay
+/// exact, no block is handed out twice, and putting a home block again is refused.
+#[test]
+fn home_set_matches_a_model() {
+    for (seed, size) in [(11u64, 16usize), (12, 64), (13, 48), (14, 176), (15, 1024)] {
+        let class = size_class::class_for(size, 16).expect("a pool class");
+        let bytes = size_class::span_bytes(class);
+        let base = crate::os::reserve(bytes, SPAN_UNIT).expect("a span region");
+        let table_layout = Layout::from_size_align(table_bytes(bytes), 4096).unwrap();
+        // SAFETY: non-zero size.
+        let table = unsafe { alloc_zeroed(table_layout) };
+        assert!(!table.is_null());
+        let (committed, movable) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        // SAFETY: both areas are ours, mapped, page-aligned and used by this span only;
+        // the counters outlive `span`.
+        let span = unsafe {
+            Span::new(
+                base.as_ptr().addr(),
+                bytes,
+                table.addr(),
+                0,
+                &committed,
+                &movable,
+            )
+        };
+        crate::pool::pagemap::set(span.base, bytes, ptr::from_ref(&span).cast_mut())
+            .expect("page map");
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut kind = SpanKind::Fixed;
+        // SAFETY: no other thread sees `span`, which stands in for the arena lock; the
+        // region is ours and mapped; the span is empty. (The blocks below that say "as
+        // above" rely on the same.)
+        unsafe { span.init(class, kind) };
+        let mut home = BTreeSet::new();
+        let mut out: Vec<usize> = Vec::new();
+        let mut carved = 0usize;
+        for step in 0..20_000 {
+            let cap = span.capacity();
+            match rng.gen_range(0..20) {
+                0..=7 => {
+                    let want = if rng.gen_bool(0.3) {
+                        1
+                    } else {
+                        rng.gen_range(1..=40)
+                    };
+                    let fresh_max = rng.gen_range(1..=40);
+                    let mut got = Vec::new();
+                    // SAFETY: as above.
+                    let (n_home, n_fresh) = unsafe {
+                        span.take_many(want, fresh_max, |b| {
+                            got.push(span.block_index(b.as_ptr().addr()).unwrap())
+                        })
+                    };
+                    assert_eq!(n_home + n_fresh, got.len());
+                    let mut expect: Vec<usize> = home.iter().copied().take(want).collect();
+                    assert_eq!(n_home, expect.len());
+                    let fresh = (want - expect.len()).min(fresh_max).min(cap - carved);
+                    assert_eq!(n_fresh, fresh);
+                    expect.extend(carved..carved + fresh);
+                    assert_eq!(
+                        got, expect,
+                        "seed {seed} step {step}: lowest home, then carve"
+                    );
+                    for i in &got {
+                        home.remove(i);
+                    }
+                    carved += fresh;
+                    out.extend(got);
+                }
+                8 => {
+                    // SAFETY: as above.
+                    let b = unsafe { span.take() };
+                    let expect = home.first().copied().or((carved < cap).then_some(carved));
+                    assert_eq!(
+                        b.map(|b| span.block_index(b.as_ptr().addr()).unwrap()),
+                        expect
+                    );
+                    if let Some(i) = expect {
+                        if !home.remove(&i) {
+                            carved += 1;
+                        }
+                        out.push(i);
+                    }
+                }
+                9..=17 if !out.is_empty() => {
+                    let i = out.swap_remove(rng.gen_range(0..out.len()));
+                    // SAFETY: as above; `i` is out and unused.
+                    unsafe { span.put(span.block(i)) };
+                    assert!(home.insert(i));
+                    // SAFETY: as above.
+                    let st = unsafe { span.state() };
+                    assert!(!st.home.insert(i), "a home block is refused a second time");
+                }
+                18 if kind == SpanKind::Movable && rng.gen_bool(0.5) => {
+                    // The free tail goes back: the home blocks above the last out one
+                    // are uncarved (if that frees a whole page).
+                    let mut top = carved;
+                    while top > 0 && home.contains(&(top - 1)) {
+                        top -= 1;
+                    }
+                    // SAFETY: as above; a movable, initialised span.
+                    if unsafe { span.uncarve_tail(false) } {
+                        assert!(top < carved, "seed {seed} step {step}: nothing to uncarve");
+                        home.retain(|&i| i < top);
+                        carved = top;
+                    }
+                }
+                19 if rng.gen_range(0..20) == 0 => {
+                    // Every block comes home in random order; the emptied span retires
+                    // and serves again, maybe as the other kind (a fixed span's guard
+                    // page goes up or down under `hardened`).
+                    out.shuffle(&mut rng);
+                    for i in out.drain(..) {
+                        // SAFETY: as above; `i` is out and unused.
+                        unsafe { span.put(span.block(i)) };
+                        assert!(home.insert(i));
+                    }
+                    // SAFETY: as above.
+                    assert_eq!(unsafe { span.out() }, 0);
+                    assert_eq!(home.len(), carved);
+                    kind = SpanKind::ALL[rng.gen_range(0..2)];
+                    // SAFETY: as above; no block is out.
+                    unsafe { span.init(class, kind) };
+                    home.clear();
+                    carved = 0;
+                }
+                _ => {}
+            }
+            // SAFETY: as above.
+            let st = unsafe { span.state() };
+            assert_eq!(st.free_count as usize, home.len());
+            assert_eq!(st.carved as usize, carved);
+            // SAFETY: as above.
+            assert_eq!(unsafe { span.out() }, out.len());
+            if step % 64 == 0 {
+                for i in 0..span.capacity() {
+                    assert_eq!(st.home.contains(i), home.contains(&i), "block {i}");
+                    if kind == SpanKind::Movable {
+                        // SAFETY: as above; a movable span, `i < capacity`.
+                        assert_eq!(unsafe { span.meta(i) }.is_home(), home.contains(&i));
+                    }
+                }
+            }
+        }
+        // SAFETY: as above; a movable span lifts the guard page before the region goes.
+        unsafe { span.init(class, SpanKind::Movable) };
+        crate::pool::pagemap::set(span.base, bytes, ptr::null_mut()).expect("page map");
+        // SAFETY: reserved above with this length; `span` is not used again.
+        unsafe { crate::os::release(base, bytes) };
+        // SAFETY: allocated above with this layout; `span` is not used again.
+        unsafe { dealloc(table, table_layout) };
+    }
 }
