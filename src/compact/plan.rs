@@ -223,7 +223,7 @@ impl Heap {
         if flush != 0 {
             // Free blocks cached by threads keep sources from emptying: ask every
             // thread to flush those classes (honoured on its next movable operation),
-            // flush ours, and send the central lists' batches home.
+            // flush ours, and send those classes' central batches home.
             let [lo, hi] = &inner.movable_flush_classes;
             lo.store(flush as u64, Ordering::Relaxed);
             hi.store((flush >> 64) as u64, Ordering::Relaxed);
@@ -232,7 +232,19 @@ impl Heap {
                 // SAFETY: the calling thread owns its record.
                 unsafe { inner.flush_classes(tc, Some(SpanKind::Movable), flush) };
             }
-            inner.drain_central(Some(SpanKind::Movable));
+            // Only the flushed classes' central lists: the others' batches keep no
+            // source alive, and draining them would only make threads refill them.
+            let central = &inner.central[SpanKind::Movable as usize];
+            for (class, list) in central.iter().enumerate() {
+                if flush & (1 << class) == 0 {
+                    continue;
+                }
+                for batch in list.take_all() {
+                    // SAFETY: batches in a central list are free blocks of this heap
+                    // that nobody else holds.
+                    unsafe { inner.return_home(batch) };
+                }
+            }
         }
         true
     }
