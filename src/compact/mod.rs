@@ -69,9 +69,9 @@
 //!
 //! A budgeted pass plans only when the heap's fragmentation (from counters, no span
 //! walk) is at least `CompactionPolicy::min_fragmentation`, and keeps a plan only if it
-//! would release at least `1 / MIN_GAIN_SHARE` of the committed movable bytes: a
-//! packed heap keeps holes no plan can remove (class rounding, span tails, one partly
-//! used span per class). A dropped plan makes the next ones wait 1, 2, 4, … up to
+//! would release at least `min_fragmentation / GAIN_DIVISOR` (half that share) of the
+//! committed movable bytes: a packed heap keeps holes no plan can remove (class
+//! rounding, span tails, one partly used span per class). A dropped plan makes the next ones wait 1, 2, 4, … up to
 //! `MAX_BACKOFF` passes, unless fragmentation rises by `REPLAN_RISE` meanwhile. A full
 //! compaction always plans.
 //!
