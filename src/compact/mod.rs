@@ -69,9 +69,9 @@
 //!
 //! A budgeted pass plans only when the heap's fragmentation (from counters, no span
 //! walk) is at least `CompactionPolicy::min_fragmentation`, and keeps a plan only if it
-//! would release at least `1 / MIN_GAIN_SHARE` of the committed movable bytes: a
-//! packed heap keeps holes no plan can remove (class rounding, span tails, one partly
-//! used span per class). A dropped plan makes the next ones wait 1, 2, 4, … up to
+//! would release at least `min_fragmentation / GAIN_DIVISOR` (half that share) of the
+//! committed movable bytes: a packed heap keeps holes no plan can remove (class
+//! rounding, span tails, one partly used span per class). A dropped plan makes the next ones wait 1, 2, 4, … up to
 //! `MAX_BACKOFF` passes, unless fragmentation rises by `REPLAN_RISE` meanwhile. A full
 //! compaction always plans.
 //!
@@ -85,11 +85,12 @@
 //!
 //! Once a plan is kept, the compactor asks every thread to flush its cached free blocks
 //! of the planned classes that need it home (an epoch bump honoured on each thread's
-//! next movable operation), flushes its own, and drains the central lists, so cached
-//! free blocks do not keep sources alive. A class needs it only if one of its sources
-//! has free blocks out (cached somewhere), or its targets' room less their cached
-//! blocks falls short of the blocks to move (`plan::needs_flush`): a flush makes every
-//! thread refill the class, which a plan that moves a few blocks should not cost.
+//! next movable operation), flushes its own, and drains those classes' central lists
+//! (and no other class's), so cached free blocks do not keep sources alive. A class
+//! needs it only if one of its sources has free blocks out (cached somewhere), or its
+//! targets' room less their cached blocks falls short of the blocks to move
+//! (`plan::needs_flush`): a flush makes every thread refill the class, which a plan
+//! that moves a few blocks should not cost.
 
 mod background;
 #[cfg(all(test, tidyheap_loom))]

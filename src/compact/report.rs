@@ -91,7 +91,7 @@ impl Budget {
 pub struct CompactionPolicy {
     /// A budgeted pass builds a new plan only when the movable heap's fragmentation
     /// (`1 − live / committed` of serving movable spans) is at least this, and keeps it
-    /// only if it would give back at least a quarter of this share of the committed
+    /// only if it would give back at least half of this share of the committed
     /// movable bytes (a packed heap keeps holes no plan removes: class rounding, span
     /// tails). Otherwise the pass only purges, and planning waits a few passes before
     /// it tries again. `0.0` plans every time; a value above 1 (or NaN) never.
