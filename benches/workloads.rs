@@ -10,7 +10,7 @@
 //! * `ml_tensors/<peer>/<max size>`: tensors of 1–256 MiB reallocated often (`tidyheap`,
 //!   `system`, `mimalloc`).
 //!
-//! The workloads themselves are in `benches/common/` (shared with `examples/report.rs`),
+//! The workloads themselves are in `benches/common/` (shared with `examples/report/`),
 //! with what one operation is for each. Throughput is in those operations. Before each
 //! group one untimed, probed run per peer prints its peak RSS rise, the RSS rise and live
 //! bytes at the workload's end point, and fragmentation (`1 - live / RSS rise`, and

@@ -1,5 +1,5 @@
 //! Two allocator-level patterns of issue 11, shared by `benches/alloc.rs` and
-//! `examples/report.rs`:
+//! `examples/report/`:
 //!
 //! * [`Churn`]: the realloc churn. 600 live blocks; one operation reallocates a random
 //!   one to a random size in `[1, max]` (max 200 KB or 300 KB, so the sizes straddle the

@@ -1,5 +1,5 @@
 //! Code shared by `benches/workloads.rs`, `benches/mimalloc_bench.rs` and
-//! `examples/report.rs` (each includes this directory with `#[path]`).
+//! `examples/report/` (each includes this directory with `#[path]`).
 //!
 //! * [`peers`]: the allocators measured side by side, behind one [`peers::Peer`] trait
 //!   (tidyheap's `Heap`, glibc through `std::alloc::System`, mimalloc through
