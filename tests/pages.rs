@@ -316,3 +316,78 @@ fn reused_spans_start_with_a_clean_side_table() {
         assert_eq!(heap.stats().committed_bytes, 0);
     }
 }
+
+/// A target's free tail handed back when a plan ends is carved again later: by the
+/// allocations a thread makes *between* two budgeted passes (tails given back lazily,
+/// with `MADV_FREE`, so their pages may still hold old bytes), then after a full
+/// compaction. Every block carved over a given-back tail reads its own length and
+/// bytes (never a slack or owner of the block that lay there before), and the pages
+/// counted follow: a full compaction gives tail pages back, the new blocks count them
+/// again.
+#[test]
+fn free_tails_given_back_are_carved_again_clean() {
+    for seed in 0..3u64 {
+        let heap = heap_purging_after(2);
+        let mut rng = SmallRng::seed_from_u64(seed);
+        // Odd lengths: every entry has a slack, so a stale one would show.
+        let (all, _) = fill(&heap, 41, 4000, 7);
+        // The first span (1365 blocks of the 48 B class) keeps every other block of
+        // its low part and nothing above: the densest span, so a target, with a free
+        // top. The others keep a few blocks each, which move into its holes.
+        let mut live = Vec::new();
+        for (i, e) in all.into_iter().enumerate() {
+            if (i < 600 && i % 2 == 0) || (i >= 1400 && i % 40 == 0) {
+                live.push(e);
+            } else {
+                heap.free_handle(e.0).unwrap();
+            }
+        }
+        heap.compact_full();
+        check(&heap, &live);
+        assert!(
+            heap.occupancy_map()
+                .spans
+                .iter()
+                .any(|s| s.kind == SpanKind::Movable && s.committed_bytes < s.bytes),
+            "seed {seed}: no target gave its free tail back"
+        );
+        // Budgeted passes with allocations and frees between them, more allocations
+        // than frees, so refills carve over the given-back tails.
+        for pass in 0..300 {
+            for _ in 0..rng.gen_range(0..60) {
+                let len = rng.gen_range(33..=64);
+                let v = rng.r#gen::<u8>();
+                let h = heap.alloc_handle(len, 16).unwrap();
+                assert_eq!(heap.read(h).unwrap().len(), len, "seed {seed} pass {pass}");
+                heap.write(h).unwrap().fill(v);
+                live.push((h, len, v));
+            }
+            for _ in 0..rng.gen_range(0..20) {
+                if live.is_empty() {
+                    break;
+                }
+                let (h, _, _) = live.swap_remove(rng.gen_range(0..live.len()));
+                heap.free_handle(h).unwrap();
+            }
+            heap.compact(Budget::blocks(rng.gen_range(1..64)));
+            if pass % 50 == 0 {
+                // Lazily given-back pages may stay resident: counters and data only.
+                check_pages(&heap, &live, false);
+            }
+        }
+        check_pages(&heap, &live, false);
+        heap.compact_full();
+        check_pages(&heap, &live, false);
+        // Every block comes home, those carved over given-back tails too.
+        for (h, _, _) in live.drain(..) {
+            heap.free_handle(h).unwrap();
+        }
+        heap.trim();
+        check_pages(&heap, &live, false);
+        assert_eq!(
+            heap.stats().committed_bytes,
+            0,
+            "seed {seed}: trim gives all back"
+        );
+    }
+}
