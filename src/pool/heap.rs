@@ -81,7 +81,9 @@ const CENTRAL_BYTES_PER_CLASS: usize = 1 << 20;
 /// half its blocks home, where the span's home bitmap keeps them in address order for
 /// the next refill (`pool::span::home`), and a dozen classes in use stay far below the
 /// cache budget, so `shrink` does not run. 32 KiB measured best on the database
-/// workload (16 KiB ≈ 32 KiB, 64 KiB and 256 KiB worse: see `benches/README.md`).
+/// workload (16 KiB ≈ 32 KiB, 64 KiB and 256 KiB worse: see `benches/README.md`); the
+/// price is paid where a class's working set outgrows one list but fits the cache
+/// (`random_free_10k`: its blocks go home and come back every round).
 const FIXED_LIST_BYTES: usize = 32 << 10;
 
 /// Tuning knobs of a heap. `HeapConfig::DEFAULT` is what `Heap::new()` uses.
