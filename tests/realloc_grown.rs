@@ -175,3 +175,24 @@ fn global_frees_and_resizes_grown_blocks_by_address() {
         assert_eq!(after.live_bytes(), before.live_bytes());
     }
 }
+
+/// A grow-out the commit limit refuses (a grown block maps 256 KiB) stays in the pools,
+/// whose smaller block fits: the realloc succeeds instead of failing.
+#[test]
+fn a_refused_grow_out_moves_within_the_pools() {
+    let heap = Heap::with_config(tidyheap::HeapConfig {
+        commit_limit: 200 << 10,
+        ..tidyheap::HeapConfig::DEFAULT
+    });
+    let p = heap.alloc(l(1000)).unwrap();
+    fill(p.as_ptr(), 1000, 6);
+    // SAFETY: `p` is live with that layout; only the result is used after, freed once.
+    unsafe {
+        let q = heap.realloc(p, l(1000), 100_000).unwrap();
+        check(q.as_ptr(), 1000, 6);
+        let s = heap.stats();
+        assert_eq!((s.large.live_blocks, s.fixed.live_bytes()), (0, 100_000));
+        heap.dealloc(q, l(100_000));
+    }
+    assert_eq!(heap.stats().live_bytes(), 0);
+}

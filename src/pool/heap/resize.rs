@@ -96,11 +96,11 @@ impl HeapInner {
             self.account_resize(old.size(), new_size);
             return Ok(ptr);
         }
-        if new_size > old.size() && cn.is_some_and(|c| size_class::size(c) >= GROW_OUT_MIN) {
+        if new_size > old.size()
+            && cn.is_some_and(|c| size_class::size(c) >= GROW_OUT_MIN)
+            && let Some(fresh) = self.grown_block(align, new_size)
+        {
             // Growing into a big class: out of the pools, once.
-            let map = grown_map(align);
-            self.check_commit(MAX_SMALL)?;
-            let fresh = self.large.alloc_counted_uninit(map, new_size)?;
             // SAFETY: forwarded from the caller; `fresh` is a distinct live block of at
             // least `MAX_SMALL >= new_size` bytes.
             unsafe { self.copy_and_free(ptr, old, fresh, new_size) };
@@ -110,6 +110,17 @@ impl HeapInner {
         // SAFETY: forwarded from the caller; `fresh` is a distinct block of `new`.
         unsafe { self.copy_and_free(ptr, old, fresh, new_size) };
         Ok(fresh)
+    }
+
+    /// A fresh grown block (a mapping of [`grown_map`]) counted as `new_size` bytes, or
+    /// `None` when the commit limit or the OS refuses it (out of mappings, for one: each
+    /// grown block is a mapping of its own); the caller then stays in the pools, whose
+    /// smaller block may still fit.
+    fn grown_block(&self, align: usize, new_size: usize) -> Option<NonNull<u8>> {
+        self.check_commit(MAX_SMALL).ok()?;
+        self.large
+            .alloc_counted_uninit(grown_map(align), new_size)
+            .ok()
     }
 
     /// Copies what `ptr` (a live block of `old`) and a fresh block of `new_size` bytes
@@ -152,15 +163,17 @@ impl HeapInner {
                 // SAFETY: forwarded from the caller: a large block with this layout.
                 unsafe { self.large.realloc(ptr, old, new_size) }
             }
-            Some(_) if new_size >= GROWN_KEEP_MIN => {
-                // Into the pool range but big: a grown block, its mapping shrunk in
-                // place (`old.size() > MAX_SMALL`: a pool alignment with no class).
-                // SAFETY: forwarded from the caller: a large block with this layout.
-                let p = unsafe { self.large.realloc(ptr, old, MAX_SMALL) }?;
-                self.large.recount(MAX_SMALL, new_size);
-                Ok(p)
-            }
             Some(_) => {
+                if new_size >= GROWN_KEEP_MIN {
+                    // Into the pool range but big: a grown block, its mapping shrunk in
+                    // place (`old.size() > MAX_SMALL`: a pool alignment with no class).
+                    // On failure the block is unchanged and moves into the pools below.
+                    // SAFETY: forwarded from the caller: a large block with this layout.
+                    if let Ok(p) = unsafe { self.large.realloc(ptr, old, MAX_SMALL) } {
+                        self.large.recount(MAX_SMALL, new_size);
+                        return Ok(p);
+                    }
+                }
                 let fresh = self.alloc(new)?;
                 // SAFETY: forwarded from the caller; `fresh` is a distinct block of `new`.
                 unsafe { self.copy_and_free(ptr, old, fresh, new_size) };
