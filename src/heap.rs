@@ -278,6 +278,12 @@ impl Heap {
     /// class still fits (or, for large blocks, while the mapping can grow), else by
     /// moving it. Contents up to the smaller size are kept.
     ///
+    /// A pool block grown into a class of 64 KiB or more moves, once, into a large
+    /// mapping of 256 KiB (then counted in [`HeapStats::large`](crate::HeapStats::large)),
+    /// where later resizes from 32 KiB up to 256 KiB stay in place and growth past it
+    /// uses `mremap`; below 32 KiB it moves back into the pools. It is still freed and
+    /// resized with its ordinary layout.
+    ///
     /// # Safety
     ///
     /// `ptr` was allocated by this heap with `layout` and is not used through the old

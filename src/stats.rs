@@ -137,7 +137,8 @@ pub struct HeapStats {
     /// Handle-addressed (movable) pool blocks.
     pub movable: PoolCounters,
     /// Directly mapped large blocks: live ones, and freed mappings cached for reuse
-    /// (counted apart, see [`LargeStats`]).
+    /// (counted apart, see [`LargeStats`]). Blocks a `realloc` grew out of the pools
+    /// (see `Heap::realloc`) are counted here, at their requested size.
     pub large: LargeStats,
     /// Committed bytes of pool spans (large blocks are in `large`): the pages each span
     /// counts, its region up to the furthest block carved and its side-table pages

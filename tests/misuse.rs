@@ -195,6 +195,24 @@ fn child(case: &str) {
                 heap.dealloc(p, big);
             }
         }
+        "grown_double_free" => {
+            // A block a realloc grew out of the pools, freed twice with its pool layout.
+            let p = heap.alloc(l(1000)).unwrap();
+            // SAFETY: `p` is live with that layout; only the result is used after.
+            let q = unsafe { heap.realloc(p, l(1000), 100_000) }.unwrap();
+            announce(q.as_ptr());
+            // SAFETY: deliberately violated: freed twice.
+            unsafe {
+                heap.dealloc(q, l(100_000));
+                heap.dealloc(q, l(100_000));
+            }
+        }
+        "large_freed_as_pool" => {
+            let p = heap.alloc(l(1 << 20)).unwrap();
+            announce(p.as_ptr());
+            // SAFETY: deliberately violated: freed with a pool layout.
+            unsafe { heap.dealloc(p, l(100_000)) };
+        }
         "large_wrong_size" => {
             let p = heap.alloc(l(1 << 20)).unwrap();
             announce(p.as_ptr());
@@ -453,6 +471,23 @@ fn large_double_free_aborts() {
              block (a double free, or a pointer no large allocation returned)"
         )
     });
+}
+
+/// A block a realloc grew out of the pools is found by address; what is no such block
+/// is still refused as before.
+#[test]
+fn grown_blocks_keep_the_misuse_checks() {
+    let class =
+        |size: usize| tidyheap::size_class::size(tidyheap::size_class::class_for(size, 8).unwrap());
+    let msg = move |a: &str| {
+        format!(
+            "tidyheap: free of {a}, which is not a block of this heap (freed with a layout of \
+             the {} B class)",
+            class(100_000)
+        )
+    };
+    expect_abort("grown_double_free", msg);
+    expect_abort("large_freed_as_pool", msg);
 }
 
 #[test]

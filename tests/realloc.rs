@@ -3,7 +3,9 @@
 //! the block for classes of at least 1 KiB), with contents and exact accounting, checked
 //! by a differential model on several seeds: blocks of 1 B to 300 KB (across the
 //! pool/large boundary) resized at random, freed with their current layout on this
-//! thread or another, shrunk blocks resized again.
+//! thread or another, shrunk blocks resized again. The model also follows blocks a
+//! realloc grew out of the pools (`src/pool/heap/resize.rs`, "Blocks grown out of the
+//! pools"): resized in place within the pool range, freed with pool layouts.
 
 use std::alloc::Layout;
 use std::ptr::NonNull;
@@ -16,6 +18,10 @@ use tidyheap::size_class::{self, MAX_SMALL};
 
 /// Classes whose blocks a realloc may shrink in place.
 const SHRINK_MIN: usize = 1024;
+/// A pool block grown by a realloc into a class of this size or more leaves the pools.
+const GROW_OUT_MIN: usize = 64 << 10;
+/// A block out of the pools stays out while resized to this size or more.
+const GROWN_KEEP_MIN: usize = 32 << 10;
 
 fn l(size: usize) -> Layout {
     Layout::from_size_align(size, 8).unwrap()
@@ -35,13 +41,40 @@ fn stays(real: usize, new: usize) -> bool {
     }
 }
 
+/// Where a block of the model lives.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Home {
+    /// A pool block of this size (its class, kept by an in-place shrink).
+    Pool(usize),
+    /// Out of the pools, in a large mapping, with a pool layout.
+    Grown,
+    /// A large block of a layout past the pools.
+    Large,
+}
+
+/// Where a block of `old` bytes living in `home` is after a realloc to `new`, and
+/// whether it kept its address.
+fn after_realloc(home: Home, old: usize, new: usize) -> (Home, Option<bool>) {
+    let moved_to = |new: usize| match class_size(new) {
+        Some(c) => Home::Pool(c),
+        None => Home::Large,
+    };
+    match (home, class_size(new)) {
+        (Home::Pool(real), _) if stays(real, new) => (home, Some(true)),
+        (Home::Pool(_), Some(c)) if new > old && c >= GROW_OUT_MIN => (Home::Grown, Some(false)),
+        (Home::Pool(_), _) => (moved_to(new), Some(false)),
+        (Home::Grown | Home::Large, None) => (Home::Large, None),
+        (Home::Grown | Home::Large, Some(_)) if new >= GROWN_KEEP_MIN => (Home::Grown, Some(true)),
+        (Home::Grown | Home::Large, Some(c)) => (Home::Pool(c), Some(false)),
+    }
+}
+
 /// One live block of the model.
 struct Block {
     ptr: NonNull<u8>,
     /// The size of its current layout.
     size: usize,
-    /// Its pool block's size (its class, kept by an in-place shrink), or None if large.
-    real: Option<usize>,
+    home: Home,
     /// The byte pattern of its first `size` bytes.
     seed: u8,
 }
@@ -74,7 +107,7 @@ fn model(seed: u64, steps: usize) {
     let heap = Arc::new(Heap::new());
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut live: Vec<Block> = Vec::new();
-    let (mut in_place, mut moved) = (0u32, 0u32);
+    let (mut in_place, mut moved, mut grown) = (0u32, 0u32, 0u32);
     for step in 0..steps {
         match rng.gen_range(0..10) {
             0..=2 if live.len() < 200 => {
@@ -85,7 +118,7 @@ fn model(seed: u64, steps: usize) {
                 live.push(Block {
                     ptr,
                     size,
-                    real: class_size(size),
+                    home: class_size(size).map_or(Home::Large, Home::Pool),
                     seed,
                 });
             }
@@ -96,23 +129,25 @@ fn model(seed: u64, steps: usize) {
                 // SAFETY: a live block of `heap` with this layout.
                 let p = unsafe { heap.realloc(b.ptr, l(b.size), new) }.unwrap();
                 check(p, b.size.min(new), b.seed);
-                if let Some(real) = b.real {
-                    let want = stays(real, new);
+                let (home, kept) = after_realloc(b.home, b.size, new);
+                if let Some(want) = kept {
                     assert_eq!(
                         p == b.ptr,
                         want,
-                        "seed {seed} step {step}: {} B block ({real} B class) to {new} B",
-                        b.size
+                        "seed {seed} step {step}: {} B block ({:?}) to {new} B",
+                        b.size,
+                        b.home
                     );
                     if want {
                         in_place += 1;
                     } else {
                         moved += 1;
                     }
-                    b.real = if want { Some(real) } else { class_size(new) };
-                } else {
-                    b.real = class_size(new);
                 }
+                if home == Home::Grown {
+                    grown += 1;
+                }
+                b.home = home;
                 b.ptr = p;
                 b.size = new;
                 fill(p, new, b.seed);
@@ -149,8 +184,8 @@ fn model(seed: u64, steps: usize) {
         );
     }
     assert!(
-        in_place > 50 && moved > 50,
-        "both paths ran: {in_place} / {moved}"
+        in_place > 50 && moved > 50 && grown > 50,
+        "every path ran: {in_place} / {moved} / {grown}"
     );
     for b in live {
         // SAFETY: live blocks of `heap` with these layouts, each freed once.

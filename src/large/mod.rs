@@ -62,6 +62,7 @@
 
 mod asset;
 mod cache;
+mod grown;
 mod mapping;
 mod placement;
 mod registry;

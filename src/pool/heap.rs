@@ -528,6 +528,13 @@ impl HeapInner {
                 let (size, kind) = (layout.size(), SpanKind::Fixed);
                 // SAFETY: forwarded from the caller.
                 if !unsafe { self.free_hit_at(slot, ptr, class, size, kind) } {
+                    if self.span_of(ptr).is_none() {
+                        // In no span of this heap: a block a realloc grew out of the
+                        // pools (`resize`), or misuse, which aborts there.
+                        // SAFETY: forwarded from the caller.
+                        unsafe { self.dealloc_grown(ptr, layout, class) };
+                        return;
+                    }
                     // The hit path takes only blocks that pass the pointer check
                     // (`is_local`); everything else is checked here, and a misuse
                     // aborts with its name. A block a realloc shrank in place is of a
