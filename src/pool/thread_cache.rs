@@ -61,6 +61,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use super::central::Batch;
 use super::heap::HeapInner;
 use super::link;
+use super::owned::OwnedSpans;
 use super::remote::RemoteLists;
 use crate::size_class::{self, NUM_CLASSES};
 use crate::stats::PoolCounters;
@@ -308,6 +309,9 @@ pub(crate) struct Local {
     pub(crate) lists: [[FreeList; NUM_CLASSES]; 2],
     /// Remote frees on their way, per class (see [`Outgoing`]).
     pub(crate) outgoing: [Outgoing; NUM_CLASSES],
+    /// Owned fixed spans with blocks in their local sets, per class (see
+    /// `pool::owned`).
+    pub(crate) owned: [OwnedSpans; NUM_CLASSES],
     /// Bytes of blocks on the lists as of each list's last sync (L3): exact for every
     /// list the cold paths visited last, off by at most `limit` blocks for the others.
     pub(crate) cached_bytes: isize,
