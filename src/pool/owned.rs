@@ -37,8 +37,10 @@
 //! Merges happen:
 //! * when a span's local set holds every block it ever carved (`Span::carved_hint`,
 //!   which only the owner changes, through its own refills): the span is wholly free
-//!   and goes home at once, so it is retired, unless it is the class's only span with
-//!   local blocks (kept, like mimalloc's retained page, for the next refill);
+//!   and goes home at once, so it is retired, unless the class's spans with local
+//!   blocks span at most half the thread cache's byte budget (`HeapConfig::
+//!   thread_cache_bytes`): those are kept warm for the next refills, like mimalloc's
+//!   retired pages (a retired span costs a lock and a re-carve per batch to reuse);
 //! * when the record parks (thread exit or TLS eviction), for every class;
 //! * on `trim` and whenever a record's fixed blocks are flushed (`flush_classes`).
 //!
@@ -56,6 +58,7 @@ use std::sync::atomic::Ordering;
 use super::arena::{Arena, ArenaState};
 use super::heap::HeapInner;
 use super::link;
+use super::pagemap;
 use super::poison;
 use super::span::home::HomeSet;
 use super::span::{ListId, Span, SpanKind};
@@ -91,6 +94,8 @@ impl LocalSet {
 pub(crate) struct OwnedSpans {
     head: *mut Span,
     tail: *mut Span,
+    /// Spans on the list.
+    len: u32,
 }
 
 impl OwnedSpans {
@@ -107,6 +112,7 @@ impl OwnedSpans {
             unsafe { (*(*self.tail).local.get()).next = p };
         }
         self.tail = p;
+        self.len += 1;
     }
 
     /// Unlinks `span` (on this list).
@@ -123,11 +129,7 @@ impl OwnedSpans {
             None => self.tail = set.prev,
         }
         (set.prev, set.next) = (ptr::null_mut(), ptr::null_mut());
-    }
-
-    /// Whether `set` is the only member.
-    fn only(&self, set: &LocalSet) -> bool {
-        set.prev.is_null() && set.next.is_null() && !self.head.is_null()
+        self.len -= 1;
     }
 }
 
@@ -206,10 +208,16 @@ impl HeapInner {
     ) {
         let mut foreign: *mut u8 = ptr::null_mut();
         while let Some(b) = next() {
-            let span = self.span_of(b).expect("a pool block maps to its span");
+            // A block of this heap (caller) maps to its span; owned by `tc`, the span
+            // is this heap's, so the fast lookup needs no heap check (`span_of`).
+            let span = pagemap::lookup_fast(b.as_ptr().addr());
+            // SAFETY: page-map entries point at live span records.
+            let span = span.map(|s| unsafe { s.as_ref() });
             // Exact for this thread: only its own refills make `tc` an owner, and only
             // an empty span (not this one: `b` is out) or a parked record loses one.
-            if ptr::eq(span.owner.load(Ordering::Relaxed), tc) {
+            if let Some(span) = span
+                && ptr::eq(span.owner.load(Ordering::Relaxed), tc)
+            {
                 // SAFETY: `tc`'s thread (the caller) owns the span; the block is ours.
                 unsafe { self.put_local(spans, span, b) };
             } else {
@@ -223,13 +231,16 @@ impl HeapInner {
     }
 
     /// Puts `block` into its span's local set; merges the set home if that makes the
-    /// span wholly free (unless it is the class's only span with local blocks).
+    /// span wholly free and the class's spans with local blocks span more than half the
+    /// thread cache's byte budget (so a thread keeps that much of wholly free spans
+    /// warm for its next refills, like mimalloc's retired pages, and no more).
     ///
     /// # Safety
     ///
     /// The caller is the thread of the claimed record that owns `span`, `spans` is that
     /// record's `owned` list of the span's class, and `block` is a free out block of
     /// `span` nobody else uses.
+    #[inline(always)]
     unsafe fn put_local(&self, spans: &mut OwnedSpans, span: &Span, block: NonNull<u8>) {
         let i = size_class::div_size(block.as_ptr().addr() - span.base, span.class());
         // SAFETY: forwarded from the caller: owner access.
@@ -242,7 +253,9 @@ impl HeapInner {
         if set.count == 1 {
             spans.push_back(span, set);
         }
-        if set.count == span.carved_hint.load(Ordering::Relaxed) && !spans.only(set) {
+        if set.count == span.carved_hint.load(Ordering::Relaxed)
+            && spans.len as usize * span.bytes > self.config.thread_cache_bytes / 2
+        {
             // SAFETY: forwarded from the caller.
             unsafe { self.merge_span(spans, span) };
         }
@@ -336,6 +349,8 @@ impl HeapInner {
     /// # Safety
     ///
     /// As [`HeapInner::put_local`]; the span is on `spans`; no arena lock is held.
+    #[cold]
+    #[inline(never)]
     unsafe fn merge_span(&self, spans: &mut OwnedSpans, span: &Span) {
         // SAFETY: forwarded from the caller: owner access.
         let set = unsafe { span.local_set() };
