@@ -23,7 +23,7 @@
 //! Every block of a span is in exactly one of three states: *uncarved* (index ≥
 //! `carved`), *home* (in the span's home set, a bitmap by block index: see
 //! [`home`]), or *out* (handed out: live in user hands, or cached in a thread cache,
-//! a remote list or the central list). So
+//! a remote list, the central list or the owner's local set, see `pool::owned`). So
 //!
 //! ```text
 //! carved − free_count == out        capacity − carved == uncarved

@@ -19,9 +19,10 @@
 //! A fixed free first checks that the block's span is owned by this record and serves
 //! the layout's class (a page-map lookup and two compares, see `pool::remote` and
 //! `HeapInner::is_local`); a block of another record's span goes to that record's
-//! remote list instead, and the owner collects it on a miss. Fixed lists
-//! are long (`HeapInner::list_limit`): their blocks go home to their spans, not to a
-//! central list, when a list overflows.
+//! remote list instead, and the owner collects it on a miss. When a fixed
+//! list overflows, its blocks of spans the record owns go into those spans' owner-only
+//! local sets (no lock, see `pool::owned`), others home to their spans; a refill takes
+//! from the local sets before it locks an arena.
 //!
 //! # Finding the record: one thread-local access
 //!
