@@ -368,7 +368,10 @@ impl Arena {
             let o = span.owner.load(Ordering::Relaxed);
             // SAFETY: a non-null owner is a record in the heap's record table, which
             // lives as long as the heap (and so as `source`); its claim flag is atomic.
-            let parked = !o.is_null() && !unsafe { &*o }.claimed.load(Ordering::Relaxed);
+            // Acquire: pairs with the parking owner's `Release` unclaim, so its last
+            // lock-free touch of the span's local set happens before ours
+            // (`pool::owned`, O1).
+            let parked = !o.is_null() && !unsafe { &*o }.claimed.load(Ordering::Acquire);
             if ptr::eq(o, owner) || o.is_null() || parked {
                 found = Some(span);
                 break;

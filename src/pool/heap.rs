@@ -78,12 +78,13 @@ const CARVE_BYTES: usize = 32 * 1024;
 const CENTRAL_BYTES_PER_CLASS: usize = 1 << 20;
 /// Bytes of free blocks a thread's fixed list of one class may hold, at most (see
 /// `list_limit`; also at most half the thread-cache budget). Short: a full list sends
-/// half its blocks home, where the span's home bitmap keeps them in address order for
-/// the next refill (`pool::span::home`), and a dozen classes in use stay far below the
-/// cache budget, so `shrink` does not run. 32 KiB measured best on the database
-/// workload (16 KiB ≈ 32 KiB, 64 KiB and 256 KiB worse: see `benches/README.md`); the
-/// price is paid where a class's working set outgrows one list but fits the cache
-/// (`random_free_10k`: its blocks go home and come back every round).
+/// half its blocks to their spans' owner-only local sets (`pool::owned`; others home),
+/// bitmaps that keep them in address order for the next refill without the arena lock,
+/// and a dozen classes in use stay far below the cache budget, so `shrink` does not run.
+/// 32 KiB measured best on the database workload (16 KiB ≈ 32 KiB, 64 KiB and 256 KiB
+/// worse: see `benches/README.md`, measured before the local sets); where a class's
+/// working set outgrows one list (`random_free_10k`) its blocks pass through the local
+/// sets every round (a page-map lookup and a bit each way).
 const FIXED_LIST_BYTES: usize = 32 << 10;
 
 /// Tuning knobs of a heap. `HeapConfig::DEFAULT` is what `Heap::new()` uses.

@@ -11,6 +11,7 @@ pub(crate) mod hardened;
 pub(crate) mod heap;
 pub(crate) mod link;
 pub(crate) mod lock;
+pub(crate) mod owned;
 pub(crate) mod pagemap;
 pub(crate) mod poison;
 pub(crate) mod remote;

@@ -14,7 +14,9 @@
 //!                       span.owner == T     → T's local list            (the hot path)
 //!                       span.owner == R ≠ T → R.remote[class].push(b)    (lock-free, one CAS)
 //!                       span.owner == none  → home to the span            (arena lock)
-//! R's refill of class:  R.remote[class].take() (one swap) → R's local list; then the arena
+//! R's refill of class:  R.remote[class].take() (one swap) → R's local list (the surplus
+//!                       into the spans' local sets, `pool::owned`); then the local sets;
+//!                       then the arena
 //! ```
 //!
 //! One list per (owner record, class), not per span: the owner collects everything

@@ -23,7 +23,7 @@
 //! Every block of a span is in exactly one of three states: *uncarved* (index ≥
 //! `carved`), *home* (in the span's home set, a bitmap by block index: see
 //! [`home`]), or *out* (handed out: live in user hands, or cached in a thread cache,
-//! a remote list or the central list). So
+//! a remote list, the central list or the owner's local set, see `pool::owned`). So
 //!
 //! ```text
 //! carved − free_count == out        capacity − carved == uncarved
@@ -50,6 +50,7 @@ use core::cell::UnsafeCell;
 use core::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
+use super::owned::LocalSet;
 use super::poison;
 use super::thread_cache::ThreadCache;
 use crate::size_class;
@@ -197,7 +198,14 @@ pub struct Span {
     /// Set and cleared by whoever owns the block (atomically: other bits belong to other
     /// blocks and threads); cleared for the whole span by `init`.
     pub(crate) shrunk: AtomicU64,
+    /// Fixed spans: `SpanState::carved` as of its last change (written under the arena
+    /// lock with it, read without it by the owner, the only thread that carves an owned
+    /// span: see `pool::owned`).
+    pub(crate) carved_hint: AtomicU32,
     pub(crate) state: UnsafeCell<SpanState>,
+    /// Fixed spans: the owner-only *local set* (see `pool::owned`), touched only by the
+    /// thread of the claimed record in `owner`, without the arena lock.
+    pub(crate) local: UnsafeCell<LocalSet>,
 }
 
 /// The smallest class size whose blocks a realloc may shrink in place (see
@@ -217,8 +225,9 @@ const _: () = {
 };
 
 // SAFETY: `state` is only accessed under the owning arena's lock (every accessor is an
-// `unsafe fn` requiring it); `committed` points to an atomic that outlives the span;
-// all other fields are atomics or immutable.
+// `unsafe fn` requiring it); `local` only by the thread of the span's claimed owner
+// record (`pool::owned`, whose accessor is an `unsafe fn` requiring it); `committed`
+// points to an atomic that outlives the span; all other fields are atomics or immutable.
 unsafe impl Sync for Span {}
 // SAFETY: as above; a span holds no thread-bound data.
 unsafe impl Send for Span {}
@@ -259,6 +268,8 @@ impl Span {
             incarnation: AtomicU32::new(0),
             owner: AtomicPtr::new(ptr::null_mut()),
             shrunk: AtomicU64::new(0),
+            carved_hint: AtomicU32::new(0),
+            local: UnsafeCell::new(LocalSet::new()),
             state: UnsafeCell::new(SpanState {
                 home: HomeSet::new(),
                 free_count: 0,
@@ -430,6 +441,7 @@ impl Span {
         st.home.clear();
         st.free_count = 0;
         st.carved = 0;
+        self.carved_hint.store(0, Ordering::Relaxed);
         debug_assert!(!st.scanning, "a scanned span is never re-initialised");
         #[cfg(feature = "hardened")]
         self.set_guard(st, kind == SpanKind::Fixed);
@@ -579,6 +591,7 @@ impl Span {
             sink(b);
         }
         st.carved += new as u32;
+        self.carved_hint.store(st.carved, Ordering::Relaxed);
         (got, new)
     }
 

@@ -19,9 +19,10 @@
 //! A fixed free first checks that the block's span is owned by this record and serves
 //! the layout's class (a page-map lookup and two compares, see `pool::remote` and
 //! `HeapInner::is_local`); a block of another record's span goes to that record's
-//! remote list instead, and the owner collects it on a miss. Fixed lists
-//! are long (`HeapInner::list_limit`): their blocks go home to their spans, not to a
-//! central list, when a list overflows.
+//! remote list instead, and the owner collects it on a miss. When a fixed
+//! list overflows, its blocks of spans the record owns go into those spans' owner-only
+//! local sets (no lock, see `pool::owned`), others home to their spans; a refill takes
+//! from the local sets before it locks an arena.
 //!
 //! # Finding the record: one thread-local access
 //!
@@ -61,6 +62,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use super::central::Batch;
 use super::heap::HeapInner;
 use super::link;
+use super::owned::OwnedSpans;
 use super::remote::RemoteLists;
 use crate::size_class::{self, NUM_CLASSES};
 use crate::stats::PoolCounters;
@@ -308,6 +310,9 @@ pub(crate) struct Local {
     pub(crate) lists: [[FreeList; NUM_CLASSES]; 2],
     /// Remote frees on their way, per class (see [`Outgoing`]).
     pub(crate) outgoing: [Outgoing; NUM_CLASSES],
+    /// Owned fixed spans with blocks in their local sets, per class (see
+    /// `pool::owned`).
+    pub(crate) owned: [OwnedSpans; NUM_CLASSES],
     /// Bytes of blocks on the lists as of each list's last sync (L3): exact for every
     /// list the cold paths visited last, off by at most `limit` blocks for the others.
     pub(crate) cached_bytes: isize,

@@ -162,11 +162,32 @@ impl HeapInner {
         let b = if !remote.is_null() {
             // SAFETY: the taken chain is ours: free fixed blocks of `class`, of spans
             // this record owned when they were pushed.
-            let rest = unsafe { list.push_chain(remote) };
-            // SAFETY: what the list had no room for is ours too, and free.
-            unsafe { self.return_chain_home(rest) };
+            let mut rest = unsafe { list.push_chain(remote) };
+            // SAFETY: what the list had no room for is ours too, and free; we are the
+            // record's thread and `owned[class]` its list of the class.
+            unsafe {
+                self.let_go_fixed(tc, &mut local.owned[class], || {
+                    let b = NonNull::new(rest)?;
+                    // The block is free and ours; read its link before letting it go.
+                    rest = crate::pool::link::read(b);
+                    Some(b)
+                })
+            };
             bump(&c.batches_in, 1);
             list.pop().expect("a non-empty remote list yields a block")
+        } else if kind == SpanKind::Fixed
+            // SAFETY: this thread owns its record; the list was empty (we are refilling).
+            && let Some(b) = unsafe {
+                self.refill_local(
+                    list,
+                    &mut local.owned[class],
+                    class,
+                    #[cfg(feature = "hardened")]
+                    &mut local.rng,
+                )
+            }
+        {
+            b
         } else if kind == SpanKind::Movable
             && let Some(batch) = self.central[kind as usize][class].pop()
         {
@@ -652,12 +673,15 @@ impl HeapInner {
         match kind {
             // Fixed lists go home by halves, each block straight from the list to its
             // span (one pass over the blocks, no batch built).
+            // Blocks of spans this record owns go to their local sets (no lock, see
+            // `pool::owned`), others home.
             SpanKind::Fixed => {
                 let mut n = list.len() / 2;
                 bump(&tc.counters[kind as usize].batches_out, 1);
-                // SAFETY: the list's blocks are free, ours, and of this heap.
+                // SAFETY: the list's blocks are free, ours, and of this heap; we are the
+                // record's thread and `owned[class]` its list of the class.
                 unsafe {
-                    self.return_blocks_home(|| {
+                    self.let_go_fixed(tc, &mut local.owned[class], || {
                         n = n.checked_sub(1)?;
                         list.pop()
                     })

@@ -139,6 +139,10 @@ impl HeapInner {
             }
             local.resync(fixed, class);
         }
+        // O1 (`pool::owned`): no local set may outlive the claim, or an adopter of the
+        // span would share it with the record's next thread.
+        // SAFETY: forwarded: we own the record; no arena lock is held.
+        unsafe { self.merge_local(local, u128::MAX) };
         local.parked = local.cached_bytes.max(0) as usize;
         self.parked_bytes.fetch_add(local.parked, Ordering::Relaxed);
         self.drain_counters(cache);
@@ -230,6 +234,10 @@ impl HeapInner {
                 }
                 local.resync(k as usize, class);
             }
+        }
+        if kind.is_none_or(|want| want == SpanKind::Fixed) {
+            // SAFETY: forwarded: we own the record; no arena lock is held.
+            unsafe { self.merge_local(local, classes) };
         }
     }
 

@@ -101,6 +101,28 @@ impl HomeSet {
         self.words[w + 1..].fill(0);
     }
 
+    /// Moves every block of `other` into this set, leaving `other` empty; `Err(i)`,
+    /// with the sets unchanged from block `i`'s word on, if block `i` is in both (a
+    /// block that is home twice: a double free).
+    pub(crate) fn absorb(&mut self, other: &mut HomeSet) -> Result<(), usize> {
+        for w in other.lo as usize..HOME_WORDS {
+            let add = other.words[w];
+            if add == 0 {
+                continue;
+            }
+            let both = self.words[w] & add;
+            if both != 0 {
+                return Err(w * u64::BITS as usize + both.trailing_zeros() as usize);
+            }
+            self.words[w] |= add;
+            self.lo = self.lo.min(w as u32);
+            other.words[w] = 0;
+            other.lo = w as u32 + 1;
+        }
+        other.lo = HOME_WORDS as u32;
+        Ok(())
+    }
+
     /// Whether block `i` is in the set.
     pub(crate) fn contains(&self, i: usize) -> bool {
         self.words[i / u64::BITS as usize] & (1 << (i % u64::BITS as usize)) != 0
