@@ -4,7 +4,8 @@
 //! `RUSTFLAGS="--cfg tidyheap_loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --lib -- loom_`.
 //!
 //! Span `S` starts in life 1 with one block, allocated by thread A, whose `+1` stays
-//! pending in A's entry. The compactor (C) moves the block to span `T` (`S −1`,
+//! pending in A's entry (loom runs the model's three threads without spin waits: the
+//! steps that must come first happen before the spawns). The compactor (C) moves the block to span `T` (`S −1`,
 //! `T +1`, directly, as `compact::moves` does), re-initialises the emptied `S` as life
 //! 2 and allocates one block of it (`+1`). Meanwhile A evicts its entry, flushing the
 //! `+1` of life 1, and B frees the moved block, recording `−1` for `T` in its own
@@ -13,7 +14,6 @@
 //! fails the first assertion.
 
 use loom::sync::Arc;
-use loom::sync::atomic::{AtomicBool, Ordering};
 use loom::thread;
 
 use super::Entry;
@@ -28,14 +28,6 @@ struct World {
     t: LiveCount,
     a: Entry,
     b: Entry,
-    published: AtomicBool,
-    moved: AtomicBool,
-}
-
-fn wait(flag: &AtomicBool) {
-    while !flag.load(Ordering::Acquire) {
-        thread::yield_now();
-    }
 }
 
 fn flush_to(w: &World, span: usize, life: u32, delta: u32) {
@@ -50,6 +42,13 @@ fn flush_to(w: &World, span: usize, life: u32, delta: u32) {
     }
 }
 
+/// Records `delta` for `span` in `life` through entry `e`, as `PendingLive::record`.
+fn record(w: &World, e: &Entry, span: usize, life: u32, delta: u32) {
+    if !e.bump(span, life, delta) {
+        e.replace(span, life, delta, |s, l, d| flush_to(w, s, l, d));
+    }
+}
+
 #[test]
 fn loom_live_delta_vs_evacuation_and_reinit() {
     loom::model(|| {
@@ -58,43 +57,29 @@ fn loom_live_delta_vs_evacuation_and_reinit() {
             t: LiveCount::new(),
             a: Entry::new(),
             b: Entry::new(),
-            published: AtomicBool::new(false),
-            moved: AtomicBool::new(false),
         });
         w.s.reset(1);
         w.t.reset(1);
+        // Thread A allocated S's block: its +1 is pending in A's entry. (Done before A
+        // is spawned, so the block is published to the compactor by the spawn.)
+        record(&w, &w.a, S, 1, 1);
         let owner = {
             let w = w.clone();
-            thread::spawn(move || {
-                // Allocates S's block: the +1 stays pending.
-                if !w.a.bump(S, 1, 1) {
-                    w.a.replace(S, 1, 1, |s, l, d| flush_to(&w, s, l, d));
-                }
-                w.published.store(true, Ordering::Release);
-                // A block of another span evicts the entry: the +1 is flushed.
-                if !w.a.bump(X, 1, 1) {
-                    w.a.replace(X, 1, 1, |s, l, d| flush_to(&w, s, l, d));
-                }
-            })
+            // A block of another span evicts A's entry: the +1 of life 1 is flushed.
+            thread::spawn(move || record(&w, &w.a, X, 1, 1))
         };
-        let remover = {
-            let w = w.clone();
-            thread::spawn(move || {
-                wait(&w.moved);
-                // Frees the moved block, now in T: the −1 stays pending.
-                if !w.b.bump(T, 1, u32::MAX) {
-                    w.b.replace(T, 1, u32::MAX, |s, l, d| flush_to(&w, s, l, d));
-                }
-            })
-        };
-        // The compactor.
-        wait(&w.published);
+        // The compactor (this thread) moves the block from S to T.
         assert!(w.t.add(1, 1), "the target keeps its life");
         assert!(w.s.add(1, u32::MAX), "a scanned source keeps its life");
-        w.moved.store(true, Ordering::Release);
+        let remover = {
+            let w = w.clone();
+            // B frees the moved block, now in T: its -1 stays pending in B's entry.
+            thread::spawn(move || record(&w, &w.b, T, 1, u32::MAX))
+        };
         // S is empty: re-initialised, then one block of its new life is allocated.
         w.s.reset(2);
-        assert!(w.s.add(2, 1));
+        let ok = w.s.add(2, 1);
+        assert!(ok, "{:?}", w.s.get());
         owner.join().unwrap();
         remover.join().unwrap();
         assert_eq!(w.s.get(), (2, 1), "a stale delta landed on the new life");

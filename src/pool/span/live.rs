@@ -43,8 +43,13 @@ impl LiveCount {
     /// Called by `Span::init` (arena lock held, no block out) after it bumped the
     /// incarnation.
     pub(crate) fn reset(&self, incarnation: u32) {
-        self.0
-            .store(u64::from(incarnation) << 32, Ordering::Release);
+        // A swap rather than a store: every write of the word is then a read-modify-write,
+        // so an `add` is either before the reset in the word's modification order (and
+        // overwritten) or reads the new life (and is refused). The loom model
+        // (`movable::live::loom_live`) fails with a plain store here: loom let a
+        // compare-exchange ordered after the store read the value before it. Once per
+        // span life, under the arena lock.
+        self.0.swap(u64::from(incarnation) << 32, Ordering::AcqRel);
     }
 
     /// Adds `delta` (wrapping) to the count if the word still counts life
