@@ -217,8 +217,9 @@ impl<T: Send + Sync> Default for Store<T> {
 }
 
 impl<T> Store<T> {
-    /// Number of values. Takes the store's list lock briefly (it applies the changes
-    /// other threads' inserts and removes left in their rings: module `members`).
+    /// Number of values. Takes the store's list lock briefly (it sums the inserts and
+    /// removes counted in every thread's ring: module `members`); exact when no other
+    /// thread is inserting or removing.
     pub fn len(&self) -> usize {
         self.inner.members.len()
     }
