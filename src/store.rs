@@ -124,9 +124,9 @@ impl<T> StoreInner<T> {
     /// `members`): the members whose slot still holds their generation.
     fn handles(&self) -> impl Iterator<Item = RawHandle> + '_ {
         let table = self.heap.handles();
-        self.members
-            .snapshot(table)
-            .into_iter()
+        let list = self.members.snapshot(table);
+        (0..list.len())
+            .map(move |i| list[i])
             .filter(move |&m| members::is_live(table, m))
             .map(|(index, generation)| RawHandle::from_odd(index, generation))
     }

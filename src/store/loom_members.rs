@@ -39,7 +39,8 @@ fn insert(t: &HandleTable, m: &Members, lane: usize, value: u64) -> u32 {
 /// slot, as iteration does).
 fn live(t: &HandleTable, m: &Members) -> Vec<u32> {
     m.snapshot(t)
-        .into_iter()
+        .iter()
+        .copied()
         .filter(|&x| is_live(t, x))
         .map(|(i, _)| i)
         .collect()
@@ -63,7 +64,7 @@ fn loom_member_removal_and_insert_vs_scoped_iteration() {
             thread::spawn(move || {
                 scopes.open(false);
                 let mut seen = Vec::new();
-                for (index, listed) in m.snapshot(&t) {
+                for &(index, listed) in m.snapshot(&t).iter() {
                     if let Ok((generation, p)) = t.slot(index).unwrap().scoped_entry()
                         && generation == listed
                     {
@@ -147,7 +148,8 @@ fn loom_members_out_of_order_lanes() {
                 // value) is seen at most once.
                 let seen: Vec<_> = m
                     .snapshot(&t)
-                    .into_iter()
+                    .iter()
+                    .copied()
                     .filter(|&v| is_live(&t, v))
                     .collect();
                 let mut dedup = seen.clone();

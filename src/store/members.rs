@@ -48,13 +48,15 @@
 //! [`RING`] members (≈ 0.5 KiB) per lane that ever changed the store, and the list (8
 //! bytes per member, at most about `2 · len + PRUNE_SLACK` after a drain).
 //!
-//! Iteration copies the list under the lock (a `memcpy` of 8 bytes per member) and then
-//! resolves each member without it; values removed meanwhile are skipped (their
-//! generation moved on), and values inserted meanwhile may or may not be seen. The copy
-//! means a thread may insert into or remove from the store while it iterates without
-//! waiting for itself.
+//! Iteration takes the list under the lock, shared rather than copied (copy on write:
+//! the list changes only when a drain adds members or a prune drops some, and only then
+//! is it copied, if a snapshot still holds it), and then resolves each member without
+//! the lock; values removed meanwhile are skipped (their generation moved on), and
+//! values inserted meanwhile may or may not be seen. A thread may so insert into or
+//! remove from the store while it iterates without waiting for itself.
 
 use core::ptr::NonNull;
+use std::sync::Arc;
 
 use crate::handle::{HandleTable, LANES};
 use crate::sync::{
@@ -115,7 +117,10 @@ impl Ring {
 /// The list and the registered rings; only touched under [`Members::lock`].
 #[derive(Default)]
 struct Dense {
-    list: Vec<Member>,
+    /// Shared with the snapshots taken since it last changed (copy on write: a drain
+    /// that has members to add, or a prune, copies it only if a snapshot still holds
+    /// it).
+    list: Arc<Vec<Member>>,
     /// Every ring made for this store, drained by each lock holder that needs the list.
     rings: Vec<NonNull<Ring>>,
     /// Inserts minus removes made without a lane (wrapping).
@@ -146,16 +151,20 @@ impl Dense {
             // Acquire: the entries up to `head` were stored before it.
             let head = ring.head.load(Acquire);
             let mut tail = ring.tail.load(Relaxed);
+            if tail == head {
+                continue;
+            }
+            let list = Arc::make_mut(&mut self.list);
             while tail != head {
                 let op = ring.ops[tail as usize % RING].load(Relaxed);
-                self.list.push(((op >> 32) as u32, op as u32));
+                list.push(((op >> 32) as u32, op as u32));
                 tail = tail.wrapping_add(1);
             }
             // Release: our loads of the entries happen before the producer reuses them.
             ring.tail.store(tail, Release);
         }
         if self.list.len() > 2 * self.len() + PRUNE_SLACK {
-            self.list.retain(|&m| is_live(table, m));
+            Arc::make_mut(&mut self.list).retain(|&m| is_live(table, m));
         }
     }
 }
@@ -296,7 +305,7 @@ impl Members {
                 unsafe { self.add(table, lane, index, gen_) }
             }
             _ => self.with(|d| {
-                d.list.push((index, gen_));
+                Arc::make_mut(&mut d.list).push((index, gen_));
                 d.laneless = d.laneless.wrapping_add(1);
             }),
         }
@@ -333,12 +342,13 @@ impl Members {
         ring
     }
 
-    /// A copy of the list (live and dead members: readers check each against its
-    /// slot), with every published member drained into it.
-    pub(crate) fn snapshot(&self, table: &HandleTable) -> Vec<Member> {
+    /// The list (live and dead members: readers check each against its slot), with
+    /// every published member drained into it: shared, not copied (the next change
+    /// copies it if this snapshot still holds it).
+    pub(crate) fn snapshot(&self, table: &HandleTable) -> Arc<Vec<Member>> {
         self.with(|d| {
             d.drain(table);
-            d.list.clone()
+            Arc::clone(&d.list)
         })
     }
 

@@ -286,8 +286,9 @@ impl<'a, T> ReadScope<'a, T> {
 /// store's slots are handed out in runs) skip the segment lookup.
 struct ScopedIter<'s, 'a, T> {
     scope: &'s ReadScope<'a, T>,
-    /// The members (live and dead: `item` checks each generation).
-    list: Vec<Member>,
+    /// The members (live and dead: `item` checks each generation), shared with the
+    /// store's list (module `members`).
+    list: std::sync::Arc<Vec<Member>>,
     /// Position of the next index in `list`.
     at: usize,
     /// First index of `slots`.

@@ -23,6 +23,9 @@ fn lanes_match_the_model_and_the_list_stays_bounded() {
         let m = Members::new();
         let mut live: Vec<RawHandle> = Vec::new();
         let lane = |k: u64| if k == 4 { None } else { Some(k as usize) };
+        // The last snapshot and a copy of it: changes made while a snapshot is held must
+        // not show in it (the list is copied on write).
+        let mut held = (m.snapshot(&t), Vec::new());
         for step in 0..20_000u32 {
             let grow = live.len() < 5 || (live.len() < 60 && next(2) == 0);
             if grow {
@@ -37,7 +40,9 @@ fn lanes_match_the_model_and_the_list_stays_bounded() {
                 unsafe { m.remove(lane(next(5))) };
             }
             if step % (RING as u32 * 3 + 1) == 0 {
+                assert_eq!(*held.0, held.1, "seed {seed}: a held snapshot changed");
                 let seen = m.snapshot(&t);
+                held = (seen.clone(), seen.to_vec());
                 let alive: Vec<_> = seen.iter().copied().filter(|&x| is_live(&t, x)).collect();
                 let set: HashSet<_> = alive.iter().copied().collect();
                 assert_eq!(set.len(), alive.len(), "seed {seed}: a member twice");
