@@ -47,6 +47,8 @@ use crate::stats::{HeapStats, PoolCounters};
 pub struct Heap {
     inner: NonNull<HeapInner>,
     handles: HandleTable,
+    /// Pending span live-count deltas, per lane (`movable::live`).
+    pub(crate) pending_live: crate::movable::PendingLive,
     compactor: Compactor,
     /// The event sink (`src/events.rs`), set only while the heap is built.
     #[cfg(feature = "events")]
@@ -132,6 +134,7 @@ impl Heap {
             handles: HandleTable::new()
                 .with_process_unique_handles()
                 .with_max_slots(crate::handle::MAX_SLOTS - 1),
+            pending_live: crate::movable::PendingLive::new(),
             compactor: Compactor::new(multi_node),
             #[cfg(feature = "events")]
             events: None,

@@ -92,7 +92,7 @@ impl<T> StoreInner<T> {
             .free_movable(h.raw(), self.tag, wait, |block, lane| {
                 // The slot is vacant and not yet reusable: it leaves the list now.
                 // SAFETY: `lane` is the calling thread's (`free_movable`).
-                unsafe { self.members.remove(lane, h.index(), h.generation().get()) };
+                unsafe { self.members.remove(lane) };
                 // SAFETY: the block held an initialised `T` and is now exclusively ours
                 // (its slot is vacant); reading moves the value out exactly once.
                 out = Some(unsafe { block.cast::<T>().read() });
@@ -121,17 +121,14 @@ impl<T> StoreInner<T> {
     }
 
     /// The handles of the store's values, from a copy of its member list (module
-    /// `members`): each slot's current generation, if occupied. A slot reused by another
-    /// store since the copy fails the tag check of whoever resolves the handle.
+    /// `members`): the members whose slot still holds their generation.
     fn handles(&self) -> impl Iterator<Item = RawHandle> + '_ {
         let table = self.heap.handles();
-        self.members
-            .snapshot()
-            .into_iter()
-            .filter_map(move |index| {
-                let generation = table.slot(index)?.generation();
-                (generation & 1 == 1).then(|| RawHandle::from_odd(index, generation))
-            })
+        let list = self.members.snapshot(table);
+        (0..list.len())
+            .map(move |i| list[i])
+            .filter(move |&m| members::is_live(table, m))
+            .map(|(index, generation)| RawHandle::from_odd(index, generation))
     }
 }
 
@@ -220,8 +217,9 @@ impl<T: Send + Sync> Default for Store<T> {
 }
 
 impl<T> Store<T> {
-    /// Number of values. Takes the store's list lock briefly (it applies the changes
-    /// other threads' inserts and removes left in their rings: module `members`).
+    /// Number of values. Takes the store's list lock briefly (it sums the inserts and
+    /// removes counted in every thread's ring: module `members`); exact when no other
+    /// thread is inserting or removing.
     pub fn len(&self) -> usize {
         self.inner.members.len()
     }
@@ -351,9 +349,12 @@ impl<T: Send + Sync> Store<T> {
             Ok((h, lane)) => {
                 // SAFETY: `lane` is the calling thread's (`alloc_movable`).
                 unsafe {
-                    self.inner
-                        .members
-                        .add(lane, h.index(), h.generation().get())
+                    self.inner.members.add(
+                        self.inner.heap.handles(),
+                        lane,
+                        h.index(),
+                        h.generation().get(),
+                    )
                 };
                 Ok(Handle::from_raw(h))
             }

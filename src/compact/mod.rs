@@ -56,9 +56,9 @@
 //! try_lock_move(slot, block)           never waits: Busy / Pinned / Gone → skip, retried later
 //! re-check side table owner == slot    (an allocation publishes its owner last)
 //! new ← a block of a target span       (under the target's arena lock)
-//! copy len bytes; side table[new] = (slot, len); target.live += 1
+//! copy len bytes; side table[new] = (slot, len); target live += 1 (checked life)
 //! slot.ptr ← new (same tag)            readers that queued meanwhile now see the copy
-//! side table[block] = 0; source.live −= 1; unlock
+//! side table[block] = 0; source live −= 1 (checked life); unlock
 //! block → home in its source span      (an emptied span goes to the empty list)
 //! ```
 //!
@@ -454,12 +454,10 @@ impl Heap {
             let size = s.block_size();
             // SAFETY: `for_each_movable_span` holds the span's arena lock.
             let carved = unsafe { s.state().carved } as usize;
-            let live = s.live.load(Ordering::Relaxed) as usize;
             // Counted pages (see `pool::span::Pages`): the region up to the furthest
             // block carved, and the side-table pages written.
             let block_pages = s.pages.get(Area::Blocks) * crate::os::PAGE_SIZE;
             f.committed_bytes += s.committed_bytes();
-            f.external_bytes += (carved - live) * size;
             f.metadata_bytes += s.table_committed_bytes();
             f.tail_bytes += block_pages - carved * size;
             let entry = match classes.iter_mut().find(|c| c.class == class) {
@@ -474,13 +472,16 @@ impl Heap {
                 }
             };
             entry.spans += 1;
-            entry.live_blocks += live;
+            // Live blocks are counted from the side table walked here (the span's
+            // live count has deltas pending in the lanes: `movable::live`).
+            let mut live = 0usize;
             let mut run = 0usize;
             for i in 0..carved {
                 // SAFETY: movable span, `i < carved <= capacity`.
                 let meta = unsafe { s.meta(i) };
                 let free = meta.owner(Ordering::Relaxed) == 0;
                 if !free {
+                    live += 1;
                     let len = meta.len();
                     f.live_bytes += len;
                     f.internal_bytes += size - len;
@@ -495,6 +496,8 @@ impl Heap {
                     run = 0;
                 }
             }
+            f.external_bytes += (carved - live) * size;
+            entry.live_blocks += live;
         });
         classes.sort_by_key(|c| c.class);
         f.ratio = ratio(f.committed_bytes, f.live_bytes);

@@ -202,7 +202,9 @@ impl Heap {
             }
         }
         let moved = done.moved;
-        source.live.fetch_sub(moved as u32, Ordering::Relaxed);
+        // The source is scanned, so its life is `life` until the pass stops scanning.
+        let counted = source.live.add(life, (moved as u32).wrapping_neg());
+        debug_assert!(counted, "a scanned source keeps its life");
         add_live(&dest[used..reserved], false);
         // Unused destinations go back on the run they came from (highest address first,
         // so the lowest is reused first), or home if their target was dropped.
@@ -292,7 +294,7 @@ impl Heap {
         self.move_block(table, source, life, i, index, target, ni, true)
     }
 
-    /// [`Heap::move_one`] into block `ni` of `target`; `target.live` counts the moved
+    /// [`Heap::move_one`] into block `ni` of `target`; `target`'s live count counts the moved
     /// block only if `count_live` (else the caller counted it before the move).
     #[allow(clippy::too_many_arguments)]
     fn move_block(
@@ -342,7 +344,9 @@ impl Heap {
         let new_meta = unsafe { target.meta(ni) };
         new_meta.set_len(len);
         if count_live {
-            target.live.fetch_add(1, Ordering::Relaxed);
+            // `new` is a reserved (out) block of `target`, which keeps its life.
+            let counted = target.live.add(target.incarnation(), 1);
+            debug_assert!(counted, "a target with a block out keeps its life");
         }
         new_meta.set_owner(index + 1, Ordering::Release);
         // SAFETY: we hold the move lock, and `new` holds a complete copy.
@@ -365,15 +369,17 @@ impl Heap {
 }
 
 /// Adds (or, if not `up`, takes) one block per destination to its target's live count:
-/// one atomic per run of destinations in the same target.
+/// one atomic per run of destinations in the same target. The destinations are reserved
+/// (out) blocks of their targets, which so keep the life they were planned in.
 fn add_live(dest: &[(Planned, u32)], up: bool) {
     for run in dest.chunk_by(|a, b| a.0 == b.0) {
-        let live = &run[0].0.span().live;
-        if up {
-            live.fetch_add(run.len() as u32, Ordering::Relaxed);
-        } else {
-            live.fetch_sub(run.len() as u32, Ordering::Relaxed);
-        }
+        let n = run.len() as u32;
+        let t = run[0].0;
+        let counted = t
+            .span()
+            .live
+            .add(t.incarnation, if up { n } else { n.wrapping_neg() });
+        debug_assert!(counted, "a target with blocks out keeps its life");
     }
 }
 

@@ -377,7 +377,9 @@ impl Heap {
             Err(_) => (target, new),
         };
         if done.is_ok() {
-            source.live.fetch_sub(1, Ordering::Relaxed);
+            // The old copy is still out, so the source keeps the life the move checked.
+            let counted = source.live.add(m.span.incarnation, u32::MAX);
+            debug_assert!(counted, "a span with a block out keeps its life");
         }
         {
             let arena = &inner.arenas[home.arena as usize];

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use super::CompactionReport;
 use crate::heap::Heap;
+use crate::movable::live;
 use crate::pool::span::{Span, SpanKind};
 use crate::size_class::{self, NUM_CLASSES};
 
@@ -57,6 +58,9 @@ pub(super) struct Plan {
     pub(super) seen: Vec<SeenGroup>,
     /// Spans that served as targets during the current full compaction.
     pub(super) were_targets: Vec<Planned>,
+    /// Planning's buffer of pending live-count deltas: (span address, delta), summed
+    /// per span (`movable::live`).
+    pub(super) pending: Vec<(usize, u32)>,
     /// After a budgeted plan was dropped as not worth it: budgeted passes left before
     /// planning is tried again, the length of the current wait, and the fragmentation
     /// the dropped plan saw (see [`Plan::may_plan`]).
@@ -138,6 +142,26 @@ impl Plan {
 unsafe impl Send for Plan {}
 
 impl Heap {
+    /// Fills `buf` with the pending live-count deltas of the spans' current lives,
+    /// one summed entry per span, sorted by span address.
+    fn pending_live_by_span<'a>(&self, buf: &'a mut Vec<(usize, u32)>) -> &'a [(usize, u32)] {
+        buf.clear();
+        self.pending_live.for_each(|s, life, delta| {
+            if s.incarnation() == life {
+                buf.push((core::ptr::from_ref(s).addr(), delta));
+            }
+        });
+        buf.sort_unstable_by_key(|&(k, _)| k);
+        buf.dedup_by(|b, a| {
+            let same = a.0 == b.0;
+            if same {
+                a.1 = a.1.wrapping_add(b.1);
+            }
+            same
+        });
+        buf
+    }
+
     /// Plans the evacuation of every class with more spans than its live blocks need,
     /// unless it would release less than `min_gain` bytes: then it returns false before
     /// touching any span.
@@ -155,13 +179,22 @@ impl Heap {
         let mut seen = core::mem::take(&mut plan.seen);
         seen.resize_with(groups, Default::default);
         seen.iter_mut().for_each(|g| g.spans.clear());
+        let pending = self.pending_live_by_span(&mut plan.pending);
         inner.for_each_movable_span(|s| {
             let g = &mut seen[inner.plan_group(s)];
             g.cap = s.capacity() as u64;
             // SAFETY: `for_each_movable_span` holds the span's arena lock.
             let out = unsafe { s.out() } as u32;
+            // Under the lock the word counts the current life; the deltas still pending
+            // in the lanes are added, and the sum (an estimate while threads run) is
+            // kept within what is out.
+            let (_, count) = s.live.get();
+            let key = core::ptr::from_ref(s).addr();
+            let d = pending
+                .binary_search_by_key(&key, |&(k, _)| k)
+                .map_or(0, |at| pending[at].1);
             g.spans
-                .push((Planned::of(s), s.live.load(Ordering::Relaxed), out));
+                .push((Planned::of(s), live::settle(count, d, out), out));
         });
         // Per (node, class) group: the spans to keep (densest first) and how many to
         // evacuate; the gate counts the gain over every group.
@@ -301,6 +334,38 @@ fn needs_flush(cached: bool, moving: u64, targets: &[Seen], cap: u64) -> bool {
 /// blocks skipped because they were busy get their retry from the next plan.
 pub(super) fn plan_worth_repeating(r: &CompactionReport) -> bool {
     r.complete && (r.blocks_moved > 0 || r.skipped_busy > 0)
+}
+
+#[cfg(test)]
+impl Heap {
+    /// Asserts, at quiescence, that every movable span's live count (its word plus the
+    /// deltas pending in the lanes, as planning reads it) equals the live blocks of
+    /// its side table: no delta lost, none applied twice, none applied to a later life.
+    pub(crate) fn assert_live_counts_exact(&self) {
+        let mut buf = Vec::new();
+        let pending = self.pending_live_by_span(&mut buf);
+        let inner = self.inner();
+        inner.for_each_movable_span(|s| {
+            let (life, count) = s.live.get();
+            assert_eq!(life, s.incarnation(), "the word counts the current life");
+            let key = core::ptr::from_ref(s).addr();
+            let d = pending
+                .binary_search_by_key(&key, |&(k, _)| k)
+                .map_or(0, |at| pending[at].1);
+            // SAFETY: `for_each_movable_span` holds the span's arena lock.
+            let carved = unsafe { s.state().carved } as usize;
+            let walked = (0..carved)
+                // SAFETY: movable span, `i < carved <= capacity`.
+                .filter(|&i| unsafe { s.meta(i) }.owner(Ordering::Relaxed) != 0)
+                .count();
+            assert_eq!(
+                count.wrapping_add(d) as usize,
+                walked,
+                "span at {key:#x} (class {}, life {life})",
+                s.class()
+            );
+        });
+    }
 }
 
 #[cfg(test)]

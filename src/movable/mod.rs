@@ -40,9 +40,9 @@
 //!
 //! ```text
 //! alloc:  block ← pools (movable kind) → contents written → slot ← table.insert(tagged block)
-//!         → side table[block] = (owner = slot + 1, len) → span.live += 1
+//!         → side table[block] = (owner = slot + 1, len) → span live += 1 (pending, `live`)
 //! free:   table.remove(handle) (waits for guards, bumps the generation) → side table cleared
-//!         → span.live −= 1 → block back to the pools
+//!         → span live −= 1 (pending) → block back to the pools
 //! move:   see `compact`: only under the slot's move lock, never waiting for it
 //! ```
 //!
@@ -74,11 +74,13 @@ use crate::size_class;
 
 mod guards;
 mod large;
+pub(crate) mod live;
 mod tag;
 
 pub use guards::{PinGuard, ReadGuard, WriteGuard};
 use large::{LARGE_MAGIC, LargeHeader, large_header, large_layout};
 pub(crate) use large::{large_header_of, large_vote};
+pub(crate) use live::PendingLive;
 #[cfg(test)]
 use tag::take_tag;
 pub(crate) use tag::{
@@ -194,7 +196,10 @@ impl Heap {
                 return Err(e);
             }
         };
-        span.live.fetch_add(1, Ordering::Relaxed);
+        // SAFETY:
+        // - `span` is a movable span of this heap and `block`, one of its blocks, is ours;
+        // - the lane is `tc`'s, the record this thread owns (`lane_of`).
+        unsafe { self.pending_live.record(lane, span, 1) };
         // Release, and last: the compactor moves a block only once it sees its owner
         // (Acquire), and then also sees the live counts.
         meta.set_owner(h.index() + 1, Ordering::Release);
@@ -298,14 +303,14 @@ impl Heap {
             // Profiler hook: the handle is dead now (its generation moved on).
             #[cfg(feature = "profiling")]
             self.profiler.on_free(crate::profile::Key::Handle(h));
-            self.free_vacated(tagged, None, |b| before_free(b, None));
+            self.free_vacated(tagged, None, None, |b| before_free(b, None));
             return Ok(());
         };
         // Profiler hook: the handle is dead now (its generation moved on).
         #[cfg(feature = "profiling")]
         self.profiler.on_free(crate::profile::Key::Handle(h));
         let lane = tc.map(|tc| inner.lane_of(tc));
-        self.free_vacated(tagged, tc, |b| before_free(b, lane));
+        self.free_vacated(tagged, tc, lane, |b| before_free(b, lane));
         // SAFETY:
         // - we vacated the slot just now (`remove_scoped_at`) and gave it to nobody;
         // - the lane is `tc`'s, the record this thread owns (`lane_of`).
@@ -317,11 +322,12 @@ impl Heap {
 
     /// Frees the block of a slot the caller has just vacated (`tagged` is the slot's
     /// last pointer) after `before_free`, through `tc`, the calling thread's record, if
-    /// it has one: one page-map lookup.
+    /// it has one, and `lane`, its lane (`lane_of`): one page-map lookup.
     fn free_vacated(
         &self,
         tagged: NonNull<u8>,
         tc: Option<&ThreadCache>,
+        lane: Option<usize>,
         before_free: impl FnOnce(NonNull<u8>),
     ) {
         let (block, _) = untag(tagged);
@@ -352,7 +358,11 @@ impl Heap {
         // goes back to a free list.
         emit!(self, on_free(Pool::Movable, block.as_ptr().addr(), len));
         meta.set_owner(0, Ordering::Release);
-        span.live.fetch_sub(1, Ordering::Relaxed);
+        // SAFETY:
+        // - `span` is a movable span of this heap, and `block`, one of its blocks, is
+        //   ours until it goes back to the pools below;
+        // - `lane` is `tc`'s (the caller's), the record this thread owns.
+        unsafe { self.pending_live.record(lane, span, u32::MAX) };
         before_free(block);
         let class = span.class();
         match tc {

@@ -65,6 +65,9 @@ pub(crate) use table::{Area, BlockMeta, Pages, pages_for, table_bytes};
 pub(crate) mod home;
 use home::HomeSet;
 
+mod live;
+pub(crate) use live::LiveCount;
+
 /// What a span serves: raw-pointer blocks that never move, or handle-addressed blocks
 /// the compactor may relocate (DESIGN invariant 1 keeps the two apart).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -177,8 +180,10 @@ pub struct Span {
     pub(crate) kind: AtomicU32,
     pub(crate) block_size: AtomicU32,
     pub(crate) capacity: AtomicU32,
-    /// Movable spans: blocks with an owner (`BlockMeta::owner != 0`).
-    pub(crate) live: AtomicU32,
+    /// Movable spans: blocks with an owner (`BlockMeta::owner != 0`), in one word with
+    /// the life counted, less the deltas still pending in the lanes' tables (module
+    /// `live`, and `crate::movable::live`).
+    pub(crate) live: LiveCount,
     /// Bumped by every `init`: which life of the region this is. A compaction plan
     /// records it with each span it names and uses the span only while it is unchanged
     /// (DESIGN invariant 7). Wraps after 2^32 lives, far more than a region can have in
@@ -264,7 +269,7 @@ impl Span {
             kind: AtomicU32::new(0),
             block_size: AtomicU32::new(0),
             capacity: AtomicU32::new(0),
-            live: AtomicU32::new(0),
+            live: LiveCount::new(),
             incarnation: AtomicU32::new(0),
             owner: AtomicPtr::new(ptr::null_mut()),
             shrunk: AtomicU64::new(0),
@@ -430,12 +435,16 @@ impl Span {
         self.block_size
             .store(size_class::size(class) as u32, Ordering::Relaxed);
         self.capacity.store(cap as u32, Ordering::Relaxed);
-        self.live.store(0, Ordering::Relaxed);
         self.owner.store(ptr::null_mut(), Ordering::Relaxed);
         self.shrunk.store(0, Ordering::Relaxed);
         // Release: a thread that learns of a block of this life (through the arena lock
         // or a slot pointer published after it) also sees the new incarnation.
-        self.incarnation.fetch_add(1, Ordering::Release);
+        let life = self
+            .incarnation
+            .fetch_add(1, Ordering::Release)
+            .wrapping_add(1);
+        // The new life counts from 0; a pending delta of the old one is refused.
+        self.live.reset(life);
         // SAFETY: forwarded: we hold the arena lock and the span is ours.
         let st = unsafe { self.state() };
         st.home.clear();

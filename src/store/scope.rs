@@ -13,6 +13,7 @@
 use core::marker::PhantomData;
 use core::ptr::NonNull;
 
+use super::members::Member;
 use super::{Store, StoreInner};
 use crate::HandleError;
 use crate::handle::scope::{Scopes, mine, scoped_get, scopes_of, try_scoped_get};
@@ -245,7 +246,7 @@ impl<'a, T> ReadScope<'a, T> {
     pub fn iter(&self) -> impl Iterator<Item = (Handle<T>, &T)> + '_ {
         ScopedIter {
             scope: self,
-            list: self.inner.members.snapshot(),
+            list: self.inner.members.snapshot(self.table),
             at: 0,
             start: 0,
             slots: &[],
@@ -285,7 +286,9 @@ impl<'a, T> ReadScope<'a, T> {
 /// store's slots are handed out in runs) skip the segment lookup.
 struct ScopedIter<'s, 'a, T> {
     scope: &'s ReadScope<'a, T>,
-    list: Vec<u32>,
+    /// The members (live and dead: `item` checks each generation), shared with the
+    /// store's list (module `members`).
+    list: std::sync::Arc<Vec<Member>>,
     /// Position of the next index in `list`.
     at: usize,
     /// First index of `slots`.
@@ -312,12 +315,13 @@ impl<'s, T> ScopedIter<'s, '_, T> {
         slots.get((index - start) as usize)
     }
 
-    /// The item of listed slot `index`, if it holds a value of this store.
+    /// The item of member `(index, listed)`, if its slot still holds that generation
+    /// (the member is live) with a value of this store.
     #[inline(always)]
-    fn item(&mut self, index: u32) -> Option<(Handle<T>, &'s T)> {
+    fn item(&mut self, (index, listed): Member) -> Option<(Handle<T>, &'s T)> {
         let slot = self.slot(index)?;
         match slot.scoped_entry() {
-            Ok((generation, p)) => {
+            Ok((generation, p)) if generation == listed => {
                 let raw = RawHandle::from_odd(index, generation);
                 // SAFETY: `p` was read from an occupied slot inside the scope
                 // (`scoped_entry`): the tagged address of a block.
@@ -329,8 +333,8 @@ impl<'s, T> ScopedIter<'s, '_, T> {
                 // unwritten for as long as `'s`; the tag was checked above.
                 Some((Handle::from_raw(raw), unsafe { p.as_ref() }))
             }
-            Err(Some(generation)) => self.busy(index, generation),
-            Err(None) => None,
+            Err(Some(generation)) if generation == listed => self.busy(index, generation),
+            _ => None,
         }
     }
 
@@ -351,9 +355,9 @@ impl<'s, T> Iterator for ScopedIter<'s, '_, T> {
     /// than the item).
     #[inline(always)]
     fn next(&mut self) -> Option<Self::Item> {
-        while let Some(&index) = self.list.get(self.at) {
+        while let Some(&member) = self.list.get(self.at) {
             self.at += 1;
-            if let Some(item) = self.item(index) {
+            if let Some(item) = self.item(member) {
                 return Some(item);
             }
         }

@@ -16,6 +16,37 @@ use crate::pool::span::SpanKind;
 use crate::pool::thread_cache::{self, Outgoing, ThreadCache, bump};
 use crate::size_class::{self, NUM_CLASSES};
 
+/// `size_of::<ThreadCache>() = 2^RECORD_SHIFT · odd`.
+const RECORD_SHIFT: u32 = size_of::<ThreadCache>().trailing_zeros();
+/// The inverse of the record size's odd part modulo 2^64 (Newton's iteration doubles
+/// the correct low bits each step: 3 → 6 → … → 96 ≥ 64).
+const RECORD_INVERSE: usize = {
+    let odd = size_of::<ThreadCache>() >> RECORD_SHIFT;
+    let mut x = odd;
+    let mut k = 0;
+    while k < 5 {
+        x = x.wrapping_mul(2usize.wrapping_sub(odd.wrapping_mul(x)));
+        k += 1;
+    }
+    x
+};
+
+/// `off / size_of::<ThreadCache>()` for an `off` that is a multiple of the record size
+/// (a record's offset in the record table): a shift and a multiply by the odd part's
+/// inverse, exact for every multiple (checked below for every record index).
+#[inline(always)]
+const fn record_index(off: usize) -> usize {
+    (off >> RECORD_SHIFT).wrapping_mul(RECORD_INVERSE)
+}
+
+const _: () = {
+    let mut i = 0;
+    while i <= super::MAX_THREAD_CACHES {
+        assert!(record_index(i * size_of::<ThreadCache>()) == i);
+        i += 1;
+    }
+};
+
 /// Whether the hot free path also checks that a pointer is a block start (see
 /// `pool::check`): with the `hardened` feature and in debug builds. Without it an
 /// interior pointer into a block of the right class of a span this thread owns is
@@ -88,10 +119,11 @@ impl HeapInner {
 
     /// The index of record `tc` in this heap's record table: the lane of the heap's
     /// handle table that its owner uses (`handle::table::lanes`).
+    /// An exact division by the record size without a divide: see [`record_index`].
     #[inline(always)]
     pub(crate) fn lane_of(&self, tc: &ThreadCache) -> usize {
         let base = self.caches.load(Ordering::Relaxed);
-        (core::ptr::from_ref(tc).addr() - base.addr()) / size_of::<ThreadCache>()
+        record_index(core::ptr::from_ref(tc).addr() - base.addr())
     }
 
     /// A fixed block of `class` from `tc`'s list, counted; `None` if the list is empty.
