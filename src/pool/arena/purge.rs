@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use super::{Arena, ArenaState, HIGH_WATER_DECAY, MIN_RETAIN_BYTES};
 use crate::os::PAGE_SIZE;
 use crate::pool::span::{Area, ListId, Span, purge_pages};
-use crate::size_class::SPAN_UNIT;
+use crate::size_class::{MAX_SPAN, SPAN_UNIT};
 
 /// Spans chosen for purging before they are sorted and handed back (a buffer on the
 /// stack: purging runs under the arena lock, where allocating could re-enter the heap).
@@ -50,7 +50,9 @@ impl Arena {
     ///
     /// The spans are chosen as one at a time would choose them (each length's list from
     /// its oldest end, lengths in order), up to [`PURGE_BATCH`] at once, then handed back
-    /// in address order, one run of adjacent regions at a time ([`Arena::purge_run`]).
+    /// in address order, one run of adjacent regions at a time ([`Arena::purge_run`]);
+    /// with a `deadline`, a run spans at most `MAX_SPAN` bytes of regions, so that no
+    /// single call runs much past it.
     ///
     /// # Safety
     ///
@@ -100,8 +102,14 @@ impl Arena {
                 // SAFETY: as above.
                 let adjacent =
                     |a: *const Span, b: *const Span| unsafe { (*a).base + (*a).bytes == (*b).base };
-                let mut j = i + 1;
-                while j < n && adjacent(batch[j - 1], batch[j]) {
+                // SAFETY: as above.
+                let len = |s: *const Span| unsafe { (*s).bytes };
+                let (mut j, mut run_bytes) = (i + 1, len(batch[i]));
+                while j < n
+                    && adjacent(batch[j - 1], batch[j])
+                    && (deadline.is_none() || run_bytes + len(batch[j]) <= MAX_SPAN)
+                {
+                    run_bytes += len(batch[j]);
                     j += 1;
                 }
                 if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
