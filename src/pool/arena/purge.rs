@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 
 use super::{Arena, ArenaState, HIGH_WATER_DECAY, MIN_RETAIN_BYTES};
 use crate::os::PAGE_SIZE;
-use crate::pool::span::{Area, ListId, Span, purge_pages};
+use crate::pool::span::{Area, ListId, Span, purge_pages, table_bytes};
 use crate::size_class::{MAX_SPAN, SPAN_UNIT};
 
 /// Spans chosen for purging before they are sorted and handed back (a buffer on the
@@ -150,6 +150,11 @@ impl Arena {
     ) -> Option<usize> {
         // SAFETY: live spans of this arena (caller).
         let (first, last) = unsafe { (&*run[0], &*run[run.len() - 1]) };
+        debug_assert!(run.windows(2).all(|w| {
+            // SAFETY: live spans of this arena (caller).
+            let (a, b) = unsafe { (&*w[0], &*w[1]) };
+            a.base + a.bytes == b.base && a.table + table_bytes(a.bytes) == b.table
+        }));
         let together = run.len() > 1 && {
             let extent = |area| {
                 let (start, _) = first.purge_extent(area, lazy);
