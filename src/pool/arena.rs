@@ -18,6 +18,8 @@
 //! chunk cursor per node, so a chunk holds spans of one node only and is bound to it
 //! once. The three NUMA call sites are marked `NUMA:`.
 
+mod purge;
+
 use core::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -564,120 +566,5 @@ impl Arena {
             st.empty_committed += span.committed_bytes();
             st.empty[units - 1].push(span, ListId::Empty);
         }
-    }
-
-    /// Purges (`MADV_FREE`) empty spans, oldest first, while more than the retention
-    /// stays committed, and only spans empty for at least `min_age` ticks, until
-    /// `deadline` (checked before each `madvise`). The retention is sized by recent
-    /// demand: the decaying
-    /// high-water mark of committed serving spans, less what serves now (at least
-    /// [`MIN_RETAIN_BYTES`]). Called once per compaction pass, which also advances the
-    /// clock the age counts in.
-    pub(crate) fn purge_for_pass(
-        &self,
-        min_age: u64,
-        deadline: Option<std::time::Instant>,
-    ) -> usize {
-        self.tick.fetch_add(1, Ordering::Relaxed);
-        let mut st = self.lock();
-        let in_use = self.counters.committed.load(Ordering::Relaxed) - st.empty_committed;
-        let gap = st.high_water.saturating_sub(in_use);
-        st.high_water = in_use.max(st.high_water - gap / HIGH_WATER_DECAY);
-        let retain = (st.high_water - in_use).max(MIN_RETAIN_BYTES);
-        // SAFETY: we hold the lock.
-        unsafe { self.purge_locked(&mut st, retain, min_age, true, deadline) }
-    }
-
-    /// Purges empty spans, oldest first, while more than `retain` bytes of them stay
-    /// committed: only spans empty for at least `min_age` ticks, and only until
-    /// `deadline`. `lazy` purges with `MADV_FREE` (cheap; the kernel takes the pages
-    /// under memory pressure), otherwise with `MADV_DONTNEED` (the pages go back at
-    /// once). Returns the bytes purged.
-    ///
-    /// # Safety
-    ///
-    /// `st` is this arena's locked state.
-    unsafe fn purge_locked(
-        &self,
-        st: &mut ArenaState,
-        retain: usize,
-        min_age: u64,
-        lazy: bool,
-        deadline: Option<std::time::Instant>,
-    ) -> usize {
-        let now = self.tick.load(Ordering::Relaxed);
-        let mut freed = 0;
-        for units in 0..SPAN_LENGTHS {
-            while st.empty_committed > retain {
-                let Some(tail) = NonNull::new(st.empty[units].tail) else {
-                    break;
-                };
-                // SAFETY: list members are live spans of this arena; lock held.
-                let span = unsafe { tail.as_ref() };
-                // SAFETY: lock held.
-                let emptied_at = unsafe { span.state().emptied_at };
-                if now.wrapping_sub(emptied_at) < min_age
-                    || deadline.is_some_and(|d| std::time::Instant::now() >= d)
-                {
-                    // The tail is the oldest of its list: nothing younger qualifies.
-                    break;
-                }
-                let bytes = span.committed_bytes();
-                // SAFETY: lock held; empty-list spans are committed with no block out.
-                if !unsafe { self.decommit_span(span, lazy) } {
-                    st.empty_committed -= bytes - span.committed_bytes();
-                    break;
-                }
-                // SAFETY: lock held; the span is on this empty list.
-                unsafe {
-                    st.empty[units].remove(span);
-                    st.purged[units].push(span, ListId::Purged);
-                }
-                st.empty_committed -= bytes;
-                freed += bytes;
-            }
-        }
-        freed
-    }
-
-    /// Hands every empty span's pages back to the OS at once (`MADV_DONTNEED`, also for
-    /// spans purged lazily before); returns the bytes that stopped counting as committed.
-    pub(crate) fn trim(&self) -> usize {
-        let mut st = self.lock();
-        // SAFETY: we hold the lock.
-        let freed = unsafe { self.purge_locked(&mut st, 0, 0, false, None) };
-        for list in &st.purged {
-            // SAFETY: lock held for the iteration; purging does not unlink.
-            for span in unsafe { list.iter() } {
-                // SAFETY: lock held; purged spans have no block out and dead contents.
-                unsafe {
-                    if span.state().lazily_purged && span.decommit_lazy_again() {
-                        span.state().lazily_purged = false;
-                    }
-                }
-            }
-        }
-        freed
-    }
-
-    /// Hands `span`'s pages back to the OS (lazily with `MADV_FREE` if `lazy`, where the
-    /// kernel supports it); returns whether it did.
-    ///
-    /// # Safety
-    ///
-    /// Lock held; `span` belongs to this arena, is committed and has no block out.
-    unsafe fn decommit_span(&self, span: &Span, lazy: bool) -> bool {
-        // SAFETY: lock held, no block out (caller); an empty-list span is not scanned.
-        let ok = unsafe { span.decommit(lazy) };
-        if ok {
-            // SAFETY: lock held.
-            unsafe {
-                let state = span.state();
-                state.committed = false;
-                state.lazily_purged = lazy;
-            }
-            self.counters.decommits.fetch_add(1, Ordering::Relaxed);
-        }
-        ok
     }
 }

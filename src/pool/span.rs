@@ -55,12 +55,13 @@ use super::poison;
 use super::thread_cache::ThreadCache;
 use crate::size_class;
 
+mod purge;
 mod table;
 mod tail;
 
 #[cfg(test)]
 use table::META_BYTES;
-pub(crate) use table::{Area, BlockMeta, Pages, pages_for, table_bytes};
+pub(crate) use table::{Area, BlockMeta, Pages, pages_for, purge_pages, table_bytes};
 
 pub(crate) mod home;
 use home::HomeSet;
@@ -362,49 +363,6 @@ impl Span {
         let movable = (self.kind() == SpanKind::Movable).then_some(self.movable_counter());
         self.pages
             .cover(area, pages_for(bytes), self.committed(), movable);
-    }
-
-    /// Hands the span's counted pages back to the OS (lazily with `MADV_FREE` if
-    /// `lazy`) and stops counting them; returns whether every `madvise` succeeded (if
-    /// not, the areas not handed back stay counted).
-    ///
-    /// # Safety
-    ///
-    /// * the caller holds the owning arena's lock;
-    /// * no block of the span is out, and no pass scans it.
-    pub(crate) unsafe fn decommit(&self, lazy: bool) -> bool {
-        let mut ok = true;
-        for (area, start) in [(Area::Blocks, self.base), (Area::Table, self.table)] {
-            let n = self.pages.get(area);
-            // SAFETY: the area's first `n` pages are this span's (`Span::new`), and hold
-            // nothing live: no block is out and no pass reads the table (caller).
-            if unsafe { table::purge_pages(start, n, lazy) }.is_ok() {
-                // Not serving (empty): not in the movable counter.
-                self.pages.lower(area, 0, self.committed(), None);
-            } else {
-                ok = false;
-            }
-        }
-        ok
-    }
-
-    /// Hands the whole region and side-table area of a span purged lazily before
-    /// ([`Span::decommit`] with `lazy`, which counts nothing any more) back at once with
-    /// `MADV_DONTNEED`; returns whether both `madvise` calls succeeded.
-    ///
-    /// # Safety
-    ///
-    /// * the caller holds the owning arena's lock;
-    /// * the span is purged: no block is out and nothing counts as committed.
-    pub(crate) unsafe fn decommit_lazy_again(&self) -> bool {
-        debug_assert_eq!(self.pages.total(), 0);
-        let page = crate::os::PAGE_SIZE;
-        // SAFETY: the region and table area are this span's (`Span::new`), page-aligned
-        // and whole pages long, and hold nothing live (caller).
-        unsafe {
-            table::purge_pages(self.base, self.bytes / page, false).is_ok()
-                && table::purge_pages(self.table, table_bytes(self.bytes) / page, false).is_ok()
-        }
     }
 
     /// The lock-protected state.
