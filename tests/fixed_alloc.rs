@@ -100,6 +100,18 @@ fn assert_consistent(s: &HeapStats) {
 /// first `keep` bytes of pattern `seed` survived, and counts a pool allocation if the
 /// block had to move into a (different) pool class. Blocks that stay in their class
 /// must stay in place.
+/// Pool blocks handed out so far, and whether the block being resized is one.
+struct PoolCount {
+    allocs: u64,
+    in_pool: bool,
+}
+
+/// A pool block grown by a realloc into a class of this size or more leaves the pools
+/// (`pool::heap::resize`, "Blocks grown out of the pools").
+const GROW_OUT_MIN: usize = 64 << 10;
+/// A block out of the pools stays out while resized to this size or more.
+const GROWN_KEEP_MIN: usize = 32 << 10;
+
 fn resize_checked(
     heap: &Heap,
     p: NonNull<u8>,
@@ -107,23 +119,41 @@ fn resize_checked(
     new_size: usize,
     keep: usize,
     seed: u64,
-    pool_allocs: &mut u64,
+    count: &mut PoolCount,
 ) -> NonNull<u8> {
+    let PoolCount {
+        allocs: pool_allocs,
+        in_pool,
+    } = count;
     let what = format!("realloc {old:?} -> {new_size}");
+    let align = old.align();
+    let new_class = size_class::class_for(new_size, align);
     // (The class itself, not `usable_size`: under `hardened` that is the request.)
-    let same_class = is_pool(old.size(), old.align())
-        && is_pool(new_size, old.align())
-        && size_class::class_for(old.size(), old.align())
-            == size_class::class_for(new_size, old.align());
+    let same_class = *in_pool
+        && is_pool(old.size(), align)
+        && new_class.is_some()
+        && size_class::class_for(old.size(), align) == new_class;
     // SAFETY: `p` is live with `old`; only the result is used afterwards.
     let q = unsafe { heap.realloc(p, old, new_size) }.unwrap();
-    assert_aligned(q, old.align().max(16), &what);
+    assert_aligned(q, align.max(16), &what);
     if same_class {
         assert_eq!(q, p, "{what}: same-class realloc must stay in place");
-    } else if q != p {
-        // Moved: a new block (a shrink to a smaller class may stay in place, see
-        // tests/realloc.rs for when).
-        *pool_allocs += u64::from(is_pool(new_size, old.align()));
+    } else if *in_pool {
+        let grows_out =
+            new_size > old.size() && new_class.is_some_and(|c| size_class::size(c) >= GROW_OUT_MIN);
+        if grows_out {
+            // Out of the pools into a large mapping (`pool::heap::resize`).
+            *in_pool = false;
+        } else if q != p {
+            // Moved: a new block (a shrink to a smaller class may stay in place, see
+            // tests/realloc.rs for when).
+            *in_pool = new_class.is_some();
+            *pool_allocs += u64::from(*in_pool);
+        }
+    } else if new_class.is_some() && new_size < GROWN_KEEP_MIN {
+        // A grown or large block resized well into the pool range moves back in.
+        *in_pool = true;
+        *pool_allocs += 1;
     }
     // SAFETY: `q` holds `new_size` ≥ `keep` bytes.
     assert!(unsafe { holds(q, keep, seed) }, "{what}: contents lost");
@@ -134,14 +164,18 @@ fn resize_checked(
 fn size_alignment_sweep() {
     let heap = Heap::new();
     let sizes = sweep_sizes();
-    let mut pool_allocs = 0u64;
+    let mut count = PoolCount {
+        allocs: 0,
+        in_pool: false,
+    };
     for align in (0..=12).map(|k| 1usize << k) {
         for (i, &size) in sizes.iter().enumerate() {
             let seed = (align * 1000 + i) as u64;
             let what = format!("size {size} align {align}");
             let l = Layout::from_size_align(size, align).unwrap();
             let p = heap.alloc(l).unwrap();
-            pool_allocs += u64::from(is_pool(size, align));
+            count.in_pool = is_pool(size, align);
+            count.allocs += u64::from(count.in_pool);
             assert_aligned(p, align.max(16), &what);
             let usable = heap.usable_size(l);
             assert!(usable >= size, "{what}: usable {usable}");
@@ -156,24 +190,24 @@ fn size_alignment_sweep() {
 
             // Grow across classes (or into the large path), refill.
             let up = 2 * size + 1;
-            let p = resize_checked(&heap, p, l, up, keep, seed, &mut pool_allocs);
+            let p = resize_checked(&heap, p, l, up, keep, seed, &mut count);
             // SAFETY: `p` holds `up` bytes.
             unsafe { fill(p, up, seed + 1) };
             let l = Layout::from_size_align(up, align).unwrap();
 
             // Shrink a little: into a lower class, but the old one would still fit.
             let less = up * 5 / 8;
-            let p = resize_checked(&heap, p, l, less, less, seed + 1, &mut pool_allocs);
+            let p = resize_checked(&heap, p, l, less, less, seed + 1, &mut count);
             let l = Layout::from_size_align(less, align).unwrap();
 
             // Shrink across classes.
             let down = (size / 3).max(1);
-            let p = resize_checked(&heap, p, l, down, down, seed + 1, &mut pool_allocs);
+            let p = resize_checked(&heap, p, l, down, down, seed + 1, &mut count);
             let l = Layout::from_size_align(down, align).unwrap();
 
             // Grow to the full usable size: within the class, so in place for pools.
             let full = heap.usable_size(l);
-            let p = resize_checked(&heap, p, l, full, down, seed + 1, &mut pool_allocs);
+            let p = resize_checked(&heap, p, l, full, down, seed + 1, &mut count);
             // SAFETY: `p` is live with this layout; freed once.
             unsafe { heap.dealloc(p, Layout::from_size_align(full, align).unwrap()) };
         }
@@ -182,7 +216,7 @@ fn size_alignment_sweep() {
     assert_consistent(&s);
     assert_eq!(s.fixed.live_bytes(), 0);
     assert_eq!(s.fixed.live_blocks(), 0);
-    assert_eq!(s.fixed.allocations, pool_allocs);
+    assert_eq!(s.fixed.allocations, count.allocs);
     heap.trim();
     assert_eq!(heap.stats().committed_bytes, 0);
 }
