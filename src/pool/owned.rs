@@ -67,23 +67,30 @@ use crate::size_class::{self, NUM_CLASSES};
 
 /// A span's owner-only local set (see the module docs), with its links in the owner's
 /// per-class list. All zero bits with `count == 0` and null links is empty.
+///
+/// The count and links come first, so they share the span record's first cache line
+/// with the fields a free reads (see `Span`'s layout); the bitmap follows.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct LocalSet {
-    set: HomeSet,
-    /// Blocks in `set`.
-    count: u32,
     prev: *mut Span,
     next: *mut Span,
+    /// Blocks in `set`.
+    count: u32,
+    set: HomeSet,
 }
 
 impl LocalSet {
+    /// Bytes before the bitmap: the links and the count.
+    pub(crate) const HEADER_BYTES: usize = core::mem::offset_of!(LocalSet, set);
+
     /// The empty set, on no list.
     pub(crate) const fn new() -> Self {
         Self {
-            set: HomeSet::new(),
-            count: 0,
             prev: ptr::null_mut(),
             next: ptr::null_mut(),
+            count: 0,
+            set: HomeSet::new(),
         }
     }
 }

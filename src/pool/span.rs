@@ -157,12 +157,38 @@ pub(crate) enum ListId {
 /// Geometry fields are atomics written only while the span is empty and held under its
 /// arena's lock, and read (Relaxed) by threads that hold one of its blocks — the block
 /// handoff orders those reads after the write.
+///
+/// Layout (issue 12, the database workload's cache misses): the record is cache-line
+/// aligned and its first line holds everything a free and the owner's local path read
+/// (`owner`, `base`, `class`, `block_size`, `carved_hint`, the local set's count and
+/// links), so a free of a block whose span record is cold costs one miss there, not
+/// three; the local set's bitmap starts the second line, hint (`HomeSet::lo`) first (both
+/// checked at compile time below).
 #[derive(Debug)]
+#[repr(C, align(64))]
 pub struct Span {
+    /// Fixed spans: the thread-cache record that owns the span (see `pool::remote`), or
+    /// null. Written under the arena lock (by a refill taking blocks, and by `init`);
+    /// read without it by frees, which only route on it: a free of a block of this span
+    /// happens after the block was handed out, and so after the owner that handed it out
+    /// was set, and the owner changes while blocks are out only by adoption of a parked
+    /// record's span, where either value routes the block to a place that keeps it.
+    pub(crate) owner: AtomicPtr<ThreadCache>,
     /// First byte; `SPAN_UNIT`-aligned. Fixed for the span's life.
     pub(crate) base: usize,
     /// Region length in bytes. Fixed for the span's life.
     pub(crate) bytes: usize,
+    pub(crate) class: AtomicU32,
+    pub(crate) block_size: AtomicU32,
+    /// Fixed spans: `SpanState::carved` as of its last change (written under the arena
+    /// lock with it, read without it by the owner, the only thread that carves an owned
+    /// span: see `pool::owned`).
+    pub(crate) carved_hint: AtomicU32,
+    pub(crate) kind: AtomicU32,
+    /// Fixed spans: the owner-only *local set* (see `pool::owned`), touched only by the
+    /// thread of the claimed record in `owner`, without the arena lock.
+    pub(crate) local: UnsafeCell<LocalSet>,
+    pub(crate) capacity: AtomicU32,
     /// Owning arena. Fixed for the span's life.
     pub(crate) arena: u32,
     /// The span's side-table area (module `table`), page-aligned, `table_bytes(bytes)`
@@ -177,10 +203,6 @@ pub struct Span {
     movable: NonNull<AtomicUsize>,
     /// The pages counted as committed (module `table`).
     pub(crate) pages: Pages,
-    pub(crate) class: AtomicU32,
-    pub(crate) kind: AtomicU32,
-    pub(crate) block_size: AtomicU32,
-    pub(crate) capacity: AtomicU32,
     /// Movable spans: blocks with an owner (`BlockMeta::owner != 0`), in one word with
     /// the life counted, less the deltas still pending in the lanes' tables (module
     /// `live`, and `crate::movable::live`).
@@ -190,13 +212,6 @@ pub struct Span {
     /// (DESIGN invariant 7). Wraps after 2^32 lives, far more than a region can have in
     /// the time a plan lives (a plan is re-validated on every pass).
     pub(crate) incarnation: AtomicU32,
-    /// Fixed spans: the thread-cache record that owns the span (see `pool::remote`), or
-    /// null. Written under the arena lock (by a refill taking blocks, and by `init`);
-    /// read without it by frees, which only route on it: a free of a block of this span
-    /// happens after the block was handed out, and so after the owner that handed it out
-    /// was set, and the owner changes while blocks are out only by adoption of a parked
-    /// record's span, where either value routes the block to a place that keeps it.
-    pub(crate) owner: AtomicPtr<ThreadCache>,
     /// Fixed spans of classes of at least [`SHRINK_MIN`] bytes (at most 64 blocks): bit
     /// `i` is set while block `i` is live and was shrunk in place by a realloc to a
     /// size of a smaller class (`HeapInner::realloc`), so a free with a layout of that
@@ -204,15 +219,22 @@ pub struct Span {
     /// Set and cleared by whoever owns the block (atomically: other bits belong to other
     /// blocks and threads); cleared for the whole span by `init`.
     pub(crate) shrunk: AtomicU64,
-    /// Fixed spans: `SpanState::carved` as of its last change (written under the arena
-    /// lock with it, read without it by the owner, the only thread that carves an owned
-    /// span: see `pool::owned`).
-    pub(crate) carved_hint: AtomicU32,
     pub(crate) state: UnsafeCell<SpanState>,
-    /// Fixed spans: the owner-only *local set* (see `pool::owned`), touched only by the
-    /// thread of the claimed record in `owner`, without the arena lock.
-    pub(crate) local: UnsafeCell<LocalSet>,
 }
+
+const _: () = {
+    use core::mem::offset_of;
+    let local = offset_of!(Span, local);
+    assert!(
+        offset_of!(Span, owner) < 64
+            && offset_of!(Span, base) < 64
+            && offset_of!(Span, class) < 64
+            && offset_of!(Span, block_size) < 64
+            && offset_of!(Span, carved_hint) < 64
+            && local + LocalSet::HEADER_BYTES == 64,
+        "a span record's hot fields share its first cache line (see `Span`)"
+    );
+};
 
 /// The smallest class size whose blocks a realloc may shrink in place (see
 /// [`Span::shrunk`]): below it a copy is cheap, and a span holds more than 64 blocks.

@@ -30,20 +30,24 @@ const _: () = {
 /// The set of home blocks of one span, by block index (see the module docs).
 ///
 /// Invariant H1: no word below `lo` has a bit set.
+///
+/// The hint comes first, so it shares a cache line with the lowest words (a free's
+/// insert reads and writes both).
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct HomeSet {
-    words: [u64; HOME_WORDS],
     /// The lowest word that may have a bit set (H1); `HOME_WORDS` when the set is
     /// known to be empty.
     lo: u32,
+    words: [u64; HOME_WORDS],
 }
 
 impl HomeSet {
     /// The empty set.
     pub(crate) const fn new() -> Self {
         Self {
-            words: [0; HOME_WORDS],
             lo: HOME_WORDS as u32,
+            words: [0; HOME_WORDS],
         }
     }
 
