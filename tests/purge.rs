@@ -59,6 +59,30 @@ fn movable_spans(heap: &Heap) -> Vec<Region> {
     v
 }
 
+/// Every live handle still reads its own stamp.
+fn assert_stamps<'a>(heap: &Heap, live: impl IntoIterator<Item = &'a Stamped>) {
+    for &(h, v) in live {
+        assert!(
+            heap.read(h).unwrap().iter().all(|&b| b == v),
+            "{h:?} lost its data"
+        );
+    }
+}
+
+/// After a `trim`: no emptied span keeps a resident page (a page handed back with
+/// `MADV_DONTNEED` reads as zeros, so a wrong run shows in the stamps too), and every
+/// live handle reads its own stamp.
+fn assert_handed_back(heap: &Heap, emptied: &[Region], live: &[Stamped]) {
+    for &(base, bytes) in emptied {
+        assert_eq!(
+            resident_pages(base, bytes),
+            0,
+            "span at {base:#x} kept its pages"
+        );
+    }
+    assert_stamps(heap, live);
+}
+
 /// Fills about 130 spans of one class with stamped handles, then empties the spans
 /// `empty` picks (by index in address order) and keeps the others' handles live.
 /// Returns the emptied spans, and the live handles with their stamps.
@@ -113,19 +137,7 @@ fn trim_hands_back_exactly_the_empty_spans() {
     let before = decommits(&heap);
     heap.trim();
     assert_eq!(decommits(&heap) - before, emptied.len() as u64);
-    for &(base, bytes) in &emptied {
-        assert_eq!(
-            resident_pages(base, bytes),
-            0,
-            "span at {base:#x} kept its pages"
-        );
-    }
-    for &(h, v) in &live {
-        assert!(
-            heap.read(h).unwrap().iter().all(|&b| b == v),
-            "{h:?} lost its data"
-        );
-    }
+    assert_handed_back(&heap, &emptied, &live);
     assert!(movable_spans(&heap).iter().all(|s| !emptied.contains(s)));
     exact(&heap);
     for (h, _) in live {
@@ -167,30 +179,13 @@ fn passes_purge_runs_lazily_and_trim_finishes() {
             (h, i as u8)
         })
         .collect();
-    for &(h, v) in live.iter().chain(&again) {
-        assert!(
-            heap.read(h).unwrap().iter().all(|&b| b == v),
-            "{h:?} lost its data"
-        );
-    }
+    assert_stamps(&heap, live.iter().chain(&again));
     exact(&heap);
     for (h, _) in again {
         heap.free_handle(h).unwrap();
     }
     heap.trim();
-    for &(base, bytes) in &emptied {
-        assert_eq!(
-            resident_pages(base, bytes),
-            0,
-            "span at {base:#x} kept its pages"
-        );
-    }
-    for &(h, v) in &live {
-        assert!(
-            heap.read(h).unwrap().iter().all(|&b| b == v),
-            "{h:?} lost its data"
-        );
-    }
+    assert_handed_back(&heap, &emptied, &live);
     exact(&heap);
 }
 
