@@ -123,3 +123,55 @@ fn live_counts_are_exact_at_quiescence_across_lives() {
         assert_eq!(small.len() + big.len(), 0);
     }
 }
+
+/// A span's life counter at its limit: the life after `u32::MAX` is 0, and a delta
+/// recorded for life `u32::MAX` is still refused once the word is in life 0 (lives
+/// compare for equality, never by order).
+#[test]
+fn a_delta_of_the_last_life_is_refused_after_the_counter_wraps() {
+    let word = LiveCount::new();
+    word.reset(u32::MAX);
+    assert!(word.add(u32::MAX, 1));
+    let e = Entry::new();
+    e.replace(0x1000, u32::MAX, 1, |_, _, _| {
+        unreachable!("the entry was empty")
+    });
+    assert!(word.add(u32::MAX, u32::MAX), "the first block freed");
+    word.reset(u32::MAX.wrapping_add(1));
+    let mut landed = None;
+    e.replace(0x2000, 0, 1, |_, life, d| landed = Some(word.add(life, d)));
+    assert_eq!(
+        landed,
+        Some(false),
+        "the last life's delta is refused in life 0"
+    );
+    assert_eq!(word.get(), (0, 0));
+}
+
+/// A value whose `Drop` panics, removed (and an `Owned` of one dropped): the block's
+/// `−1` is still recorded once, so live counts stay exact at quiescence.
+#[test]
+fn a_panicking_drop_on_remove_keeps_live_counts_exact() {
+    struct Bomb([u8; 48]);
+    impl Drop for Bomb {
+        fn drop(&mut self) {
+            panic!("Bomb::drop of a value stamped {}", self.0[0]);
+        }
+    }
+    let heap = Arc::new(Heap::new());
+    let s: Store<Bomb> = Store::new_in(heap.clone());
+    let keep: Vec<_> = (0..100).map(|_| s.insert(Bomb([1; 48]))).collect();
+    let gone: Vec<_> = (0..100).map(|_| s.insert(Bomb([2; 48]))).collect();
+    for h in gone {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(s.remove(h))));
+        assert!(r.is_err(), "the Drop panicked");
+    }
+    let o = s.insert_owned(Bomb([3; 48]));
+    assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(o))).is_err());
+    assert_eq!(s.len(), keep.len());
+    heap.assert_live_counts_exact();
+    for h in keep {
+        std::mem::forget(s.remove(h));
+    }
+    heap.assert_live_counts_exact();
+}
