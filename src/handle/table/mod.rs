@@ -71,7 +71,8 @@ struct Counters {
 /// offset  = v - 2^floor(log2 v)
 /// ```
 ///
-/// — one `lzcnt`, a subtract and a shift; no division, no loop. Segments never move once
+/// — one `bsr` (or `lzcnt`), a subtract and a shift; no division, no loop (and no false
+/// dependency on the previous lookup: see `segments::floor_log2`). Segments never move once
 /// installed, so a `&Slot` stays valid for the table's whole life and growing never
 /// blocks a reader: a new segment is reserved, then installed with one compare-exchange
 /// on its (null) pointer; the loser of a race releases its copy. Natively a segment is

@@ -1,7 +1,7 @@
 use core::ptr::{self, NonNull};
 
 use super::lanes::STASH;
-use super::segments::{SEGMENTS, locate, segment_len, segment_start};
+use super::segments::{FIRST_SHIFT, SEGMENTS, locate, segment_len, segment_start};
 use super::*;
 use crate::HandleError;
 use crate::handle::guard::{SlotMove, SlotPin, SlotRead, SlotWrite};
@@ -115,6 +115,20 @@ fn locate_math() {
         start += len;
     }
     assert_eq!(start, u64::from(MAX_SLOTS));
+    // Every bit position, and both neighbours of each power of two.
+    for bit in FIRST_SHIFT..33 {
+        let p = 1u64 << bit;
+        for v in [p - 1, p, p + 1] {
+            let Ok(index) = u32::try_from(v - (1 << FIRST_SHIFT)) else {
+                continue;
+            };
+            let want = 63 - v.leading_zeros();
+            assert_eq!(
+                locate(index),
+                ((want - FIRST_SHIFT) as usize, (v - (1 << want)) as usize)
+            );
+        }
+    }
 }
 
 #[test]
