@@ -10,6 +10,10 @@ use super::{
 use crate::HandleError;
 use crate::sync::Ordering::{AcqRel, Acquire, Relaxed, Release};
 
+/// The state bits a scoped read compares at once: the generation, the writer and the
+/// mover (readers, pins and the parked flag do not stop it).
+const SCOPED_MASK: u64 = !0xFFFF_FFFF | WRITER | MOVER;
+
 impl Slot {
     // ----- scoped reads (see `handle::scope`) -----
 
@@ -29,11 +33,13 @@ impl Slot {
     #[inline(always)]
     pub(crate) fn scoped_ptr(&self, generation: u32) -> Result<NonNull<u8>, HandleError> {
         let s = self.state.load(Acquire);
-        if !matches(s, generation) {
-            return Err(HandleError::Stale);
-        }
-        if s & (WRITER | MOVER) != 0 {
-            return Err(HandleError::Busy);
+        // One compare for the common case: the generation (odd) and no writer or mover.
+        if s & SCOPED_MASK != u64::from(generation) << GEN_SHIFT || generation & 1 == 0 {
+            return Err(if matches(s, generation) {
+                HandleError::Busy
+            } else {
+                HandleError::Stale
+            });
         }
         // Relaxed is enough: the last store to ptr (an insert, a move, a writer's
         // `set_ptr`) was published by the Release of the state word we just Acquired, and
@@ -56,11 +62,9 @@ impl Slot {
     pub(crate) fn scoped_entry(&self) -> Result<(u32, NonNull<u8>), Option<u32>> {
         let s = self.state.load(Acquire);
         let generation = generation_of(s);
-        if generation & 1 == 0 {
-            return Err(None);
-        }
-        if s & (WRITER | MOVER) != 0 {
-            return Err(Some(generation));
+        // One compare for the common case: occupied (odd), no writer or mover.
+        if s & (1 << GEN_SHIFT | WRITER | MOVER) != 1 << GEN_SHIFT {
+            return Err((generation & 1 == 1).then_some(generation));
         }
         let p = self.ptr.load(Relaxed);
         debug_assert!(!p.is_null());
