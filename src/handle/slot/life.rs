@@ -10,10 +10,6 @@ use super::{
 use crate::HandleError;
 use crate::sync::Ordering::{AcqRel, Acquire, Relaxed, Release};
 
-/// The state bits a scoped read compares at once: the generation, the writer and the
-/// mover (readers, pins and the parked flag do not stop it).
-const SCOPED_MASK: u64 = !0xFFFF_FFFF | WRITER | MOVER;
-
 impl Slot {
     // ----- scoped reads (see `handle::scope`) -----
 
@@ -33,13 +29,11 @@ impl Slot {
     #[inline(always)]
     pub(crate) fn scoped_ptr(&self, generation: u32) -> Result<NonNull<u8>, HandleError> {
         let s = self.state.load(Acquire);
-        // One compare for the common case: the generation (odd) and no writer or mover.
-        if s & SCOPED_MASK != u64::from(generation) << GEN_SHIFT || generation & 1 == 0 {
-            return Err(if matches(s, generation) {
-                HandleError::Busy
-            } else {
-                HandleError::Stale
-            });
+        if !matches(s, generation) {
+            return Err(HandleError::Stale);
+        }
+        if s & (WRITER | MOVER) != 0 {
+            return Err(HandleError::Busy);
         }
         // Relaxed is enough: the last store to ptr (an insert, a move, a writer's
         // `set_ptr`) was published by the Release of the state word we just Acquired, and
