@@ -120,15 +120,16 @@ impl<T> StoreInner<T> {
             .is_some_and(|s| peek_tag(s.ptr()) == Some(self.tag))
     }
 
-    /// The handles of the store's values, from a copy of its member list (module
-    /// `members`): the members whose slot still holds their generation.
+    /// The handles of the store's values, from its member list (module `members`): the
+    /// members whose slot holds a value of this store, at the slot's generation.
     fn handles(&self) -> impl Iterator<Item = RawHandle> + '_ {
         let table = self.heap.handles();
         let list = self.members.snapshot(table);
-        (0..list.len())
-            .map(move |i| list[i])
-            .filter(move |&m| members::is_live(table, m))
-            .map(|(index, generation)| RawHandle::from_odd(index, generation))
+        (0..list.len()).filter_map(move |i| {
+            let index = list[i];
+            members::live_generation(table, self.tag, index)
+                .map(|generation| RawHandle::from_odd(index, generation))
+        })
     }
 }
 
@@ -302,7 +303,7 @@ impl<T: Send + Sync> Store<T> {
                 heap,
                 tag,
                 bits: tag_bits(tag),
-                members: Members::new(),
+                members: Members::new(tag),
                 _values: PhantomData,
             }),
         })
@@ -349,12 +350,9 @@ impl<T: Send + Sync> Store<T> {
             Ok((h, lane)) => {
                 // SAFETY: `lane` is the calling thread's (`alloc_movable`).
                 unsafe {
-                    self.inner.members.add(
-                        self.inner.heap.handles(),
-                        lane,
-                        h.index(),
-                        h.generation().get(),
-                    )
+                    self.inner
+                        .members
+                        .add(self.inner.heap.handles(), lane, h.index())
                 };
                 Ok(Handle::from_raw(h))
             }

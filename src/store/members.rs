@@ -2,24 +2,37 @@
 //! never the handles of other stores on the same heap — kept with no read-modify-write
 //! on insert and remove in the common case, and with no work at all on remove.
 //!
-//! # An append-only list, pruned lazily
+//! # An append-only list of slot indexes, pruned lazily
 //!
-//! The list holds *members*: `(slot index, generation)` of every value the store
-//! inserted, in no particular order, including values removed since. A member is
-//! *live* while its slot still holds that generation: generations only grow within a
-//! table (vacant g → occupied g + 1, or the first generation of a later leased window),
-//! so a member that is not live never becomes live again. Whoever reads the list checks
-//! each member's generation against its slot's, as any lookup does, so a dead member
-//! is skipped, and a slot reused by the store later is listed again under its new
-//! generation (each value at most once: one member per insert).
+//! The list holds *members*: the slot indexes the store inserted into, in no particular
+//! order, each at most once, including slots whose value was removed since. A member
+//! is *live* while its slot holds a value of this store: occupied, with a pointer that
+//! carries the store's tag (module `movable`; the tag is unique in the process, so no
+//! other store's value matches). Whoever reads the list checks each member against its
+//! slot, as any lookup does, and takes the slot's current generation for the handle.
+//!
+//! Each index is listed at most once: the lock holder keeps a set of the listed
+//! indexes (a bit per index, in chunks of [`CHUNK_BITS`] made on first use), and a
+//! drain lists an index only if its bit is clear. So a slot the store reuses (the
+//! common case: a thread's remove stashes the slot and its next insert takes it back,
+//! module `handle::table::lanes`) adds nothing to the list, and each value is seen at
+//! most once by a reader (one slot holds one value at a time).
 //!
 //! Removing a value does not touch the list; it only counts (below). Dead members are
 //! dropped when the list is *pruned*: after a drain, once it holds more than twice the
 //! store's length plus [`PRUNE_SLACK`], every member is checked against its slot and
-//! the dead ones go. A prune costs O(list) and leaves about `len` members, so the next
-//! one comes after at least `len + PRUNE_SLACK` more inserts: O(1) amortised per
-//! insert, and the list (so iteration) stays proportional to the store.
+//! the dead ones go (their bits cleared). A prune costs O(list) and leaves about `len`
+//! members, so the next one comes after at least `len + PRUNE_SLACK` inserts into new
+//! slots: O(1) amortised per insert, and the list (so iteration) stays proportional to
+//! the store.
 //!
+//! A prune may drop a member whose slot is vacant (or another store's) at that moment
+//! and is then given to this store again: that insert appends the index to a ring after
+//! it occupied the slot, so the next drain lists it again. A value whose insert
+//! happened before a drain's Acquire of its ring's head is listed after that drain
+//! (appended now, or already listed), and the prune that follows sees its slot occupied
+//! (the ring's Release was after the occupy) unless the value was removed since.
+
 //! # Per-lane rings: no lock on the hot path
 //!
 //! A thread that owns a lane of the heap (its thread-cache record, as for the handle
@@ -34,7 +47,8 @@
 //! change under the lock directly. So:
 //!
 //! ```text
-//! list after a drain ⊇ every member published in a ring or added under the lock
+//! list after a drain ⊇ every index published in a ring or added under the lock
+//!                      that still holds a value of the store
 //! len = Σ rings (head − removed) + laneless (adds − removes)         (mod 2^32)
 //! ```
 //!
@@ -42,16 +56,19 @@
 //! the lock, every remove once in a ring's `removed` or under the lock), and iteration
 //! and the store's drop drain first, so they see every insert and remove that happened
 //! before them (a change happens-before its ring's head store, which the drain
-//! Acquires; a remove happens-before the vacate its generation check sees).
+//! Acquires; a remove happens-before the vacate its liveness check sees).
 //!
 //! Memory per store: a table of ring pointers, one per lane (8 KiB), a ring of
-//! [`RING`] members (≈ 0.5 KiB) per lane that ever changed the store, and the list (8
-//! bytes per member, at most about `2 · len + PRUNE_SLACK` after a drain).
+//! [`RING`] members (≈ 0.3 KiB) per lane that ever changed the store, the list (4
+//! bytes per member, at most about `2 · len + PRUNE_SLACK` after a drain), and the
+//! listed set: 8 bytes per [`CHUNK_BITS`] indexes up to the highest listed, and a
+//! 512-byte chunk for each range of [`CHUNK_BITS`] indexes the store ever listed.
 //!
 //! Iteration takes the list under the lock, shared rather than copied (copy on write:
 //! the list changes only when a drain adds members or a prune drops some, and only then
 //! is it copied, if a snapshot still holds it), and then resolves each member without
-//! the lock; values removed meanwhile are skipped (their generation moved on), and
+//! the lock; values removed meanwhile are skipped (their slot no longer holds a value of
+//! the store), and
 //! values inserted meanwhile may or may not be seen. A thread may so insert into or
 //! remove from the store while it iterates without waiting for itself.
 
@@ -59,8 +76,9 @@ use core::ptr::NonNull;
 use std::sync::Arc;
 
 use crate::handle::{HandleTable, LANES};
+use crate::movable::{Tag, peek_tag};
 use crate::sync::{
-    AtomicBool, AtomicPtr, AtomicU32, AtomicU64,
+    AtomicBool, AtomicPtr, AtomicU32,
     Ordering::{Acquire, Relaxed, Release},
     UnsafeCell,
 };
@@ -78,15 +96,56 @@ const PRUNE_SLACK: usize = 256;
 #[cfg(tidyheap_loom)]
 const PRUNE_SLACK: usize = 0;
 
-/// A member: `(slot index, generation)` of a value the store inserted.
-pub(crate) type Member = (u32, u32);
+/// Slot indexes per chunk of the listed set (one `u64` word per 64).
+const CHUNK_BITS: usize = 4096;
 
-/// Whether member `m` is live: its slot still holds its generation.
+/// A member: the index of a slot the store inserted into.
+pub(crate) type Member = u32;
+
+/// The generation of slot `index` of `table` if it holds a value of the store tagged
+/// `tag` (the member is live), judged by a peek at the slot: exact while the value
+/// stays; a racing remove or reuse may answer either way, and whoever uses the
+/// generation checks it again (a guard, a scoped read).
 #[inline]
-pub(crate) fn is_live(table: &HandleTable, (index, generation): Member) -> bool {
-    table
-        .slot(index)
-        .is_some_and(|s| s.generation() == generation)
+pub(crate) fn live_generation(table: &HandleTable, tag: Tag, index: Member) -> Option<u32> {
+    let slot = table.slot(index)?;
+    let generation = slot.generation();
+    (generation & 1 == 1 && peek_tag(slot.ptr()) == Some(tag)).then_some(generation)
+}
+
+/// The set of listed indexes (module docs): a bit per index, in chunks made on first
+/// use and kept until the store drops.
+#[derive(Default)]
+struct Listed(Vec<Option<Box<[u64; CHUNK_BITS / 64]>>>);
+
+impl Listed {
+    /// Sets the bit of `index`; whether it was clear.
+    #[inline]
+    fn insert(&mut self, index: Member) -> bool {
+        let (c, w, bit) = split(index);
+        if c >= self.0.len() {
+            self.0.resize_with(c + 1, || None);
+        }
+        let word = &mut self.0[c].get_or_insert_with(|| Box::new([0; CHUNK_BITS / 64]))[w];
+        let clear = *word & bit == 0;
+        *word |= bit;
+        clear
+    }
+
+    /// Clears the bit of `index`.
+    fn remove(&mut self, index: Member) {
+        let (c, w, bit) = split(index);
+        if let Some(Some(chunk)) = self.0.get_mut(c) {
+            chunk[w] &= !bit;
+        }
+    }
+}
+
+/// Chunk, word in the chunk and bit of `index` in the listed set.
+#[inline(always)]
+fn split(index: Member) -> (usize, usize, u64) {
+    let i = index as usize;
+    (i / CHUNK_BITS, i % CHUNK_BITS / 64, 1 << (i % 64))
 }
 
 /// One lane's ring of members added to one store (see the module docs).
@@ -100,7 +159,7 @@ struct Ring {
     tail: AtomicU32,
     /// Removes through this lane (wrapping): written by the lane's owner only.
     removed: AtomicU32,
-    ops: [AtomicU64; RING],
+    ops: [AtomicU32; RING],
 }
 
 impl Ring {
@@ -109,18 +168,21 @@ impl Ring {
             head: AtomicU32::new(0),
             tail: AtomicU32::new(0),
             removed: AtomicU32::new(0),
-            ops: core::array::from_fn(|_| AtomicU64::new(0)),
+            ops: core::array::from_fn(|_| AtomicU32::new(0)),
         }
     }
 }
 
 /// The list and the registered rings; only touched under [`Members::lock`].
-#[derive(Default)]
 struct Dense {
+    /// The store's tag: a member is live while its slot holds a pointer with it.
+    tag: Tag,
     /// Shared with the snapshots taken since it last changed (copy on write: a drain
     /// that has members to add, or a prune, copies it only if a snapshot still holds
     /// it).
     list: Arc<Vec<Member>>,
+    /// The indexes `list` holds (each once).
+    listed: Listed,
     /// Every ring made for this store, drained by each lock holder that needs the list.
     rings: Vec<NonNull<Ring>>,
     /// Inserts minus removes made without a lane (wrapping).
@@ -150,21 +212,30 @@ impl Dense {
             let ring = unsafe { self.rings[k].as_ref() };
             // Acquire: the entries up to `head` were stored before it.
             let head = ring.head.load(Acquire);
-            let mut tail = ring.tail.load(Relaxed);
-            if tail == head {
+            let tail = ring.tail.load(Relaxed);
+            let n = head.wrapping_sub(tail);
+            if n == 0 {
                 continue;
             }
-            let list = Arc::make_mut(&mut self.list);
-            while tail != head {
-                let op = ring.ops[tail as usize % RING].load(Relaxed);
-                list.push(((op >> 32) as u32, op as u32));
-                tail = tail.wrapping_add(1);
+            for k in 0..n {
+                let index = ring.ops[tail.wrapping_add(k) as usize % RING].load(Relaxed);
+                // An index already listed stays listed once (a slot the store reused).
+                if self.listed.insert(index) {
+                    Arc::make_mut(&mut self.list).push(index);
+                }
             }
             // Release: our loads of the entries happen before the producer reuses them.
-            ring.tail.store(tail, Release);
+            ring.tail.store(head, Release);
         }
         if self.list.len() > 2 * self.len() + PRUNE_SLACK {
-            Arc::make_mut(&mut self.list).retain(|&m| is_live(table, m));
+            let (tag, listed) = (self.tag, &mut self.listed);
+            Arc::make_mut(&mut self.list).retain(|&index| {
+                let live = live_generation(table, tag, index).is_some();
+                if !live {
+                    listed.remove(index);
+                }
+                live
+            });
         }
     }
 }
@@ -187,11 +258,17 @@ unsafe impl Sync for Members {}
 unsafe impl Send for Members {}
 
 impl Members {
-    /// No members.
-    pub(crate) fn new() -> Self {
+    /// No members, for the store tagged `tag`.
+    pub(crate) fn new(tag: Tag) -> Self {
         Self {
             lock: AtomicBool::new(false),
-            dense: UnsafeCell::new(Dense::default()),
+            dense: UnsafeCell::new(Dense {
+                tag,
+                list: Arc::default(),
+                listed: Listed::default(),
+                rings: Vec::new(),
+                laneless: 0,
+            }),
             rings: (0..LANES)
                 .map(|_| AtomicPtr::new(core::ptr::null_mut()))
                 .collect(),
@@ -232,7 +309,7 @@ impl Members {
     }
 
     /// Records that slot `index` of `table` (the store's heap's handle table) now holds
-    /// a value of the store at `generation`. The hot path: one ring append (a load, a
+    /// a value of the store. The hot path: one ring append (a load, a
     /// store and a Release store). A thread without a lane, a lane's first change and
     /// a full ring take the cold paths.
     ///
@@ -241,17 +318,10 @@ impl Members {
     /// * if `lane` is `Some(l)`, the calling thread owns lane `l` of the heap (its
     ///   thread-cache record), so it is the only producer of lane `l`'s ring.
     #[inline(always)]
-    pub(crate) unsafe fn add(
-        &self,
-        table: &HandleTable,
-        lane: Option<usize>,
-        index: u32,
-        generation: u32,
-    ) {
-        debug_assert!(generation & 1 == 1, "occupied generations are odd");
+    pub(crate) unsafe fn add(&self, table: &HandleTable, lane: Option<usize>, index: u32) {
         let Some(ring) = self.ring(lane) else {
             // SAFETY: the caller's precondition.
-            return unsafe { self.add_slow(table, lane, index, generation) };
+            return unsafe { self.add_slow(table, lane, index) };
         };
         // Owner only (the caller's precondition): nobody else writes `head`.
         let head = ring.head.load(Relaxed);
@@ -259,8 +329,7 @@ impl Members {
         if head.wrapping_sub(ring.tail.load(Acquire)) as usize == RING {
             self.drain_full(table);
         }
-        let op = u64::from(index) << 32 | u64::from(generation);
-        ring.ops[head as usize % RING].store(op, Relaxed);
+        ring.ops[head as usize % RING].store(index, Relaxed);
         // Release: publishes the entry (and the insert it records) to the next drain.
         ring.head.store(head.wrapping_add(1), Release);
     }
@@ -297,15 +366,17 @@ impl Members {
     /// * as for [`Members::add`].
     #[cold]
     #[inline(never)]
-    unsafe fn add_slow(&self, table: &HandleTable, lane: Option<usize>, index: u32, gen_: u32) {
+    unsafe fn add_slow(&self, table: &HandleTable, lane: Option<usize>, index: u32) {
         match lane {
             Some(l) if l < self.rings.len() => {
                 self.register(l);
                 // SAFETY: the caller's precondition; the ring is registered now.
-                unsafe { self.add(table, lane, index, gen_) }
+                unsafe { self.add(table, lane, index) }
             }
             _ => self.with(|d| {
-                Arc::make_mut(&mut d.list).push((index, gen_));
+                if d.listed.insert(index) {
+                    Arc::make_mut(&mut d.list).push(index);
+                }
                 d.laneless = d.laneless.wrapping_add(1);
             }),
         }

@@ -286,8 +286,8 @@ impl<'a, T> ReadScope<'a, T> {
 /// store's slots are handed out in runs) skip the segment lookup.
 struct ScopedIter<'s, 'a, T> {
     scope: &'s ReadScope<'a, T>,
-    /// The members (live and dead: `item` checks each generation), shared with the
-    /// store's list (module `members`).
+    /// The members (live and dead: `item` checks each slot), shared with the store's
+    /// list (module `members`).
     list: std::sync::Arc<Vec<Member>>,
     /// Position of the next index in `list`.
     at: usize,
@@ -315,26 +315,27 @@ impl<'s, T> ScopedIter<'s, '_, T> {
         slots.get((index - start) as usize)
     }
 
-    /// The item of member `(index, listed)`, if its slot still holds that generation
-    /// (the member is live) with a value of this store.
+    /// The item of member `index`, if its slot holds a value of this store (the member
+    /// is live).
     #[inline(always)]
-    fn item(&mut self, (index, listed): Member) -> Option<(Handle<T>, &'s T)> {
+    fn item(&mut self, index: Member) -> Option<(Handle<T>, &'s T)> {
         let slot = self.slot(index)?;
         match slot.scoped_entry() {
-            Ok((generation, p)) if generation == listed => {
+            Ok((generation, p)) => {
                 let raw = RawHandle::from_odd(index, generation);
                 // SAFETY: `p` was read from an occupied slot inside the scope
                 // (`scoped_entry`): the tagged address of a block.
                 let p = match unsafe { untag_live_if(p, self.bits) } {
                     Some(p) => p.cast::<T>(),
+                    // Another store's value (the slot was reused), or a sampling scope.
                     None => self.scope.resolve_miss(raw, p)?,
                 };
                 // SAFETY: as in `ReadScope::get`: the scope keeps the value in place and
                 // unwritten for as long as `'s`; the tag was checked above.
                 Some((Handle::from_raw(raw), unsafe { p.as_ref() }))
             }
-            Err(Some(generation)) if generation == listed => self.busy(index, generation),
-            _ => None,
+            Err(Some(generation)) => self.busy(index, generation),
+            Err(None) => None,
         }
     }
 

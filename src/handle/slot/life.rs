@@ -56,11 +56,9 @@ impl Slot {
     pub(crate) fn scoped_entry(&self) -> Result<(u32, NonNull<u8>), Option<u32>> {
         let s = self.state.load(Acquire);
         let generation = generation_of(s);
-        if generation & 1 == 0 {
-            return Err(None);
-        }
-        if s & (WRITER | MOVER) != 0 {
-            return Err(Some(generation));
+        // One compare for the common case: occupied (odd), no writer or mover.
+        if s & (1 << GEN_SHIFT | WRITER | MOVER) != 1 << GEN_SHIFT {
+            return Err((generation & 1 == 1).then_some(generation));
         }
         let p = self.ptr.load(Relaxed);
         debug_assert!(!p.is_null());
