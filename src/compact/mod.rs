@@ -80,7 +80,9 @@
 //! Emptied spans leave the class lists for the arena's empty list and stay committed;
 //! each pass purges (`MADV_FREE`), within what is left of its time budget, the spans
 //! empty for longer than `CompactionPolicy::purge_delay_passes` beyond the arena's
-//! retention (`Arena::purge_for_pass`); `trim` and a full compaction give back everything
+//! retention, which follows the program's rise and fall and keeps what a sudden drop
+//! released for the rise that follows (`Arena::purge_for_pass`, `pool::arena::purge`);
+//! `trim` and a full compaction give back everything
 //! (`MADV_DONTNEED`).
 //!
 //! Once a plan is kept, the compactor asks every thread to flush its cached free blocks

@@ -74,9 +74,13 @@ impl Budget {
 ///
 /// Freeing never calls the OS: a span that empties stays committed for reuse. Each pass
 /// purges (`MADV_FREE`) the spans that have stayed empty for `purge_delay_passes`
-/// passes, beyond what each arena retains: the bytes its serving spans reached lately
-/// (a high-water mark that decays by 1/64 of its excess every pass), less what serves
-/// now, and at least 1 MiB. [`Heap::trim`](crate::Heap::trim) and
+/// passes, beyond what each arena retains, which follows the program's history: the
+/// bytes its serving spans reached lately (a high-water mark that decays by 1/16 of its
+/// excess every pass, so a gradual fall is followed closely) less what serves now; the
+/// bytes a sudden drop released (serving bytes falling by more than an eighth of that
+/// mark between two passes, as when a level is unloaded), kept on a slow decay (1/1024
+/// a pass) for the rise that usually follows; and at least 1 MiB.
+/// [`Heap::trim`](crate::Heap::trim) and
 /// [`Heap::compact_full`](crate::Heap::compact_full) give every empty span back at
 /// once (`MADV_DONTNEED`).
 ///
@@ -101,11 +105,11 @@ pub struct CompactionPolicy {
 }
 
 impl CompactionPolicy {
-    /// Plan from 10 % fragmentation; purge spans empty for 60 passes (one second at 60
-    /// frames a second).
+    /// Plan from 10 % fragmentation; purge spans empty for 16 passes (a quarter of a
+    /// second at 60 frames a second).
     pub const DEFAULT: CompactionPolicy = CompactionPolicy {
         min_fragmentation: 0.1,
-        purge_delay_passes: 60,
+        purge_delay_passes: 16,
     };
 }
 

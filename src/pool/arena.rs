@@ -49,9 +49,16 @@ pub(crate) const MAX_SPANS: usize = 1 << 22;
 /// recent demand.
 pub(crate) const MIN_RETAIN_BYTES: usize = 1 << 20;
 /// The retention high-water mark closes `1 / HIGH_WATER_DECAY` of its gap to the
-/// current demand at every purge (every compaction pass): about 64 passes (a second at
-/// 60 frames a second) for two thirds of the gap.
-const HIGH_WATER_DECAY: usize = 64;
+/// current demand at every purge (every compaction pass): about 16 passes for two
+/// thirds of the gap, so a gradual fall keeps little beyond what serves.
+const HIGH_WATER_DECAY: usize = 16;
+/// A pass that finds the serving bytes fallen by more than `1 / DROP_SHARE` of the
+/// high-water mark since the previous one saw a sudden drop: what it released goes to
+/// the reserve.
+const DROP_SHARE: usize = 8;
+/// The reserve (bytes released by sudden drops) loses `1 / RESERVE_DECAY` of itself
+/// each pass: about 1000 passes (17 s at 60 frames a second) for two thirds of it.
+const RESERVE_DECAY: usize = 1024;
 /// Partial spans a fixed refill looks at for one it may take (see
 /// [`Arena::fixed_span_for`]) before it starts a new span.
 const OWNER_WALK: usize = 16;
@@ -279,6 +286,11 @@ pub(crate) struct ArenaState {
     /// demand the arena saw lately, which sizes how much empty memory it retains. Raised
     /// whenever a span starts serving; decayed by each pass's purge.
     pub(crate) high_water: usize,
+    /// Committed bytes of serving spans at the previous pass's purge.
+    pub(crate) last_in_use: usize,
+    /// Bytes that sudden drops of demand released, kept committed on a slower decay
+    /// (`RESERVE_DECAY`) than the high-water mark's; see `arena::purge`.
+    pub(crate) reserve: usize,
 }
 
 // SAFETY: the span pointers in the lists refer to records owned by the heap; the state
@@ -308,6 +320,8 @@ impl Arena {
                 purged: [const { SpanList::new() }; SPAN_LENGTHS],
                 empty_committed: 0,
                 high_water: 0,
+                last_in_use: 0,
+                reserve: 0,
             }),
             tick: AtomicU64::new(0),
             counters: ArenaCounters {

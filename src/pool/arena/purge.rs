@@ -7,11 +7,30 @@
 //! mostly per call. Regions of one chunk are carved back to back, and their side tables
 //! lie back to back in the same order (`CHUNK_BYTES + o · 3/8` for the region at offset
 //! `o`), so a run of adjacent regions has a run of adjacent tables.
+//!
+//! # What stays committed
+//!
+//! A purged page that the program writes again costs more than the purge saved on a
+//! machine where the first write after `MADV_FREE` is dear (0.6–0.8 µs a page on the
+//! Firecracker guest the benchmarks run on). So the retention follows the program's
+//! own history rather than a fixed age:
+//!
+//! * a *gradual fall* of demand (serving bytes shrinking pass after pass as a game
+//!   streams out) is followed closely: the high-water mark decays quickly, so the end
+//!   of a fall holds little beyond what serves (what a rise writes again is then at
+//!   most the fall's own swing);
+//! * a *sudden drop* (serving bytes falling by more than `1 / DROP_SHARE` of the mark
+//!   between two passes: a level unloaded, a batch of work thrown away at once) goes to
+//!   a reserve that decays over about `RESERVE_DECAY` passes, since a program that
+//!   drops everything at once usually builds it up again;
+//! * spans empty for fewer than the policy's delay passes stay, whatever the above.
+//!
+//! `trim` and a full compaction ignore all of it and give every empty span back.
 
 use core::ptr::{self, NonNull};
 use std::sync::atomic::Ordering;
 
-use super::{Arena, ArenaState, HIGH_WATER_DECAY, MIN_RETAIN_BYTES};
+use super::{Arena, ArenaState, DROP_SHARE, HIGH_WATER_DECAY, MIN_RETAIN_BYTES, RESERVE_DECAY};
 use crate::os::PAGE_SIZE;
 use crate::pool::span::{Area, ListId, Span, purge_pages, table_bytes};
 use crate::size_class::{MAX_SPAN, SPAN_UNIT};
@@ -23,10 +42,20 @@ const PURGE_BATCH: usize = 32;
 impl Arena {
     /// Purges (`MADV_FREE`) empty spans, oldest first, while more than the retention
     /// stays committed, and only spans empty for at least `min_age` ticks, until
-    /// `deadline` (checked before each `madvise`). The retention is sized by recent
-    /// demand: the decaying high-water mark of committed serving spans, less what serves
-    /// now (at least [`MIN_RETAIN_BYTES`]). Called once per compaction pass, which also
-    /// advances the clock the age counts in.
+    /// `deadline` (checked before each `madvise`). Called once per compaction pass,
+    /// which also advances the clock the age counts in.
+    ///
+    /// The retention follows the program's own rise and fall (see the module docs):
+    /// the larger of
+    ///
+    /// * the gap between the decaying high-water mark of committed serving bytes and
+    ///   what serves now (a gradual fall is followed closely: the mark closes
+    ///   `1 / HIGH_WATER_DECAY` of its gap a pass);
+    /// * the reserve: bytes that a sudden drop released (serving bytes falling by more
+    ///   than `1 / DROP_SHARE` of the mark between two passes, as when a level is
+    ///   unloaded), which decays far more slowly (`1 / RESERVE_DECAY` a pass) and
+    ///   shrinks as the program takes those empty spans back;
+    /// * [`MIN_RETAIN_BYTES`].
     pub(crate) fn purge_for_pass(
         &self,
         min_age: u64,
@@ -34,12 +63,31 @@ impl Arena {
     ) -> usize {
         self.tick.fetch_add(1, Ordering::Relaxed);
         let mut st = self.lock();
-        let in_use = self.counters.committed.load(Ordering::Relaxed) - st.empty_committed;
-        let gap = st.high_water.saturating_sub(in_use);
-        st.high_water = in_use.max(st.high_water - gap / HIGH_WATER_DECAY);
-        let retain = (st.high_water - in_use).max(MIN_RETAIN_BYTES);
+        let retain = Self::retention(&mut st, self.counters.committed.load(Ordering::Relaxed));
         // SAFETY: we hold the lock.
         unsafe { self.purge_locked(&mut st, retain, min_age, true, deadline) }
+    }
+
+    /// Advances the retention state of one pass (`committed`: the arena's committed
+    /// bytes) and returns the bytes of empty spans to keep committed (see
+    /// [`Arena::purge_for_pass`]).
+    fn retention(st: &mut ArenaState, committed: usize) -> usize {
+        let in_use = committed - st.empty_committed;
+        let gap = st.high_water.saturating_sub(in_use);
+        st.high_water = in_use.max(st.high_water - gap / HIGH_WATER_DECAY);
+        let drop = st.last_in_use.saturating_sub(in_use);
+        st.last_in_use = in_use;
+        if drop > st.high_water / DROP_SHARE {
+            st.reserve += drop;
+        }
+        st.reserve -= st.reserve / RESERVE_DECAY;
+        // What the program took back is no longer reserved. The slack of one longest
+        // span keeps a pass that reuses nothing from purging a whole span for each
+        // sliver of decay: the reserve drains at its own rate, not a span a pass.
+        st.reserve = st.reserve.min(st.empty_committed + MAX_SPAN);
+        (st.high_water - in_use)
+            .max(MIN_RETAIN_BYTES)
+            .max(st.reserve)
     }
 
     /// Purges empty spans, oldest first, while more than `retain` bytes of them stay
