@@ -12,14 +12,21 @@
 //!           block's store (else skip: `handle::scope`) → owner re-check under the lock
 //!           → copy → new side-table entry → slot ← new → old entry cleared → unlock
 //! return    destinations left unused go back on the run; the old copies go home to
-//!           the source under one lock; the source's live count changes once
+//!           the source under one lock, with one home-bitmap update per 64 blocks
+//!           (`Arena::put_indices`); the source's live count changes once
 //! ```
 //!
-//! Destinations are taken in address order from the side table's record of home blocks
-//! (one owner word a block, read in order) rather than chasing links from block to
-//! block: a linked home list read each free block's link before the next could be
-//! found, a dependent cache miss per move that was 40–48 % of a pass. While the next block is copied, the one after it (source and destination) is
-//! prefetched.
+//! Destinations are taken in address order from the target's home bitmap
+//! (`Span::detach_home`) rather than chasing links from block to block: a linked home
+//! list read each free block's link before the next could be found, a dependent cache
+//! miss per move that was 40–48 % of a pass. While the next block is copied, the one
+//! after it (source and destination) is prefetched. Each move still re-validates its
+//! block under the slot's move lock (`move_block`: the slot still addresses it, the
+//! source's life, no read scope, the side table's owner), and the deadline is checked
+//! once per batch (at most [`MAX_BATCH_BYTES`] copied between two checks).
+//!
+//! What a move costs is counted by `examples/move_instructions.rs` (callgrind; figures
+//! in `benches/README.md`).
 //!
 //! Observers hear of the moves only after the old copies are home (see the module docs
 //! of `compact`), so a panicking observer strands nothing. A run is refilled only after
@@ -160,7 +167,7 @@ impl Heap {
         // fall back for destinations left unused.
         add_live(&dest[..reserved], true);
         // Move.
-        let mut old_blocks = [NonNull::dangling(); MAX_BATCH];
+        let mut old_blocks = [0u32; MAX_BATCH];
         let mut used = 0;
         // We scan `source`: its incarnation cannot change under this pass.
         let life = source.incarnation();
@@ -186,7 +193,7 @@ impl Heap {
                 Ok(ev) => {
                     // NUMA: the block's reader vote goes with it (no-op with one node).
                     self.carry_vote(source, i, target, new);
-                    old_blocks[done.moved] = source.block(i);
+                    old_blocks[done.moved] = i as u32;
                     done.events[done.moved] = Some(ev);
                     done.moved += 1;
                     used += 1;
@@ -223,11 +230,10 @@ impl Heap {
         if moved > 0 {
             let arena = &inner.arenas[source.arena as usize];
             let mut st = arena.lock();
-            for &old in &old_blocks[..moved] {
-                // SAFETY: lock held; `old` is an out block of `source` that nobody
-                // references any more (its slot points at the new copy).
-                unsafe { arena.put_block(&mut st, source, old) };
-            }
+            // SAFETY: lock held; the old blocks are out blocks of `source`, in address
+            // order (the batch is), that nobody references any more (their slots point
+            // at the new copies).
+            unsafe { arena.put_indices(&mut st, source, &old_blocks[..moved]) };
         }
         done
     }
@@ -297,6 +303,7 @@ impl Heap {
     /// [`Heap::move_one`] into block `ni` of `target`; `target`'s live count counts the moved
     /// block only if `count_live` (else the caller counted it before the move).
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn move_block(
         &self,
         table: &HandleTable,
@@ -357,7 +364,7 @@ impl Heap {
             self,
             on_move(Pool::Movable, old.as_ptr().addr(), new.as_ptr().addr(), len)
         );
-        meta.set_owner(0, Ordering::Release);
+        meta.clear_owner(Ordering::Release);
         Ok(MoveEvent {
             handle: mv.handle(),
             from: old.as_ptr().addr(),

@@ -534,13 +534,27 @@ impl Arena {
     /// * `st` is this arena's locked state and `span` belongs to this arena;
     /// * `block` is an out block of `span` that nobody uses any more.
     pub(crate) unsafe fn put_block(&self, st: &mut ArenaState, span: &Span, block: NonNull<u8>) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            span.put(block);
+            self.came_home(st, span, 1);
+        }
+    }
+
+    /// After `n` blocks of `span` came home (`Span::put`, `Span::put_indices`): counts
+    /// them, and moves the span as [`Arena::put_block`] does (a full span to the
+    /// partial list; one with no block out is retired unless a pass is scanning it).
+    ///
+    /// # Safety
+    ///
+    /// `st` is this arena's locked state and `span` belongs to this arena.
+    pub(crate) unsafe fn came_home(&self, st: &mut ArenaState, span: &Span, n: u64) {
         // Under the arena lock (which `st` proves held).
-        bump_locked(&self.counters.returns, 1);
+        bump_locked(&self.counters.returns, n);
         let (k, class) = (span.kind() as usize, span.class());
         // SAFETY: forwarded from the caller.
         unsafe {
             let list = span.state().list;
-            span.put(block);
             if list == ListId::Full {
                 st.full[k][class].remove(span);
                 st.partial[k][class].push(span, ListId::Partial);

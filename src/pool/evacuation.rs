@@ -8,13 +8,16 @@
 //! ```text
 //! reserve_for_moves(target, life)   under the arena lock, once per run of destinations:
 //!     still the planned life, movable, on its partial or full list?  else: drop it
-//!     every home block → the pass (found in the side table, `Span::detach_home`: no
+//!     every home block → the pass (found in the home bitmap, `Span::detach_home`: no
 //!       free-list link is read), or else up to `want` uncarved blocks
 //!     the span → full list if it has no room left
 //! the pass uses them in address order, without the lock   (they are out blocks of
 //!     the target: it cannot empty, retire or change life while the pass holds any)
 //! unused ones go home with `put_block` when the plan ends
 //! ```
+//!
+//! The old copies of a batch of moved blocks go home to their source at once
+//! (`put_indices`: one home-bitmap update per word, one list update).
 
 use core::ptr::NonNull;
 
@@ -268,6 +271,26 @@ impl Arena {
                 st.full[k][c].push(span, ListId::Full);
             }
             Reserved::Blocks(got)
+        }
+    }
+
+    /// Brings the old copies of a batch of blocks moved out of `span` home at once:
+    /// blocks `indices` (strictly ascending), with one home-bitmap update per word and
+    /// one list update, as [`Arena::put_block`] does for one block.
+    ///
+    /// # Safety
+    ///
+    /// * `st` is this arena's locked state and `span` belongs to this arena;
+    /// * `indices` are out blocks of `span` that were live in its current life and that
+    ///   nobody uses any more ([`Span::put_indices`]).
+    pub(crate) unsafe fn put_indices(&self, st: &mut ArenaState, span: &Span, indices: &[u32]) {
+        if indices.is_empty() {
+            return;
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            span.put_indices(indices);
+            self.came_home(st, span, indices.len() as u64);
         }
     }
 }

@@ -55,6 +55,7 @@ use super::poison;
 use super::thread_cache::ThreadCache;
 use crate::size_class;
 
+mod bulk;
 mod purge;
 mod table;
 mod tail;
@@ -621,47 +622,6 @@ impl Span {
             // under the arena lock) and `i` indexes that block.
             unsafe { self.meta(i) }.set_home(home);
         }
-    }
-
-    /// Movable spans: takes every home block out of the span's home set for the caller
-    /// (a compaction target reserving its destinations), without reading the blocks:
-    /// their indices are found in the side table and pushed onto `out` in *descending*
-    /// address order (so `out.pop()` yields the lowest address first). The blocks count
-    /// as out (accounting in the module docs) until the caller puts them back with
-    /// [`Span::put`] or uses them; they stay poisoned as free until used. Moves nothing
-    /// between arena lists: the caller does (the span may now have no room). Returns
-    /// how many blocks were taken, or `None`, taking nothing, if `out` has too little
-    /// spare capacity (it is never grown here: growing could allocate under the arena
-    /// lock).
-    ///
-    /// # Safety
-    ///
-    /// * the caller holds the owning arena's lock;
-    /// * the span is movable and initialised.
-    pub(crate) unsafe fn detach_home(&self, out: &mut Vec<u32>) -> Option<usize> {
-        // SAFETY: forwarded: arena lock held.
-        let st = unsafe { self.state() };
-        let n = st.free_count as usize;
-        if out.capacity() - out.len() < n {
-            return None;
-        }
-        let mut found = 0;
-        for i in (0..st.carved as usize).rev() {
-            if found == n {
-                break;
-            }
-            // SAFETY: movable and initialised (caller), `i < carved <= capacity`.
-            let m = unsafe { self.meta(i) };
-            if m.is_home() {
-                m.set_home(false);
-                out.push(i as u32);
-                found += 1;
-            }
-        }
-        debug_assert_eq!(found, n, "every home block is marked");
-        st.home.clear();
-        st.free_count = 0;
-        Some(found)
     }
 
     /// Blocks currently out (live or cached).

@@ -4,9 +4,11 @@
 use core::ptr::NonNull;
 
 use super::{CENTRAL_BYTES_PER_CLASS, HeapInner};
+use crate::pool::arena::ArenaState;
 use crate::pool::central::Batch;
 use crate::pool::link;
 use crate::pool::lock::MutexGuard;
+use crate::pool::span::Span;
 use crate::pool::span::SpanKind;
 use crate::size_class;
 
@@ -69,23 +71,41 @@ impl HeapInner {
     }
 
     /// Returns every block `next` yields (until `None`) to its span, locking each
-    /// owning arena once per run of blocks that share it.
+    /// owning arena once per run of blocks that share it, and counting and relisting
+    /// each span once per run of blocks that share it (`Arena::came_home`).
     ///
     /// # Safety
     ///
     /// The blocks are free blocks of this heap that nobody else uses, and `next` is done
     /// with each block it yielded (it reads nothing of it afterwards).
     pub(crate) unsafe fn return_blocks_home(&self, mut next: impl FnMut() -> Option<NonNull<u8>>) {
-        let mut locked: Option<(u32, MutexGuard<'_, crate::pool::arena::ArenaState>)> = None;
+        let mut locked: Option<(u32, MutexGuard<'_, ArenaState>)> = None;
+        // The span the last blocks went home to, and how many went since it was last
+        // counted and relisted; its arena's lock is held while this is `Some`.
+        let mut last: Option<(&Span, u64)> = None;
         while let Some(block) = next() {
-            let span = self.span_of(block).expect("a pool block maps to its span");
+            // Blocks of one batch mostly share a span: the last one's region (fixed for
+            // its record's life; regions do not overlap) saves the page-map lookup.
+            let addr = block.as_ptr().addr();
+            let span = match last {
+                Some((s, _)) if addr.wrapping_sub(s.base) < s.bytes => s,
+                _ => {
+                    let span = self.span_of(block).expect("a pool block maps to its span");
+                    if let Some((prev, n)) = last.take() {
+                        let (_, st) = locked.as_mut().expect("held for the last span");
+                        // SAFETY: we hold `prev`'s arena lock (taken for its blocks),
+                        // and `n` of its blocks came home since it was last relisted.
+                        unsafe { self.arenas[prev.arena as usize].came_home(st, prev, n) };
+                    }
+                    span
+                }
+            };
             let arena = &self.arenas[span.arena as usize];
             if locked.as_ref().is_none_or(|(a, _)| *a != span.arena) {
                 // Never hold two arena locks: release the previous one first.
                 drop(locked.take());
                 locked = Some((span.arena, arena.lock()));
             }
-            let (_, st) = locked.as_mut().expect("locked above");
             // SAFETY: we hold the span's arena lock.
             if unsafe { span.out() } == 0 {
                 // No block of the span is out, so this one was freed before: a double
@@ -93,8 +113,15 @@ impl HeapInner {
                 // have been purged since).
                 crate::misuse::fatal!("double free of {block:p} ({} B class)", span.block_size())
             }
-            // SAFETY: we hold the span's arena lock and the block is a dead out block.
-            unsafe { arena.put_block(st, span, block) };
+            // SAFETY: we hold the span's arena lock and the block is a dead out block;
+            // the span is counted and relisted below, before the lock is released.
+            unsafe { span.put(block) };
+            last = Some((span, last.map_or(0, |(_, n)| n) + 1));
+        }
+        if let Some((prev, n)) = last {
+            let (_, st) = locked.as_mut().expect("held for the last span");
+            // SAFETY: as above.
+            unsafe { self.arenas[prev.arena as usize].came_home(st, prev, n) };
         }
     }
 }

@@ -72,6 +72,39 @@ impl HomeSet {
         true
     }
 
+    /// Adds the blocks of `mask` to word `w` of the set (blocks `64·w + bit`, below
+    /// [`MAX_HOME_BLOCKS`]): one update for up to 64 blocks; `Err(i)`, changing
+    /// nothing, if block `i` of them is already in the set.
+    #[inline]
+    pub(crate) fn insert_word(&mut self, w: usize, mask: u64) -> Result<(), usize> {
+        let word = &mut self.words[w];
+        let both = *word & mask;
+        if both != 0 {
+            return Err(w * u64::BITS as usize + both.trailing_zeros() as usize);
+        }
+        *word |= mask;
+        self.lo = self.lo.min(w as u32);
+        Ok(())
+    }
+
+    /// Takes every block out of the set, highest index first, calling `f` with each;
+    /// returns how many it took. Reads only the words from `lo` on (H1).
+    #[inline]
+    pub(crate) fn drain_highest(&mut self, mut f: impl FnMut(usize)) -> usize {
+        let mut got = 0;
+        for w in (self.lo as usize..HOME_WORDS).rev() {
+            let mut word = core::mem::take(&mut self.words[w]);
+            while word != 0 {
+                let bit = (u64::BITS - 1 - word.leading_zeros()) as usize;
+                f(w * u64::BITS as usize + bit);
+                word &= !(1u64 << bit);
+                got += 1;
+            }
+        }
+        self.lo = HOME_WORDS as u32;
+        got
+    }
+
     /// Takes up to `n` blocks out of the set, lowest index first, calling `f` with
     /// each; returns how many it took (fewer than `n` only when the set ran empty).
     #[inline]

@@ -140,10 +140,11 @@ pub(crate) const fn pages_for(bytes: usize) -> usize {
 ///
 /// * `owner == 0` ⇔ the block is out but not live (cached, or between a take and its
 ///   allocation's publication) or not carved; `owner == HOME` ⇔ the block is home, in
-///   its span's home set (written only under the arena lock, by `Span::put` (set),
-///   `Span::take_many` and `Span::detach_home` (cleared), so a compaction target's
-///   home blocks are found by reading the owners in address order); otherwise it is `slot index + 1` of the handle-table slot
-///   whose pointer addresses this block. [`BlockMeta::owner`] reads home as 0.
+///   its span's home set (written only under the arena lock, by `Span::put` and
+///   `Span::put_indices` (set), `Span::take_many` and `Span::detach_home` (cleared), so
+///   a pass scanning a source tells free blocks from live ones by the owner alone);
+///   otherwise it is `slot index + 1` of the handle-table slot whose pointer addresses
+///   this block. [`BlockMeta::owner`] reads home as 0.
 /// * `slack = block_size − requested length`. A class is chosen for
 ///   `round_up(len, align)`, which lies less than one class step (≤ 32 KiB) below the
 ///   class size, and rounding to `align ≤ 4 KiB` adds less than `align`; so the slack is
@@ -197,6 +198,14 @@ impl<'a> BlockMeta<'a> {
         self.store_owner(owner, order);
     }
 
+    /// Clears the owner of a live block (it held one, so its entry's page is counted
+    /// already: nothing to cover).
+    #[inline]
+    pub(crate) fn clear_owner(&self, order: Ordering) {
+        debug_assert!(!matches!(self.owner.load(Ordering::Relaxed), 0 | HOME));
+        self.owner.store(0, order);
+    }
+
     #[inline]
     fn store_owner(&self, owner: u32, order: Ordering) {
         self.span.cover_table((self.i + 1) * size_of::<u32>());
@@ -213,6 +222,14 @@ impl<'a> BlockMeta<'a> {
     #[inline]
     pub(super) fn set_home(&self, home: bool) {
         self.store_owner(if home { HOME } else { 0 }, Ordering::Relaxed);
+    }
+
+    /// [`BlockMeta::set_home`] for an entry written before in this life (a block that
+    /// was live or home: its page is counted already, so nothing to cover).
+    #[inline]
+    pub(super) fn set_home_written(&self, home: bool) {
+        self.owner
+            .store(if home { HOME } else { 0 }, Ordering::Relaxed);
     }
 
     /// A freshly carved block: not live, slack 0. Stores only what differs from the

@@ -1,4 +1,4 @@
-//! Unit tests of `Span`: the home marks and `detach_home` against a model.
+//! Unit tests of `Span`: the home marks, `detach_home` and `put_indices` against a model.
 
 use super::*;
 use crate::size_class::{NUM_CLASSES, SPAN_UNIT};
@@ -8,9 +8,10 @@ use rand::{Rng, SeedableRng};
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::collections::BTreeSet;
 
-/// Random takes, puts and detaches on one movable span against a model of its
-/// home blocks: `detach_home` must hand over exactly the home blocks, lowest
-/// address last, and keep `out` exact; `take` must never return a detached block.
+/// Random takes, puts (one block, or a batch with `put_indices`) and detaches on one
+/// movable span against a model of its home blocks: `detach_home` must hand over
+/// exactly the home blocks, lowest address last, and keep `out` exact; `take` must
+/// never return a detached block.
 #[test]
 fn detach_home_matches_a_model() {
     for (seed, size) in [(1u64, 64usize), (2, 48), (3, 1024), (4, 16), (5, 4096)] {
@@ -41,7 +42,7 @@ fn detach_home_matches_a_model() {
         let mut out: Vec<usize> = Vec::new();
         let mut run: Vec<u32> = Vec::with_capacity(span.capacity());
         for _ in 0..4000 {
-            match rng.gen_range(0..10) {
+            match rng.gen_range(0..11) {
                 0..=4 => {
                     // SAFETY: as above.
                     if let Some(b) = unsafe { span.take() } {
@@ -49,6 +50,27 @@ fn detach_home_matches_a_model() {
                         assert!(!out.contains(&i), "block {i} handed out twice");
                         home.remove(&i);
                         out.push(i);
+                    }
+                }
+                // A batch of moved blocks' old copies: live (their entries hold an
+                // owner), home at once.
+                9 if !out.is_empty() => {
+                    let n = rng.gen_range(1..=out.len().min(20));
+                    let mut batch: Vec<u32> = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        batch.push(out.swap_remove(rng.gen_range(0..out.len())) as u32);
+                    }
+                    batch.sort_unstable();
+                    for &i in &batch {
+                        // SAFETY: as above; `i` is an out block, made live here.
+                        unsafe { span.meta(i as usize) }.set_owner(1, Ordering::Relaxed);
+                    }
+                    // SAFETY: as above; the blocks are out, live, strictly ascending.
+                    unsafe { span.put_indices(&batch) };
+                    for &i in &batch {
+                        // SAFETY: as above.
+                        assert_eq!(unsafe { span.meta(i as usize) }.owner(Ordering::Relaxed), 0);
+                        home.insert(i as usize);
                     }
                 }
                 5..=8 if !out.is_empty() => {
