@@ -600,12 +600,12 @@ impl LargeAllocator {
         self.counters.snapshot()
     }
 }
-#[cfg(test)]
+
+#[cfg(all(test, debug_assertions))]
 mod tests {
     use super::*;
 
     #[test]
-    #[cfg(debug_assertions)]
     #[should_panic(expected = "could never have been allocated")]
     fn dealloc_with_an_impossible_layout_panics_in_debug() {
         let large = LargeAllocator::default();
