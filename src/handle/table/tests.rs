@@ -119,7 +119,11 @@ fn locate_math() {
     for bit in FIRST_SHIFT..33 {
         let p = 1u64 << bit;
         for v in [p - 1, p, p + 1] {
-            let Ok(index) = u32::try_from(v - (1 << FIRST_SHIFT)) else {
+            // Below the first segment, or past the last index: not an index.
+            let Some(index) = v
+                .checked_sub(1 << FIRST_SHIFT)
+                .and_then(|i| u32::try_from(i).ok())
+            else {
                 continue;
             };
             let want = 63 - v.leading_zeros();
