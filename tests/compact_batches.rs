@@ -45,6 +45,30 @@ struct Model {
 }
 
 impl Model {
+    fn new(seed: u64) -> Self {
+        Model {
+            live: Vec::new(),
+            dead: Vec::new(),
+            next: 1,
+            rng: SmallRng::seed_from_u64(seed),
+        }
+    }
+
+    /// A fragmented start: `per_size` blocks of each of `sizes`, then every other block
+    /// freed (each free shifts the rest down, so index `i` skips one survivor).
+    fn fragmented(&mut self, heap: &Heap, sizes: &[usize], per_size: usize) {
+        for &size in sizes {
+            for _ in 0..per_size {
+                self.alloc(heap, size);
+            }
+        }
+        let mut i = 0;
+        while i < self.live.len() {
+            self.free_at(heap, i);
+            i += 1;
+        }
+    }
+
     fn alloc(&mut self, heap: &Heap, size: usize) {
         let h = heap.alloc_handle(size, 16).expect("alloc_handle");
         let seed = self.next;
@@ -149,26 +173,8 @@ fn run(seed: u64, arenas: usize, may_trim: bool) {
         arenas,
         ..HeapConfig::DEFAULT
     }));
-    let model = Arc::new(Mutex::new(Model {
-        live: Vec::new(),
-        dead: Vec::new(),
-        next: 1,
-        rng: SmallRng::seed_from_u64(seed),
-    }));
-    {
-        let mut m = model.lock().unwrap();
-        // A fragmented start: two classes, every other block freed.
-        for size in [64, 256] {
-            for _ in 0..6000 {
-                m.alloc(&heap, size);
-            }
-        }
-        let mut i = 0;
-        while i < m.live.len() {
-            m.free_at(&heap, i);
-            i += 1;
-        }
-    }
+    let model = Arc::new(Mutex::new(Model::new(seed)));
+    model.lock().unwrap().fragmented(&heap, &[64, 256], 6000);
     heap.subscribe(Arc::new(Between {
         heap: Arc::downgrade(&heap),
         model: model.clone(),
@@ -223,22 +229,8 @@ fn run_threaded(seed: u64) {
         arenas: 1,
         ..HeapConfig::DEFAULT
     }));
-    let mut m = Model {
-        live: Vec::new(),
-        dead: Vec::new(),
-        next: 1,
-        rng: SmallRng::seed_from_u64(seed),
-    };
-    for size in [64, 256, 1000] {
-        for _ in 0..3000 {
-            m.alloc(&heap, size);
-        }
-    }
-    let mut i = 0;
-    while i < m.live.len() {
-        m.free_at(&heap, i);
-        i += 1;
-    }
+    let mut m = Model::new(seed);
+    m.fragmented(&heap, &[64, 256, 1000], 3000);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let worker = {
         let (heap, stop) = (heap.clone(), stop.clone());
