@@ -1,6 +1,6 @@
 use std::collections::HashSet;
 
-use super::{Members, PRUNE_SLACK, RING, live_generation};
+use super::{CHUNK_BITS, Listed, Members, PRUNE_SLACK, RING, live_generation};
 use crate::handle::{HandleTable, RawHandle};
 use crate::movable::{Tag, tag_ptr};
 
@@ -160,4 +160,40 @@ fn add(m: &Members, t: &HandleTable, lane: Option<usize>, index: u32) {
 fn remove(m: &Members, lane: Option<usize>) {
     // SAFETY: as in `add`.
     unsafe { m.remove(lane) };
+}
+
+/// The listed set at the edges of its chunks and of the index range (the highest index
+/// a table issues is `u32::MAX - 1`): each bit is its own, a second insert reports it
+/// listed, a remove clears only it, and removing an index never listed grows nothing.
+#[test]
+fn listed_set_bits_at_chunk_and_range_edges() {
+    let mut set = Listed::default();
+    let edges = [
+        0,
+        63,
+        64,
+        CHUNK_BITS as u32 - 1,
+        CHUNK_BITS as u32,
+        u32::MAX - 1,
+    ];
+    for &i in &edges {
+        assert!(set.insert(i), "{i} listed before its first insert");
+        assert!(!set.insert(i), "{i} not listed after its insert");
+    }
+    let chunks = set.0.len();
+    assert_eq!(chunks, (u32::MAX - 1) as usize / CHUNK_BITS + 1);
+    set.remove(CHUNK_BITS as u32);
+    for &i in &edges {
+        assert_eq!(
+            set.insert(i),
+            i == CHUNK_BITS as u32,
+            "bit {i} after one remove"
+        );
+    }
+    let mut small = Listed::default();
+    small.remove(u32::MAX - 1);
+    assert!(
+        small.0.is_empty(),
+        "a remove of an unlisted index grew the set"
+    );
 }
